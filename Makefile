@@ -1,0 +1,56 @@
+# codat-relay — `make run` serves a complete local instance, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_DEV  := $(VENV)/.installed-dev
+STAMP_BENCH:= $(VENV)/.installed-bench
+
+.PHONY: run test test-fast lint typecheck bench demo lock reliability clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_RUN): requirements.lock pyproject.toml | $(PY)
+	$(PIP) install -r requirements.lock
+	$(PIP) install --no-deps -e .
+	touch $@
+
+$(STAMP_DEV): requirements-dev.lock requirements.lock pyproject.toml | $(PY)
+	$(PIP) install -r requirements-dev.lock
+	$(PIP) install --no-deps -e .
+	touch $@ $(STAMP_RUN)
+
+$(STAMP_BENCH): requirements-bench.lock $(STAMP_DEV)
+	$(PIP) install -r requirements-bench.lock
+	touch $@
+
+## run: a complete local instance on SQLite at 127.0.0.1:8000 (generated secrets, sandbox beside it)
+run: $(STAMP_RUN)
+	$(PY) -m service.local_run
+
+## test: install what the tests need, then run the whole suite on SQLite and PostgreSQL
+test: $(STAMP_DEV)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP_DEV)
+	$(VENV)/bin/ruff check service handlers tests benchmarks
+
+typecheck: $(STAMP_DEV)
+	$(VENV)/bin/mypy
+
+## bench: every benchmark under benchmarks/, ratios against baselines measured in the same run
+bench: $(STAMP_BENCH)
+	$(PY) -m benchmarks.run_all
+
+## lock: re-resolve the locked versions from requirements*.in (each in a clean venv)
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/pip -q install -r requirements.in && .lockvenv/bin/pip freeze > requirements.lock
+	.lockvenv/bin/pip -q install -r requirements-dev.in && .lockvenv/bin/pip freeze > requirements-dev.lock
+	.lockvenv/bin/pip -q install -r requirements-bench.in && .lockvenv/bin/pip freeze > requirements-bench.lock
+	rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

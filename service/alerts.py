@@ -1,0 +1,155 @@
+"""Parse the three shapes Codat has sent (FACTS.md §4) into one normalised `Alert`.
+
+Liberal on purpose: an authenticated JSON object with a delivery id is always kept. When it fits no
+known shape, or its fields have unexpected types, it becomes kind `other` so it can be replayed once a
+newer codat-relay understands it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from service.errors import MalformedPayload
+from service.types import Alert, AlertKind, DataTypeStatus, Shape
+
+MAX_ID_LENGTH = 255
+
+# Keys are event names folded by `fold_type` below, so "Data Sync Status Changed To Error",
+# "DataSyncStatusChangedToError" and "data sync status changed to error " all meet in one row.
+LEGACY_KINDS: dict[str, AlertKind] = {
+    "datasyncstatuschangedtoerror": AlertKind.DATASET_STATUS,
+    "datasynccompleted": AlertKind.DATASET_STATUS,
+    "datasetdatachanged": AlertKind.DATASET_STATUS,
+    "syncconnectiondeleted": AlertKind.CONNECTION_DELETED,
+    "synccompleted": AlertKind.SYNC_COMPLETED,
+    "syncfailed": AlertKind.SYNC_COMPLETED,
+    "newcompanysynchronized": AlertKind.SYNC_COMPLETED,
+    "pushoperationstatuschanged": AlertKind.PUSH_OPERATION,
+    "pushoperationtimedout": AlertKind.PUSH_OPERATION,
+    "dataconnectionstatuschanged": AlertKind.CONNECTION_STATUS,
+}
+
+ENVELOPE_KINDS: dict[str, AlertKind] = {
+    "read.completed": AlertKind.DATASET_STATUS,
+    "read.completed.initial": AlertKind.DATASET_STATUS,
+    "connection.deleted": AlertKind.CONNECTION_DELETED,
+    "connection.created": AlertKind.CONNECTION_STATUS,
+    "connection.connected": AlertKind.CONNECTION_STATUS,
+    "connection.reconnected": AlertKind.CONNECTION_STATUS,
+    "connection.disconnected": AlertKind.CONNECTION_STATUS,
+    "connection.failed": AlertKind.CONNECTION_STATUS,
+}
+WRITE_EVENT = re.compile(r"^[A-Za-z]+\.write\.(successful|unsuccessful)$")
+_FOLD = re.compile(r"[^a-z0-9]")
+
+
+def fold_type(raw: str) -> str:
+    """Case, spaces, punctuation and the British spelling do not change what an event is."""
+    return _FOLD.sub("", raw.lower()).replace("synchronised", "synchronized")
+
+
+def delivery_id(obj: dict[str, Any], header_id: str | None) -> str:
+    """`webhook-id`/`svix-id` header, else the body's `id`, else `AlertId` (CONTRACT.md)."""
+    for candidate in (header_id, obj.get("id"), obj.get("AlertId")):
+        if isinstance(candidate, bool) or candidate is None:
+            continue
+        if isinstance(candidate, int | str):
+            value = str(candidate).strip()
+            if value and len(value) <= MAX_ID_LENGTH:
+                return value
+            if len(value) > MAX_ID_LENGTH:
+                raise MalformedPayload(f"delivery id longer than {MAX_ID_LENGTH} characters")
+    raise MalformedPayload("no delivery id (webhook-id header, id or AlertId)")
+
+
+def parse_alert(obj: dict[str, Any], body: bytes, *, header_id: str | None, signed: bool) -> Alert:
+    alert_id = delivery_id(obj, header_id)
+    try:
+        if "RuleType" in obj or "AlertId" in obj:
+            return _parse_legacy(obj, alert_id, body, signed)
+        if "eventType" in obj or ("type" in obj and "payload" in obj):
+            return _parse_envelope(obj, alert_id, body)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    raw_type = obj.get("eventType") or obj.get("type") or obj.get("RuleType")
+    return Alert(
+        delivery_id=alert_id,
+        kind=AlertKind.OTHER,
+        type=_text(raw_type) or "unknown",
+        shape=Shape.UNKNOWN,
+        body=body,
+    )
+
+
+def _parse_legacy(obj: dict[str, Any], alert_id: str, body: bytes, signed: bool) -> Alert:
+    raw_type = _text(obj.get("RuleType")) or ""
+    data = obj.get("Data") or {}
+    if not isinstance(data, dict):
+        raise TypeError("Data is not an object")
+    entry = DataTypeStatus(
+        data_type=_text(data.get("dataType")),
+        status=_text(data.get("datasetStatus") or data.get("status") or data.get("newStatus")),
+        dataset_id=_text(data.get("datasetId")),
+        connection_id=_text(data.get("dataConnectionId")),
+    )
+    return Alert(
+        delivery_id=alert_id,
+        kind=LEGACY_KINDS.get(fold_type(raw_type), AlertKind.OTHER),
+        type=raw_type,
+        shape=Shape.LEGACY_SIGNED if signed else Shape.LEGACY,
+        company_id=_text(obj.get("CompanyId")),
+        connection_id=_text(obj.get("DataConnectionId")) or entry.connection_id,
+        data_types=(entry,) if any(entry.model_dump().values()) else (),
+        body=body,
+    )
+
+
+def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
+    raw_type = _text(obj.get("eventType") or obj.get("type")) or ""
+    payload = obj.get("payload") or {}
+    if not isinstance(payload, dict):
+        raise TypeError("payload is not an object")
+    company = payload.get("referenceCompany") or {}
+    connection = payload.get("connection") or {}
+    entries = tuple(
+        DataTypeStatus(
+            data_type=_text(item.get("dataType")),
+            status=_text(item.get("status")),
+            dataset_id=_text(item.get("datasetId")),
+            connection_id=_text(item.get("connectionId")),
+        )
+        for item in payload.get("dataTypes") or ()
+    )
+    kind = ENVELOPE_KINDS.get(raw_type.strip().lower())
+    if kind is None:
+        kind = AlertKind.PUSH_OPERATION if WRITE_EVENT.match(raw_type.strip()) else AlertKind.OTHER
+    connection_id = _text(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
+    return Alert(
+        delivery_id=alert_id,
+        kind=kind,
+        type=raw_type,
+        shape=Shape.ENVELOPE,
+        company_id=_text(company.get("id")) or _text(payload.get("companyId")),
+        connection_id=connection_id,
+        data_types=entries,
+        generated_at=_timestamp(obj.get("generatedDate")),
+        body=body,
+    )
+
+
+def _text(value: Any) -> str | None:
+    """A string field, or None; any other JSON type is a shape we do not understand."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value.strip() or None
+
+
+def _timestamp(value: Any) -> float | None:
+    text = _text(value)
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,121 @@
+"""The one database: table definitions (SQLAlchemy Core) and engine set-up for SQLite and PostgreSQL.
+
+Times are stored as UNIX seconds (double precision) so that SQL comparisons behave the same on both
+backends and every clock can be injected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service.settings import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only aliases the rowid (and so autoincrements) for a column typed exactly INTEGER.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),  # the delivery id
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("type", sa.String(255), nullable=False),
+    sa.Column("shape", sa.String(16), nullable=False),
+    sa.Column("company_id", sa.String(255)),
+    sa.Column("connection_id", sa.String(255)),
+    sa.Column("dataset_id", sa.String(255)),
+    sa.Column("dataset_status", sa.String(64)),
+    sa.Column("data_types", sa.JSON, nullable=False),
+    sa.Column("generated_at", sa.Double),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Index(None, "received_at"),
+    sa.Index(None, "company_id", "received_at"),
+    sa.Index(None, "status", "received_at"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("lock_key", sa.String(255)),
+    sa.Column("queueing_lock", sa.String(255)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_at", sa.Double, nullable=False),
+    sa.Column("lease_expires_at", sa.Double),
+    sa.Column("worker_id", sa.String(128)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double),
+    sa.Column("finished_at", sa.Double),
+    sa.Index(None, "status", "run_at"),
+    sa.Index(None, "lock_key", "id"),
+    # At most one *waiting* job per queueing lock: a burst of identical requests collapses into one.
+    sa.Index(
+        "uq_jobs_waiting_queueing_lock",
+        "queueing_lock",
+        unique=True,
+        postgresql_where=sa.text("status = 'waiting'"),
+        sqlite_where=sa.text("status = 'waiting'"),
+    ),
+)
+
+
+def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
+    """The process's engine; on SQLite, WAL with `BEGIN IMMEDIATE` for write transactions."""
+    if settings.is_sqlite:
+        engine = create_async_engine(settings.database_url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_size", settings.db_pool_size)
+    kwargs.setdefault("max_overflow", settings.db_pool_size)
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_timeout", 5)
+    kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30})
+    return create_async_engine(settings.database_url, **kwargs)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that BEGIN IMMEDIATE can be issued below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed delivery survives power loss too; group commit pays for the fsync.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the write lock up front: a deferred transaction that later writes can fail
+        # with SQLITE_BUSY instead of waiting for the lock.
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, but transactions begin with the write lock on SQLite (no-op elsewhere)."""
+    return engine.execution_options(sqlite_immediate=True)

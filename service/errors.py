@@ -1,0 +1,68 @@
+"""A short error tree, translated to HTTP once, at the edge (see service/app.py)."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error codat-relay raises on purpose."""
+
+
+class Rejected(RelayError):
+    """The client sent something a retry can never fix: a 4xx answer."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail
+
+
+class AuthenticationFailed(Rejected):
+    status_code = 401
+
+
+class MissingAuthentication(AuthenticationFailed):
+    code = "missing_authentication"
+
+
+class InvalidSignature(AuthenticationFailed):
+    code = "invalid_signature"
+
+
+class InvalidCredentials(AuthenticationFailed):
+    code = "invalid_credentials"
+
+
+class TimestampOutOfTolerance(AuthenticationFailed):
+    code = "timestamp_out_of_tolerance"
+
+
+class MalformedPayload(Rejected):
+    code = "malformed_payload"
+
+
+class PayloadTooLarge(Rejected):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class NotFound(Rejected):
+    status_code = 404
+    code = "not_found"
+
+
+class RetryLater(RelayError):
+    """Our fault and temporary (storage down, upstream busy): 503 with Retry-After."""
+
+    def __init__(self, detail: str = "unavailable", after_s: int = 5) -> None:
+        super().__init__(detail)
+        self.after_s = after_s
+
+
+class StorageUnavailable(RetryLater):
+    """The database could not be reached or refused the write."""
+
+
+class GiveUp(RelayError):
+    """A job failed in a way no retry can fix: it goes straight to `dead`."""

@@ -1,0 +1,142 @@
+"""Settings, read once at the entry point from `RELAY_*` environment variables and passed down."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "RELAY_"
+CODAT_MAX_PUSH_RECORDS = 5000  # Codat's own ceiling per push (FACTS.md §2 rule 4)
+# Variables with the prefix that are not settings of the service itself.
+FOREIGN_VARIABLES = frozenset({"RELAY_TEST_POSTGRES_URL", "RELAY_LOCAL_ENV_FILE"})
+
+
+class SettingsError(Exception):
+    """Start-up refused: the message names every offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///./codat-relay.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    codat_base_url: str = "https://api.codat.io"
+    codat_api_key: SecretStr | None = None
+    codat_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    webhook_auth_header: SecretStr | None = None
+    allow_unauthenticated_webhooks: bool = False
+    signature_tolerance_seconds: int = Field(default=300, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    api_token: SecretStr | None = None
+    admin_token: SecretStr | None = None
+
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    max_attempts: int = Field(default=10, ge=1)
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+
+    max_push_records: int = Field(default=CODAT_MAX_PUSH_RECORDS, ge=1, le=CODAT_MAX_PUSH_RECORDS)
+    push_debounce_seconds: float = Field(default=5.0, ge=0)
+    push_interval_seconds: float = Field(default=900.0, gt=0)
+    repush_max_attempts: int = Field(default=3, ge=0)
+
+    notify_webhook_url: str | None = None
+    notify_slack_webhook_url: SecretStr | None = None
+    notify_email_to: str | None = None
+    smtp_url: SecretStr | None = None
+    notify_dedupe_seconds: float = Field(default=3600.0, ge=0)
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_secret_format(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        from service.signatures import decode_secret  # local: keeps settings import-light
+
+        for secret in value:
+            decode_secret(secret.get_secret_value())  # raises ValueError with a safe message
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _webhook_auth_required(self) -> Settings:
+        if not (self.webhook_secrets or self.webhook_auth_header or self.allow_unauthenticated_webhooks):
+            raise ValueError(
+                "no webhook authentication: set RELAY_WEBHOOK_SECRETS or RELAY_WEBHOOK_AUTH_HEADER "
+                "(or RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS=true for development only)"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def webhook_auth_configured(self) -> bool:
+        return bool(self.webhook_secrets or self.webhook_auth_header)
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from the environment, turning every problem into one `SettingsError`."""
+    env = dict(os.environ if environ is None else environ)
+    unknown = sorted(
+        name
+        for name in env
+        if name.startswith(ENV_PREFIX)
+        and name not in FOREIGN_VARIABLES
+        and name[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, object] = {
+        name[len(ENV_PREFIX) :].lower(): value
+        for name, value in env.items()
+        if name.startswith(ENV_PREFIX) and name not in FOREIGN_VARIABLES
+    }
+    values.update(overrides)
+    try:
+        # Values are passed explicitly so that tests and callers never depend on os.environ.
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = error["loc"]
+        name = env_name(str(loc[0])) if loc else "settings"
+        parts.append(f"{name}: {error['msg']}")
+    return "invalid settings: " + "; ".join(parts)

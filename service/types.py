@@ -1,0 +1,101 @@
+"""The shared vocabulary: alerts, outcomes, the handler context and the handler signature."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import structlog
+
+    from service.clock import Clock
+
+
+class AlertKind(enum.StrEnum):
+    DATASET_STATUS = "dataset_status"
+    CONNECTION_DELETED = "connection_deleted"
+    SYNC_COMPLETED = "sync_completed"
+    PUSH_OPERATION = "push_operation"
+    CONNECTION_STATUS = "connection_status"
+    OTHER = "other"
+
+
+class AlertStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    IGNORED = "ignored"
+    DEAD = "dead"
+
+
+class Shape(enum.StrEnum):
+    LEGACY = "legacy"  # PascalCase alert-rule body, unsigned (FACTS §4a)
+    LEGACY_SIGNED = "legacy_signed"  # the same body delivered signed by the Svix-based service (§4b)
+    ENVELOPE = "envelope"  # {id, eventType, generatedDate, payload} (§4c)
+    UNKNOWN = "unknown"  # a JSON object with a delivery id that fits no known shape
+
+
+class DataTypeStatus(BaseModel):
+    """One data type an alert speaks of; `read.completed` carries several."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_type: str | None = Field(default=None, serialization_alias="dataType")
+    status: str | None = None
+    dataset_id: str | None = Field(default=None, serialization_alias="datasetId")
+    connection_id: str | None = Field(default=None, serialization_alias="connectionId")
+
+
+class Alert(BaseModel):
+    """One Codat delivery, normalised across the three shapes; `body` keeps the raw bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    delivery_id: str
+    kind: AlertKind
+    type: str
+    shape: Shape
+    company_id: str | None = None
+    connection_id: str | None = None
+    data_types: tuple[DataTypeStatus, ...] = ()
+    generated_at: float | None = None
+    body: bytes = b""
+
+    @property
+    def data_type(self) -> str | None:
+        return self.data_types[0].data_type if self.data_types else None
+
+    @property
+    def dataset_id(self) -> str | None:
+        return self.data_types[0].dataset_id if self.data_types else None
+
+    @property
+    def dataset_status(self) -> str | None:
+        return self.data_types[0].status if self.data_types else None
+
+
+class Outcome(enum.StrEnum):
+    """How a handler ended; the worker maps it onto the alert's status."""
+
+    DONE = "done"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Exactly what a handler may touch."""
+
+    store: Any
+    codat: Any
+    notifier: Any
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+    attempt: int
+    settings: Any = None
+
+
+Handler = Callable[[Alert, Context], Awaitable[Outcome]]
