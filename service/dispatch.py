@@ -1,0 +1,142 @@
+"""The alert job: load a stored alert, hand it to its handler, and keep the alert's status in step.
+
+Alert status follows the job: `processing` while a handler runs, `done`/`ignored` from its outcome,
+back to `pending` (with the error) while the job waits to retry, `dead` when the job dies.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import queue
+from service.clock import Clock
+from service.db import alerts, writer
+from service.queue import Job, describe_error
+from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Handler, Shape
+
+ALERT_JOB_KIND = "alert"
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
+
+
+class AlertDeps(Protocol):
+    """What the alert job needs from the process (service.runtime.Runtime provides it)."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def notifier(self) -> Any: ...
+    @property
+    def codat(self) -> Any: ...
+    @property
+    def settings(self) -> Any: ...
+
+
+def alert_lock_key(company_id: str | None) -> str | None:
+    """One company's alerts run one at a time, in the order received."""
+    return f"company:{company_id}" if company_id else None
+
+
+def alert_job_values(alert_id: str, company_id: str | None, now: float) -> dict[str, Any]:
+    """The job row that processes one stored alert (for inserting in the caller's transaction)."""
+    payload = {"alert_id": alert_id}
+    return queue.job_values(ALERT_JOB_KIND, payload, now=now, lock_key=alert_lock_key(company_id))
+
+
+def alert_from_row(row: sa.RowMapping) -> Alert:
+    return Alert(
+        delivery_id=row["id"],
+        kind=AlertKind(row["kind"]),
+        type=row["type"],
+        shape=Shape(row["shape"]),
+        company_id=row["company_id"],
+        connection_id=row["connection_id"],
+        data_types=tuple(DataTypeStatus.model_validate(entry) for entry in row["data_types"] or ()),
+        generated_at=row["generated_at"],
+        body=bytes(row["body"]),
+    )
+
+
+class AlertJob:
+    """The job function for kind `alert`; also told when one of its jobs dies."""
+
+    def __init__(self, registry: Mapping[AlertKind, Handler], deps: AlertDeps) -> None:
+        self._registry = dict(registry)
+        self._deps = deps
+        self._log: structlog.stdlib.BoundLogger = structlog.get_logger("service.dispatch")
+
+    async def __call__(self, job: Job, attempt: int) -> None:
+        alert_id = str(job.payload["alert_id"])
+        log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt)
+        async with self._deps.engine.connect() as conn:
+            row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).mappings().first()
+        if row is None:
+            log.warning("alert_missing")  # deleted since it was queued: nothing left to do
+            return
+        alert = alert_from_row(row)
+        handler = self._registry.get(alert.kind)
+        # Counted even without a handler: `attempts` counts every processing run (CONTRACT.md).
+        await self._set(alert_id, AlertStatus.PROCESSING if handler else AlertStatus.IGNORED, count=True)
+        if handler is None:
+            return
+        context = Context(
+            store=self._deps.engine,
+            codat=self._deps.codat,
+            notifier=self._deps.notifier,
+            clock=self._deps.clock,
+            log=log.bind(company_id=alert.company_id, kind=alert.kind.value),
+            attempt=attempt,
+            settings=self._deps.settings,
+        )
+        try:
+            outcome = await handler(alert, context)
+        except Exception as exc:
+            await self._set(alert_id, AlertStatus.PENDING, error=describe_error(exc))
+            raise
+        await self._set(alert_id, AlertStatus(outcome.value), error=None)
+
+    async def job_dead(self, job: Job, error: str) -> None:
+        await self._set(str(job.payload["alert_id"]), AlertStatus.DEAD, error=error)
+
+    async def _set(
+        self, alert_id: str, status: AlertStatus, *, count: bool = False, error: str | _Keep | None = KEEP
+    ) -> None:
+        """`error` replaces last_error (None clears it); by default last_error is kept."""
+        values: dict[str, Any] = {"status": status.value, "updated_at": self._deps.clock.now()}
+        if count:
+            values["attempts"] = alerts.c.attempts + 1
+        if error is not KEEP:
+            values["last_error"] = error
+        async with writer(self._deps.engine).begin() as conn:
+            await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
+
+
+def make_alert_job(registry: Mapping[AlertKind, Handler], deps: AlertDeps) -> AlertJob:
+    return AlertJob(registry, deps)
+
+
+async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
+    """Queue a stored alert to be processed again; False when there is no such alert."""
+    async with writer(engine).begin() as conn:
+        row = (await conn.execute(sa.select(alerts.c.company_id).where(alerts.c.id == alert_id))).first()
+        if row is None:
+            return False
+        pending = {"status": AlertStatus.PENDING.value, "updated_at": now}
+        await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(pending))
+        await queue.enqueue(
+            conn, ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=alert_lock_key(row.company_id)
+        )
+    return True

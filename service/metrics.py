@@ -1,0 +1,62 @@
+"""Prometheus metrics on one dedicated registry; `/metrics` refreshes the gauges, then renders."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import jobs
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+JOB_STATUSES = ("waiting", "running", "done", "dead")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+QUEUE_DEPTH = Gauge("relay_jobs", "Jobs in the queue, by status.", ["status"], registry=REGISTRY)
+OLDEST_WAITING_AGE = Gauge(
+    "relay_jobs_oldest_waiting_seconds",
+    "How long the oldest runnable waiting job has been due (0 when none).",
+    registry=REGISTRY,
+)
+JOBS_FINISHED = Counter(
+    "relay_jobs_finished", "Job runs finished, by kind and outcome.", ["kind", "outcome"], registry=REGISTRY
+)
+JOB_DURATION = Histogram(
+    "relay_job_duration_seconds",
+    "Run time of one job attempt.",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+
+DELIVERIES = Counter(
+    "relay_webhook_deliveries", "Webhook deliveries answered, by outcome.", ["outcome"], registry=REGISTRY
+)
+
+
+async def refresh_queue_gauges(engine: AsyncEngine, now: float) -> None:
+    """Read the queue's depth and lag from the database (every process reports the same figures)."""
+    async with engine.connect() as conn:
+        by_status = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        counts: dict[str, int] = {status: count for status, count in await conn.execute(by_status)}
+        # Age since due, not since created: a job scheduled for later is not late.
+        oldest_due = (
+            await conn.execute(
+                sa.select(sa.func.min(jobs.c.run_at)).where(jobs.c.status == "waiting", jobs.c.run_at <= now)
+            )
+        ).scalar_one_or_none()
+    for status in JOB_STATUSES:
+        QUEUE_DEPTH.labels(status).set(counts.get(status, 0))
+    OLDEST_WAITING_AGE.set(max(0.0, now - oldest_due) if oldest_due is not None else 0.0)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

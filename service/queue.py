@@ -1,0 +1,275 @@
+"""The durable job queue: storage operations only. The worker (service/worker.py) decides, this writes.
+
+Every transition of a claimed job is fenced by `(id, attempts)`: a worker whose lease expired and whose
+job was claimed again cannot complete, fail or release the newer attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.db import jobs, writer
+
+NOTIFY_CHANNEL = "relay_jobs"
+LEASE_LOST = "lease expired: the worker running this job was lost"
+MAX_ERROR_CHARS = 4_000
+
+
+class JobStatus(enum.StrEnum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed job; `attempts` counts this run (1 on the first)."""
+
+    id: int
+    kind: str
+    payload: Mapping[str, Any]
+    lock_key: str | None
+    queueing_lock: str | None
+    attempts: int
+    run_at: float
+    created_at: float
+    last_error: str | None = None
+
+
+# Per-key order, and why it holds under READ COMMITTED with several claimers:
+# a waiting job J of key K is claimable only if no other job of K is running (live lease) and none
+# with a smaller id is waiting or running. J1 < J2 of one key: while J1 is waiting or running, every
+# snapshot shows it so, and J2 is excluded; J1 stops blocking only once its `done`/`dead` commits, and
+# no later transition brings a finished job back. Two claimers reaching for J1 meet at its row lock:
+# SKIP LOCKED makes one pass over it, and a row another claimer committed meanwhile is re-checked by
+# PostgreSQL against `status = 'waiting'` on its new version, so it is never taken twice. One claim can
+# take at most one job per key, as the rule excludes all but the oldest. A retry puts J1 back to
+# `waiting` with its old id, so J2 stays behind it through the backoff. The order is id order among
+# committed rows: two transactions enqueueing one key concurrently are ordered by whichever commits
+# first (the webhook receiver is a single writer, so its ids and commit order agree).
+# An expired lease makes a running job claimable again, as a new attempt (its worker is presumed dead;
+# a job that kills its worker every time must end dead, see the worker) — and it still blocks the
+# later jobs of its key, being running with a smaller id.
+_CLAIM = """
+UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = :worker_id,
+    started_at = :now, lease_expires_at = :lease_until,
+    last_error = CASE WHEN status = 'running' THEN :lease_lost ELSE last_error END
+WHERE id IN (
+    SELECT j.id FROM jobs j
+    WHERE (j.status = 'waiting' AND j.run_at <= :now
+           OR j.status = 'running' AND j.lease_expires_at < :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs k
+          WHERE k.lock_key = j.lock_key AND k.id <> j.id
+            AND (k.status = 'running' AND k.lease_expires_at >= :now
+                 OR k.id < j.id AND k.status IN ('waiting', 'running')))
+    ORDER BY j.id LIMIT :limit {row_lock}
+)
+RETURNING id, kind, payload, lock_key, queueing_lock, attempts, run_at, created_at, last_error
+"""
+_CLAIM_COLUMNS = [
+    jobs.c[name]
+    for name in (
+        "id", "kind", "payload", "lock_key", "queueing_lock", "attempts", "run_at", "created_at", "last_error"
+    )
+]  # fmt: skip
+CLAIM_SQL = {
+    # SQLite has one writer at a time (BEGIN IMMEDIATE), so it needs no row locks.
+    "sqlite": sa.text(_CLAIM.format(row_lock="")).columns(*_CLAIM_COLUMNS),
+    "postgresql": sa.text(_CLAIM.format(row_lock="FOR UPDATE SKIP LOCKED")).columns(*_CLAIM_COLUMNS),
+}
+
+
+def describe_error(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+def job_values(
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    now: float,
+    lock_key: str | None = None,
+    queueing_lock: str | None = None,
+    run_at: float | None = None,
+) -> dict[str, Any]:
+    """One row for `INSERT INTO jobs`, for callers that insert jobs in their own transaction."""
+    return {
+        "kind": kind,
+        "payload": dict(payload),
+        "lock_key": lock_key,
+        "queueing_lock": queueing_lock,
+        "status": JobStatus.WAITING.value,
+        "attempts": 0,
+        "run_at": now if run_at is None else run_at,
+        "created_at": now,
+    }
+
+
+async def notify(conn: AsyncConnection) -> None:
+    """Wake listening workers when `conn`'s transaction commits (PostgreSQL; a no-op on SQLite)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+async def enqueue(
+    target: AsyncConnection | AsyncEngine,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    now: float,
+    lock_key: str | None = None,
+    queueing_lock: str | None = None,
+    run_at: float | None = None,
+) -> int | None:
+    """Add a job and return its id; None when a waiting job already holds `queueing_lock`."""
+    if isinstance(target, AsyncEngine):
+        async with writer(target).begin() as conn:
+            return await enqueue(
+                conn, kind, payload, now=now, lock_key=lock_key, queueing_lock=queueing_lock, run_at=run_at
+            )
+    values = job_values(kind, payload, now=now, lock_key=lock_key, queueing_lock=queueing_lock, run_at=run_at)
+    insert = postgresql.insert if target.dialect.name == "postgresql" else sqlite.insert
+    # No conflict target: the only unique constraint a new row can meet is the waiting queueing lock.
+    statement = insert(jobs).values(values).on_conflict_do_nothing().returning(jobs.c.id)
+    job_id: int | None = (await target.execute(statement)).scalar_one_or_none()
+    if job_id is not None:
+        await notify(target)
+    return job_id
+
+
+async def ensure_scheduled(
+    engine: AsyncEngine, kind: str, payload: Mapping[str, Any], *, queueing_lock: str, now: float
+) -> int | None:
+    """Enqueue unless a job holding `queueing_lock` is already waiting or running (periodic jobs)."""
+    async with writer(engine).begin() as conn:
+        active = await conn.execute(
+            sa.select(jobs.c.id)
+            .where(jobs.c.queueing_lock == queueing_lock, jobs.c.status.in_(["waiting", "running"]))
+            .limit(1)
+        )
+        if active.first() is not None:
+            return None
+        return await enqueue(
+            conn, kind, payload, now=now, lock_key=queueing_lock, queueing_lock=queueing_lock
+        )
+
+
+async def claim(engine: AsyncEngine, worker_id: str, limit: int, now: float, lease_s: float) -> list[Job]:
+    """Take up to `limit` runnable jobs for `worker_id`, oldest first, respecting per-key order."""
+    if limit <= 0:
+        return []
+    params = {
+        "worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
+        "limit": limit,
+    }  # fmt: skip
+    async with writer(engine).begin() as conn:
+        rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
+    return sorted((Job(**row) for row in rows), key=lambda job: job.id)
+
+
+def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
+    pairs = [(job.id, job.attempts) for job in claimed]
+    return sa.and_(jobs.c.status == "running", sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs))
+
+
+async def complete(engine: AsyncEngine, done: Sequence[Job], now: float) -> int:
+    """Mark a batch done in one statement; returns how many were still ours to finish."""
+    if not done:
+        return 0
+    async with writer(engine).begin() as conn:
+        result = await conn.execute(
+            jobs.update()
+            .where(_fenced(done))
+            .values(status="done", finished_at=now, lease_expires_at=None)
+        )
+        if any(job.lock_key for job in done):
+            await notify(conn)  # the next job of each key may now be claimable by any worker
+    return int(result.rowcount)
+
+
+async def fail(engine: AsyncEngine, job: Job, error: str, now: float) -> bool:
+    """The job is dead: it keeps `error` as its last error and never runs again by itself."""
+    async with writer(engine).begin() as conn:
+        result = await conn.execute(
+            jobs.update()
+            .where(_fenced([job]))
+            .values(status="dead", last_error=error, finished_at=now, lease_expires_at=None)
+        )
+        if job.lock_key:
+            await notify(conn)
+    return bool(result.rowcount)
+
+
+async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: float) -> bool:
+    """Put a failed job back to waiting until `run_at`; its key stays blocked behind it meanwhile.
+
+    Returns False when a newer waiting job holds the same queueing lock: that job does the same work,
+    so this one ends `done` (keeping its error) rather than running twice.
+    """
+    values = {"status": "waiting", "run_at": run_at, "last_error": error, "lease_expires_at": None}
+    try:
+        async with writer(engine).begin() as conn:
+            await conn.execute(jobs.update().where(_fenced([job])).values(worker_id=None, **values))
+        return True
+    except IntegrityError:
+        async with writer(engine).begin() as conn:
+            await conn.execute(
+                jobs.update()
+                .where(_fenced([job]))
+                .values(status="done", last_error=error, finished_at=now, lease_expires_at=None)
+            )
+        return False
+
+
+async def heartbeat(engine: AsyncEngine, worker_id: str, now: float, lease_s: float) -> int:
+    """Extend the leases of every job `worker_id` is running; returns how many."""
+    async with writer(engine).begin() as conn:
+        result = await conn.execute(
+            jobs.update()
+            .where(jobs.c.worker_id == worker_id, jobs.c.status == "running")
+            .values(lease_expires_at=now + lease_s)
+        )
+    return int(result.rowcount)
+
+
+async def release(engine: AsyncEngine, claimed: Sequence[Job]) -> int:
+    """Hand unfinished jobs back (shutdown): waiting again, lease cleared, the attempt not counted.
+
+    The attempt is given back because the job did not fail; we stopped it.
+    """
+    if not claimed:
+        return 0
+    async with writer(engine).begin() as conn:
+        result = await conn.execute(
+            jobs.update()
+            .where(_fenced(claimed))
+            .values(
+                status="waiting",
+                attempts=jobs.c.attempts - 1,
+                worker_id=None,
+                lease_expires_at=None,
+                started_at=None,
+            )
+        )
+        await notify(conn)
+    return int(result.rowcount)
+
+
+async def prune(engine: AsyncEngine, finished_before: float) -> int:
+    """Delete done jobs finished before the given time (dead ones stay for inspection)."""
+    async with writer(engine).begin() as conn:
+        result = await conn.execute(
+            jobs.delete().where(jobs.c.status == "done", jobs.c.finished_at < finished_before)
+        )
+    return int(result.rowcount)

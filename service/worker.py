@@ -1,0 +1,320 @@
+"""The worker runtime: claims jobs in batches, runs them concurrently, records outcomes in batches.
+
+One control loop per worker does all queue writes (flush finished jobs, then claim into the free
+slots) so that a burst of short jobs costs two statements per batch, not two per job. It sleeps until
+something can have changed: a job of its own finished, a NOTIFY arrived (PostgreSQL), `wake()` was
+called by an in-process enqueue, or the poll interval passed (the fallback for scheduled jobs and lost
+notifications).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+import asyncpg
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
+
+from service import metrics, queue
+from service.clock import Clock
+from service.errors import GiveUp
+from service.notify import Notifier
+from service.queue import LEASE_LOST, NOTIFY_CHANNEL, Job, describe_error
+from service.retry import RetryPolicy, Rng
+
+# Storage faults the loop rides out: it logs, waits a poll interval and tries again.
+TRANSIENT = (SQLAlchemyError, OSError, ConnectionError, TimeoutError)
+HEARTBEATS_PER_LEASE = 3
+
+JobFunction = Callable[[Job, int], Awaitable[None]]
+"""`async def run(job, attempt)`: return to finish the job, raise to fail this attempt."""
+
+
+@runtime_checkable
+class DeadLetterAware(Protocol):
+    """A job function that also wants to know when one of its jobs dies (e.g. to mark its alert)."""
+
+    async def job_dead(self, job: Job, error: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A job run every `interval_s` by whichever worker claims it; the queueing lock dedupes workers."""
+
+    name: str
+    kind: str
+    interval_s: float
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def queueing_lock(self) -> str:
+        return f"periodic:{self.name}"
+
+
+@dataclass(frozen=True)
+class _Finished:
+    job: Job
+    error: Exception | None
+    duration_s: float
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        jobs: Mapping[str, JobFunction],
+        *,
+        concurrency: int,
+        lease_s: float,
+        max_attempts: int,
+        clock: Clock,
+        notifier: Notifier,
+        retry: RetryPolicy | None = None,
+        worker_id: str | None = None,
+        periodic: Sequence[Periodic] = (),
+        poll_interval_s: float = 1.0,
+        grace_s: float = 20.0,
+        log: structlog.stdlib.BoundLogger | None = None,
+        rng: Rng | None = None,
+    ) -> None:
+        self._engine = engine
+        self._jobs = dict(jobs)
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        # One source of truth for the attempt limit: the policy decides, the lost-lease rule agrees.
+        self._retry = replace(retry or RetryPolicy(), max_attempts=max_attempts)
+        self._clock = clock
+        self._notifier = notifier
+        self.worker_id = worker_id or default_worker_id()
+        self._periodic = {p.queueing_lock: p for p in periodic}
+        self._poll_interval_s = poll_interval_s
+        self._grace_s = grace_s
+        self._log = (log or structlog.get_logger("service.worker")).bind(worker_id=self.worker_id)
+        self._rng = rng or random.Random()
+        self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self._finished: list[_Finished] = []
+        self._wake = asyncio.Event()
+        self._listener: tuple[PoolProxiedConnection, asyncpg.Connection] | None = None
+
+    def wake(self) -> None:
+        """Look for work now (call after committing an enqueue in this process)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then finish or release what is running."""
+        await self._start()
+        watcher = asyncio.create_task(self._wake_on(stop))
+        heartbeats = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not stop.is_set():
+                await self._cycle()
+        finally:
+            watcher.cancel()
+            await self._drain()
+            heartbeats.cancel()
+            await self._unlisten()
+
+    async def _start(self) -> None:
+        now = self._clock.now()
+        for p in self._periodic.values():
+            await queue.ensure_scheduled(
+                self._engine, p.kind, p.payload, queueing_lock=p.queueing_lock, now=now
+            )
+        await self._listen()
+        self._log.info("worker_started", concurrency=self._concurrency, kinds=sorted(self._jobs))
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    async def _cycle(self) -> None:
+        self._wake.clear()  # before the reads below, so nothing that happens during them is missed
+        try:
+            await self._flush()
+            await self._fill()
+        except TRANSIENT as exc:
+            self._log.warning("queue_unavailable", error=describe_error(exc))
+        try:
+            async with asyncio.timeout(self._poll_interval_s):
+                await self._wake.wait()
+        except TimeoutError:
+            await self._ensure_listening()
+
+    async def _fill(self) -> None:
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return
+        now = self._clock.now()
+        claimed = await queue.claim(self._engine, self.worker_id, free, now, self._lease_s)
+        await self._schedule_next(claimed, now)
+        for job in claimed:
+            if job.attempts > self._retry.max_attempts:
+                # Every attempt so far lost its lease: the job likely kills its worker, so it must
+                # not be run again; it ends dead without running.
+                self._finished.append(_Finished(job, GiveUp(job.last_error or LEASE_LOST), 0.0))
+                self._wake.set()
+                continue
+            self._running[job.id] = (job, asyncio.create_task(self._execute(job)))
+
+    async def _schedule_next(self, claimed: Sequence[Job], now: float) -> None:
+        """A periodic job starting schedules its successor, so exactly one is always waiting."""
+        for job in claimed:
+            p = self._periodic.get(job.queueing_lock or "")
+            if p is not None:
+                await queue.enqueue(
+                    self._engine, p.kind, p.payload, now=now, lock_key=p.queueing_lock,
+                    queueing_lock=p.queueing_lock, run_at=now + p.interval_s,
+                )  # fmt: skip
+
+    async def _execute(self, job: Job) -> None:
+        started = time.perf_counter()
+        error: Exception | None = None
+        try:
+            function = self._jobs.get(job.kind)
+            if function is None:
+                raise GiveUp(f"no job function for kind {job.kind!r}")
+            await function(job, job.attempts)
+        except Exception as exc:  # a job's failure is data for the retry policy, not a crash
+            error = exc
+        del self._running[job.id]
+        self._finished.append(_Finished(job, error, time.perf_counter() - started))
+        self._wake.set()
+
+    async def _flush(self) -> None:
+        """Record finished jobs: all successes in one statement, failures one by one (rare)."""
+        batch, self._finished = self._finished, []
+        if not batch:
+            return
+        now = self._clock.now()
+        done = [f for f in batch if f.error is None]
+        failed = [f for f in batch if f.error is not None]
+        try:
+            await queue.complete(self._engine, [f.job for f in done], now)
+        except BaseException:
+            self._finished[:0] = batch  # written again next cycle; fencing makes repeats harmless
+            raise
+        for f in done:
+            self._report(f, "done")
+        for index, f in enumerate(failed):
+            try:
+                outcome = await self._settle(f, now)
+            except BaseException:
+                self._finished[:0] = failed[index:]
+                raise
+            self._report(f, outcome)
+
+    async def _settle(self, finished: _Finished, now: float) -> str:
+        assert finished.error is not None
+        job, error_text = finished.job, describe_error(finished.error)
+        run_at = self._retry.decide(job.attempts, finished.error, now, self._rng)
+        if run_at is not None:
+            await queue.retry(self._engine, job, run_at, error_text, now)
+            return "retry"
+        if await queue.fail(self._engine, job, error_text, now):
+            await self._tell_dead(job, error_text)
+        return "dead"
+
+    async def _tell_dead(self, job: Job, error: str) -> None:
+        function = self._jobs.get(job.kind)
+        hooks: list[DeadLetterAware | Notifier] = [self._notifier]
+        if isinstance(function, DeadLetterAware):
+            hooks.insert(0, function)
+        for hook in hooks:
+            try:
+                await hook.job_dead(job, error)
+            except Exception as exc:  # telling must not stop the worker; the row says dead anyway
+                self._log.exception("job_dead_hook_failed", job_id=job.id, error=describe_error(exc))
+
+    def _report(self, finished: _Finished, outcome: str) -> None:
+        job = finished.job
+        metrics.JOBS_FINISHED.labels(job.kind, outcome).inc()
+        metrics.JOB_DURATION.labels(job.kind).observe(finished.duration_s)
+        log = self._log.warning if finished.error is not None else self._log.info
+        log(
+            "job_finished",
+            job_id=job.id,
+            kind=job.kind,
+            lock_key=job.lock_key,
+            outcome=outcome,
+            attempt=job.attempts,
+            duration_ms=round(finished.duration_s * 1000, 3),
+            **({"error": describe_error(finished.error)} if finished.error is not None else {}),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / HEARTBEATS_PER_LEASE)  # a timer, not a wait for work
+            if not self._running:
+                continue
+            try:
+                await queue.heartbeat(self._engine, self.worker_id, self._clock.now(), self._lease_s)
+            except TRANSIENT as exc:
+                self._log.warning("heartbeat_failed", error=describe_error(exc))
+
+    async def _drain(self) -> None:
+        """Shutdown: no more claims; running jobs get `grace_s` to finish, the rest go back to waiting."""
+        tasks = [task for _, task in self._running.values()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self._grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        unfinished = [job for job, _ in self._running.values()]
+        self._running.clear()
+        try:
+            await self._flush()
+            released = await queue.release(self._engine, unfinished)
+        except TRANSIENT as exc:
+            # Their leases expire and another worker takes them over.
+            self._log.error("worker_release_failed", error=describe_error(exc), jobs=len(unfinished))
+            return
+        self._log.info("worker_stopped", released=released)
+
+    async def _listen(self) -> None:
+        if self._engine.dialect.name != "postgresql":
+            return  # SQLite has no notifications: in-process `wake()` and polling cover it
+        try:
+            raw = await self._engine.raw_connection()
+            connection: asyncpg.Connection = raw.driver_connection
+            await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except TRANSIENT as exc:
+            self._log.warning("listen_failed", error=describe_error(exc))
+            return
+        self._listener = (raw, connection)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _ensure_listening(self) -> None:
+        """On a poll timeout: re-listen if the notification connection died."""
+        if self._listener is not None and self._listener[1].is_closed():
+            raw, _ = self._listener
+            self._listener = None
+            await greenlet_spawn(raw.invalidate)
+        if self._listener is None:
+            await self._listen()
+
+    async def _unlisten(self) -> None:
+        if self._listener is None:
+            return
+        (raw, connection), self._listener = self._listener, None
+        try:
+            await connection.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+        finally:
+            # Back to the pool only with the callback gone; the pool's reset needs a greenlet.
+            await greenlet_spawn(raw.close)

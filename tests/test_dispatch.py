@@ -1,0 +1,166 @@
+"""The alert job: alert status follows the job (pending → processing → done | ignored | dead)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import queue
+from service.clock import FixedClock
+from service.db import alerts, create_engine
+from service.dispatch import ALERT_JOB_KIND, alert_lock_key, make_alert_job, replay_alert
+from service.queue import Job
+from service.retry import RetryPolicy
+from service.types import Alert, AlertKind, Context, Handler, Outcome
+from service.worker import Worker
+from tests.conftest import make_settings
+from tests.queue_helpers import RecordingNotifier, eventually, job_rows, running
+
+T0 = 1_750_000_000.0
+
+
+@dataclass
+class Deps:
+    engine: AsyncEngine
+    clock: FixedClock
+    notifier: Any = None
+    codat: Any = None
+    settings: Any = None
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(database_url))
+    yield engine
+    await engine.dispose()
+
+
+async def store_alert(engine: AsyncEngine, alert_id: str = "a1", kind: str = "dataset_status") -> None:
+    row = {
+        "id": alert_id, "kind": kind, "type": "read.completed", "shape": "envelope", "company_id": "C1",
+        "connection_id": "K1", "dataset_id": "D1", "dataset_status": "Complete",
+        "data_types": [
+            {"data_type": "orders", "status": "Complete", "dataset_id": "D1", "connection_id": "K1"}
+        ],
+        "generated_at": T0 - 5, "received_at": T0, "updated_at": T0, "status": "pending", "attempts": 0,
+        "body": b'{"id": "a1"}',
+    }  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(alerts), row)
+
+
+async def alert_state(engine: AsyncEngine, alert_id: str = "a1") -> tuple[str, int, str | None]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).one()
+    return row.status, row.attempts, row.last_error
+
+
+def alert_job(alert_id: str = "a1", attempt: int = 1) -> Job:
+    return Job(attempt, ALERT_JOB_KIND, {"alert_id": alert_id}, "company:C1", None, attempt, T0, T0)
+
+
+def registry(handler: Handler) -> dict[AlertKind, Handler]:
+    return {AlertKind.DATASET_STATUS: handler}
+
+
+@pytest.mark.parametrize(("outcome", "status"), [(Outcome.DONE, "done"), (Outcome.IGNORED, "ignored")])
+async def test_handler_outcome_sets_status(engine: AsyncEngine, outcome: Outcome, status: str) -> None:
+    """The handler sees the alert as processing; its outcome becomes the alert's status."""
+    seen: list[tuple[Alert, Context, tuple[str, int, str | None]]] = []
+
+    async def handler(alert: Alert, ctx: Context) -> Outcome:
+        seen.append((alert, ctx, await alert_state(engine)))
+        return outcome
+
+    await store_alert(engine)
+    deps = Deps(engine, FixedClock(T0), settings="S")
+    await make_alert_job(registry(handler), deps)(alert_job(attempt=2), 2)
+    [(alert, ctx, during)] = seen
+    assert during == ("processing", 1, None)
+    assert (alert.delivery_id, alert.company_id) == ("a1", "C1")
+    assert (alert.data_type, alert.dataset_id) == ("orders", "D1")
+    assert alert.body == b'{"id": "a1"}'
+    assert (ctx.attempt, ctx.clock, ctx.settings) == (2, deps.clock, "S")
+    assert await alert_state(engine) == (status, 1, None)
+
+
+async def test_kind_without_handler_is_ignored(engine: AsyncEngine) -> None:
+    """An alert whose kind has no handler ends ignored, its run still counted."""
+    await store_alert(engine, kind="other")
+    await make_alert_job({}, Deps(engine, FixedClock(T0)))(alert_job(), 1)
+    assert await alert_state(engine) == ("ignored", 1, None)
+
+
+async def test_failure_returns_to_pending_then_dead(engine: AsyncEngine) -> None:
+    """A failing handler leaves the alert pending with its error; when the job dies, the alert is dead."""
+
+    async def handler(alert: Alert, ctx: Context) -> Outcome:
+        raise RuntimeError("upstream down")
+
+    await store_alert(engine)
+    job_function = make_alert_job(registry(handler), Deps(engine, FixedClock(T0)))
+    with pytest.raises(RuntimeError):
+        await job_function(alert_job(), 1)
+    assert await alert_state(engine) == ("pending", 1, "RuntimeError: upstream down")
+    await job_function.job_dead(alert_job(), "RuntimeError: upstream down")
+    assert await alert_state(engine) == ("dead", 1, "RuntimeError: upstream down")
+
+
+async def test_worker_counts_attempts_until_dead(engine: AsyncEngine) -> None:
+    """Through a worker: each failed run is counted on the alert, which ends dead after max attempts."""
+    calls = []
+
+    async def handler(alert: Alert, ctx: Context) -> Outcome:
+        calls.append(ctx.attempt)
+        raise RuntimeError(f"fail {ctx.attempt}")
+
+    await store_alert(engine)
+    await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock_key("C1"))
+    clock = FixedClock(T0)
+    job_function = make_alert_job(registry(handler), Deps(engine, clock))
+    worker = Worker(
+        engine, {ALERT_JOB_KIND: job_function}, concurrency=2, lease_s=30, max_attempts=3, clock=clock,
+        notifier=RecordingNotifier(), retry=RetryPolicy(base_s=0, cap_s=0), poll_interval_s=0.05,
+    )  # fmt: skip
+    async with running(worker):
+        await eventually(lambda: _alert_is(engine, "dead"))
+    assert calls == [1, 2, 3]
+    assert await alert_state(engine) == ("dead", 3, "RuntimeError: fail 3")
+
+
+async def test_replay_queues_a_new_job(engine: AsyncEngine) -> None:
+    """Replaying an alert puts it back to pending with a new job under its company's lock key."""
+    await store_alert(engine)
+    async with engine.begin() as conn:
+        await conn.execute(alerts.update().values(status="done", attempts=1))
+    assert await replay_alert(engine, "a1", T0 + 10)
+    assert (await alert_state(engine))[0] == "pending"
+    [job] = await job_rows(engine)
+    assert (job.kind, job.payload) == ("alert", {"alert_id": "a1"})
+    assert (job.lock_key, job.status) == ("company:C1", "waiting")
+
+
+async def test_replay_of_unknown_alert(engine: AsyncEngine) -> None:
+    """Replaying an alert that does not exist changes nothing and says so."""
+    assert not await replay_alert(engine, "nope", T0)
+    assert await job_rows(engine) == []
+
+
+async def test_missing_alert_finishes_quietly(engine: AsyncEngine) -> None:
+    """A job for an alert that no longer exists has nothing to do."""
+    await asyncio.wait_for(make_alert_job({}, Deps(engine, FixedClock(T0)))(alert_job("gone"), 1), 5)
+
+
+def test_lock_key() -> None:
+    """Alerts of one company share a key; company-less alerts run unordered."""
+    assert (alert_lock_key("C1"), alert_lock_key(None), alert_lock_key("")) == ("company:C1", None, None)
+
+
+async def _alert_is(engine: AsyncEngine, status: str) -> bool:
+    return (await alert_state(engine))[0] == status

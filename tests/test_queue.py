@@ -1,0 +1,313 @@
+"""The job queue's storage operations (explicit times) and the worker that applies them, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import metrics, queue
+from service.clock import FixedClock, SystemClock
+from service.db import create_engine
+from service.errors import GiveUp
+from service.queue import Job
+from service.retry import RetryPolicy
+from service.worker import JobFunction, Periodic, Worker
+from tests.conftest import make_settings
+from tests.queue_helpers import RecordingNotifier, eventually, job_rows, running
+
+T0 = 1_750_000_000.0
+LEASE_S = 30.0
+INSTANT = RetryPolicy(base_s=0.0, cap_s=0.0)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(database_url))
+    yield engine
+    await engine.dispose()
+
+
+def make_worker(engine: AsyncEngine, jobs: dict[str, JobFunction], **overrides: object) -> Worker:
+    options: dict[str, object] = {
+        "concurrency": 4, "lease_s": LEASE_S, "max_attempts": 3, "clock": SystemClock(),
+        "notifier": RecordingNotifier(), "retry": INSTANT, "poll_interval_s": 0.05, "grace_s": 1.0,
+    }  # fmt: skip
+    options.update(overrides)
+    return Worker(engine, jobs, **options)  # type: ignore[arg-type]
+
+
+async def add(engine: AsyncEngine, lock_key: str | None = None, **kwargs: object) -> int:
+    job_id = await queue.enqueue(engine, "test", {"n": 1}, now=T0, lock_key=lock_key, **kwargs)  # type: ignore[arg-type]
+    assert job_id is not None
+    return job_id
+
+
+def ids(claimed: list[Job]) -> list[int]:
+    return [job.id for job in claimed]
+
+
+async def test_enqueue_claim_complete(engine: AsyncEngine) -> None:
+    """Jobs are claimed oldest first as attempt 1, and once done are never claimed again."""
+    first, second = await add(engine), await add(engine)
+    claimed = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    assert ids(claimed) == [first, second]
+    assert [job.attempts for job in claimed] == [1, 1]
+    assert claimed[0].payload == {"n": 1}
+    assert await queue.complete(engine, claimed, T0 + 1) == 2
+    assert await queue.claim(engine, "w1", 10, T0 + 2, LEASE_S) == []
+    assert [row.status for row in await job_rows(engine)] == ["done", "done"]
+
+
+async def test_claim_respects_limit(engine: AsyncEngine) -> None:
+    """A claim takes no more than its limit; the rest stay for the next one."""
+    for _ in range(5):
+        await add(engine)
+    assert len(await queue.claim(engine, "w1", 3, T0, LEASE_S)) == 3
+    assert len(await queue.claim(engine, "w2", 3, T0, LEASE_S)) == 2
+
+
+async def test_scheduled_job_waits_for_run_at(engine: AsyncEngine) -> None:
+    """A job scheduled for later is not claimable before its time."""
+    job_id = await add(engine, run_at=T0 + 60)
+    assert await queue.claim(engine, "w1", 10, T0 + 59, LEASE_S) == []
+    assert ids(await queue.claim(engine, "w1", 10, T0 + 60, LEASE_S)) == [job_id]
+
+
+async def test_expired_lease_is_reclaimed_as_a_new_attempt(engine: AsyncEngine) -> None:
+    """A lost worker's job is claimed again after its lease; the old worker can no longer finish it."""
+    job_id = await add(engine)
+    [old] = await queue.claim(engine, "lost", 10, T0, 5.0)
+    assert await queue.claim(engine, "w2", 10, T0 + 4, 5.0) == []
+    [new] = await queue.claim(engine, "w2", 10, T0 + 6, 5.0)
+    assert (new.id, new.attempts, new.last_error) == (job_id, 2, queue.LEASE_LOST)
+    assert await queue.complete(engine, [old], T0 + 7) == 0  # fenced by attempt
+    assert await queue.complete(engine, [new], T0 + 7) == 1
+
+
+async def test_heartbeat_extends_the_lease(engine: AsyncEngine) -> None:
+    """A heartbeating worker keeps its job beyond the original lease."""
+    await add(engine)
+    await queue.claim(engine, "w1", 10, T0, 5.0)
+    assert await queue.heartbeat(engine, "w1", T0 + 4, 5.0) == 1
+    assert await queue.claim(engine, "w2", 10, T0 + 6, 5.0) == []
+    assert len(await queue.claim(engine, "w2", 10, T0 + 10, 5.0)) == 1
+
+
+async def test_one_job_per_key_in_enqueue_order(engine: AsyncEngine) -> None:
+    """Only the oldest job of a key is claimable, and only while no job of that key runs."""
+    a1, a2 = await add(engine, "a"), await add(engine, "a")
+    b1, free = await add(engine, "b"), await add(engine)
+    first = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    assert ids(first) == [a1, b1, free]
+    assert await queue.claim(engine, "w2", 10, T0, LEASE_S) == []
+    await queue.complete(engine, first[:1], T0)
+    assert ids(await queue.claim(engine, "w2", 10, T0, LEASE_S)) == [a2]
+
+
+async def test_a_retrying_job_holds_back_its_key(engine: AsyncEngine) -> None:
+    """While a job backs off, later jobs of its key wait behind it; other keys go on."""
+    a1, a2, _ = await add(engine, "a"), await add(engine, "a"), await add(engine, "b")
+    [job, other] = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    await queue.complete(engine, [other], T0)
+    assert await queue.retry(engine, job, T0 + 100, "ValueError: x", T0)
+    assert await queue.claim(engine, "w1", 10, T0 + 50, LEASE_S) == []
+    [again] = await queue.claim(engine, "w1", 10, T0 + 100, LEASE_S)
+    assert (again.id, again.attempts, again.last_error) == (a1, 2, "ValueError: x")
+    await queue.complete(engine, [again], T0 + 101)
+    assert ids(await queue.claim(engine, "w1", 10, T0 + 101, LEASE_S)) == [a2]
+
+
+async def test_queueing_lock_allows_one_waiting_job(engine: AsyncEngine) -> None:
+    """A second enqueue with the same queueing lock is a no-op while the first waits."""
+    first = await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q")
+    assert first is not None
+    assert await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q") is None
+    await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    assert await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q") is not None
+
+
+async def test_retry_collapses_into_a_waiting_duplicate(engine: AsyncEngine) -> None:
+    """A failed job whose queueing lock is held by a newer waiting job ends, instead of running twice."""
+    await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q")
+    [job] = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q")
+    assert not await queue.retry(engine, job, T0 + 1, "ValueError: x", T0)
+    assert [(row.status, row.last_error) for row in await job_rows(engine)] == [
+        ("done", "ValueError: x"),
+        ("waiting", None),
+    ]
+
+
+async def test_release_gives_the_attempt_back(engine: AsyncEngine) -> None:
+    """Released jobs wait again with no lease, and the interrupted attempt is not counted."""
+    await add(engine, "a")
+    claimed = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    assert await queue.release(engine, claimed) == 1
+    [row] = await job_rows(engine)
+    assert (row.status, row.attempts, row.lease_expires_at, row.worker_id) == ("waiting", 0, None, None)
+    assert [job.attempts for job in await queue.claim(engine, "w2", 10, T0, LEASE_S)] == [1]
+
+
+async def test_worker_runs_jobs_to_done(engine: AsyncEngine) -> None:
+    """A worker runs every job once, passing the attempt, and marks them done."""
+    seen: list[tuple[int, int]] = []
+
+    async def record(job: Job, attempt: int) -> None:
+        seen.append((job.id, attempt))
+
+    job_ids = [await add(engine, f"k{i % 3}") for i in range(20)]
+    async with running(make_worker(engine, {"test": record})):
+        await eventually(lambda: _all_status(engine, "done"))
+    assert sorted(seen) == [(job_id, 1) for job_id in job_ids]
+
+
+async def test_failing_job_ends_dead_with_last_error(engine: AsyncEngine) -> None:
+    """A job failing every attempt is dead after max attempts, keeps its error, and someone is told."""
+    notifier = RecordingNotifier()
+    calls: list[int] = []
+
+    async def boom(job: Job, attempt: int) -> None:
+        calls.append(attempt)
+        raise ValueError(f"boom {attempt}")
+
+    job_id = await add(engine)
+    async with running(make_worker(engine, {"test": boom}, notifier=notifier, max_attempts=3)):
+        await eventually(lambda: _all_status(engine, "dead"))
+    [row] = await job_rows(engine)
+    assert (calls, row.attempts, row.last_error) == ([1, 2, 3], 3, "ValueError: boom 3")
+    assert notifier.dead == [(job_id, "ValueError: boom 3")]
+
+
+async def test_give_up_is_dead_at_once(engine: AsyncEngine) -> None:
+    """GiveUp skips the remaining attempts."""
+
+    async def give_up(job: Job, attempt: int) -> None:
+        raise GiveUp("cannot ever work")
+
+    await add(engine)
+    async with running(make_worker(engine, {"test": give_up}, max_attempts=10)):
+        await eventually(lambda: _all_status(engine, "dead"))
+    assert [row.attempts for row in await job_rows(engine)] == [1]
+
+
+async def test_job_that_keeps_killing_its_worker_ends_dead(engine: AsyncEngine) -> None:
+    """A job whose lease expired on its last attempt is made dead, not run again."""
+    notifier, calls = RecordingNotifier(), []
+
+    async def never(job: Job, attempt: int) -> None:
+        calls.append(attempt)
+
+    job_id = await add(engine)
+    await queue.claim(engine, "crashed", 10, T0, 5.0)  # attempt 1 of 1, its worker never returns
+    clock = FixedClock(T0 + 10)
+    worker = make_worker(engine, {"test": never}, clock=clock, max_attempts=1, notifier=notifier)
+    async with running(worker):
+        await eventually(lambda: _all_status(engine, "dead"))
+    assert calls == []
+    assert notifier.dead == [(job_id, f"GiveUp: {queue.LEASE_LOST}")]
+
+
+async def test_shutdown_releases_unfinished_jobs(engine: AsyncEngine) -> None:
+    """On stop, a job still running after the grace period goes back to waiting, lease cleared."""
+    started = asyncio.Event()
+
+    async def hang(job: Job, attempt: int) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await add(engine)
+    async with running(make_worker(engine, {"test": hang}, grace_s=0.05)):
+        await asyncio.wait_for(started.wait(), 10)
+    [row] = await job_rows(engine)
+    assert (row.status, row.attempts, row.lease_expires_at, row.worker_id) == ("waiting", 0, None, None)
+
+
+async def test_shutdown_lets_running_jobs_finish_within_grace(engine: AsyncEngine) -> None:
+    """A job that finishes within the grace period is recorded done."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(job: Job, attempt: int) -> None:
+        started.set()
+        await release.wait()
+
+    await add(engine)
+    async with running(make_worker(engine, {"test": slow}, grace_s=10.0)) as stop:
+        await asyncio.wait_for(started.wait(), 10)
+        stop.set()
+        release.set()
+    assert [row.status for row in await job_rows(engine)] == ["done"]
+
+
+async def test_wake_starts_work_without_waiting_for_the_poll(engine: AsyncEngine) -> None:
+    """`wake()` after an in-process enqueue makes an idle worker claim at once."""
+    done = asyncio.Event()
+
+    async def finish(job: Job, attempt: int) -> None:
+        done.set()
+
+    worker = make_worker(engine, {"test": finish}, poll_interval_s=3600)
+    async with running(worker):
+        await asyncio.sleep(0.05)  # let the worker go idle first
+        await add(engine)
+        worker.wake()
+        await asyncio.wait_for(done.wait(), 5)
+
+
+async def test_notify_wakes_worker_on_postgres(postgres_url: str) -> None:
+    """On PostgreSQL an enqueue from anywhere wakes a listening worker (no poll, no wake())."""
+    engine = create_engine(make_settings(postgres_url))
+    done = asyncio.Event()
+
+    async def finish(job: Job, attempt: int) -> None:
+        done.set()
+
+    try:
+        async with running(make_worker(engine, {"test": finish}, poll_interval_s=3600)):
+            await asyncio.sleep(0.2)  # let the worker go idle first
+            await add(engine)
+            await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await engine.dispose()
+
+
+async def test_periodic_job_is_never_duplicated(engine: AsyncEngine) -> None:
+    """Two workers with the same periodic job run it once per interval, with one successor waiting."""
+    clock, runs = FixedClock(T0), []
+
+    async def tick(job: Job, attempt: int) -> None:
+        runs.append(job.id)
+
+    every_hour = Periodic("tick", "tick", 3600.0, {"x": 1})
+    workers = [make_worker(engine, {"tick": tick}, clock=clock, periodic=[every_hour]) for _ in range(2)]
+    async with running(*workers):
+        await eventually(lambda: _count(engine, "done", 1))
+        clock.advance(3600)
+        for worker in workers:
+            worker.wake()
+        await eventually(lambda: _count(engine, "done", 2))
+    rows = await job_rows(engine)
+    assert [row.status for row in rows] == ["done", "done", "waiting"]
+    assert rows[-1].run_at == T0 + 7200 and rows[-1].queueing_lock == "periodic:tick"
+    assert len(runs) == 2
+
+
+async def test_queue_gauges(engine: AsyncEngine) -> None:
+    """The metrics report depth by status and how long the oldest runnable job has been due."""
+    await add(engine)
+    await add(engine, run_at=T0 + 1000)
+    await metrics.refresh_queue_gauges(engine, T0 + 30)
+    text = metrics.render().decode()
+    assert 'relay_jobs{status="waiting"} 2.0' in text
+    assert "relay_jobs_oldest_waiting_seconds 30.0" in text
+
+
+async def _all_status(engine: AsyncEngine, status: str) -> bool:
+    rows = await job_rows(engine)
+    return bool(rows) and all(row.status == status for row in rows)
+
+
+async def _count(engine: AsyncEngine, status: str, expected: int) -> bool:
+    return len(await job_rows(engine, status=status)) == expected
