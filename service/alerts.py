@@ -57,6 +57,8 @@ def delivery_id(obj: dict[str, Any], header_id: str | None) -> str:
             continue
         if isinstance(candidate, int | str):
             value = str(candidate).strip()
+            if "\x00" in value:
+                raise MalformedPayload("delivery id contains a NUL character")
             if value and len(value) <= MAX_ID_LENGTH:
                 return value
             if len(value) > MAX_ID_LENGTH:
@@ -74,10 +76,11 @@ def parse_alert(obj: dict[str, Any], body: bytes, *, header_id: str | None, sign
     except (TypeError, ValueError, AttributeError):
         pass
     raw_type = obj.get("eventType") or obj.get("type") or obj.get("RuleType")
+    shown_type = raw_type.replace("\x00", "")[:MAX_ID_LENGTH] if isinstance(raw_type, str) else ""
     return Alert(
         delivery_id=alert_id,
         kind=AlertKind.OTHER,
-        type=_text(raw_type) or "unknown",
+        type=shown_type.strip() or "unknown",
         shape=Shape.UNKNOWN,
         body=body,
     )
@@ -145,6 +148,9 @@ def _text(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError("expected a string")
+    if len(value) > MAX_ID_LENGTH or "\x00" in value:
+        # Columns hold 255 characters and PostgreSQL text cannot hold NUL: keep such bodies as `other`.
+        raise ValueError("string the database cannot hold as a field")
     return value.strip() or None
 
 

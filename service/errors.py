@@ -66,3 +66,10 @@ class StorageUnavailable(RetryLater):
 
 class GiveUp(RelayError):
     """A job failed in a way no retry can fix: it goes straight to `dead`."""
+
+
+class InvalidRequest(Rejected):
+    """A query or body that fails validation: 422 naming the field."""
+
+    status_code = 422
+    code = "invalid_request"

@@ -1,0 +1,144 @@
+"""The Starlette application: resources in the lifespan, errors mapped to HTTP in one table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from service import admin, metrics, migrate
+from service.clock import Clock, SystemClock
+from service.db import create_engine
+from service.errors import Rejected, RetryLater
+from service.ingest import WRITE_TIMEOUT_S, Ingestor
+from service.responses import error_response, json_response
+from service.runtime import Runtime, build_runtime
+from service.settings import Settings
+from service.webhooks import WebhookEndpoint
+
+log = structlog.get_logger("service.app")
+
+
+@dataclass
+class AppOptions:
+    """What differs between `serve` (web + workers), `web`, and tests."""
+
+    run_workers: bool = False
+    transport: httpx.AsyncBaseTransport | None = None
+    write_timeout_s: float = WRITE_TIMEOUT_S
+
+
+async def rejected(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Rejected)
+    return error_response(exc.code, exc.status_code, exc.detail if exc.detail != exc.code else None)
+
+
+async def retry_later(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RetryLater)
+    return error_response("unavailable", 503, headers={"Retry-After": str(exc.after_s)})
+
+
+async def unexpected(_request: Request, exc: Exception) -> Response:
+    # A bug of ours, never the client's input; logged with its traceback.
+    log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
+    return error_response("internal_error", 500)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: rejected, RetryLater: retry_later, Exception: unexpected}
+
+
+async def healthz(_request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    engine: AsyncEngine = request.app.state.runtime.engine
+    try:
+        async with asyncio.timeout(3):
+            async with engine.connect() as conn:
+                current = await conn.run_sync(migrate.current_revision)
+    except Exception as exc:  # any failure to reach the database means "not ready"
+        return json_response({"status": "unavailable", "reason": type(exc).__name__}, 503)
+    head = request.app.state.migration_head
+    if current != head:
+        return json_response({"status": "unavailable", "reason": f"migrations at {current}, need {head}"}, 503)
+    return json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    with contextlib.suppress(Exception):  # a database outage must not hide the other metrics
+        await metrics.refresh_queue_gauges(runtime.engine, runtime.clock.now())
+    return PlainTextResponse(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None) -> Starlette:
+    clock = clock or SystemClock()
+    options = options or AppOptions()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        runtime = await build_runtime(settings, engine, clock, transport=options.transport)
+        ingestor = Ingestor(
+            engine,
+            clock,
+            writers=1 if settings.is_sqlite else 4,
+            write_timeout_s=options.write_timeout_s,
+            on_commit=runtime.wake_workers,
+        )
+        app.state.runtime = runtime
+        endpoint.bind(ingestor)
+        await ingestor.start()
+        if options.run_workers:
+            await runtime.start_workers()
+        try:
+            yield
+        finally:
+            await ingestor.stop()
+            await runtime.close()
+            await engine.dispose()
+
+    endpoint = _LazyWebhook(settings, clock)
+    app = Starlette(
+        routes=[
+            Route("/webhooks/codat", endpoint.handle, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *admin.routes(),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.migration_head = migrate.head_revision()
+    return app
+
+
+class _LazyWebhook:
+    """The route exists before the lifespan creates the ingestor it needs."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._endpoint: WebhookEndpoint | None = None
+
+    def bind(self, ingestor: Ingestor) -> None:
+        self._endpoint = WebhookEndpoint(self._settings, ingestor, self._clock)
+
+    async def handle(self, request: Request) -> Response:
+        if self._endpoint is None:
+            raise RetryLater("starting up")
+        return await self._endpoint.handle(request)

@@ -1,0 +1,139 @@
+"""`codat-relay`: serve, web, worker, migrate, sandbox, and the operator commands.
+
+Exit codes: 0 success, 1 failure with a one-line reason, 2 bad usage (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from service import migrate
+from service.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger("service.cli")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class CommandFailed(Exception):
+    """A one-line reason; the command exits 1."""
+
+
+def _settings() -> Settings:
+    from service.logs import configure_logging
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise CommandFailed(str(exc)) from None
+    configure_logging(settings, sys.stderr)
+    return settings
+
+
+def _warn_if_unauthenticated(settings: Settings) -> None:
+    if not settings.webhook_auth_configured:
+        log.warning(
+            "webhooks_unauthenticated",
+            message="RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS=true: anyone can post alerts. Development only!",
+        )
+
+
+def _serve(args: argparse.Namespace, *, workers: bool) -> int:
+    import uvicorn
+
+    from service.app import AppOptions, create_app
+
+    settings = _settings()
+    _warn_if_unauthenticated(settings)
+    migrate.upgrade(settings.database_url)
+    app = create_app(settings, options=AppOptions(run_workers=workers))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+    log.info("serving", host=settings.host, port=settings.port, workers=workers)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, workers=True)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    return _serve(args, workers=False)
+
+
+def cmd_worker(_args: argparse.Namespace) -> int:
+    from service.db import create_engine
+    from service.runtime import build_runtime
+    from service.clock import SystemClock
+
+    settings = _settings()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        engine = create_engine(settings)
+        runtime = await build_runtime(settings, engine, SystemClock())
+        try:
+            await runtime.run_worker_forever(stop)
+        finally:
+            await runtime.close()
+            await engine.dispose()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        migrate.upgrade(settings.database_url)
+    except Exception as exc:  # the operator needs the reason in one line, not a traceback
+        raise CommandFailed(f"migration failed: {type(exc).__name__}: {exc}") from None
+    print(f"database at revision {migrate.head_revision()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from service import cli_admin
+
+    parser = argparse.ArgumentParser(prog="codat-relay", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", help="web + in-process workers (a complete deployment)").set_defaults(func=cmd_serve)
+    sub.add_parser("web", help="the HTTP half only").set_defaults(func=cmd_web)
+    sub.add_parser("worker", help="the job-processing half only").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="apply database migrations, then exit").set_defaults(func=cmd_migrate)
+    cli_admin.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except CommandFailed as exc:
+        print(f"codat-relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Operator commands. They use the same functions as the admin API, straight on the database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import cli
+from service.admin import alert_json
+from service.db import alerts, create_engine
+from service.dispatch import replay_alert
+from service.clock import SystemClock
+from service.sandbox.config import add_arguments as add_sandbox_arguments
+from service.types import AlertKind, AlertStatus
+
+ALERT_COLUMNS = ("id", "kind", "type", "companyId", "status", "attempts", "receivedAt")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def emit(data: Any, args: argparse.Namespace, columns: Sequence[str] | None = None) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+    elif columns is not None and isinstance(data, list):
+        print_table(data, columns)
+    elif isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        for key, value in data.items():
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            print(f"{key.ljust(width)}  {shown}")
+    else:
+        print(data)
+
+
+def with_engine(func: Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]]) -> cli.Command:
+    def run(args: argparse.Namespace) -> int:
+        settings = cli._settings()
+
+        async def go() -> int:
+            engine = create_engine(settings)
+            try:
+                return await func(engine, args)
+            except (OSError, sa.exc.SQLAlchemyError) as exc:
+                raise cli.CommandFailed(f"database unavailable: {type(exc).__name__}") from None
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(go())
+
+    return run
+
+
+async def alerts_list(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    query = sa.select(alerts).order_by(alerts.c.received_at.desc()).limit(args.limit)
+    if args.status:
+        query = query.where(alerts.c.status == args.status)
+    if args.kind:
+        query = query.where(alerts.c.kind == args.kind)
+    if args.company:
+        query = query.where(alerts.c.company_id == args.company)
+    async with engine.connect() as conn:
+        rows = [alert_json(r) for r in (await conn.execute(query)).mappings()]
+    emit(rows, args, ALERT_COLUMNS)
+    return 0
+
+
+async def alerts_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(alerts).where(alerts.c.id == args.id))).mappings().first()
+    if row is None:
+        raise cli.CommandFailed(f"no alert {args.id}")
+    emit(alert_json(row, detail=True), args)
+    return 0
+
+
+async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    if not await replay_alert(engine, args.id, SystemClock().now()):
+        raise cli.CommandFailed(f"no alert {args.id}")
+    emit({"status": "queued", "id": args.id}, args)
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from service.sandbox import config_from_args, run_sandbox
+
+    run_sandbox(config_from_args(args), args.host, args.port)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    alerts_p = sub.add_parser("alerts", help="inspect and replay received alerts")
+    alerts_sub = alerts_p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    lst = alerts_sub.add_parser("list", parents=[json_flag], help="newest first")
+    lst.add_argument("--status", choices=[s.value for s in AlertStatus])
+    lst.add_argument("--kind", choices=[k.value for k in AlertKind])
+    lst.add_argument("--company", help="company id")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.set_defaults(func=with_engine(alerts_list))
+    show = alerts_sub.add_parser("show", parents=[json_flag], help="one alert with its raw body")
+    show.add_argument("id")
+    show.set_defaults(func=with_engine(alerts_show))
+    rep = alerts_sub.add_parser("replay", parents=[json_flag], help="process an alert again")
+    rep.add_argument("id")
+    rep.set_defaults(func=with_engine(alerts_replay))
+
+    sandbox = sub.add_parser("sandbox", help="run the local Codat sandbox (a stand-in for api.codat.io)")
+    add_sandbox_arguments(sandbox)
+    sandbox.set_defaults(func=cmd_sandbox)

@@ -1,0 +1,72 @@
+"""The process's long-lived resources, created and closed in one place (the app lifespan or the worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from handlers import REGISTRY
+from service.clock import Clock
+from service.dispatch import make_alert_job
+from service.notify import LogNotifier
+from service.settings import Settings
+from service.worker import Worker
+
+log = structlog.get_logger("service.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    clock: Clock
+    notifier: LogNotifier
+    transport: httpx.AsyncBaseTransport | None = None
+    codat: object | None = None
+    workers: list[Worker] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def build_worker(self) -> Worker:
+        jobs = {"alert": make_alert_job(REGISTRY, self)}
+        return Worker(
+            self.engine,
+            jobs,
+            concurrency=self.settings.worker_concurrency,
+            lease_s=self.settings.job_lease_seconds,
+            max_attempts=self.settings.max_attempts,
+            clock=self.clock,
+            notifier=self.notifier,
+        )
+
+    async def start_workers(self) -> None:
+        worker = self.build_worker()
+        self.workers.append(worker)
+        self._tasks.append(asyncio.create_task(worker.run(self._stop), name="worker"))
+
+    async def run_worker_forever(self, stop: asyncio.Event) -> None:
+        """`codat-relay worker`: one worker until `stop` is set (SIGTERM)."""
+        worker = self.build_worker()
+        self.workers.append(worker)
+        await worker.run(stop)
+
+    def wake_workers(self) -> None:
+        """New jobs were committed in this process: let idle workers claim them at once."""
+        for worker in self.workers:
+            worker.wake()
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+async def build_runtime(
+    settings: Settings, engine: AsyncEngine, clock: Clock, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Runtime:
+    return Runtime(settings=settings, engine=engine, clock=clock, notifier=LogNotifier(), transport=transport)

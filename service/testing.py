@@ -1,0 +1,91 @@
+"""Test doubles shipped with the service: an in-process app with its lifespan, sample deliveries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from starlette.applications import Starlette
+
+if TYPE_CHECKING:
+    from service.app import AppOptions
+
+from service.clock import Clock
+from service.settings import Settings
+
+COMPANY_ID = "8a210b68-6988-11ed-a1eb-0242ac120002"
+CONNECTION_ID = "2e9d2c44-1c4b-4a62-8a53-5d4e0a4f2f1c"
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None
+) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    """The real app with its lifespan, reached in-process through `httpx.ASGITransport`."""
+    from service.app import create_app  # late: the sample factories below need no app
+
+    app = create_app(settings, clock=clock, options=options)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
+            yield app, client
+
+
+def legacy_body(rule_type: str = "Data Sync Status Changed To Error", **overrides: Any) -> dict[str, Any]:
+    """A PascalCase alert-rule body (FACTS.md §4a)."""
+    body: dict[str, Any] = {
+        "ClientId": "bae71d36-ff47-420a-b4a6-f8c9ddf41140",
+        "ClientName": "Acme",
+        "CompanyId": COMPANY_ID,
+        "DataConnectionId": CONNECTION_ID,
+        "RuleId": "70af3071-65d9-4ec3-b3cb-5283e8d55dac",
+        "RuleType": rule_type,
+        "AlertId": str(uuid.uuid4()),
+        "Message": "ERROR: syncing payments triggered a ProcessingError notification.",
+        "Data": {
+            "dataType": "commerce-payments",
+            "datasetStatus": "ProcessingError",
+            "datasetId": "6586f21b-2f5a-4d1c-9b1e-3f6e8a0d4c11",
+        },
+    }
+    body.update(overrides)
+    return body
+
+
+def read_completed_body(*data_types: tuple[str, str], event_key: str = "eventType") -> dict[str, Any]:
+    """A `read.completed` envelope (FACTS.md §4c) with one entry per (dataType, status)."""
+    return {
+        "id": str(uuid.uuid4()),
+        event_key: "read.completed",
+        "generatedDate": "2024-09-29T20:26:10.344522Z",
+        "payload": {
+            "referenceCompany": {"id": COMPANY_ID, "name": "Toft stores", "tags": {}},
+            "modifiedFromDate": None,
+            "dataTypes": [
+                {"connectionId": CONNECTION_ID, "dataType": dt, "recordsModified": True, "status": st, "issues": []}
+                for dt, st in data_types
+            ],
+        },
+    }
+
+
+def connection_deleted_body() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "eventType": "connection.deleted",
+        "generatedDate": "2024-08-08T17:10:34.015Z",
+        "payload": {
+            "referenceCompany": {"id": COMPANY_ID, "name": "Toft stores"},
+            "connection": {
+                "id": CONNECTION_ID,
+                "integrationKey": "gbol",
+                "sourceType": "Accounting",
+                "platformName": "Xero",
+                "status": "Deauthorized",
+                "dataConnectionErrors": [],
+            },
+        },
+    }

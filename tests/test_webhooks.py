@@ -1,0 +1,320 @@
+"""`POST /webhooks/codat` on both backends: authentication, parsing, durable storage and the answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from svix.webhooks import Webhook
+
+from service.clock import FixedClock
+from service.db import alerts, create_engine, jobs
+from service.settings import Settings
+from service.testing import (
+    COMPANY_ID,
+    connection_deleted_body,
+    legacy_body,
+    read_completed_body,
+    running_app,
+)
+from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET, make_settings
+
+NOW = 1_750_000_000.0
+OLD_SECRET = "whsec_" + base64.b64encode(b"an-older-secret-still-in-rotation").decode()
+
+
+def svix_headers(body: bytes, *, secret: str = TEST_SECRET, msg_id: str | None = None, at: float = NOW,
+                 prefix: str = "webhook-") -> dict[str, str]:
+    """Headers signed by the `svix` package: an oracle independent of our verifier."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(at, UTC), body.decode())
+    return {f"{prefix}id": msg_id, f"{prefix}timestamp": str(int(at)), f"{prefix}signature": signature,
+            "content-type": "application/json"}
+
+
+async def stored(settings: Settings) -> list[dict[str, Any]]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(sa.select(alerts).order_by(alerts.c.id))).mappings()]
+    finally:
+        await engine.dispose()
+
+
+async def job_count(settings: Settings) -> int:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(sa.select(sa.func.count()).select_from(jobs))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(NOW)
+
+
+async def post(client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return await client.post("/webhooks/codat", content=body, headers=headers)
+
+
+LEGACY_TYPES = [
+    ("Data Sync Status Changed To Error", "dataset_status"),
+    ("DataSyncStatusChangedToError", "dataset_status"),
+    ("  data sync STATUS changed to error ", "dataset_status"),
+    ("Data sync completed", "dataset_status"),
+    ("Dataset data changed", "dataset_status"),
+    ("Sync Connection Deleted", "connection_deleted"),
+    ("SyncConnectionDeleted", "connection_deleted"),
+    ("Push Operation Status Changed()", "push_operation"),
+    ("Push Operation Timed Out", "push_operation"),
+    ("DataConnectionStatusChanged", "connection_status"),
+    ("Sync Completed", "sync_completed"),
+    ("Sync Failed", "sync_completed"),
+    ("New company synchronised", "sync_completed"),
+]
+
+
+@pytest.mark.parametrize(("rule_type", "kind"), LEGACY_TYPES)
+async def test_legacy_bodies_signed_by_svix_are_accepted_and_classified(
+    database_url: str, clock: FixedClock, rule_type: str, kind: str
+) -> None:
+    """Legacy-named events delivered over Svix are verified, stored with their kind, and queued."""
+    settings = make_settings(database_url)
+    body = json.dumps(legacy_body(rule_type)).encode()
+    headers = svix_headers(body)
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, body, headers)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"status": "accepted", "id": headers["webhook-id"]}
+    [row] = await stored(settings)
+    assert (row["kind"], row["shape"], row["company_id"]) == (kind, "legacy_signed", COMPANY_ID)
+    assert row["body"] == body and row["status"] == "pending"
+    assert await job_count(settings) == 1
+
+
+async def test_read_completed_with_two_data_types_is_one_alert_keeping_both(
+    database_url: str, clock: FixedClock
+) -> None:
+    """`read.completed` with several dataTypes becomes one alert that keeps them all."""
+    settings = make_settings(database_url)
+    payload = read_completed_body(("commerce-orders", "Complete"), ("commerce-payments", "FetchError"))
+    body = json.dumps(payload).encode()
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, body, svix_headers(body, msg_id=payload["id"]))
+    assert response.status_code == 202
+    [row] = await stored(settings)
+    assert row["kind"] == "dataset_status" and row["shape"] == "envelope"
+    assert [(d["data_type"], d["status"]) for d in row["data_types"]] == [
+        ("commerce-orders", "Complete"), ("commerce-payments", "FetchError")]
+    assert row["generated_at"] == pytest.approx(datetime(2024, 9, 29, 20, 26, 10, 344522, UTC).timestamp())
+
+
+@pytest.mark.parametrize("event_key", ["eventType", "type"])
+async def test_connection_deleted_envelope_with_either_type_key(
+    database_url: str, clock: FixedClock, event_key: str
+) -> None:
+    """Envelopes naming the event in `type` instead of `eventType` are understood too."""
+    settings = make_settings(database_url)
+    payload = connection_deleted_body()
+    payload[event_key] = payload.pop("eventType")
+    body = json.dumps(payload).encode()
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, body, svix_headers(body, prefix="svix-"))
+    assert response.status_code == 202
+    [row] = await stored(settings)
+    assert (row["kind"], row["connection_id"]) == ("connection_deleted", payload["payload"]["connection"]["id"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda h: h.update({"webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode()}), "invalid_signature"),
+        (lambda h: h.update({"webhook-timestamp": str(int(NOW - 301))}), "timestamp_out_of_tolerance"),
+        (lambda h: h.update({"webhook-timestamp": str(int(NOW + 301))}), "timestamp_out_of_tolerance"),
+        (lambda h: h.update({"webhook-timestamp": "soon"}), "invalid_signature"),
+        (lambda h: h.update({"webhook-id": "another-id"}), "invalid_signature"),
+        (lambda h: h.update({"webhook-signature": "v2,abc"}), "invalid_signature"),
+    ],
+    ids=["forged", "expired", "future", "bad-timestamp", "id-swapped", "unknown-version"],
+)
+async def test_bad_signatures_are_refused_and_nothing_is_stored(
+    database_url: str, clock: FixedClock, mutate: Any, error: str
+) -> None:
+    """Forged, expired, future and tampered signatures answer 401 and store nothing."""
+    settings = make_settings(database_url, webhook_auth_header=None)
+    body = json.dumps(read_completed_body(("commerce-orders", "Complete"))).encode()
+    headers = svix_headers(body)
+    mutate(headers)
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, body, headers)
+    assert (response.status_code, response.json()) == (401, {"error": error})
+    assert await stored(settings) == []
+
+
+async def test_signature_over_other_bytes_is_refused(database_url: str, clock: FixedClock) -> None:
+    """The raw bytes are verified: the same JSON re-serialised does not match."""
+    settings = make_settings(database_url)
+    payload = read_completed_body(("commerce-orders", "Complete"))
+    headers = svix_headers(json.dumps(payload).encode())
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, json.dumps(payload, indent=1).encode(), headers)
+    assert response.status_code == 401
+
+
+async def test_rotated_secrets_and_several_signatures(database_url: str, clock: FixedClock) -> None:
+    """Either configured secret verifies, and any one of several `v1,` signatures may match."""
+    settings = make_settings(database_url, webhook_secrets=f"{TEST_SECRET},{OLD_SECRET}")
+    body = json.dumps(read_completed_body(("commerce-orders", "Complete"))).encode()
+    old = svix_headers(body, secret=OLD_SECRET)
+    unknown = "whsec_" + base64.b64encode(b"nobody-knows-this-one").decode()
+    stranger = svix_headers(body, secret=unknown, msg_id=old["webhook-id"])
+    old["webhook-signature"] = f"v1a,xyz {stranger['webhook-signature']} {old['webhook-signature']}"
+    async with running_app(settings, clock=clock) as (_, client):
+        assert (await post(client, body, old)).status_code == 202
+        body2 = json.dumps(read_completed_body(("commerce-orders", "Complete"))).encode()
+        assert (await post(client, body2, svix_headers(body2, secret=unknown))).status_code == 401
+    assert len(await stored(settings)) == 1
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status", "answer"),
+    [
+        (TEST_AUTH_HEADER, 202, "accepted"),
+        ("Bearer legacy-shared-value-124", 401, "invalid_credentials"),
+        (None, 401, "missing_authentication"),
+    ],
+)
+async def test_unsigned_legacy_delivery_uses_the_authorization_header(
+    database_url: str, clock: FixedClock, authorization: str | None, status: int, answer: str
+) -> None:
+    """Unsigned legacy deliveries carry the client-chosen Authorization value, checked exactly."""
+    settings = make_settings(database_url)
+    payload = legacy_body()
+    headers = {"content-type": "application/json"}
+    if authorization:
+        headers["authorization"] = authorization
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, json.dumps(payload).encode(), headers)
+    assert response.status_code == status
+    body = response.json()
+    assert body.get("status", body.get("error")) == answer
+    rows = await stored(settings)
+    assert [r["id"] for r in rows] == ([payload["AlertId"]] if status == 202 else [])
+    if rows:
+        assert rows[0]["shape"] == "legacy"
+
+
+async def test_unsigned_delivery_refused_when_only_secrets_are_configured(database_url: str) -> None:
+    """With only signing secrets configured, an unsigned delivery is missing authentication."""
+    settings = make_settings(database_url, webhook_auth_header=None)
+    async with running_app(settings) as (_, client):
+        response = await post(client, json.dumps(legacy_body()).encode(), {})
+    assert (response.status_code, response.json()) == (401, {"error": "missing_authentication"})
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2, 3]", "not a JSON object"),
+        (b'"text"', "not a JSON object"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (json.dumps({"RuleType": "Sync Completed", "CompanyId": COMPANY_ID}).encode(), "no delivery id"),
+        (json.dumps({"AlertId": {"nested": 1}}).encode(), "no delivery id"),
+    ],
+    ids=["broken", "array", "string", "binary", "no-id", "object-id"],
+)
+async def test_malformed_payloads_answer_400_and_store_nothing(
+    database_url: str, body: bytes, detail: str
+) -> None:
+    """Authenticated but unusable bodies answer 400 malformed_payload (never 500), storing nothing."""
+    settings = make_settings(database_url)
+    async with running_app(settings) as (_, client):
+        response = await post(client, body, {"authorization": TEST_AUTH_HEADER})
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_payload" and detail in response.json()["detail"]
+    assert await stored(settings) == []
+
+
+async def test_unexpected_field_types_are_kept_as_other_and_ignored(database_url: str) -> None:
+    """An authenticated object with a delivery id but odd fields is stored as kind `other`, 200 ignored."""
+    settings = make_settings(database_url)
+    payload = legacy_body(CompanyId=12345, Data=["not", "an", "object"])
+    async with running_app(settings) as (_, client):
+        response = await post(client, json.dumps(payload).encode(), {"authorization": TEST_AUTH_HEADER})
+        unknown = await post(client, b'{"id": "evt-1", "hello": "world"}', {"authorization": TEST_AUTH_HEADER})
+    assert response.json() == {"status": "ignored", "id": payload["AlertId"]}
+    assert unknown.json() == {"status": "ignored", "id": "evt-1"} and unknown.status_code == 200
+    rows = await stored(settings)
+    assert [(r["kind"], r["status"]) for r in rows] == [("other", "ignored")] * 2
+    assert await job_count(settings) == 0
+
+
+async def test_known_events_we_do_not_act_on_are_stored_and_ignored(database_url: str, clock: FixedClock) -> None:
+    """`Rate Limit Reached` is well-formed but not acted on: stored, 200 ignored, no job."""
+    settings = make_settings(database_url)
+    payload = legacy_body("Rate Limit Reached", Data={})
+    body = json.dumps(payload).encode()
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await post(client, body, svix_headers(body))
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    assert [r["status"] for r in await stored(settings)] == ["ignored"]
+
+
+async def test_oversize_bodies_get_413_without_being_stored(database_url: str) -> None:
+    """Bodies over RELAY_MAX_BODY_BYTES answer 413, whether declared or streamed without a length."""
+    settings = make_settings(database_url, max_body_bytes=2048)
+    big = json.dumps(legacy_body(Message="x" * 5000)).encode()
+
+    async def chunks() -> Any:
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    async with running_app(settings) as (_, client):
+        declared = await post(client, big, {"authorization": TEST_AUTH_HEADER})
+        streamed = await client.post("/webhooks/codat", content=chunks(), headers={"authorization": TEST_AUTH_HEADER})
+    assert (declared.status_code, declared.json()) == (413, {"error": "payload_too_large"})
+    assert streamed.status_code == 413
+    assert await stored(settings) == []
+
+
+async def test_fifty_concurrent_duplicates_store_one_row(database_url: str, clock: FixedClock) -> None:
+    """The same delivery sent 50 times at once: one 202, 49 × 200 duplicate, one row, one job."""
+    settings = make_settings(database_url)
+    body = json.dumps(read_completed_body(("commerce-orders", "FetchError"))).encode()
+    headers = svix_headers(body)
+    async with running_app(settings, clock=clock) as (_, client):
+        responses = await asyncio.gather(*(post(client, body, headers) for _ in range(50)))
+        later = await post(client, body, headers)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 49 + [202]
+    assert {r.json()["status"] for r in responses if r.status_code == 200} == {"duplicate"}
+    assert later.json() == {"status": "duplicate", "id": headers["webhook-id"]}
+    assert len(await stored(settings)) == 1 and await job_count(settings) == 1
+
+
+async def test_health_and_readiness(database_url: str) -> None:
+    """/healthz answers while running; /readyz checks the database is reachable and migrated."""
+    settings = make_settings(database_url)
+    async with running_app(settings) as (_, client):
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_readiness_fails_on_an_unmigrated_database(tmp_path: Any) -> None:
+    """An empty database is reachable but not migrated: 503."""
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    async with running_app(settings) as (_, client):
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503 and "migrations" in ready.json()["reason"]
+
