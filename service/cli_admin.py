@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import cli
 from service.admin import alert_json
+from service.clock import SystemClock
 from service.db import alerts, create_engine
 from service.dispatch import replay_alert
-from service.clock import SystemClock
 from service.sandbox.config import add_arguments as add_sandbox_arguments
 from service.types import AlertKind, AlertStatus
 

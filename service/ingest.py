@@ -10,6 +10,7 @@ the fsync is shared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
-from service.dispatch import alert_job_values
 from service.clock import Clock
 from service.db import alerts, jobs, writer
+from service.dispatch import alert_job_values
 from service.errors import StorageUnavailable
 from service.types import Alert, AlertKind, AlertStatus
 
@@ -96,10 +97,11 @@ class Ingestor:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name=f"ingest-writer-{i}") for i in range(self._writers)]
 
-    async def stop(self) -> None:
-        """Drain what is queued (those requests are still waiting for their answer), then stop."""
-        while not self._queue.empty() and self._tasks and not all(t.done() for t in self._tasks):
-            await asyncio.sleep(0.01)
+    async def stop(self, drain_timeout_s: float = WRITE_TIMEOUT_S) -> None:
+        """Write what is queued (those requests still wait for their answer), then stop."""
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), drain_timeout_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -119,7 +121,11 @@ class Ingestor:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write_batch(batch)
+            try:
+                await self._write_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
         try:

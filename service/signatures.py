@@ -8,9 +8,14 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 
-from service.errors import InvalidCredentials, InvalidSignature, MissingAuthentication, TimestampOutOfTolerance
+from service.errors import (
+    InvalidCredentials,
+    InvalidSignature,
+    MissingAuthentication,
+    TimestampOutOfTolerance,
+)
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 HEADER_PREFIXES = ("webhook-", "svix-")
 
 

@@ -20,6 +20,12 @@ import pytest
 from service import migrate
 from service.settings import Settings
 
+# Codat's OpenAPI specs live in shared/ beside the repository (read-only reference data).
+SPECS_DIR = next(
+    (p for p in (Path(__file__).resolve().parents[2] / "shared" / "codat" / "specs",
+                 Path("/work/shared/codat/specs")) if p.is_dir()),
+    Path(__file__).resolve().parents[2] / "shared" / "codat" / "specs",
+)
 POSTGRES_URL = os.environ.get("RELAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TEST_AUTH_HEADER = "Bearer legacy-shared-value-123"

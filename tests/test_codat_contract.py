@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +23,9 @@ from referencing.jsonschema import DRAFT202012
 
 from service.codat import CodatClient, CodatError, CodatRetryPolicy
 from service.codat_models import DATASET_STATUSES, CodatRateLimited, Dataset, SyncStatus, error_class_for
+from tests.conftest import SPECS_DIR
 
-SPECS = Path("/work/shared/codat/specs")
+SPECS = SPECS_DIR
 PUSH_SPEC = "sync-commerce-2023-03-push-beta.json"
 CURRENT_SPEC = "sync-commerce-current.json"
 PLATFORM_SPEC = "platform-current.json"

@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,8 +25,9 @@ from svix.webhooks import Webhook, WebhookVerificationError
 from service.clock import FixedClock
 from service.sandbox import SandboxConfig, create_sandbox_app
 from service.sandbox.edge import Sandbox
+from tests.conftest import SPECS_DIR
 
-SPECS = Path("/work/shared/codat/specs")
+SPECS = SPECS_DIR
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HOOK_URL = "http://receiver.test/webhooks/codat"
 COMPANY = "8a210b68-6988-11ed-a1eb-0242ac120002"

@@ -288,7 +288,7 @@ async def test_oversize_bodies_get_413_without_being_stored(database_url: str) -
 
 
 async def test_fifty_concurrent_duplicates_store_one_row(database_url: str, clock: FixedClock) -> None:
-    """The same delivery sent 50 times at once: one 202, 49 × 200 duplicate, one row, one job."""
+    """The same delivery sent 50 times at once: one 202, 49 x 200 duplicate, one row, one job."""
     settings = make_settings(database_url)
     body = json.dumps(read_completed_body(("commerce-orders", "FetchError"))).encode()
     headers = svix_headers(body)
