@@ -77,9 +77,9 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(_args: argparse.Namespace) -> int:
+    from service.clock import SystemClock
     from service.db import create_engine
     from service.runtime import build_runtime
-    from service.clock import SystemClock
 
     settings = _settings()
 
