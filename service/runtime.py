@@ -12,7 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers import REGISTRY
 from service.clock import Clock
 from service.dispatch import make_alert_job
-from service.notify import LogNotifier
+from service.notifications import NOTIFY_JOB_KIND, Notifier
+from service.senders import Sender, build_senders, make_notify_job
+from service.retry import RetryPolicy
 from service.settings import Settings
 from service.worker import Worker
 
@@ -24,15 +26,20 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     clock: Clock
-    notifier: LogNotifier
+    notifier: Notifier
+    http: httpx.AsyncClient
+    senders: dict[str, Sender]
     transport: httpx.AsyncBaseTransport | None = None
     codat: object | None = None
     workers: list[Worker] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def build_worker(self) -> Worker:
-        jobs = {"alert": make_alert_job(REGISTRY, self)}
+    def build_worker(self, retry: RetryPolicy | None = None) -> Worker:
+        jobs = {
+            "alert": make_alert_job(REGISTRY, self),
+            NOTIFY_JOB_KIND: make_notify_job(self.engine, self.senders),
+        }
         return Worker(
             self.engine,
             jobs,
@@ -41,6 +48,8 @@ class Runtime:
             max_attempts=self.settings.max_attempts,
             clock=self.clock,
             notifier=self.notifier,
+            grace_s=self.settings.shutdown_grace_seconds,
+            retry=retry,
         )
 
     async def start_workers(self) -> None:
@@ -64,9 +73,17 @@ class Runtime:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.http.aclose()
 
 
 async def build_runtime(
     settings: Settings, engine: AsyncEngine, clock: Clock, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> Runtime:
-    return Runtime(settings=settings, engine=engine, clock=clock, notifier=LogNotifier(), transport=transport)
+    # Outbound calls other than Codat's (notification targets) share one client.
+    http = httpx.AsyncClient(timeout=10.0)
+    senders = build_senders(settings, http)
+    notifier = Notifier(engine, sorted(senders), settings.notify_dedupe_seconds, clock)
+    return Runtime(
+        settings=settings, engine=engine, clock=clock, notifier=notifier, http=http, senders=senders,
+        transport=transport,
+    )

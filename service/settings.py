@@ -95,6 +95,14 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _email_needs_smtp(self) -> Settings:
+        if bool(self.notify_email_to) != (self.smtp_url is not None):
+            raise ValueError("RELAY_NOTIFY_EMAIL_TO and RELAY_SMTP_URL go together: set both or neither")
+        if self.smtp_url is not None and not self.smtp_url.get_secret_value().startswith(("smtp://", "smtps://")):
+            raise ValueError("RELAY_SMTP_URL must start with smtp:// or smtps://")
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
