@@ -13,8 +13,8 @@ from handlers import REGISTRY
 from service.clock import Clock
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier
-from service.senders import Sender, build_senders, make_notify_job
 from service.retry import RetryPolicy
+from service.senders import Sender, build_senders, make_notify_job
 from service.settings import Settings
 from service.worker import Worker
 

@@ -25,7 +25,6 @@ from service.notifications import Kind, Notification, Notifier
 from service.retry import RetryPolicy
 from service.runtime import build_runtime
 from service.senders import EmailSender, slack_text
-from service.worker import Worker
 from tests.conftest import make_settings
 
 
@@ -151,7 +150,7 @@ async def test_email_goes_out_over_smtp() -> None:
     received: list[Any] = []
 
     class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             received.append(envelope)
             return "250 OK"
 
