@@ -51,6 +51,8 @@ alerts = sa.Table(
     sa.Index(None, "status", "received_at"),
 )
 
+ACTIVE_JOBS = sa.text("status IN ('waiting', 'running')")
+
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -78,6 +80,9 @@ jobs = sa.Table(
         postgresql_where=sa.text("status = 'waiting'"),
         sqlite_where=sa.text("status = 'waiting'"),
     ),
+    # Active jobs only, so that claiming costs what the backlog costs, not the done history.
+    sa.Index("ix_jobs_active_id", "id", postgresql_where=ACTIVE_JOBS, sqlite_where=ACTIVE_JOBS),
+    sa.Index("ix_jobs_active_lock_key", "lock_key", "id", postgresql_where=ACTIVE_JOBS, sqlite_where=ACTIVE_JOBS),
 )
 
 

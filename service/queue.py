@@ -56,6 +56,8 @@ class Job:
 # `waiting` with its old id, so J2 stays behind it through the backoff. The order is id order among
 # committed rows: two transactions enqueueing one key concurrently are ordered by whichever commits
 # first (the webhook receiver is a single writer, so its ids and commit order agree).
+# The `status IN ('waiting', 'running')` terms repeat the partial indexes' predicate (db.py) so that
+# both backends use them: done jobs never enter a claim's cost.
 # An expired lease makes a running job claimable again, as a new attempt (its worker is presumed dead;
 # a job that kills its worker every time must end dead, see the worker) — and it still blocks the
 # later jobs of its key, being running with a smaller id.
@@ -65,13 +67,14 @@ UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = :worker
     last_error = CASE WHEN status = 'running' THEN :lease_lost ELSE last_error END
 WHERE id IN (
     SELECT j.id FROM jobs j
-    WHERE (j.status = 'waiting' AND j.run_at <= :now
-           OR j.status = 'running' AND j.lease_expires_at < :now)
-      AND NOT EXISTS (
-          SELECT 1 FROM jobs k
-          WHERE k.lock_key = j.lock_key AND k.id <> j.id
-            AND (k.status = 'running' AND k.lease_expires_at >= :now
-                 OR k.id < j.id AND k.status IN ('waiting', 'running')))
+    WHERE j.status IN ('waiting', 'running')
+      AND (j.status = 'waiting' AND j.run_at <= :now OR j.status = 'running' AND j.lease_expires_at < :now)
+      AND (j.lock_key IS NULL OR (
+          j.id = (SELECT min(k.id) FROM jobs k
+                  WHERE k.lock_key = j.lock_key AND k.status IN ('waiting', 'running'))
+          AND NOT EXISTS (SELECT 1 FROM jobs k
+                  WHERE k.lock_key = j.lock_key AND k.status = 'running' AND k.id > j.id
+                    AND k.lease_expires_at >= :now)))
     ORDER BY j.id LIMIT :limit {row_lock}
 )
 RETURNING id, kind, payload, lock_key, queueing_lock, attempts, run_at, created_at, last_error
