@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from service import admin, metrics, migrate
+from service.auth import require
 from service.clock import Clock, SystemClock
 from service.db import create_engine
 from service.errors import Rejected, RetryLater
@@ -75,6 +76,7 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
+@require("admin")
 async def metrics_endpoint(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     with contextlib.suppress(Exception):  # a database outage must not hide the other metrics

@@ -7,6 +7,7 @@ service at it. Whatever RELAY_* variables are set in the environment win.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import secrets
@@ -57,13 +58,16 @@ def banner(env: dict[str, str], sandbox: bool) -> str:
     return "\n".join([*lines, "=" * 72])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description="a complete local codat-relay instance")
+    parser.add_argument("--sandbox-port", type=int, default=SANDBOX_PORT)
+    args = parser.parse_args(argv)
     env = {**load_or_create(LOCAL_ENV_FILE), **os.environ}
     children: list[subprocess.Popen[bytes]] = []
     use_sandbox = not env.get("RELAY_CODAT_API_KEY")
     if use_sandbox:
         port = env.get("RELAY_PORT", "8000")
-        env["RELAY_CODAT_BASE_URL"] = f"http://127.0.0.1:{SANDBOX_PORT}"
+        env["RELAY_CODAT_BASE_URL"] = f"http://127.0.0.1:{args.sandbox_port}"
         env["RELAY_CODAT_API_KEY"] = "sandbox-key"
         sandbox_env = {
             **env,
@@ -71,19 +75,23 @@ def main() -> int:
             "CODAT_SANDBOX_WEBHOOK_SECRET": env["RELAY_WEBHOOK_SECRETS"].split(",")[0],
             "CODAT_SANDBOX_WEBHOOK_SHAPE": env.get("CODAT_SANDBOX_WEBHOOK_SHAPE", "envelope"),
         }
-        cmd = [sys.executable, "-m", "service.cli", "sandbox", "--port", str(SANDBOX_PORT)]
+        cmd = [sys.executable, "-m", "service.cli", "sandbox", "--port", str(args.sandbox_port)]
         children.append(subprocess.Popen(cmd, env=sandbox_env))  # noqa: S603 - our own CLI
     print(banner(env, use_sandbox), flush=True)
-    relay = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env)
-    try:
-        return relay.wait()
-    except KeyboardInterrupt:
-        relay.send_signal(signal.SIGINT)
-        return relay.wait()
-    finally:
+    children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env))  # noqa: S603
+
+    def forward(signum: int, _frame: object) -> None:
         for child in children:
-            child.terminate()
-            child.wait(10)
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = children[-1].wait()
+    for child in children[:-1]:
+        child.terminate()
+        child.wait(10)
+    return code
 
 
 if __name__ == "__main__":

@@ -90,3 +90,14 @@ async def test_replay_requeues_a_stored_alert(database_url: str) -> None:
         kinds = (await conn.execute(sa.select(jobs.c.kind, jobs.c.payload))).all()
     await engine.dispose()
     assert [(k, p["alert_id"]) for k, p in kinds] == [("alert", alert_id)] * 2
+
+
+async def test_metrics_need_the_admin_token_and_count_deliveries(database_url: str) -> None:
+    """/metrics is Prometheus text behind the admin token; deliveries and queue depth appear in it."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        await deliver(client, legacy_body())
+        denied = await client.get("/metrics")
+        text = (await client.get("/metrics", headers=ADMIN)).text
+    assert denied.status_code == 401
+    assert 'relay_webhook_deliveries_total{outcome="accepted"}' in text
+    assert 'relay_jobs{status="waiting"} 1.0' in text
