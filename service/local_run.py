@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "service.cli", "sandbox", "--port", str(args.sandbox_port)]
         children.append(subprocess.Popen(cmd, env=sandbox_env))  # noqa: S603 - our own CLI
     print(banner(env, use_sandbox), flush=True)
-    children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env))  # noqa: S603
+    children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
