@@ -86,6 +86,32 @@ jobs = sa.Table(
 )
 
 
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("company_id", sa.String(255)),
+    sa.Column("data_type", sa.String(64)),
+    sa.Column("dataset_id", sa.String(255)),
+    sa.Column("dedupe_key", sa.String(255), nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("occurred_at", sa.Double, nullable=False),
+    sa.Index(None, "company_id", "occurred_at"),
+    sa.Index(None, "occurred_at"),
+)
+
+# One row per problem: when it was last told. Deduplication is one atomic upsert on this key.
+notification_dedupe = sa.Table(
+    "notification_dedupe",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("last_sent_at", sa.Double, nullable=False),
+)
+
+
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     """The process's engine; on SQLite, WAL with `BEGIN IMMEDIATE` for write transactions."""
     if settings.is_sqlite:
