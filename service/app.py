@@ -81,6 +81,8 @@ async def metrics_endpoint(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     with contextlib.suppress(Exception):  # a database outage must not hide the other metrics
         await metrics.refresh_queue_gauges(runtime.engine, runtime.clock.now())
+    if runtime.codat is not None and runtime.codat.rate_limit_remaining is not None:
+        metrics.CODAT_RATE_LIMIT_REMAINING.set(runtime.codat.rate_limit_remaining)
     return PlainTextResponse(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 

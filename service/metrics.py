@@ -40,6 +40,17 @@ JOB_DURATION = Histogram(
 DELIVERIES = Counter(
     "relay_webhook_deliveries", "Webhook deliveries answered, by outcome.", ["outcome"], registry=REGISTRY
 )
+CODAT_CALLS = Counter(
+    "relay_codat_calls", "Calls to Codat by endpoint and HTTP status (0 = no answer).", ["endpoint", "status"],
+    registry=REGISTRY,
+)
+CODAT_RATE_LIMIT_REMAINING = Gauge(
+    "relay_codat_rate_limit_remaining", "The latest X-Rate-Limit-Remaining Codat answered.", registry=REGISTRY
+)
+
+
+def count_codat_call(endpoint: str, status: int) -> None:
+    CODAT_CALLS.labels(endpoint=endpoint, status=str(status)).inc()
 
 
 async def refresh_queue_gauges(engine: AsyncEngine, now: float) -> None:

@@ -10,7 +10,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers import REGISTRY
+from service import metrics
 from service.clock import Clock
+from service.codat import CodatClient
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier
 from service.retry import RetryPolicy
@@ -30,7 +32,7 @@ class Runtime:
     http: httpx.AsyncClient
     senders: dict[str, Sender]
     transport: httpx.AsyncBaseTransport | None = None
-    codat: object | None = None
+    codat: CodatClient | None = None
     workers: list[Worker] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -74,6 +76,8 @@ class Runtime:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.http.aclose()
+        if self.codat is not None:
+            await self.codat.aclose()
 
 
 async def build_runtime(
@@ -83,7 +87,8 @@ async def build_runtime(
     http = httpx.AsyncClient(timeout=10.0)
     senders = build_senders(settings, http)
     notifier = Notifier(engine, sorted(senders), settings.notify_dedupe_seconds, clock)
+    codat = CodatClient.from_settings(settings, transport=transport, on_response=metrics.count_codat_call)
     return Runtime(
         settings=settings, engine=engine, clock=clock, notifier=notifier, http=http, senders=senders,
-        transport=transport,
+        transport=transport, codat=codat,
     )
