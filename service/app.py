@@ -16,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service import admin, metrics, migrate
+from service import admin, metrics, migrate, syncs
 from service.auth import require
 from service.clock import Clock, SystemClock
+from service.codat import CodatError
 from service.db import create_engine
 from service.errors import Rejected, RetryLater
 from service.ingest import WRITE_TIMEOUT_S, Ingestor
@@ -55,7 +56,17 @@ async def unexpected(_request: Request, exc: Exception) -> Response:
     return error_response("internal_error", 500)
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: rejected, RetryLater: retry_later, Exception: unexpected}
+async def codat_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CodatError)
+    return syncs.codat_error_response(exc)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    Rejected: rejected,
+    RetryLater: retry_later,
+    CodatError: codat_error,
+    Exception: unexpected,
+}
 
 
 async def healthz(_request: Request) -> Response:
@@ -121,6 +132,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin.routes(),
+            *syncs.routes(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

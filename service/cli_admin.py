@@ -9,14 +9,17 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import cli
+from service import cli, syncs
 from service.admin import alert_json
 from service.clock import SystemClock
+from service.codat import CodatClient, CodatError
 from service.db import alerts, create_engine
 from service.dispatch import replay_alert
+from service.errors import InvalidRequest
 from service.sandbox.config import add_arguments as add_sandbox_arguments
 from service.types import AlertKind, AlertStatus
 
@@ -40,6 +43,10 @@ def emit(data: Any, args: argparse.Namespace, columns: Sequence[str] | None = No
         print()
     elif columns is not None and isinstance(data, list):
         print_table(data, columns)
+    elif isinstance(data, list):
+        for item in data:
+            emit(item, args)
+            print()
     elif isinstance(data, dict):
         width = max((len(k) for k in data), default=0)
         for key, value in data.items():
@@ -97,6 +104,30 @@ async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:
     return 0
 
 
+def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]) -> cli.Command:
+    """Run `func` with a Codat client from the settings; Codat's refusals become a one-line failure."""
+
+    def run(args: argparse.Namespace) -> int:
+        settings = cli._settings()
+
+        async def go() -> Any:
+            async with CodatClient.from_settings(settings) as codat:
+                return await func(codat, args)
+
+        try:
+            emit(asyncio.run(go()), args)
+        except InvalidRequest as exc:
+            print(f"codat-relay: {exc.detail}", file=sys.stderr)
+            return 2
+        except CodatError as exc:
+            raise cli.CommandFailed(f"Codat refused: {type(exc).__name__}: {exc.error or exc}") from None
+        except httpx.HTTPError as exc:
+            raise cli.CommandFailed(f"Codat unreachable: {type(exc).__name__}") from None
+        return 0
+
+    return run
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from service.sandbox import config_from_args, run_sandbox
 
@@ -122,6 +153,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rep = alerts_sub.add_parser("replay", parents=[json_flag], help="process an alert again")
     rep.add_argument("id")
     rep.set_defaults(func=with_engine(alerts_replay))
+
+    sync = sub.add_parser("sync", help="Codat manual syncs and sync status")
+    sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="ACTION")
+    latest = sync_sub.add_parser("latest", parents=[json_flag], help="sync from the last success up to --to")
+    latest.add_argument("company")
+    latest.add_argument("--to", help="ISO-8601 instant (default: now)")
+    latest.set_defaults(func=with_codat(lambda c, a: syncs.sync_latest(c, a.company, a.to)))
+    historic = sync_sub.add_parser("historic", parents=[json_flag], help="re-sync a past date range")
+    historic.add_argument("company")
+    historic.add_argument("--start", required=True, help="ISO-8601 instant")
+    historic.add_argument("--end", required=True, help="ISO-8601 instant")
+    historic.set_defaults(func=with_codat(lambda c, a: syncs.sync_historic(c, a.company, a.start, a.end)))
+    status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
+    status.add_argument("company")
+    status.set_defaults(func=with_codat(lambda c, a: syncs.sync_status(c, a.company)))
 
     sandbox = sub.add_parser("sandbox", help="run the local Codat sandbox (a stand-in for api.codat.io)")
     add_sandbox_arguments(sandbox)

@@ -89,3 +89,15 @@ def connection_deleted_body() -> dict[str, Any]:
             },
         },
     }
+
+
+@asynccontextmanager
+async def running_sandbox(**config: Any) -> AsyncIterator[tuple[Starlette, httpx.AsyncBaseTransport]]:
+    """The Codat sandbox in-process with its lifespan; pass the transport to codat-relay's Codat client."""
+    from service.sandbox import SandboxConfig, create_sandbox_app
+
+    config.setdefault("pace_seconds", 0.0)
+    config.setdefault("push_processing_seconds", 0.0)
+    app = create_sandbox_app(SandboxConfig(**config))
+    async with app.router.lifespan_context(app):
+        yield app, httpx.ASGITransport(app=app)

@@ -1,0 +1,79 @@
+"""Admin sync endpoints relay Codat's answers; dates are validated; Codat's refusals map to clear statuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from service.app import AppOptions
+from service.testing import running_app, running_sandbox
+from tests.conftest import ADMIN_TOKEN, make_settings
+
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+CO = "co-sync-1"
+
+
+@pytest.fixture
+async def client(database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """(relay client, sandbox client): codat-relay's Codat client talks to the in-process sandbox."""
+    async with running_sandbox() as (_, transport):
+        settings = make_settings(database_url, codat_base_url="http://sandbox.test")
+        async with running_app(settings, options=AppOptions(transport=transport)) as (_, relay):
+            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox.test") as sandbox:
+                yield relay, sandbox
+
+
+async def test_sync_latest_relays_codat_and_status_follows(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+    """`sync/latest` answers Codat's SyncSummary; `sync/status` then shows that sync."""
+    relay, sandbox = client
+    latest = await relay.post(f"/v1/companies/{CO}/sync/latest", json={"syncTo": "2026-11-01T00:00:00Z"}, headers=ADMIN)
+    await sandbox.post("/_sandbox/tick")
+    status = await relay.get(f"/v1/companies/{CO}/sync/status", headers=ADMIN)
+    assert latest.status_code == 200, latest.text
+    assert "commerceSyncId" in latest.json() and "syncDateRangeUtc" in latest.json()
+    assert status.status_code == 200
+    [current] = status.json()
+    assert current["commerceSyncId"] == latest.json()["commerceSyncId"]
+    assert current["syncStatusCode"] in (2000, 2040)
+
+
+async def test_sync_historic_sends_the_range(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+    relay, _ = client
+    answer = await relay.post(f"/v1/companies/{CO}/sync/historic",
+                              json={"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00+00:00"}, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["syncDateRangeUtc"]["start"].startswith("2026-01-01")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [("historic", {"start": "2026-02-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}, "end"),
+     ("historic", {"start": "yesterday", "end": "2026-01-01T00:00:00Z"}, "start"),
+     ("historic", {"start": "2026-01-01T00:00:00", "end": "2026-01-02T00:00:00Z"}, "start"),
+     ("historic", {"end": "2026-01-02T00:00:00Z"}, "start"),
+     ("latest", {"syncTo": 12}, "syncTo")],
+)
+async def test_invalid_dates_are_422_naming_the_field(
+    client: tuple[httpx.AsyncClient, httpx.AsyncClient], path: str, body: dict[str, object], field: str
+) -> None:
+    relay, _ = client
+    answer = await relay.post(f"/v1/companies/{CO}/sync/{path}", json=body, headers=ADMIN)
+    assert answer.status_code == 422 and answer.json()["detail"].startswith(field)
+
+
+async def test_codat_refusals_are_relayed_with_clear_statuses(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+    """No sync yet → Codat's 404 relayed; Codat failing → 503 with Retry-After, never a 500."""
+    relay, sandbox = client
+    missing = await relay.get("/v1/companies/never-synced/sync/status", headers=ADMIN)
+    await sandbox.put("/_sandbox/faults/sync_latest", json={"errorRate": 1.0, "errorStatuses": [503]})
+    failing = await relay.post(f"/v1/companies/{CO}/sync/latest", json={}, headers=ADMIN)
+    assert (missing.status_code, missing.json()["error"]) == (404, "codat_not_found")
+    assert failing.status_code == 503 and "retry-after" in failing.headers
+
+
+async def test_sync_endpoints_need_the_admin_token(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+    relay, _ = client
+    assert (await relay.get(f"/v1/companies/{CO}/sync/status")).status_code == 401
+    assert (await relay.post(f"/v1/companies/{CO}/sync/latest", json={})).status_code == 401
