@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from service.app import AppOptions
 from service.testing import running_app, running_sandbox
 from tests.conftest import ADMIN_TOKEN, make_settings
 
+Clients: TypeAlias = tuple[httpx.AsyncClient, httpx.AsyncClient]
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 CO = "co-sync-1"
 
@@ -25,7 +27,7 @@ async def client(database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, ht
                 yield relay, sandbox
 
 
-async def test_sync_latest_relays_codat_and_status_follows(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+async def test_sync_latest_relays_codat_and_status_follows(client: Clients) -> None:
     """`sync/latest` answers Codat's SyncSummary; `sync/status` then shows that sync."""
     relay, sandbox = client
     latest = await relay.post(f"/v1/companies/{CO}/sync/latest", json={"syncTo": "2026-11-01T00:00:00Z"}, headers=ADMIN)
@@ -39,7 +41,7 @@ async def test_sync_latest_relays_codat_and_status_follows(client: tuple[httpx.A
     assert current["syncStatusCode"] in (2000, 2040)
 
 
-async def test_sync_historic_sends_the_range(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+async def test_sync_historic_sends_the_range(client: Clients) -> None:
     relay, _ = client
     answer = await relay.post(f"/v1/companies/{CO}/sync/historic",
                               json={"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00+00:00"}, headers=ADMIN)
@@ -56,14 +58,14 @@ async def test_sync_historic_sends_the_range(client: tuple[httpx.AsyncClient, ht
      ("latest", {"syncTo": 12}, "syncTo")],
 )
 async def test_invalid_dates_are_422_naming_the_field(
-    client: tuple[httpx.AsyncClient, httpx.AsyncClient], path: str, body: dict[str, object], field: str
+    client: Clients, path: str, body: dict[str, object], field: str
 ) -> None:
     relay, _ = client
     answer = await relay.post(f"/v1/companies/{CO}/sync/{path}", json=body, headers=ADMIN)
     assert answer.status_code == 422 and answer.json()["detail"].startswith(field)
 
 
-async def test_codat_refusals_are_relayed_with_clear_statuses(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+async def test_codat_refusals_are_relayed_with_clear_statuses(client: Clients) -> None:
     """No sync yet → Codat's 404 relayed; Codat failing → 503 with Retry-After, never a 500."""
     relay, sandbox = client
     missing = await relay.get("/v1/companies/never-synced/sync/status", headers=ADMIN)
@@ -73,7 +75,7 @@ async def test_codat_refusals_are_relayed_with_clear_statuses(client: tuple[http
     assert failing.status_code == 503 and "retry-after" in failing.headers
 
 
-async def test_sync_endpoints_need_the_admin_token(client: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+async def test_sync_endpoints_need_the_admin_token(client: Clients) -> None:
     relay, _ = client
     assert (await relay.get(f"/v1/companies/{CO}/sync/status")).status_code == 401
     assert (await relay.post(f"/v1/companies/{CO}/sync/latest", json={})).status_code == 401
