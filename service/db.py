@@ -150,3 +150,104 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 def writer(engine: AsyncEngine) -> AsyncEngine:
     """The same pool, but transactions begin with the write lock on SQLite (no-op elsewhere)."""
     return engine.execution_options(sqlite_immediate=True)
+
+
+# -- the push outbox (service/outbox.py, service/pusher.py, service/datasets.py) ----------------------
+
+companies = sa.Table(
+    "companies",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("pause_reason", sa.String(64)),
+    sa.Column("connection_id", sa.String(255)),
+    sa.Column("connection_status", sa.String(64)),
+    sa.Column("connection_deleted_at", sa.Double),
+    sa.Column("last_sync_code", sa.Integer),
+    sa.Column("last_sync_at", sa.Double),
+    # When the latest *successful* sync started: records Codat held before then are in the books.
+    sa.Column("last_sync_success_at", sa.Double),
+    sa.Column("last_sync_checked_at", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# The latest version of every record the merchant's platform handed us, and where it stands with Codat.
+# `body` is canonical JSON, pushed as stored. `pushed_*` is the version last sent, `accepted_*` the version
+# Codat holds (its dataset ended Complete at `accepted_at`), `synced_at` when the books first took it.
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("company_id", sa.String(255), primary_key=True),
+    sa.Column("data_type", sa.String(32), primary_key=True),
+    sa.Column("record_id", sa.String(255), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("content_hash", sa.String(32), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("is_delete", sa.Boolean, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    # In a push whose dataset is not yet terminal: a newer version waits, so two datasets never race.
+    sa.Column("inflight", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("push_id", sa.String(36)),
+    sa.Column("pushed_version", sa.Integer),
+    sa.Column("pushed_hash", sa.String(32)),
+    sa.Column("dataset_id", sa.String(255)),
+    sa.Column("accepted_version", sa.Integer),
+    sa.Column("accepted_hash", sa.String(32)),
+    sa.Column("accepted_at", sa.Double),
+    sa.Column("synced_at", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    # Serves the pusher's keyset scan: pending records of one company and data type, by id.
+    sa.Index(None, "company_id", "data_type", "state", "record_id"),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),  # Codat's datasetId
+    sa.Column("company_id", sa.String(255), nullable=False),
+    sa.Column("data_type", sa.String(32), nullable=False),
+    sa.Column("push_id", sa.String(36)),
+    sa.Column("record_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("error_message", sa.Text),
+    sa.Column("terminal", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("requested_at", sa.Double, nullable=False),
+    sa.Column("completed_at", sa.Double),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("polls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_poll_at", sa.Double),
+    sa.Column("repush_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("repush_of", sa.String(255)),
+    sa.Index(None, "company_id", "requested_at"),
+    sa.Index(None, "terminal", "next_poll_at"),
+)
+
+# Every push: its id is the Idempotency-Key, and `payload` is kept until the outcome is recorded, so a
+# re-run after a crash sends the same bytes under the same key and Codat answers from its cache.
+pushes = sa.Table(
+    "pushes",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("company_id", sa.String(255), nullable=False),
+    sa.Column("data_type", sa.String(32), nullable=False),
+    sa.Column("dataset_id", sa.String(255)),
+    sa.Column("record_count", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Index(None, "company_id", "data_type", "started_at"),
+)
+
+# Which version of which record went into which push (and so into which dataset).
+push_records = sa.Table(
+    "push_records",
+    metadata,
+    sa.Column("push_id", sa.String(36), primary_key=True),
+    sa.Column("record_id", sa.String(255), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
