@@ -51,7 +51,8 @@ def _serve(args: argparse.Namespace, *, workers: bool) -> int:
 
     settings = _settings()
     _warn_if_unauthenticated(settings)
-    migrate.upgrade(settings.database_url)
+    if workers:  # `serve` is a whole deployment; `web` replicas leave migrations to `codat-relay migrate`
+        migrate.upgrade(settings.database_url)
     app = create_app(settings, options=AppOptions(run_workers=workers))
     config = uvicorn.Config(
         app,
@@ -136,4 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so `python -m service.cli` and the console script share one
+    # set of classes (cli_admin raises `service.cli.CommandFailed`, not `__main__.CommandFailed`).
+    from service import cli as _cli
+
+    sys.exit(_cli.main())

@@ -14,7 +14,13 @@ from service.db import metadata
 target_metadata = metadata
 
 
+MIGRATION_LOCK_ID = 0x636F646174  # "codat": serialises concurrent `migrate`/`serve` starts on PostgreSQL
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held to the end of the transaction: a second migrator waits, then finds nothing to do.
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -1,0 +1,94 @@
+"""The `codat-relay` command line as an operator runs it: tables, --json, and exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.testing import legacy_body
+from tests.conftest import TEST_AUTH_HEADER
+from tests.integration.harness import ROOT, free_port, relay, relay_env, start, stop, wait_http
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def env(tmp_path: Path, sqlite_template: Path) -> dict[str, str]:
+    db = tmp_path / "relay.db"
+    db.write_bytes(sqlite_template.read_bytes())
+    return relay_env(f"sqlite+aiosqlite:///{db}", free_port())
+
+
+def test_alert_commands_list_show_replay(env: dict[str, str], tmp_path: Path) -> None:
+    """Alerts received by the server are listed, shown and replayed from the CLI."""
+    import httpx
+
+    payload = legacy_body()
+    with relay(["web"], env, tmp_path / "relay.log"):
+        answer = httpx.post(f"http://127.0.0.1:{env['RELAY_PORT']}/webhooks/codat", json=payload,
+                            headers={"authorization": TEST_AUTH_HEADER})
+        assert answer.status_code == 202
+    table = run(env, "alerts", "list")
+    listed = run(env, "alerts", "list", "--json", "--kind", "dataset_status")
+    shown = run(env, "alerts", "show", payload["AlertId"], "--json")
+    replayed = run(env, "alerts", "replay", payload["AlertId"])
+    missing = run(env, "alerts", "show", "no-such-alert")
+    assert table.returncode == 0 and "KIND" in table.stdout and payload["AlertId"] in table.stdout
+    assert [a["id"] for a in json.loads(listed.stdout)] == [payload["AlertId"]]
+    assert json.loads(json.loads(shown.stdout)["body"]) == payload
+    assert replayed.returncode == 0 and "queued" in replayed.stdout
+    assert missing.returncode == 1 and missing.stderr.strip() == "codat-relay: no alert no-such-alert"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("alerts", "list", "--status", "weird"), ("alerts", "show"), ("no-such-command",), ("sync", "historic", "co")],
+)
+def test_bad_usage_exits_2(env: dict[str, str], args: tuple[str, ...]) -> None:
+    result = run(env, *args)
+    assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_every_command_has_help(env: dict[str, str]) -> None:
+    for args in [(), ("alerts",), ("alerts", "list"), ("sync",), ("sync", "latest"), ("sandbox",), ("serve",)]:
+        result = run(env, *args, "--help")
+        assert result.returncode == 0 and "usage: codat-relay" in result.stdout, args
+
+
+def test_invalid_settings_exit_1_naming_the_variable(env: dict[str, str]) -> None:
+    result = run({**env, "RELAY_PORT": "eighty"}, "alerts", "list")
+    assert result.returncode == 1 and "RELAY_PORT" in result.stderr
+    refused = run({k: v for k, v in env.items() if k not in ("RELAY_WEBHOOK_SECRETS", "RELAY_WEBHOOK_AUTH_HEADER")},
+                  "serve")
+    assert refused.returncode == 1
+    assert "RELAY_WEBHOOK_SECRETS" in refused.stderr and "RELAY_WEBHOOK_AUTH_HEADER" in refused.stderr
+
+
+def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> None:
+    """sync latest / historic / status against the real sandbox process; bad dates exit 2; Codat errors exit 1."""
+    port = free_port()
+    sandbox = start(["sandbox", "--port", str(port), "--pace-seconds", "0"], env, tmp_path / "sandbox.log")
+    env = {**env, "RELAY_CODAT_BASE_URL": f"http://127.0.0.1:{port}", "RELAY_CODAT_API_KEY": "k"}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_sandbox/config", sandbox)
+        none_yet = run(env, "sync", "status", "co-cli")
+        latest = run(env, "sync", "latest", "co-cli", "--to", "2026-11-01T00:00:00Z", "--json")
+        historic = run(env, "sync", "historic", "co-cli", "--start", "2026-01-01T00:00:00Z",
+                       "--end", "2026-02-01T00:00:00Z")
+        status = run(env, "sync", "status", "co-cli", "--json")
+        backwards = run(env, "sync", "historic", "co-cli", "--start", "2026-02-01T00:00:00Z",
+                        "--end", "2026-01-01T00:00:00Z")
+    finally:
+        stop(sandbox)
+    assert none_yet.returncode == 1 and "CodatNotFound" in none_yet.stderr
+    assert latest.returncode == 0 and "commerceSyncId" in json.loads(latest.stdout)
+    assert historic.returncode == 0 and "syncDateRangeUtc" in historic.stdout
+    assert status.returncode == 0 and json.loads(status.stdout)[0]["companyId"] == "co-cli"
+    assert backwards.returncode == 2 and "end: must be after start" in backwards.stderr
