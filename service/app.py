@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service import admin, metrics, migrate, syncs
+from service import admin, metrics, migrate, openapi, syncs
 from service.auth import require
 from service.clock import Clock, SystemClock
 from service.codat import CodatError
@@ -133,6 +133,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin.routes(),
             *syncs.routes(),
+            *openapi.routes(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
