@@ -57,7 +57,10 @@ class Job:
 # committed rows: two transactions enqueueing one key concurrently are ordered by whichever commits
 # first (the webhook receiver is a single writer, so its ids and commit order agree).
 # The `status IN ('waiting', 'running')` terms repeat the partial indexes' predicate (db.py) so that
-# both backends use them: done jobs never enter a claim's cost.
+# both backends use them: done jobs never enter a claim's cost. "Oldest of its key" is a correlated
+# `min()` (one index probe per candidate) rather than a NOT EXISTS: PostgreSQL flattens NOT EXISTS into
+# an anti-join whose plan, on a table not yet analysed, rescans every active row per candidate
+# (quadratic); the scalar subquery stays linear in the backlog whatever the statistics say.
 # An expired lease makes a running job claimable again, as a new attempt (its worker is presumed dead;
 # a job that kills its worker every time must end dead, see the worker) — and it still blocks the
 # later jobs of its key, being running with a smaller id.
