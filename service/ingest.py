@@ -3,8 +3,8 @@
 Every delivery must be committed before it is answered, but one transaction per request serialises on
 SQLite's single writer (and on PostgreSQL's commit latency). So requests hand their alert to a writer
 task, which takes every delivery waiting at that moment into ONE transaction — alerts and their jobs
-together — and then releases each waiter with its own answer. Durability per delivery is unchanged;
-the fsync is shared.
+together, in one round trip (service/batch_writers.py) — and then releases each waiter with its own
+answer. Durability per delivery is unchanged; the fsync is shared.
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import queue
+from service.batch_writers import batch_writer_for
 from service.clock import Clock
-from service.db import alerts, jobs, writer
-from service.dispatch import alert_job_values
 from service.errors import StorageUnavailable
 from service.types import Alert, AlertKind, AlertStatus
 
@@ -84,7 +80,7 @@ class Ingestor:
         write_timeout_s: float = WRITE_TIMEOUT_S,
         on_commit: Callable[[], None] | None = None,
     ) -> None:
-        self._engine = writer(engine)
+        self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False))
         self._clock = clock
         self._writers = writers
         self._max_batch = max_batch
@@ -92,7 +88,6 @@ class Ingestor:
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._is_postgres = engine.dialect.name == "postgresql"
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name=f"ingest-writer-{i}") for i in range(self._writers)]
@@ -106,6 +101,7 @@ class Ingestor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._writer.close()
 
     async def submit(self, alert: Alert) -> Answer:
         pending = _Pending(alert, self._clock.now())
@@ -149,25 +145,8 @@ class Ingestor:
         for item in batch:
             first_seen.setdefault(item.alert.delivery_id, item)
         rows = [alert_row(item.alert, item.received_at) for item in first_seen.values()]
-        async with self._engine.begin() as conn:
-            inserted = await self._insert_alerts(conn, rows)
-            now = self._clock.now()
-            job_rows = [
-                alert_job_values(item.alert.delivery_id, item.alert.company_id, now)
-                for item in first_seen.values()
-                if item.alert.delivery_id in inserted and is_actionable(item.alert)
-            ]
-            if job_rows:
-                await conn.execute(sa.insert(jobs), job_rows)
-                if self._is_postgres:
-                    await queue.notify(conn)
+        inserted = await self._writer.write(rows, self._clock.now())
         return [_answer(item, first_seen, inserted) for item in batch]
-
-    async def _insert_alerts(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
-        insert = postgresql.insert(alerts) if self._is_postgres else sqlite.insert(alerts)
-        stmt = insert.on_conflict_do_nothing(index_elements=["id"]).returning(alerts.c.id)
-        result = await conn.execute(stmt, rows)
-        return {row.id for row in result}
 
 
 def _answer(item: _Pending, first_seen: dict[str, _Pending], inserted: set[str]) -> Answer:
