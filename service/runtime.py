@@ -15,6 +15,7 @@ from service.clock import Clock
 from service.codat import CodatClient
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier
+from service.pusher import Pusher
 from service.retry import RetryPolicy
 from service.senders import Sender, build_senders, make_notify_job
 from service.settings import Settings
@@ -38,9 +39,11 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def build_worker(self, retry: RetryPolicy | None = None) -> Worker:
+        pusher = Pusher(self)
         jobs = {
             "alert": make_alert_job(REGISTRY, self),
             NOTIFY_JOB_KIND: make_notify_job(self.engine, self.senders),
+            **pusher.jobs(),
         }
         return Worker(
             self.engine,
@@ -52,6 +55,7 @@ class Runtime:
             notifier=self.notifier,
             grace_s=self.settings.shutdown_grace_seconds,
             retry=retry,
+            periodic=pusher.periodic(),
         )
 
     async def start_workers(self) -> None:

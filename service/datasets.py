@@ -1,0 +1,145 @@
+"""What a dataset's status means for its records, applied once, whoever learns it first.
+
+The poll job and the alert handlers (dataset-status webhooks) both call `apply_dataset_status`; it is
+monotonic, so a late or repeated report never moves a dataset back: a terminal status is final, and
+records move only if they still carry the version that went into that dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.codat_models import ERROR_STATUSES, REPUSHABLE, TERMINAL_STATUSES
+from service.db import companies, datasets, push_records, records
+from service.outbox import State
+
+COMPLETE = "Complete"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `apply_dataset_status` did; `changed` is False when the dataset was already terminal."""
+
+    dataset_id: str
+    company_id: str
+    data_type: str
+    status: str
+    terminal: bool
+    changed: bool
+    records: int = 0  # records whose state this call moved
+    waiting: int = 0  # records of this dataset with a newer version now free to push
+    repush_may_clear: bool = False  # the hook for the re-push policy: see `repush_may_clear`
+
+    @property
+    def failed(self) -> bool:
+        return self.terminal and self.status != COMPLETE
+
+
+def repush_may_clear(status: str) -> bool:
+    """Whether pushing the same records again may clear this error (FACTS §2): the re-push policy's
+    question. `AuthError`/`PermissionsError` need the merchant, `PrerequisiteNotMet` configuration,
+    `NotSupported` never clears; a re-push handler decides what to do with a True."""
+    return status in REPUSHABLE
+
+
+async def load(conn: AsyncConnection, dataset_id: str) -> sa.RowMapping | None:
+    return (await conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id))).mappings().first()
+
+
+async def apply_dataset_status(
+    conn: AsyncConnection, dataset: sa.RowMapping, status: str, error_message: str | None, *,
+    now: float, completed_at: float | None = None,
+) -> Applied:  # fmt: skip
+    """Record `status` for `dataset` (a `datasets` row) and move its records accordingly.
+
+    Complete → records still carrying the pushed version become `accepted` (or `synced` when a sync
+    that started after the dataset completed has already succeeded); an error, `Cancelled` or
+    `NotSupported` → `failed`. A dataset already terminal is left as it is.
+    """
+    base = {"dataset_id": dataset["id"], "company_id": dataset["company_id"], "data_type": dataset["data_type"]}
+    if dataset["terminal"]:
+        return Applied(**base, status=dataset["status"], terminal=True, changed=False)
+    terminal = status in TERMINAL_STATUSES
+    when = completed_at if completed_at is not None else now
+    await conn.execute(
+        datasets.update()
+        .where(datasets.c.id == dataset["id"], datasets.c.terminal.is_(False))
+        .values(status=status, error_message=error_message, terminal=terminal, updated_at=now,
+                completed_at=when if terminal else None, next_poll_at=None if terminal else dataset["next_poll_at"])
+    )  # fmt: skip
+    if not terminal:
+        return Applied(**base, status=status, terminal=False, changed=status != dataset["status"])
+    if dataset["push_id"] is None:
+        moved = 0  # not one of our pushes (a row written by hand): there are no records to move
+    elif status == COMPLETE:
+        moved = await _accept(conn, dataset, when, now)
+    else:
+        moved = await _fail(conn, dataset, now)
+    waiting = await _waiting(conn, dataset) if dataset["push_id"] is not None else 0
+    return Applied(**base, status=status, terminal=True, changed=True, records=moved, waiting=waiting,
+                   repush_may_clear=status in ERROR_STATUSES and repush_may_clear(status))  # fmt: skip
+
+
+def _of_push(dataset: sa.RowMapping) -> sa.ColumnElement[bool]:
+    """Records of this dataset's push that have not been pushed again since (the pusher waits for this)."""
+    in_push = sa.select(push_records.c.record_id).where(push_records.c.push_id == dataset["push_id"])
+    return sa.and_(
+        records.c.company_id == dataset["company_id"], records.c.data_type == dataset["data_type"],
+        records.c.record_id.in_(in_push), records.c.push_id == dataset["push_id"],
+    )  # fmt: skip
+
+
+async def _accept(conn: AsyncConnection, dataset: sa.RowMapping, completed_at: float, now: float) -> int:
+    synced_since = await conn.scalar(
+        sa.select(companies.c.last_sync_success_at).where(companies.c.id == dataset["company_id"])
+    )
+    # A sync that started after this dataset completed has already put these records in the books.
+    in_books = synced_since is not None and completed_at <= synced_since
+    values: dict[str, Any] = {
+        "inflight": False, "accepted_version": records.c.pushed_version, "accepted_hash": records.c.pushed_hash,
+        "accepted_at": completed_at, "dataset_id": dataset["id"], "updated_at": now,
+        "state": sa.case((records.c.state == State.PUSHED, State.ACCEPTED.value), else_=records.c.state),
+    }  # fmt: skip
+    if in_books:
+        # A change that waited behind this dataset can no longer be sent: the books hold this version.
+        changed = sa.and_(records.c.state == State.PENDING, records.c.content_hash != records.c.pushed_hash)
+        values["state"] = sa.case(
+            (records.c.state == State.PUSHED, State.SYNCED.value),
+            (changed, State.CONFLICT.value),
+            else_=records.c.state,
+        )
+        values["synced_at"] = sa.func.coalesce(records.c.synced_at, synced_since)
+    result = await conn.execute(records.update().where(_of_push(dataset)).values(values))
+    return int(result.rowcount)
+
+
+async def _fail(conn: AsyncConnection, dataset: sa.RowMapping, now: float) -> int:
+    state = sa.case((records.c.state == State.PUSHED, State.FAILED.value), else_=records.c.state)
+    result = await conn.execute(
+        records.update()
+        .where(_of_push(dataset))
+        .values(state=state, inflight=False, dataset_id=dataset["id"], updated_at=now)
+    )
+    return int(result.rowcount)
+
+
+async def _waiting(conn: AsyncConnection, dataset: sa.RowMapping) -> int:
+    """Records changed while this dataset was in flight: they were held back and may go now."""
+    count = await conn.scalar(
+        sa.select(sa.func.count()).select_from(records).where(_of_push(dataset), records.c.state == State.PENDING)
+    )
+    return int(count or 0)
+
+
+async def recent(conn: AsyncConnection, company_id: str, limit: int = 20) -> list[sa.RowMapping]:
+    query = (
+        sa.select(datasets)
+        .where(datasets.c.company_id == company_id)
+        .order_by(datasets.c.requested_at.desc())
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).mappings())

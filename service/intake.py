@@ -1,0 +1,203 @@
+"""Record intake (`RELAY_API_TOKEN`) and the company endpoints of the admin API (`RELAY_ADMIN_TOKEN`).
+
+Intake is all or nothing per request: every record is validated before anything is stored, and the
+records, the push job and any conflict notification are written in one transaction. The merchant's
+platform gets its answer as soon as that commits; pushing to Codat happens later, asynchronously
+(Codat rule 5: a failed push must never stop the merchant's system from creating records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service import datasets as dataset_store
+from service.admin import iso
+from service.auth import require
+from service.codat import SYNC_STATUS_MEANINGS
+from service.db import companies, pushes, records, writer
+from service.errors import InvalidRequest, MalformedPayload, NotFound, PayloadTooLarge, StorageUnavailable
+from service.outbox import IntakeResult, State, schedule_push, set_paused, store_records
+from service.records import DATA_TYPES, MAX_ID_CHARS, MODELS, validate_records
+from service.responses import json_response
+from service.runtime import Runtime
+from service.settings import CODAT_MAX_PUSH_RECORDS
+from service.tracking import tell_conflicts
+
+MAX_RECORDS = CODAT_MAX_PUSH_RECORDS  # per request (CONTRACT.md): more is a 413
+MAX_BODY_BYTES = 64 * 1024 * 1024  # 5,000 large orders with line items fit well within this
+MANUAL_PAUSE = "manual"
+
+
+class RecordErrors(InvalidRequest):
+    """422 `{"errors": [...]}`: the request's records, each error by index, id and field."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} invalid")
+        self.errors = errors
+
+
+def _problem(field: str | None, message: str) -> RecordErrors:
+    return RecordErrors([{"index": None, "id": None, "field": field, "message": message}])
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body may hold at most {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:  # a missing or false Content-Length must not get past the cap
+            raise PayloadTooLarge(f"the body may hold at most {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
+def _records_of(raw: bytes) -> list[Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayload(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _problem(None, 'the body must be a JSON object: {"records": [...]}')
+    unknown = sorted(set(body) - {"records"})
+    if unknown:
+        raise _problem(unknown[0], 'unknown field: the body holds only "records"')
+    items = body.get("records")
+    if not isinstance(items, list):
+        raise _problem("records", "must be an array of records")
+    if len(items) > MAX_RECORDS:
+        raise PayloadTooLarge(f"{len(items)} records: at most {MAX_RECORDS} per request")
+    return items
+
+
+def _data_type(request: Request) -> str:
+    name = request.path_params["data_type"]
+    if name not in DATA_TYPES:
+        raise NotFound(f"unknown data type {name!r}: one of orders, payments, transactions")
+    return DATA_TYPES[name]
+
+
+@require("api")
+async def put_records(request: Request) -> Response:
+    try:
+        return await _put_records(request)
+    except RecordErrors as exc:
+        return json_response({"errors": exc.errors}, 422)
+
+
+async def _put_records(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    company_id, data_type = request.path_params["company_id"], _data_type(request)
+    if len(company_id) > MAX_ID_CHARS:
+        raise InvalidRequest(f"companyId: at most {MAX_ID_CHARS} characters")
+    items = _records_of(await _read_body(request))
+    batch, errors = validate_records(data_type, items)
+    if errors:
+        raise RecordErrors(errors)
+    delay_s = runtime.settings.push_debounce_seconds
+
+    async def after(conn: Any, result: IntakeResult) -> None:
+        now = runtime.clock.now()
+        if result.pending:
+            await schedule_push(conn, company_id, data_type, now=now, delay_s=delay_s)
+        new = [c["id"] for c in result.conflicts]
+        if new:
+            await tell_conflicts(runtime.notifier, conn, company_id, data_type, new)
+
+    try:
+        result = await store_records(
+            runtime.engine, company_id, data_type, batch, now=runtime.clock.now(), after=after
+        )
+    except SQLAlchemyError as exc:  # storage down or refusing: the platform should retry, not drop
+        raise StorageUnavailable(type(exc).__name__) from exc
+    runtime.wake_workers()
+    return json_response(result.answer(), 202)
+
+
+def _connection(row: sa.RowMapping) -> dict[str, Any]:
+    return {"id": row["connection_id"], "status": row["connection_status"],
+            "deletedAt": iso(row["connection_deleted_at"])}  # fmt: skip
+
+
+def _last_sync(row: sa.RowMapping) -> dict[str, Any]:
+    code = row["last_sync_code"]
+    return {"code": code, "meaning": SYNC_STATUS_MEANINGS.get(code) if code is not None else None,
+            "at": iso(row["last_sync_at"]), "lastSuccessAt": iso(row["last_sync_success_at"]),
+            "checkedAt": iso(row["last_sync_checked_at"])}  # fmt: skip
+
+
+def _dataset(row: sa.RowMapping) -> dict[str, Any]:
+    return {"id": row["id"], "dataType": row["data_type"], "status": row["status"],
+            "errorMessage": row["error_message"], "records": row["record_count"], "pushId": row["push_id"],
+            "requestedAt": iso(row["requested_at"]), "completedAt": iso(row["completed_at"]),
+            "polls": row["polls"]}  # fmt: skip
+
+
+async def _counts(conn: Any, company_id: str) -> dict[str, dict[str, int]]:
+    counts = {data_type: {state.value: 0 for state in State} for data_type in MODELS}
+    query = (
+        sa.select(records.c.data_type, records.c.state, sa.func.count())
+        .where(records.c.company_id == company_id)
+        .group_by(records.c.data_type, records.c.state)
+    )
+    for data_type, state, count in await conn.execute(query):
+        counts.setdefault(data_type, {})[state] = int(count)
+    return counts
+
+
+@require("admin")
+async def show_company(request: Request) -> Response:
+    company_id = request.path_params["company_id"]
+    async with request.app.state.runtime.engine.connect() as conn:
+        row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
+        if row is None:
+            raise NotFound(f"no company {company_id}")
+        counts = await _counts(conn, company_id)
+        recent = await dataset_store.recent(conn, company_id)
+        open_pushes = await conn.scalar(
+            sa.select(sa.func.count()).where(pushes.c.company_id == company_id, pushes.c.finished_at.is_(None))
+        )
+    return json_response({
+        "id": company_id, "paused": row["paused"], "pauseReason": row["pause_reason"],
+        "connection": _connection(row), "records": counts, "openPushes": int(open_pushes or 0),
+        "recentDatasets": [_dataset(d) for d in recent], "lastSync": _last_sync(row),
+        "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
+    })  # fmt: skip
+
+
+@require("admin")
+async def pause(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    company_id = request.path_params["company_id"]
+    await set_paused(runtime.engine, company_id, paused=True, reason=MANUAL_PAUSE, now=runtime.clock.now())
+    return json_response({"id": company_id, "paused": True, "pauseReason": MANUAL_PAUSE})
+
+
+@require("admin")
+async def resume(request: Request) -> Response:
+    """Resume pushing; whatever waited while paused is pushed now."""
+    runtime: Runtime = request.app.state.runtime
+    company_id, now = request.path_params["company_id"], runtime.clock.now()
+    if not await set_paused(runtime.engine, company_id, paused=False, reason=None, now=now):
+        raise NotFound(f"no company {company_id}")
+    async with writer(runtime.engine).begin() as conn:
+        for data_type in MODELS:
+            await schedule_push(conn, company_id, data_type, now=now)
+    runtime.wake_workers()
+    return json_response({"id": company_id, "paused": False, "pauseReason": None})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/companies/{company_id}/records/{data_type}", put_records, methods=["PUT"]),
+        Route("/v1/companies/{company_id}/pause", pause, methods=["POST"]),
+        Route("/v1/companies/{company_id}/resume", resume, methods=["POST"]),
+        Route("/v1/companies/{company_id}", show_company, methods=["GET"]),
+    ]

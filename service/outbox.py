@@ -1,0 +1,283 @@
+"""The outbox's storage: records as the merchant's platform hands them over, companies, and sync marks.
+
+A record's `state` says where its latest version stands:
+pending → pushed (in a dataset) → accepted (dataset Complete) → synced (a sync succeeded after that),
+or failed (its dataset failed) or conflict (changed after it was synced: kept, never pushed, rule 7).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service import queue
+from service.db import companies, jobs, records, writer
+from service.records import Record
+
+PUSH_KIND = "push"
+
+LOOKUP_CHUNK = 1000  # ids per `IN (...)`: well under both backends' bound-parameter limits
+INTAKE_ATTEMPTS = 3  # a concurrent intake of the same new id, or a deadlock, costs one retry
+SYNCED_CHANGE = "already_synced"  # the conflict reason reported to the merchant's platform
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    PUSHED = "pushed"
+    ACCEPTED = "accepted"
+    SYNCED = "synced"
+    FAILED = "failed"
+    CONFLICT = "conflict"
+
+
+@dataclass
+class IntakeResult:
+    accepted: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    conflicts: list[dict[str, str]] = field(default_factory=list)
+    pending: int = 0  # how many now wait for a push
+
+    def answer(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "unchanged": self.unchanged, "deleted": self.deleted,
+                "conflicts": self.conflicts}  # fmt: skip
+
+
+def push_lock(company_id: str, data_type: str) -> str:
+    """One push per company and data type at a time, across every process (Codat rule 3)."""
+    return f"push:{company_id}:{data_type}"
+
+
+async def schedule_push(
+    conn: AsyncConnection, company_id: str, data_type: str, *, now: float, delay_s: float = 0.0
+) -> int | None:
+    """Queue a push in the caller's transaction; None when one is already waiting (bursts collapse)."""
+    lock = push_lock(company_id, data_type)
+    payload = {"company_id": company_id, "data_type": data_type}
+    job_id = await queue.enqueue(
+        conn, PUSH_KIND, payload, now=now, lock_key=lock, queueing_lock=lock, run_at=now + delay_s
+    )
+    if job_id is None:
+        # The waiting job does this work; it must not run later than this caller asked (a resume or a
+        # dataset's end says "now", where an intake's debounce said "in a few seconds").
+        await conn.execute(
+            jobs.update()
+            .where(jobs.c.queueing_lock == lock, jobs.c.status == "waiting", jobs.c.run_at > now + delay_s)
+            .values(run_at=now + delay_s)
+        )
+    return job_id
+
+
+# Called inside the intake's transaction: schedule the push, tell staff about conflicts.
+AfterIntake = Callable[[AsyncConnection, IntakeResult], Awaitable[None]]
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+async def ensure_company(conn: AsyncConnection, company_id: str, now: float) -> None:
+    stmt = _insert(conn)(companies).values(id=company_id, paused=False, created_at=now, updated_at=now)
+    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
+
+async def store_records(
+    engine: AsyncEngine, company_id: str, data_type: str, batch: Sequence[Record], *,
+    now: float, after: AfterIntake,
+) -> IntakeResult:  # fmt: skip
+    """Store one request's records in ONE transaction (all or nothing), then `after` in the same one."""
+    for attempt in range(1, INTAKE_ATTEMPTS + 1):
+        try:
+            async with writer(engine).begin() as conn:
+                result = await _store(conn, company_id, data_type, batch, now)
+                await after(conn, result)
+                return result
+        except (IntegrityError, DBAPIError) as exc:
+            if attempt == INTAKE_ATTEMPTS or not _retryable(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return isinstance(exc, IntegrityError) or "deadlock" in str(exc).lower()
+
+
+async def _existing(
+    conn: AsyncConnection, company_id: str, data_type: str, ids: list[str]
+) -> dict[str, sa.RowMapping]:
+    found: dict[str, sa.RowMapping] = {}
+    columns = [records.c[n] for n in (
+        "record_id", "version", "content_hash", "state", "inflight", "accepted_hash", "synced_at")]  # fmt: skip
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = sorted(ids[start : start + LOOKUP_CHUNK])
+        query = (
+            sa.select(*columns)
+            .where(records.c.company_id == company_id, records.c.data_type == data_type,
+                   records.c.record_id.in_(chunk))
+            .order_by(records.c.record_id)
+            .with_for_update()  # PostgreSQL: a concurrent push claims these rows after we commit
+        )  # fmt: skip
+        for row in (await conn.execute(query)).mappings():
+            found[row["record_id"]] = row
+    return found
+
+
+def _next_state(record: Record, prev: sa.RowMapping) -> State:
+    if prev["synced_at"] is not None:
+        # The books hold the accepted version: only sending that same content again is harmless.
+        return State.SYNCED if record.content_hash == prev["accepted_hash"] else State.CONFLICT
+    if not prev["inflight"] and record.content_hash == prev["accepted_hash"]:
+        return State.ACCEPTED  # back to what Codat already holds: nothing to send
+    return State.PENDING
+
+
+async def _store(
+    conn: AsyncConnection, company_id: str, data_type: str, batch: Sequence[Record], now: float
+) -> IntakeResult:
+    await ensure_company(conn, company_id, now)
+    existing = await _existing(conn, company_id, data_type, [r.id for r in batch])
+    result = IntakeResult()
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for record in batch:
+        prev = existing.get(record.id)
+        if prev is not None and prev["content_hash"] == record.content_hash:
+            if prev["state"] == State.CONFLICT:
+                result.conflicts.append({"id": record.id, "reason": SYNCED_CHANGE})
+            else:
+                result.unchanged += 1
+            continue
+        state = State.PENDING if prev is None else _next_state(record, prev)
+        values = {"n_version": 1 if prev is None else prev["version"] + 1, "n_hash": record.content_hash,
+                  "n_body": record.body, "n_delete": record.is_delete, "n_state": state.value}  # fmt: skip
+        (inserts if prev is None else updates).append({"b_id": record.id, **values})
+        if state == State.CONFLICT:
+            result.conflicts.append({"id": record.id, "reason": SYNCED_CHANGE})
+        elif state == State.SYNCED:
+            result.unchanged += 1
+        else:
+            result.pending += state == State.PENDING
+            if record.is_delete:
+                result.deleted += 1
+            else:
+                result.accepted += 1
+    await _write(conn, company_id, data_type, now, inserts, updates)
+    return result
+
+
+_VALUES: dict[str, Any] = {
+    "version": sa.bindparam("n_version"), "content_hash": sa.bindparam("n_hash"), "body": sa.bindparam("n_body"),
+    "is_delete": sa.bindparam("n_delete"), "state": sa.bindparam("n_state"),
+}  # fmt: skip
+
+
+async def _write(
+    conn: AsyncConnection, company_id: str, data_type: str, now: float,
+    inserts: list[dict[str, Any]], updates: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    common = {"company_id": company_id, "data_type": data_type, "updated_at": now}
+    if inserts:
+        insert = records.insert().values(
+            record_id=sa.bindparam("b_id"), inflight=False, created_at=now, **common, **_VALUES
+        )
+        await conn.execute(insert, inserts)
+    if updates:
+        stmt = (
+            records.update()
+            .where(records.c.company_id == company_id, records.c.data_type == data_type,
+                   records.c.record_id == sa.bindparam("b_id"))
+            .values(updated_at=now, **_VALUES)
+        )  # fmt: skip
+        await conn.execute(stmt, updates)
+
+
+async def set_paused(
+    engine: AsyncEngine, company_id: str, *, paused: bool, reason: str | None, now: float
+) -> bool:
+    """Pause (creating the company if needed) or resume; False when resuming an unknown company."""
+    async with writer(engine).begin() as conn:
+        if paused:
+            await ensure_company(conn, company_id, now)
+        result = await conn.execute(
+            companies.update()
+            .where(companies.c.id == company_id)
+            .values(paused=paused, pause_reason=reason if paused else None, updated_at=now)
+        )
+    return bool(result.rowcount)
+
+
+async def is_paused(conn: AsyncConnection, company_id: str) -> bool:
+    paused = await conn.scalar(sa.select(companies.c.paused).where(companies.c.id == company_id))
+    return bool(paused)
+
+
+async def record_sync_check(
+    conn: AsyncConnection, company_id: str, *, code: int | None, at: float | None,
+    success_at: float | None, now: float,
+) -> tuple[float | None, float | None]:  # fmt: skip
+    """Remember what Codat said of the company's syncs: (latest success known before, known now)."""
+    await ensure_company(conn, company_id, now)
+    known = await conn.scalar(
+        sa.select(companies.c.last_sync_success_at).where(companies.c.id == company_id)
+    )
+    latest = max((t for t in (known, success_at) if t is not None), default=None)
+    await conn.execute(
+        companies.update()
+        .where(companies.c.id == company_id)
+        .values(last_sync_code=code, last_sync_at=at, last_sync_success_at=latest,
+                last_sync_checked_at=now, updated_at=now)
+    )  # fmt: skip
+    return known, latest
+
+
+async def mark_synced(conn: AsyncConnection, company_id: str, data_type: str, synced_at: float,
+                      now: float) -> list[str]:  # fmt: skip
+    """A sync that started at `synced_at` succeeded: what Codat held by then is in the books.
+
+    Records accepted before then become `synced`; an unpushed change to one of them can no longer be
+    sent (rule 7) and becomes a conflict. Returns the ids of the new conflicts.
+    """
+    held = sa.and_(
+        records.c.company_id == company_id, records.c.data_type == data_type,
+        records.c.accepted_at <= synced_at,
+    )  # fmt: skip
+    conflicts = await conn.execute(
+        records.update()
+        .where(held, records.c.state.in_([State.PENDING, State.FAILED]), records.c.synced_at.is_(None))
+        .values(state=State.CONFLICT.value, synced_at=synced_at, updated_at=now)
+        .returning(records.c.record_id)
+    )
+    ids = sorted(conflicts.scalars())
+    await conn.execute(
+        records.update()
+        .where(held, records.c.state == State.ACCEPTED)
+        .values(state=State.SYNCED.value, synced_at=sa.func.coalesce(records.c.synced_at, synced_at),
+                updated_at=now)
+    )  # fmt: skip
+    # In flight again when the sync ran (a race Codat's rules leave open): the books hold the older one.
+    await conn.execute(
+        records.update().where(held, records.c.synced_at.is_(None)).values(synced_at=synced_at, updated_at=now)
+    )
+    return ids
+
+
+async def requeue_failed(conn: AsyncConnection, company_id: str, data_type: str, push_id: str,
+                         now: float) -> int:  # fmt: skip
+    """For a re-push: the failed records of one push wait to be pushed again (their latest version)."""
+    from service.db import push_records  # local: only the re-push path needs it
+
+    in_push = sa.select(push_records.c.record_id).where(push_records.c.push_id == push_id)
+    result = await conn.execute(
+        records.update()
+        .where(records.c.company_id == company_id, records.c.data_type == data_type,
+               records.c.record_id.in_(in_push), records.c.state == State.FAILED)
+        .values(state=State.PENDING.value, updated_at=now)
+    )  # fmt: skip
+    return int(result.rowcount)

@@ -1,0 +1,237 @@
+"""The push job: sends a company's pending records of one data type to Codat, at most 5,000 at a time.
+
+One push job per (company, data type) runs at a time across every process: the job's lock key is
+`push:{company}:{dataType}` (Codat rule 3), and its queueing lock is the same, so a burst of intakes
+collapses into one waiting job. Records are claimed in keyset-ordered chunks straight from the
+database and the payload is spliced from their stored canonical bytes: nothing but one chunk is ever
+held in memory, and nothing is decoded and re-encoded.
+
+A push is written down (with its payload) before it is sent, and its id is the Idempotency-Key: if the
+process dies between Codat's answer and our record of it, the next run sends the same bytes under the
+same key, and Codat answers from its idempotency cache instead of creating a second dataset.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import queue
+from service.codat import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
+from service.db import datasets, push_records, pushes, records, writer
+from service.errors import RetryLater
+from service.notifications import Kind, Notification
+from service.outbox import PUSH_KIND, State, is_paused, set_paused
+from service.queue import Job, describe_error
+from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy, Tracker, TrackingDeps
+from service.worker import JobFunction, Periodic
+
+RATE_LIMIT_WAIT_S = 30  # when Codat's 429 carries no Retry-After
+log = structlog.get_logger("service.pusher")
+
+
+@dataclass(frozen=True)
+class Push:
+    id: str
+    company_id: str
+    data_type: str
+    payload: bytes
+    record_count: int
+    last_id: str = ""
+
+
+class Pusher:
+    """The push job; dataset polling and sync checks are the `Tracker`'s."""
+
+    def __init__(self, deps: TrackingDeps, poll: PollPolicy | None = None) -> None:
+        self._deps = deps
+        self.tracker = Tracker(deps, poll or PollPolicy())
+
+    @property
+    def _engine(self) -> Any:
+        return self._deps.engine
+
+    def jobs(self) -> dict[str, JobFunction]:
+        """The push pipeline's job kinds, for the worker's job table."""
+        return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset,
+                SYNC_KIND: self.tracker.check_sync_job, SWEEP_KIND: self.tracker.sweep}  # fmt: skip
+
+    def periodic(self) -> list[Periodic]:
+        return [Periodic(SWEEP_KIND, SWEEP_KIND, self._deps.settings.push_interval_seconds)]
+
+    async def run(self, job: Job, attempt: int) -> None:
+        """`push` job: resend an unrecorded push, then push every pending record in chunks."""
+        company_id, data_type = str(job.payload["company_id"]), str(job.payload["data_type"])
+        started, sent, count = time.perf_counter(), 0, 0
+        if await self._paused(company_id):
+            log.info("push_skipped", company_id=company_id, data_type=data_type, reason="paused")
+            return
+        unrecorded = await self._open_pushes(company_id, data_type)
+        if not unrecorded and not await self._has_pending(company_id, data_type):
+            return
+        await self.tracker.guard_synced(company_id)
+        for open_push in unrecorded:
+            if not await self._send(open_push):
+                return
+        cursor = ""
+        while not await self._paused(company_id):
+            push = await self._claim(company_id, data_type, cursor, reason="push")
+            if push is None:
+                break
+            cursor = push.last_id
+            if not await self._send(push):
+                break
+            sent, count = sent + 1, count + push.record_count
+        log.info("push_finished", company_id=company_id, data_type=data_type, pushes=sent, records=count,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+
+    async def _paused(self, company_id: str) -> bool:
+        async with self._engine.connect() as conn:
+            return await is_paused(conn, company_id)
+
+    async def _has_pending(self, company_id: str, data_type: str) -> bool:
+        query = sa.select(records.c.record_id).where(
+            records.c.company_id == company_id, records.c.data_type == data_type,
+            records.c.state == State.PENDING, records.c.inflight.is_(False),
+        ).limit(1)  # fmt: skip
+        async with self._engine.connect() as conn:
+            return (await conn.scalar(query)) is not None
+
+    async def _open_pushes(self, company_id: str, data_type: str) -> list[Push]:
+        query = (
+            sa.select(pushes.c.id, pushes.c.payload, pushes.c.record_count)
+            .where(pushes.c.company_id == company_id, pushes.c.data_type == data_type,
+                   pushes.c.finished_at.is_(None))
+            .order_by(pushes.c.started_at)
+        )  # fmt: skip
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Push(r.id, company_id, data_type, r.payload, r.record_count) for r in rows]
+
+    async def _claim(self, company_id: str, data_type: str, after: str, *, reason: str) -> Push | None:
+        """Take the next chunk of pending records (ids after `after`) into a new, written-down push."""
+        push_id, now = str(uuid.uuid4()), self._deps.clock.now()
+        mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type,
+                       records.c.state == State.PENDING, records.c.inflight.is_(False))  # fmt: skip
+        # Two statements, not `UPDATE … WHERE id IN (SELECT … LIMIT n)`: PostgreSQL may run that as a
+        # nested loop over the subquery (seconds per chunk when statistics are stale); a locked keyset
+        # read followed by a primary-key update is linear whatever the planner believes.
+        pick = (
+            sa.select(records.c.record_id, records.c.version, records.c.body)
+            .where(mine, records.c.record_id > after)
+            .order_by(records.c.record_id)
+            .limit(self._deps.settings.max_push_records)
+            .with_for_update()
+        )
+        async with writer(self._engine).begin() as conn:
+            rows = (await conn.execute(pick)).all()
+            if not rows:
+                return None
+            await conn.execute(
+                records.update()
+                .where(records.c.company_id == company_id, records.c.data_type == data_type,
+                       records.c.record_id.in_([row.record_id for row in rows]))
+                .values(state=State.PUSHED.value, inflight=True, push_id=push_id,
+                        pushed_version=records.c.version, pushed_hash=records.c.content_hash, updated_at=now)
+            )  # fmt: skip
+            payload = b"[" + b",".join(row.body for row in rows) + b"]"
+            await conn.execute(pushes.insert().values(
+                id=push_id, company_id=company_id, data_type=data_type, record_count=len(rows), payload=payload,
+                reason=reason, started_at=now, outcome="open",
+            ))  # fmt: skip
+            await conn.execute(
+                push_records.insert(),
+                [{"push_id": push_id, "record_id": row.record_id, "version": row.version} for row in rows],
+            )
+        return Push(push_id, company_id, data_type, payload, len(rows), rows[-1].record_id)
+
+    async def _send(self, push: Push) -> bool:
+        """Send one push and record what came of it; False when the job should stop pushing."""
+        codat = self._deps.codat
+        try:
+            result = await codat.push_records_json(
+                push.company_id, push.data_type, push.payload, idempotency_key=push.id
+            )
+        except CodatNotFound as exc:
+            await self._abandon(push, exc, pause="codat_not_found")
+            return False
+        except CodatAuthError as exc:
+            await self._abandon(push, exc, pause=None)
+            raise  # our API key: the job retries, and dies (telling staff) if nobody fixes it
+        except CodatRejected as exc:
+            await self._reject(push, exc)
+            return True  # these records were refused; the next chunk may well be fine
+        except CodatRateLimited as exc:
+            # The push stays open: the retry resends the same bytes under the same key.
+            raise RetryLater("Codat rate limit", after_s=int(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
+        await self._record(push, result.dataset_id)
+        return True
+
+    async def _record(self, push: Push, dataset_id: str) -> None:
+        now = self._deps.clock.now()
+        first_poll = now + self.tracker.poll.delay(0)
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        async with writer(self._engine).begin() as conn:
+            await conn.execute(
+                pushes.update().where(pushes.c.id == push.id)
+                .values(dataset_id=dataset_id, finished_at=now, outcome="pushed", payload=None)
+            )  # fmt: skip
+            await conn.execute(insert(datasets).values(
+                id=dataset_id, company_id=push.company_id, data_type=push.data_type, push_id=push.id,
+                record_count=push.record_count, status="Initial", terminal=False, requested_at=now, updated_at=now,
+                polls=0, next_poll_at=first_poll,
+            ).on_conflict_do_nothing(index_elements=["id"]))  # fmt: skip
+            await queue.enqueue(
+                conn, POLL_KIND, {"dataset_id": dataset_id, "company_id": push.company_id}, now=now,
+                queueing_lock=f"poll:{dataset_id}", run_at=first_poll,
+            )  # fmt: skip
+        log.info("push_recorded", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
+                 dataset_id=dataset_id, records=push.record_count)  # fmt: skip
+
+    async def _close(self, conn: AsyncConnection, push: Push, outcome: str, error: str, state: State) -> None:
+        """End a push without a dataset; its records go to `state` (still `pushed` ones only)."""
+        now = self._deps.clock.now()
+        await conn.execute(
+            pushes.update().where(pushes.c.id == push.id)
+            .values(finished_at=now, outcome=outcome, error=error, payload=None)
+        )  # fmt: skip
+        in_push = sa.select(push_records.c.record_id).where(push_records.c.push_id == push.id)
+        await conn.execute(
+            records.update()
+            .where(records.c.company_id == push.company_id, records.c.data_type == push.data_type,
+                   records.c.record_id.in_(in_push), records.c.push_id == push.id)
+            .values(inflight=False, updated_at=now,
+                    state=sa.case((records.c.state == State.PUSHED, state.value), else_=records.c.state))
+        )  # fmt: skip
+
+    async def _abandon(self, push: Push, exc: Exception, *, pause: str | None) -> None:
+        """Codat never took the push (no company or connection, or our key refused): records wait again."""
+        kind = Kind.AUTH_REQUIRED if isinstance(exc, CodatAuthError) else Kind.CONNECTION_DELETED
+        async with writer(self._engine).begin() as conn:
+            await self._close(conn, push, "abandoned", describe_error(exc), State.PENDING)
+            await self._tell(conn, push, kind, f"Codat refused a push: {exc}")
+        if pause is not None:
+            await set_paused(self._engine, push.company_id, paused=True, reason=pause, now=self._deps.clock.now())
+        log.warning("push_abandoned", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
+                    error=describe_error(exc), paused=pause is not None)  # fmt: skip
+
+    async def _reject(self, push: Push, exc: CodatRejected) -> None:
+        async with writer(self._engine).begin() as conn:
+            await self._close(conn, push, "rejected", describe_error(exc), State.FAILED)
+            summary = f"Codat rejected a push of {push.record_count} records"
+            await self._tell(conn, push, Kind.DATASET_FAILED, summary)
+        log.warning("push_rejected", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
+                    error=describe_error(exc))  # fmt: skip
+
+    async def _tell(self, conn: AsyncConnection, push: Push, kind: Kind, summary: str) -> None:
+        details = {"pushId": push.id, "records": push.record_count}
+        note = Notification(kind, summary, company_id=push.company_id, data_type=push.data_type,
+                            subject=push.data_type, details=details)  # fmt: skip
+        await self._deps.notifier.notify(note, conn)

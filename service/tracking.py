@@ -1,0 +1,221 @@
+"""Knowing what became of every push: dataset polls, sync checks, and the periodic sweep.
+
+Every pushed dataset is polled, with backoff and a bounded number of polls, until it is terminal, so a
+missed webhook never leaves it unknown (webhooks only make it faster). A dataset still unfinished after
+the last poll is left to the sweep, which polls it again every `RELAY_PUSH_INTERVAL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service import queue
+from service.clock import Clock
+from service.codat import CodatNotFound, is_success
+from service.datasets import Applied, apply_dataset_status, load
+from service.db import companies, datasets, pushes, records, writer
+from service.notifications import Kind, Notification
+from service.outbox import State, mark_synced, record_sync_check, schedule_push
+from service.queue import Job
+from service.records import MODELS
+from service.settings import Settings
+
+POLL_KIND = "poll_dataset"
+SYNC_KIND = "check_sync"
+SWEEP_KIND = "push_sweep"
+OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
+CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
+log = structlog.get_logger("service.tracking")
+
+
+class TrackingDeps(Protocol):
+    """What the push pipeline needs from the process (service.runtime.Runtime provides it)."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def codat(self) -> Any: ...
+    @property
+    def notifier(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """Poll n waits `first_s * factor**n`, at most `max_delay_s`; `max_polls` before the sweep takes over."""
+
+    first_s: float = 1.0
+    factor: float = 2.0
+    max_delay_s: float = 120.0
+    max_polls: int = 20  # about 30 minutes of polling with the defaults
+
+    def delay(self, polls: int) -> float:
+        return min(self.max_delay_s, self.first_s * self.factor ** min(polls, 64))
+
+
+def _ts(value: Any) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+class Tracker:
+    def __init__(self, deps: TrackingDeps, poll: PollPolicy) -> None:
+        self._deps = deps
+        self.poll = poll
+
+    # -- datasets ------------------------------------------------------------------------------------
+
+    async def poll_dataset(self, job: Job, attempt: int) -> None:
+        """`poll_dataset` job: read the dataset from Codat and apply its status; poll again if unfinished."""
+        dataset_id, company_id = str(job.payload["dataset_id"]), str(job.payload["company_id"])
+        engine, now = self._deps.engine, self._deps.clock.now()
+        async with engine.connect() as conn:
+            row = await load(conn, dataset_id)
+        if row is None or row["terminal"]:
+            return
+        found = await self._deps.codat.get_dataset(company_id, dataset_id)
+        async with writer(engine).begin() as conn:
+            row = await load(conn, dataset_id)
+            if row is None:
+                return
+            applied = await apply_dataset_status(conn, row, found.status, found.error_message, now=now,
+                                                 completed_at=_ts(found.completed))  # fmt: skip
+            if applied.terminal:
+                await self.after_terminal(conn, applied, now)
+            else:
+                await self._poll_again(conn, row, now)
+
+    async def _poll_again(self, conn: AsyncConnection, row: sa.RowMapping, now: float) -> None:
+        polls = row["polls"] + 1
+        more = polls < self.poll.max_polls
+        next_at = now + self.poll.delay(polls) if more else None
+        await conn.execute(
+            datasets.update().where(datasets.c.id == row["id"]).values(polls=polls, next_poll_at=next_at)
+        )
+        if next_at is not None:
+            payload = {"dataset_id": row["id"], "company_id": row["company_id"]}
+            await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=f"poll:{row['id']}", run_at=next_at)
+        else:
+            log.warning("dataset_poll_exhausted", dataset_id=row["id"], company_id=row["company_id"], polls=polls)
+
+    async def after_terminal(self, conn: AsyncConnection, applied: Applied, now: float) -> None:
+        """What follows a dataset's end, whoever saw it: held-back changes go, failures are told."""
+        if applied.waiting:
+            await schedule_push(conn, applied.company_id, applied.data_type, now=now)
+        if applied.failed and applied.changed:
+            # The re-push policy (RELAY_REPUSH_MAX_ATTEMPTS) decides about `repush_may_clear` errors;
+            # until it does, staff hear of every failed dataset.
+            note = Notification(
+                Kind.DATASET_FAILED, f"Dataset {applied.dataset_id} ended {applied.status}",
+                company_id=applied.company_id, data_type=applied.data_type, dataset_id=applied.dataset_id,
+                details={"status": applied.status, "records": applied.records,
+                         "repushMayClear": applied.repush_may_clear},
+            )  # fmt: skip
+            await self._deps.notifier.notify(note, conn)
+        log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,
+                 data_type=applied.data_type, status=applied.status, records=applied.records)  # fmt: skip
+
+    # -- syncs ---------------------------------------------------------------------------------------
+
+    async def check_sync_job(self, job: Job, attempt: int) -> None:
+        """`check_sync` job: what has Codat synced for this company? Accepted records become synced."""
+        await self.check_sync(str(job.payload["company_id"]))
+
+    async def guard_synced(self, company_id: str) -> None:
+        """Before pushing: if Codat holds records of this company, learn whether a sync took them."""
+        async with self._deps.engine.connect() as conn:
+            held = await conn.scalar(
+                sa.select(datasets.c.id)
+                .where(datasets.c.company_id == company_id, datasets.c.status == "Complete")
+                .limit(1)
+            )
+        if held is not None:
+            await self.check_sync(company_id)
+
+    async def check_sync(self, company_id: str) -> dict[str, list[str]]:
+        """Read the company's syncs and apply the latest success; returns new conflicts by data type."""
+        try:
+            syncs = await self._deps.codat.get_sync_status(company_id)
+        except CodatNotFound:
+            syncs = []  # no sync has ever run
+        now = self._deps.clock.now()
+        dated = [s for s in syncs if s.sync_utc is not None]
+        latest = max(dated, key=lambda s: s.sync_utc, default=None)
+        success_at = max((s.sync_utc.timestamp() for s in dated if is_success(s.sync_status_code)), default=None)
+        conflicts: dict[str, list[str]] = {}
+        async with writer(self._deps.engine).begin() as conn:
+            before, known = await record_sync_check(
+                conn, company_id, code=latest.sync_status_code if latest else None,
+                at=_ts(latest.sync_utc) if latest else None, success_at=success_at, now=now,
+            )  # fmt: skip
+            if known is None or known == before:
+                return conflicts  # nothing new in the books since the last check
+            for data_type in MODELS:
+                ids = await mark_synced(conn, company_id, data_type, known, now)
+                if ids:
+                    conflicts[data_type] = ids
+                    await tell_conflicts(self._deps.notifier, conn, company_id, data_type, ids)
+        log.info("sync_checked", company_id=company_id, synced_at=known, conflicts=sum(map(len, conflicts.values())))
+        return conflicts
+
+    # -- the sweep -----------------------------------------------------------------------------------
+
+    async def sweep(self, job: Job, attempt: int) -> None:
+        """`push_sweep` (periodic): push what is pending, resend open pushes, poll forgotten datasets."""
+        now = self._deps.clock.now()
+        async with self._deps.engine.connect() as conn:
+            due = await _pending(conn) | await _open(conn)
+            stale = (await conn.execute(
+                sa.select(datasets.c.id, datasets.c.company_id).where(
+                    datasets.c.terminal.is_(False),
+                    sa.or_(datasets.c.next_poll_at.is_(None), datasets.c.next_poll_at < now - OVERDUE_S))
+            )).all()  # fmt: skip
+        async with writer(self._deps.engine).begin() as conn:
+            for company_id, data_type in sorted(due):
+                await schedule_push(conn, company_id, data_type, now=now)
+            for dataset_id, company_id in stale:
+                payload = {"dataset_id": dataset_id, "company_id": company_id}
+                await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=f"poll:{dataset_id}")
+        log.info("push_sweep", pushes=len(due), polls=len(stale))
+
+
+async def _pending(conn: AsyncConnection) -> set[tuple[str, str]]:
+    """(company, data type) pairs of unpaused companies with records waiting to be pushed."""
+    due: set[tuple[str, str]] = set()
+    for data_type in MODELS:
+        waiting = sa.exists().where(
+            records.c.company_id == companies.c.id, records.c.data_type == data_type,
+            records.c.state == State.PENDING, records.c.inflight.is_(False),
+        )  # fmt: skip
+        found = await conn.execute(sa.select(companies.c.id).where(companies.c.paused.is_(False), waiting))
+        due.update((company_id, data_type) for company_id in found.scalars())
+    return due
+
+
+async def _open(conn: AsyncConnection) -> set[tuple[str, str]]:
+    """Pushes sent but never recorded (their job died): the push job resends them under the same key."""
+    found = await conn.execute(
+        sa.select(pushes.c.company_id, pushes.c.data_type).where(pushes.c.finished_at.is_(None)).distinct()
+    )
+    return {(row.company_id, row.data_type) for row in found}
+
+
+async def tell_conflicts(
+    notifier: Any, conn: AsyncConnection, company_id: str, data_type: str, ids: list[str]
+) -> None:
+    """Staff hear of changes to synced records: they are kept, never pushed (Codat rule 7)."""
+    note = Notification(
+        Kind.UPDATE_CONFLICT,
+        f"{len(ids)} {data_type} record(s) changed after they were synced to the accounting platform; "
+        "the changes are kept and not pushed",
+        company_id=company_id, data_type=data_type, subject=data_type,
+        details={"count": len(ids), "recordIds": ids[:CONFLICT_IDS_TOLD]},
+    )  # fmt: skip
+    await notifier.notify(note, conn)

@@ -1,0 +1,94 @@
+"""Record validation against Codat's push schema, deletes, canonical JSON and content hashes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.records import canonical, content_hash, validate_records
+
+
+def order(**fields: Any) -> dict[str, Any]:
+    return {"id": "o-1", "orderNumber": "1001", "currency": "GBP", "totalAmount": 12.5,
+            "createdDate": "2025-06-01T09:00:00Z", **fields}  # fmt: skip
+
+
+FULL_ORDER = order(
+    country="GB", closedDate=None, modifiedDate="2025-06-01T09:00:00.1234567Z", sourceModifiedDate="2025-06-01",
+    totalRefund=0, totalTaxAmount=2.08, totalDiscount=0, totalGratuity=1,
+    orderLineItems=[{"id": "li-1", "quantity": 2, "unitPrice": 5.0, "totalAmount": 10, "taxPercentage": 20,
+                     "totalTaxAmount": 1.67, "productRef": {"id": "p-1", "name": None},
+                     "productVariantRef": {"id": "v-1"}, "discountAllocations": [{"name": "x", "totalAmount": 1}]}],
+    payments=[{"id": "pay-1", "amount": 12.5, "type": "Card", "status": "Paid", "dueDate": None}],
+    serviceCharges=[{"description": "delivery", "totalAmount": 2, "quantity": 1, "type": "Shipping"}],
+    locationRef={"id": "loc-1", "name": "Shop"}, customerRef={"id": "cu-1"},
+)  # fmt: skip
+PAYMENT = {"id": "pay-1", "amount": 3, "currency": "GBP", "type": "Cash", "status": "Paid", "paymentProvider": None,
+           "dueDate": "2025-06-01T00:00:00Z", "createdDate": "2025-06-01T00:00:00Z"}  # fmt: skip
+TRANSACTION = {"id": "t-1", "totalAmount": -1.5, "currency": "GBP", "type": "PaymentFee", "subType": "fee",
+               "transactionSourceRef": {"id": "pay-1", "type": "Payment"},
+               "createdDate": "2025-06-01T00:00:00Z"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data_type", "record"),
+    [("commerce-orders", FULL_ORDER), ("commerce-payments", PAYMENT), ("commerce-transactions", TRANSACTION)],
+)
+def test_every_field_of_the_spec_is_accepted(data_type: str, record: dict[str, Any]) -> None:
+    """Records using every field Codat's schema defines validate, and are stored exactly as sent."""
+    valid, errors = validate_records(data_type, [record])
+    assert errors == []
+    assert valid[0].body == canonical(record) and not valid[0].is_delete
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "message"),
+    [
+        (order(colour="red"), "colour", "unknown field"),
+        (order(orderLineItems=[{"quantity": 1, "sku": "x"}]), "orderLineItems[0].sku", "unknown field"),
+        (order(locationRef={"id": "l", "city": "x"}), "locationRef.city", "unknown field"),
+        (order(totalAmount="12.5"), "totalAmount", "valid number"),
+        (order(totalAmount=None), "totalAmount", "valid number"),
+        (order(createdDate="yesterday"), "createdDate", "ISO-8601"),
+        (order(payments=[{"type": "Cheque"}]), "payments[0].type", "Input should be"),
+        (order(serviceCharges=[{"quantity": 1.5}]), "serviceCharges[0].quantity", "integer"),
+        (order(orderNumber=1001), "orderNumber", "valid string"),
+        (order(id=""), "id", "at least 1 character"),
+        ({"totalAmount": 1}, "id", "Field required"),
+    ],
+)
+def test_invalid_records_are_named_by_index_id_and_field(record: dict[str, Any], field: str, message: str) -> None:
+    """Each error says which record (index and id) and which field, with a readable message."""
+    _, errors = validate_records("commerce-orders", [order(id="fine"), record])
+    assert len(errors) == 1, errors
+    error = errors[0]
+    assert error["index"] == 1 and error["field"] == field and message in error["message"]
+    assert error["id"] == (record.get("id") if isinstance(record.get("id"), str) else None)
+
+
+def test_all_errors_of_a_request_are_reported() -> None:
+    """Validation does not stop at the first bad record: the 422 lists every problem."""
+    _, errors = validate_records("commerce-payments", [{"id": "a", "amount": "x"}, 7, {"id": "b", "type": "Nope"}])
+    assert [(e["index"], e["id"]) for e in errors] == [(0, "a"), (1, None), (2, "b")]
+    assert errors[1]["message"] == "a record must be a JSON object"
+
+
+def test_a_record_holding_only_its_id_is_a_delete() -> None:
+    """`{"id": …}` alone is a delete; stored as exactly that sparse object."""
+    valid, errors = validate_records("commerce-transactions", [{"id": "t-9"}])
+    assert errors == [] and valid[0].is_delete and valid[0].body == b'{"id":"t-9"}'
+
+
+def test_the_same_id_twice_in_one_request_is_refused() -> None:
+    """Which of two versions in one request is newer is not ours to guess: 422 on the second."""
+    _, errors = validate_records("commerce-orders", [order(), order(totalAmount=1)])
+    assert errors == [{"index": 1, "id": "o-1", "field": "id", "message": "the same id appears twice in this request"}]
+
+
+def test_hash_is_independent_of_key_order_and_sensitive_to_content() -> None:
+    """Canonical JSON sorts keys, so the same content hashes the same however it was written."""
+    a = canonical({"id": "1", "totalAmount": 2, "currency": "GBP"})
+    b = canonical({"currency": "GBP", "totalAmount": 2, "id": "1"})
+    assert a == b == b'{"currency":"GBP","id":"1","totalAmount":2}'
+    assert content_hash(a) == content_hash(b) != content_hash(canonical({"id": "1", "totalAmount": 3}))
