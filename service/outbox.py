@@ -28,6 +28,11 @@ INTAKE_ATTEMPTS = 3  # a concurrent intake of the same new id, or a deadlock, co
 SYNCED_CHANGE = "already_synced"  # the conflict reason reported to the merchant's platform
 
 
+# `state = 'pending'` written as a literal: a bound parameter would hide from both planners that the
+# query matches the partial index `ix_records_pending`.
+IS_PENDING = records.c.state == sa.literal_column("'pending'")
+
+
 class State(enum.StrEnum):
     PENDING = "pending"
     PUSHED = "pushed"
@@ -109,20 +114,38 @@ def _retryable(exc: DBAPIError) -> bool:
     return isinstance(exc, IntegrityError) or "deadlock" in str(exc).lower()
 
 
+# PostgreSQL: one primary-key probe per id, whatever the statistics say. As `record_id IN (…)`, a
+# planner misled by stale statistics filtered every row of the company against the list instead.
+_LOOKUP_PG = sa.text("""
+SELECT r.record_id, r.version, r.content_hash, r.state, r.inflight, r.accepted_hash, r.synced_at
+FROM unnest(:ids) AS t(id) CROSS JOIN LATERAL (
+    SELECT * FROM records
+    WHERE company_id = :company_id AND data_type = :data_type AND record_id = t.id FOR UPDATE
+) AS r
+""").bindparams(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
+_LOOKUP_COLUMNS = ("record_id", "version", "content_hash", "state", "inflight", "accepted_hash", "synced_at")
+
+
+async def lock_outbox(conn: AsyncConnection, company_id: str, data_type: str) -> None:
+    """Serialise intake and push claims of one company and data type (SQLite's writer lock already does)."""
+    if conn.dialect.name == "postgresql":
+        key = f"outbox:{company_id}:{data_type}"
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+
 async def _existing(
     conn: AsyncConnection, company_id: str, data_type: str, ids: list[str]
 ) -> dict[str, sa.RowMapping]:
+    where = {"company_id": company_id, "data_type": data_type}
+    if conn.dialect.name == "postgresql":
+        rows = (await conn.execute(_LOOKUP_PG, {"ids": sorted(ids), **where})).mappings()
+        return {row["record_id"]: row for row in rows}
     found: dict[str, sa.RowMapping] = {}
-    columns = [records.c[n] for n in (
-        "record_id", "version", "content_hash", "state", "inflight", "accepted_hash", "synced_at")]  # fmt: skip
+    columns = [records.c[name] for name in _LOOKUP_COLUMNS]
     for start in range(0, len(ids), LOOKUP_CHUNK):
-        chunk = sorted(ids[start : start + LOOKUP_CHUNK])
-        query = (
-            sa.select(*columns)
-            .where(records.c.company_id == company_id, records.c.data_type == data_type,
-                   records.c.record_id.in_(chunk))
-            .order_by(records.c.record_id)
-            .with_for_update()  # PostgreSQL: a concurrent push claims these rows after we commit
+        query = sa.select(*columns).where(
+            records.c.company_id == company_id, records.c.data_type == data_type,
+            records.c.record_id.in_(ids[start : start + LOOKUP_CHUNK]),
         )  # fmt: skip
         for row in (await conn.execute(query)).mappings():
             found[row["record_id"]] = row
@@ -142,6 +165,7 @@ async def _store(
     conn: AsyncConnection, company_id: str, data_type: str, batch: Sequence[Record], now: float
 ) -> IntakeResult:
     await ensure_company(conn, company_id, now)
+    await lock_outbox(conn, company_id, data_type)
     existing = await _existing(conn, company_id, data_type, [r.id for r in batch])
     result = IntakeResult()
     inserts: list[dict[str, Any]] = []
@@ -271,13 +295,10 @@ async def mark_synced(conn: AsyncConnection, company_id: str, data_type: str, sy
 async def requeue_failed(conn: AsyncConnection, company_id: str, data_type: str, push_id: str,
                          now: float) -> int:  # fmt: skip
     """For a re-push: the failed records of one push wait to be pushed again (their latest version)."""
-    from service.db import push_records  # local: only the re-push path needs it
-
-    in_push = sa.select(push_records.c.record_id).where(push_records.c.push_id == push_id)
     result = await conn.execute(
         records.update()
-        .where(records.c.company_id == company_id, records.c.data_type == data_type,
-               records.c.record_id.in_(in_push), records.c.state == State.FAILED)
+        # By push id alone (its own index); a push is of one company and data type anyway.
+        .where(records.c.push_id == push_id, records.c.state == State.FAILED)
         .values(state=State.PENDING.value, updated_at=now)
     )  # fmt: skip
     return int(result.rowcount)

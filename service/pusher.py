@@ -28,7 +28,7 @@ from service.codat import CodatAuthError, CodatNotFound, CodatRateLimited, Codat
 from service.db import datasets, push_records, pushes, records, writer
 from service.errors import RetryLater
 from service.notifications import Kind, Notification
-from service.outbox import PUSH_KIND, State, is_paused, set_paused
+from service.outbox import IS_PENDING, PUSH_KIND, State, is_paused, lock_outbox, set_paused
 from service.queue import Job, describe_error
 from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy, Tracker, TrackingDeps
 from service.worker import JobFunction, Periodic
@@ -98,8 +98,8 @@ class Pusher:
 
     async def _has_pending(self, company_id: str, data_type: str) -> bool:
         query = sa.select(records.c.record_id).where(
-            records.c.company_id == company_id, records.c.data_type == data_type,
-            records.c.state == State.PENDING, records.c.inflight.is_(False),
+            records.c.company_id == company_id, records.c.data_type == data_type, IS_PENDING,
+            records.c.inflight.is_(False),
         ).limit(1)  # fmt: skip
         async with self._engine.connect() as conn:
             return (await conn.scalar(query)) is not None
@@ -118,26 +118,24 @@ class Pusher:
     async def _claim(self, company_id: str, data_type: str, after: str, *, reason: str) -> Push | None:
         """Take the next chunk of pending records (ids after `after`) into a new, written-down push."""
         push_id, now = str(uuid.uuid4()), self._deps.clock.now()
-        mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type,
-                       records.c.state == State.PENDING, records.c.inflight.is_(False))  # fmt: skip
-        # Two statements, not `UPDATE … WHERE id IN (SELECT … LIMIT n)`: PostgreSQL may run that as a
-        # nested loop over the subquery (seconds per chunk when statistics are stale); a locked keyset
-        # read followed by a primary-key update is linear whatever the planner believes.
+        mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type, IS_PENDING,
+                       records.c.inflight.is_(False))  # fmt: skip
         pick = (
             sa.select(records.c.record_id, records.c.version, records.c.body)
             .where(mine, records.c.record_id > after)
             .order_by(records.c.record_id)
             .limit(self._deps.settings.max_push_records)
-            .with_for_update()
         )
         async with writer(self._engine).begin() as conn:
+            await lock_outbox(conn, company_id, data_type)  # no intake can add a pending id in the range
             rows = (await conn.execute(pick)).all()
             if not rows:
                 return None
+            # By key range, not `record_id IN (5,000 ids)`: a range is an index condition on any plan,
+            # where the list became a per-row filter over the whole company under stale statistics.
             await conn.execute(
                 records.update()
-                .where(records.c.company_id == company_id, records.c.data_type == data_type,
-                       records.c.record_id.in_([row.record_id for row in rows]))
+                .where(mine, records.c.record_id > after, records.c.record_id <= rows[-1].record_id)
                 .values(state=State.PUSHED.value, inflight=True, push_id=push_id,
                         pushed_version=records.c.version, pushed_hash=records.c.content_hash, updated_at=now)
             )  # fmt: skip
@@ -202,11 +200,9 @@ class Pusher:
             pushes.update().where(pushes.c.id == push.id)
             .values(finished_at=now, outcome=outcome, error=error, payload=None)
         )  # fmt: skip
-        in_push = sa.select(push_records.c.record_id).where(push_records.c.push_id == push.id)
         await conn.execute(
             records.update()
-            .where(records.c.company_id == push.company_id, records.c.data_type == push.data_type,
-                   records.c.record_id.in_(in_push), records.c.push_id == push.id)
+            .where(records.c.push_id == push.id)  # its own index: see service.datasets
             .values(inflight=False, updated_at=now,
                     state=sa.case((records.c.state == State.PUSHED, state.value), else_=records.c.state))
         )  # fmt: skip

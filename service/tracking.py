@@ -20,7 +20,7 @@ from service.codat import CodatNotFound, is_success
 from service.datasets import Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
 from service.notifications import Kind, Notification
-from service.outbox import State, mark_synced, record_sync_check, schedule_push
+from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_push
 from service.queue import Job
 from service.records import MODELS
 from service.settings import Settings
@@ -192,7 +192,7 @@ async def _pending(conn: AsyncConnection) -> set[tuple[str, str]]:
     for data_type in MODELS:
         waiting = sa.exists().where(
             records.c.company_id == companies.c.id, records.c.data_type == data_type,
-            records.c.state == State.PENDING, records.c.inflight.is_(False),
+            IS_PENDING, records.c.inflight.is_(False),
         )  # fmt: skip
         found = await conn.execute(sa.select(companies.c.id).where(companies.c.paused.is_(False), waiting))
         due.update((company_id, data_type) for company_id in found.scalars())

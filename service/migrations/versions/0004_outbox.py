@@ -56,10 +56,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("company_id", "data_type", "record_id", name="pk_records"),
     )
     op.create_index(
-        "ix_records_company_id_data_type_state_record_id",
+        "ix_records_pending",
         "records",
-        ["company_id", "data_type", "state", "record_id"],
+        ["company_id", "data_type", "record_id"],
+        postgresql_where=sa.text("state = 'pending'"),
+        sqlite_where=sa.text("state = 'pending'"),
     )
+    op.create_index("ix_records_push_id", "records", ["push_id"])
     op.create_table(
         "datasets",
         sa.Column("id", sa.String(255), nullable=False),
