@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service import admin, intake, metrics, migrate, openapi, syncs
+from service import admin, admin_jobs, intake, metrics, migrate, openapi, syncs, ui
 from service.auth import require
 from service.clock import Clock, SystemClock
 from service.codat import CodatError
@@ -132,6 +132,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin.routes(),
+            *admin_jobs.routes(),
+            *ui.routes(),
             *intake.routes(),
             *syncs.routes(),
             *openapi.routes(),

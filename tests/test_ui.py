@@ -1,0 +1,348 @@
+"""The Sync Health pages (`/ui`): login and sessions, CSRF, what the pages show, the Replay buttons."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import ui, ui_data
+from service.clock import FixedClock
+from service.db import alerts, create_engine, jobs
+from service.testing import running_app
+from service.ui_data import CompanyHealth
+from tests import ui_factories as f
+from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
+
+NOW = 1_750_000_000.0
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@asynccontextmanager
+async def seeded(database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, AsyncEngine, FixedClock, dict[str, int]]]:
+    """The app (no workers: states stay where the buttons put them) over `ui_factories.world`."""
+    engine = create_engine(make_settings(database_url))
+    async with engine.begin() as conn:
+        ids = await conn.run_sync(f.world, NOW)
+    clock = FixedClock(NOW + 60)
+    try:
+        async with running_app(make_settings(database_url), clock=clock) as (_, client):
+            yield client, engine, clock, ids
+    finally:
+        await engine.dispose()
+
+
+async def log_in(client: httpx.AsyncClient) -> str:
+    """Sign in through the form; returns the page's CSRF token."""
+    response = await client.post("/ui/login", data={"token": ADMIN_TOKEN, "next": "/ui"})
+    assert response.status_code == 303 and response.headers["location"] == "/ui"
+    return csrf_of((await client.get("/ui")).text)
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+    assert found is not None, "no CSRF field on the page"
+    return found.group(1)
+
+
+def company_row(page: str, company_id: str) -> str:
+    found = re.search(rf'<tr class="company[^"]*" data-company-id="{company_id}".*?</tr>', page, re.S)
+    assert found is not None, f"no row for {company_id}"
+    return found.group(0)
+
+
+async def status_of(engine: AsyncEngine, table: sa.Table, key: object) -> str:
+    async with engine.connect() as conn:
+        return str(await conn.scalar(sa.select(table.c.status).where(table.c.id == key)))
+
+
+# -- login and sessions ------------------------------------------------------------------------------
+
+
+async def test_signed_out_browsers_are_sent_to_the_login_page(database_url: str) -> None:
+    """/ui and company pages redirect to /ui/login, remembering where the operator was going."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        overview = await client.get("/ui")
+        company = await client.get("/ui/companies/co-1")
+        form = await client.get("/ui/login?next=/ui/companies/co-1")
+    assert (overview.status_code, overview.headers["location"]) == (303, "/ui/login?next=/ui")
+    assert company.headers["location"] == "/ui/login?next=/ui/companies/co-1"
+    assert form.status_code == 200 and 'type="password"' in form.text
+    assert 'name="next" value="/ui/companies/co-1"' in form.text
+
+
+async def test_login_sets_a_signed_strict_httponly_cookie_never_the_token(database_url: str) -> None:
+    """The cookie is HttpOnly, SameSite=Strict, scoped to /ui, Secure behind https, and holds no token."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        plain = await client.post("/ui/login", data={"token": ADMIN_TOKEN})
+        page = await client.get("/ui")
+        tls = await client.post("/ui/login", data={"token": ADMIN_TOKEN}, headers={"x-forwarded-proto": "https"})
+    cookie = plain.headers["set-cookie"]
+    assert plain.status_code == 303 and cookie.startswith(f"{ui.COOKIE}=")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+    assert "Secure" not in cookie and "Secure" in tls.headers["set-cookie"]
+    assert ADMIN_TOKEN not in cookie
+    assert page.status_code == 200 and "Sync Health" in page.text
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "message"),
+    [({"token": "wrong"}, 401, "not the admin token"), ({"token": API_TOKEN}, 401, "not the admin token"),
+     ({"token": ""}, 422, "Enter the admin token"), ({}, 422, "Enter the admin token")],
+    ids=["wrong", "api-token", "empty", "missing"],
+)
+async def test_a_bad_token_gets_the_form_again_and_no_cookie(
+    database_url: str, form: dict[str, str], status: int, message: str
+) -> None:
+    async with running_app(make_settings(database_url)) as (_, client):
+        response = await client.post("/ui/login", data=form)
+        after = await client.get("/ui")
+    assert response.status_code == status and message in response.text
+    assert "set-cookie" not in response.headers and after.status_code == 303
+
+
+async def test_a_login_that_is_not_a_form_is_422(database_url: str) -> None:
+    async with running_app(make_settings(database_url)) as (_, client):
+        response = await client.post("/ui/login", json={"token": ADMIN_TOKEN})
+    assert response.status_code == 422 and "set-cookie" not in response.headers
+
+
+async def test_login_never_redirects_off_the_ui(database_url: str) -> None:
+    """`next` pointing elsewhere (another host, a scheme-relative URL) lands on /ui instead."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        for target in ("https://evil.example/", "//evil.example/ui", "/ui//evil.example", "/metrics"):
+            response = await client.post("/ui/login", data={"token": ADMIN_TOKEN, "next": target})
+            assert response.headers["location"] == "/ui", target
+
+
+async def test_forged_and_expired_sessions_are_signed_out(database_url: str) -> None:
+    """A cookie with a changed expiry, or one past its 12 hours, sends the browser back to log in."""
+    clock = FixedClock(NOW)
+    async with running_app(make_settings(database_url), clock=clock) as (_, client):
+        await log_in(client)
+        value = client.cookies[ui.COOKIE]
+        expires, rest = value.split(".", 1)
+        client.cookies.set(ui.COOKIE, f"{int(expires) + 10 * ui.SESSION_TTL_S}.{rest}", path="/ui")
+        forged = await client.get("/ui")
+        client.cookies.set(ui.COOKIE, value, path="/ui")
+        clock.advance(ui.SESSION_TTL_S + 1)
+        expired = await client.get("/ui")
+    assert forged.status_code == expired.status_code == 303
+
+
+def test_rotating_the_admin_token_ends_every_session() -> None:
+    """Sessions are signed with a key derived from the admin token."""
+    key = ui.hmac.new(b"token-1", b"k", "sha256").digest()
+    other = ui.hmac.new(b"token-2", b"k", "sha256").digest()
+    session = ui.new_session(key, NOW)
+    assert ui.session_csrf(key, session, NOW) is not None
+    assert ui.session_csrf(other, session, NOW) is None
+    assert ui.session_csrf(key, "garbage", NOW) is None and ui.session_csrf(key, None, NOW) is None
+
+
+async def test_curl_reaches_the_ui_with_the_bearer_token(database_url: str) -> None:
+    """`Authorization: Bearer <admin token>` works without a cookie; a wrong or API token is 401."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        ok = await client.get("/ui", headers=ADMIN)
+        wrong = await client.get("/ui", headers={"authorization": "Bearer nope"})
+        api = await client.get("/ui", headers={"authorization": f"Bearer {API_TOKEN}"})
+    assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/html")
+    assert (wrong.status_code, api.status_code) == (401, 401)
+
+
+async def test_without_an_admin_token_the_ui_is_closed(database_url: str) -> None:
+    """No `RELAY_ADMIN_TOKEN`: no token opens the UI (never open because configuration is missing)."""
+    async with running_app(make_settings(database_url, admin_token=None)) as (_, client):
+        response = await client.post("/ui/login", data={"token": "anything"})
+    assert response.status_code == 401 and "set-cookie" not in response.headers
+
+
+async def test_logout_clears_the_session_and_needs_the_csrf_token(database_url: str) -> None:
+    async with running_app(make_settings(database_url)) as (_, client):
+        csrf = await log_in(client)
+        refused = await client.post("/ui/logout", data={})
+        still_in = await client.get("/ui")
+        out = await client.post("/ui/logout", data={"csrf": csrf})
+        after = await client.get("/ui")
+    assert refused.status_code == 403 and still_in.status_code == 200
+    assert out.status_code == 303 and out.headers["location"] == "/ui/login?flash=logged_out"
+    assert after.status_code == 303
+
+
+# -- what the pages show --------------------------------------------------------------------------------
+
+
+async def test_overview_highlights_the_failing_company_first_with_its_reasons(database_url: str) -> None:
+    """Failing companies come first, marked `data-failing="true"` and listing why; the healthy one is not."""
+    async with seeded(database_url) as (client, _, _, _):
+        await log_in(client)
+        page = (await client.get("/ui")).text
+    failing, healthy = company_row(page, f.FAILING), company_row(page, f.HEALTHY)
+    assert page.index(f'data-company-id="{f.FAILING}"') < page.index(f'data-company-id="{f.HEALTHY}"')
+    assert 'data-failing="true"' in failing and 'class="company failing"' in failing
+    for reason in ("latest orders dataset ended FetchError", "1 dead alert", "2 dead jobs",
+                   "last sync 5130: data write error", "1 record(s) conflict"):  # fmt: skip
+        assert reason in failing
+    assert "payments dataset" not in failing  # its error was cleared by a newer Complete dataset
+    assert "5130" in failing and "FetchError 1" in failing and "pending 2" in failing
+    assert 'data-failing="false"' in healthy and "healthy" in healthy
+    assert "2000" in healthy and "success, data written" in healthy and "synced 3" in healthy
+    assert '<b data-testid="failing-count">1</b>' in page
+
+
+async def test_overview_lists_dead_jobs_and_recent_alerts_with_buttons(database_url: str) -> None:
+    async with seeded(database_url) as (client, _, _, ids):
+        csrf = await log_in(client)
+        page = (await client.get("/ui")).text
+    assert f'data-job-id="{ids["push_job"]}"' in page and "CodatAuthError: 401" in page
+    assert f'action="/ui/jobs/{ids["alert_job"]}/retry"' in page
+    assert f'action="/ui/alerts/{f.DEAD_ALERT}/replay"' in page and 'data-status="dead"' in page
+    assert page.index(f'data-alert-id="{f.DEAD_ALERT}"') < page.index('data-alert-id="alert-done-1"')  # newest first
+    assert page.count(f'name="csrf" value="{csrf}"') >= 5  # every form carries it
+
+
+async def test_everything_shown_is_escaped(database_url: str) -> None:
+    """Strings from Codat or the merchant's platform never become markup."""
+    engine = create_engine(make_settings(database_url))
+    async with engine.begin() as conn:
+        await conn.run_sync(f.alert, "a<b>", "<script>alert(1)</script>", "dead", NOW,
+                            type_='"><img src=x onerror=alert(1)>')  # fmt: skip
+    await engine.dispose()
+    async with running_app(make_settings(database_url)) as (_, client):
+        page = (await client.get("/ui", headers=ADMIN)).text
+    assert "<script>alert(1)" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&#34;&gt;&lt;img src=x" in page
+
+
+async def test_company_page_shows_state_and_a_timeline(database_url: str) -> None:
+    """Pushes, datasets, alerts and notifications of the company, newest first; other companies' are absent."""
+    async with seeded(database_url) as (client, _, _, _):
+        page = (await client.get(f"/ui/companies/{f.FAILING}", headers=ADMIN)).text
+    events = re.findall(r'<li class="event (\w+)', page)
+    assert events == ["alert", "dataset", "notification", "dataset", "push", "dataset", "dataset"]
+    assert "Dataset ds-fetch-error ended FetchError" in page and "CodatRejected: 400" in page
+    assert "Codat could not fetch &lt;orders&gt;" in page
+    assert "alert-done-1" not in page
+    assert "data write error" in page and "latest orders dataset ended FetchError" in page
+    assert f'action="/ui/alerts/{f.DEAD_ALERT}/replay"' in page
+    assert '<h1 class="id" data-failing="true">' in page
+
+
+async def test_an_unknown_company_is_404(database_url: str) -> None:
+    async with running_app(make_settings(database_url)) as (_, client):
+        response = await client.get("/ui/companies/nobody", headers=ADMIN)
+    assert response.status_code == 404 and "knows no company nobody" in response.text
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [({"last_sync_code": 4040}, "last sync 4040: company deleted or de-authorised"),
+     ({"connection_deleted_at": NOW}, "connection deleted"), ({"last_sync_code": 2040}, None),
+     ({"last_sync_code": 1010}, None), ({}, None)],
+)
+def test_what_makes_a_company_failing(row: dict[str, object], reason: str | None) -> None:
+    """Sync codes of 4000 and above and a deleted connection fail a company; success and progress do not."""
+    health = CompanyHealth("co", {"last_sync_code": None, "connection_deleted_at": None, **row})  # type: ignore[arg-type]
+    assert health.reasons == ([reason] if reason else [])
+    health.records["failed"] = 2
+    assert health.failing and "2 record(s) failed" in health.reasons
+
+
+# -- buttons ---------------------------------------------------------------------------------------------
+
+
+async def test_replay_button_runs_a_dead_alert_again(database_url: str) -> None:
+    """Replay on a dead alert retries its dead job in place: both pending/waiting, no new job, back with a note."""
+    async with seeded(database_url) as (client, engine, _, ids):
+        csrf = await log_in(client)
+        response = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data={"csrf": csrf, "next": "/ui"})
+        page = (await client.get(response.headers["location"])).text
+        async with engine.connect() as conn:
+            alert_jobs = (await conn.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.kind == "alert"))).all()
+        alert_status = await status_of(engine, alerts, f.DEAD_ALERT)
+    assert response.status_code == 303 and response.headers["location"] == "/ui?flash=replayed"
+    assert [tuple(r) for r in alert_jobs] == [(ids["alert_job"], "waiting")]
+    assert alert_status == "pending"
+    assert "Alert queued to be processed again." in page and "1 dead alert" not in page
+
+
+async def test_replay_button_requeues_an_alert_that_is_not_dead(database_url: str) -> None:
+    """An alert without a dead job is queued again as a new job (as `POST /v1/alerts/{id}/replay` does)."""
+    async with seeded(database_url) as (client, engine, _, _):
+        csrf = await log_in(client)
+        here = f"/ui/companies/{f.HEALTHY}"
+        response = await client.post("/ui/alerts/alert-done-1/replay", data={"csrf": csrf, "next": here})
+        async with engine.connect() as conn:
+            queued = (await conn.execute(sa.select(jobs.c.payload).where(jobs.c.status == "waiting"))).scalars().all()
+    assert response.headers["location"] == f"{here}?flash=replayed"
+    assert queued == [{"alert_id": "alert-done-1"}]
+    assert await status_of(engine, alerts, "alert-done-1") == "pending"
+
+
+async def test_retry_button_brings_a_dead_job_back(database_url: str) -> None:
+    async with seeded(database_url) as (client, engine, _, ids):
+        csrf = await log_in(client)
+        first = await client.post(f"/ui/jobs/{ids['push_job']}/retry", data={"csrf": csrf, "next": "/ui"})
+        again = await client.post(f"/ui/jobs/{ids['push_job']}/retry", data={"csrf": csrf, "next": "/ui"})
+        status = await status_of(engine, jobs, ids["push_job"])
+    assert first.headers["location"] == "/ui?flash=retried" and status == "waiting"
+    assert again.headers["location"] == "/ui?flash=not_dead"  # already waiting: nothing to retry
+
+
+@pytest.mark.parametrize("csrf", [None, "", "0" * 64, "other-session"], ids=["missing", "empty", "wrong", "other"])
+async def test_buttons_without_this_sessions_csrf_token_are_refused(database_url: str, csrf: str | None) -> None:
+    """403 and nothing changes: a form posted from another site cannot replay or retry."""
+    async with seeded(database_url) as (client, engine, _, ids):
+        await log_in(client)
+        if csrf == "other-session":
+            async with running_app(make_settings(database_url)) as (_, other):
+                csrf = await log_in(other)
+        data = {} if csrf is None else {"csrf": csrf}
+        replay = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data=data)
+        retry = await client.post(f"/ui/jobs/{ids['push_job']}/retry", data=data)
+        states = (await status_of(engine, alerts, f.DEAD_ALERT), await status_of(engine, jobs, ids["push_job"]))
+    assert (replay.status_code, retry.status_code) == (403, 403)
+    assert "security token" in replay.text
+    assert states == ("dead", "dead")
+
+
+async def test_buttons_of_a_signed_out_browser_go_to_login(database_url: str) -> None:
+    async with seeded(database_url) as (client, engine, _, _):
+        response = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data={})
+        assert await status_of(engine, alerts, f.DEAD_ALERT) == "dead"
+    assert response.status_code == 303 and response.headers["location"].startswith("/ui/login")
+
+
+async def test_curl_presses_buttons_with_the_bearer_token(database_url: str) -> None:
+    """Bearer clients need no CSRF token (browsers never send that header on their own)."""
+    async with seeded(database_url) as (client, engine, _, ids):
+        response = await client.post(f"/ui/jobs/{ids['push_job']}/retry", headers=ADMIN, data={})
+        assert await status_of(engine, jobs, ids["push_job"]) == "waiting"
+    assert response.status_code == 303
+
+
+@pytest.mark.parametrize("path", ["/ui/alerts/no-such-alert/replay", "/ui/jobs/424242/retry", "/ui/jobs/abc/retry"])
+async def test_buttons_for_unknown_things_are_404(database_url: str, path: str) -> None:
+    async with running_app(make_settings(database_url)) as (_, client):
+        csrf = await log_in(client)
+        response = await client.post(path, data={"csrf": csrf})
+    assert response.status_code == 404
+
+
+async def test_pages_forbid_framing_and_caching(database_url: str) -> None:
+    """Clickjacking and shared caches are shut out by headers on every page."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        response = await client.get("/ui/login")
+    assert response.headers["x-frame-options"] == "DENY" and response.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_the_pages_know_every_record_state() -> None:
+    """The record states the pages count are exactly the outbox's."""
+    outbox = pytest.importorskip("service.outbox")
+    assert ui_data.RECORD_STATES == [state.value for state in outbox.State]
