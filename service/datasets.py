@@ -65,12 +65,15 @@ async def apply_dataset_status(
         return Applied(**base, status=dataset["status"], terminal=True, changed=False)
     terminal = status in TERMINAL_STATUSES
     when = completed_at if completed_at is not None else now
-    await conn.execute(
+    flipped = await conn.execute(
         datasets.update()
         .where(datasets.c.id == dataset["id"], datasets.c.terminal.is_(False))
         .values(status=status, error_message=error_message, terminal=terminal, updated_at=now,
                 completed_at=when if terminal else None, next_poll_at=None if terminal else dataset["next_poll_at"])
     )  # fmt: skip
+    if not flipped.rowcount:
+        # Another transaction made it terminal after `dataset` was read: the first report wins, once.
+        return Applied(**base, status=dataset["status"], terminal=True, changed=False)
     if not terminal:
         return Applied(**base, status=status, terminal=False, changed=status != dataset["status"])
     if dataset["push_id"] is None:

@@ -163,6 +163,8 @@ companies = sa.Table(
     sa.Column("connection_id", sa.String(255)),
     sa.Column("connection_status", sa.String(64)),
     sa.Column("connection_deleted_at", sa.Double),
+    # The newest connection event applied (events arrive out of order; an older one changes nothing).
+    sa.Column("connection_event_at", sa.Double),
     sa.Column("last_sync_code", sa.Integer),
     sa.Column("last_sync_at", sa.Double),
     # When the latest *successful* sync started: records Codat held before then are in the books.
@@ -198,6 +200,8 @@ records = sa.Table(
     sa.Column("synced_at", sa.Double),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+    # Re-pushes of this record's failed datasets since it last reached Codat (RELAY_REPUSH_MAX_ATTEMPTS).
+    sa.Column("repush_count", sa.Integer, nullable=False, server_default="0"),
     # Serves the pusher's keyset scan: pending records of one company and data type, by id. Partial, so
     # it stays small and a lookup by id never uses it: with `record_id IN (…)` as a filter over all of a
     # company's rows, PostgreSQL's generic plans turned each intake into a scan (seconds per 5,000).

@@ -96,6 +96,11 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"id": {"type": "string"}, "paused": {"type": "boolean"}}},
     "PauseState": {"type": "object", "required": ["id", "paused"], "properties": {
         "id": {"type": "string"}, "paused": {"type": "boolean"}, "pauseReason": {"type": ["string", "null"]}}},
+    "Job": {"type": "object", "required": ["id", "kind", "status", "attempts"], "properties": {
+        "id": {"type": "integer"}, "kind": {"type": "string"}, "lockKey": {"type": ["string", "null"]},
+        "status": {"type": "string"}, "attempts": {"type": "integer"}, "lastError": {"type": ["string", "null"]},
+        "runAt": {"type": ["string", "null"]}, "createdAt": {"type": ["string", "null"]},
+        "finishedAt": {"type": ["string", "null"]}, "payload": {"type": "object"}}},
     "Queued": {"type": "object", "required": ["status", "id"],
                "properties": {"status": {"type": "string"}, "id": {}}},
 }
@@ -152,6 +157,19 @@ def paths() -> dict[str, Any]:
         "/v1/alerts/{alertId}": {"get": operation(
             "One alert with its raw body", "adminToken",
             {"200": answer("the alert", ref("AlertDetail")), **errors("401", "404")}, parameters=[ALERT])},
+        "/v1/jobs": {"get": operation(
+            "Jobs of the queue (e.g. the dead ones), newest first", "adminToken",
+            {"200": answer("jobs", {"type": "object", "required": ["results"],
+                                    "properties": {"results": {"type": "array", "items": ref("Job")}}}),
+             **errors("401", "422")},
+            parameters=[{"name": "status", "in": "query",
+                         "schema": {"enum": ["waiting", "running", "done", "dead"]}},
+                        {"name": "kind", "in": "query", "schema": {"type": "string"}}, limit])},
+        "/v1/jobs/{jobId}/retry": {"post": operation(
+            "Run a dead job again (attempts start over)", "adminToken",
+            {"202": answer("queued", ref("Queued")), **errors("401", "404"),
+             "409": answer("the job is not dead", ref("Error"))},
+            parameters=[path_param("jobId", "job id", pattern="^[0-9]+$")])},
         "/v1/alerts/{alertId}/replay": {"post": operation(
             "Process an alert again", "adminToken",
             {"202": answer("queued", ref("Queued")), **errors("401", "404")}, parameters=[ALERT])},

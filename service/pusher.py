@@ -121,7 +121,7 @@ class Pusher:
         mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type, IS_PENDING,
                        records.c.inflight.is_(False))  # fmt: skip
         pick = (
-            sa.select(records.c.record_id, records.c.version, records.c.body)
+            sa.select(records.c.record_id, records.c.body)
             .where(mine, records.c.record_id > after)
             .order_by(records.c.record_id)
             .limit(self._deps.settings.max_push_records)
@@ -144,10 +144,12 @@ class Pusher:
                 id=push_id, company_id=company_id, data_type=data_type, record_count=len(rows), payload=payload,
                 reason=reason, started_at=now, outcome="open",
             ))  # fmt: skip
-            await conn.execute(
-                push_records.insert(),
-                [{"push_id": push_id, "record_id": row.record_id, "version": row.version} for row in rows],
-            )
+            # Copied inside the database: 5,000 bound rows from Python cost more than the push itself.
+            await conn.execute(push_records.insert().from_select(
+                ["push_id", "record_id", "version"],
+                sa.select(records.c.push_id, records.c.record_id, records.c.pushed_version)
+                .where(records.c.push_id == push_id),
+            ))  # fmt: skip
         return Push(push_id, company_id, data_type, payload, len(rows), rows[-1].record_id)
 
     async def _send(self, push: Push) -> bool:

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     push_debounce_seconds: float = Field(default=5.0, ge=0)
     push_interval_seconds: float = Field(default=900.0, gt=0)
     repush_max_attempts: int = Field(default=3, ge=0)
+    repush_backoff_seconds: float = Field(default=30.0, ge=0)
 
     notify_webhook_url: str | None = None
     notify_slack_webhook_url: SecretStr | None = None

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
+from service import queue, repush
 from service.clock import Clock
 from service.codat import CodatNotFound, is_success
 from service.datasets import Applied, apply_dataset_status, load
@@ -23,6 +23,7 @@ from service.notifications import Kind, Notification
 from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_push
 from service.queue import Job
 from service.records import MODELS
+from service.repush import RepushPolicy
 from service.settings import Settings
 
 POLL_KIND = "poll_dataset"
@@ -110,15 +111,10 @@ class Tracker:
         if applied.waiting:
             await schedule_push(conn, applied.company_id, applied.data_type, now=now)
         if applied.failed and applied.changed:
-            # The re-push policy (RELAY_REPUSH_MAX_ATTEMPTS) decides about `repush_may_clear` errors;
-            # until it does, staff hear of every failed dataset.
-            note = Notification(
-                Kind.DATASET_FAILED, f"Dataset {applied.dataset_id} ended {applied.status}",
-                company_id=applied.company_id, data_type=applied.data_type, dataset_id=applied.dataset_id,
-                details={"status": applied.status, "records": applied.records,
-                         "repushMayClear": applied.repush_may_clear},
-            )  # fmt: skip
-            await self._deps.notifier.notify(note, conn)
+            policy = RepushPolicy(self._deps.settings.repush_max_attempts, self._deps.settings.repush_backoff_seconds)
+            await repush.after_failure(conn, applied, self._deps.notifier, policy, now)
+        elif applied.changed:
+            await repush.after_complete(conn, applied)
         log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,
                  data_type=applied.data_type, status=applied.status, records=applied.records)  # fmt: skip
 

@@ -37,6 +37,12 @@ def _legacy(event: Event, state: SandboxState) -> Outgoing | None:
         found = _dataset_alert(event.dataset, state.now())
     elif event.sync is not None:
         found = _sync_alert(event.sync)
+    elif event.connection is not None and event.kind == "connection_reconnected":
+        conn = event.connection
+        data = {"dataConnectionId": conn.id, "platformKey": conn.integration_key, "newStatus": "Linked",
+                "oldStatus": "Deauthorized"}
+        found = ("DataConnectionStatusChanged", "DataConnectionStatusChanged",
+                 f"Data connection {conn.id} for company {company_id} is Linked", data)
     elif event.connection is not None:
         found = (
             "SyncConnectionDeleted",
@@ -110,7 +116,7 @@ def _envelope(event: Event, state: SandboxState) -> Outgoing | None:
             ],
         }
     elif event.connection is not None:
-        event_type = "connection.deleted"
+        event_type = "connection.reconnected" if event.kind == "connection_reconnected" else "connection.deleted"
         conn = event.connection
         payload = {
             "referenceCompany": _reference(company),

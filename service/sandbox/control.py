@@ -159,7 +159,10 @@ async def delete_connection(request: Request, sandbox: Sandbox) -> Any:
 
 
 async def reconnect(request: Request, sandbox: Sandbox) -> Any:
-    return {"connectionId": sandbox.state.reconnect(request.path_params["companyId"]).id}
+    event = sandbox.state.reconnect(request.path_params["companyId"])
+    assert event.connection is not None
+    sandbox.sender.emit([event])
+    return {"connectionId": event.connection.id}
 
 
 async def companies(request: Request, sandbox: Sandbox) -> Any:

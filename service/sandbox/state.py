@@ -41,7 +41,7 @@ class Scripted:
 class Event:
     """Something Codat would send a webhook about; `webhooks.py` turns it into a body per shape."""
 
-    kind: str  # dataset_terminal | sync_finished | connection_deleted
+    kind: str  # dataset_terminal | sync_finished | connection_deleted | connection_reconnected
     company_id: str
     dataset: Dataset | None = None
     sync: Sync | None = None
@@ -115,10 +115,10 @@ class SandboxState:
         conn.deleted = True
         return Event("connection_deleted", company_id, connection=conn)
 
-    def reconnect(self, company_id: str) -> Connection:
+    def reconnect(self, company_id: str) -> Event:
         company = self.company(company_id)
         company.commerce = Connection(self.new_id(), company_id, self.now())
-        return company.commerce
+        return Event("connection_reconnected", company_id, connection=company.commerce)
 
     # -- breaches ---------------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""The re-push policy: what follows a dataset that ended in an error.
+
+Errors a new push may clear (FetchError, MapError, InternalError, ProcessingError, RateLimitError) send
+the dataset's failed records again — their current versions, through the single-flight pusher — up to
+RELAY_REPUSH_MAX_ATTEMPTS times with backoff; then staff hear `repush_exhausted`. Errors a re-push
+cannot clear are never re-pushed blindly: AuthError/PermissionsError → `auth_required`, the rest →
+`dataset_failed` with Codat's message. It runs once per dataset, whoever saw it end (poll or webhook),
+because `apply_dataset_status` reports `changed` only to the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.datasets import COMPLETE, Applied
+from service.db import datasets, records
+from service.notifications import Kind, Notification, Notifier
+from service.outbox import State, requeue_failed, schedule_push
+
+AUTH_ERRORS = frozenset({"AuthError", "PermissionsError"})
+ACTIONS = {
+    "AuthError": "Ask the merchant to re-authorise their accounting connection.",
+    "PermissionsError": "Ask the merchant to grant the permissions Codat needs, then re-authorise.",
+    "ValidationError": "Correct the records Codat rejected (see the message), then resubmit them.",
+    "PrerequisiteNotMet": "Complete the company's Sync for Commerce configuration in Codat.",
+    "NotSupported": "This data type is not supported for the merchant's platform.",
+    "Cancelled": "The dataset was cancelled in Codat; resubmit the records if they are still needed.",
+}
+log = structlog.get_logger("service.repush")
+
+
+@dataclass(frozen=True)
+class RepushPolicy:
+    max_attempts: int = 3
+    base_s: float = 30.0
+    cap_s: float = 900.0
+
+    def delay(self, attempt: int) -> float:
+        """Attempt n (1-based) waits base·2ⁿ⁻¹, capped: a flapping Codat gets time to recover."""
+        return min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+
+
+def _of_dataset(applied: Applied) -> sa.ColumnElement[bool]:
+    return sa.and_(records.c.company_id == applied.company_id, records.c.data_type == applied.data_type,
+                   records.c.dataset_id == applied.dataset_id)  # fmt: skip
+
+
+async def after_failure(
+    conn: AsyncConnection, applied: Applied, notifier: Notifier, policy: RepushPolicy, now: float
+) -> str:
+    """Decide and act for one failed dataset; returns what was done (for logs and tests)."""
+    row = (await conn.execute(
+        sa.select(datasets.c.push_id, datasets.c.error_message).where(datasets.c.id == applied.dataset_id)
+    )).first()  # fmt: skip
+    push_id, error_message = (row.push_id, row.error_message) if row is not None else (None, None)
+    base = {"company_id": applied.company_id, "data_type": applied.data_type, "dataset_id": applied.dataset_id}
+    if not applied.repush_may_clear or push_id is None:
+        kind = Kind.AUTH_REQUIRED if applied.status in AUTH_ERRORS else Kind.DATASET_FAILED
+        await notifier.notify(Notification(
+            kind, f"Dataset {applied.dataset_id} ended {applied.status}", **base,
+            details={"status": applied.status, "message": error_message, "records": applied.records,
+                     "action": ACTIONS.get(applied.status, "Look at the dataset in Codat.")},
+        ), conn)  # fmt: skip
+        return kind.value
+    done = await conn.scalar(
+        sa.select(sa.func.max(records.c.repush_count)).where(_of_dataset(applied), records.c.state == State.FAILED)
+    )
+    attempts = int(done or 0)
+    if attempts >= policy.max_attempts:
+        await notifier.notify(Notification(
+            Kind.REPUSH_EXHAUSTED,
+            f"Dataset {applied.dataset_id} still ends {applied.status} after {attempts} re-pushes", **base,
+            details={"status": applied.status, "message": error_message, "repushes": attempts,
+                     "action": "Look at the dataset in Codat; re-push by hand once the cause is fixed."},
+        ), conn)  # fmt: skip
+        return "repush_exhausted"
+    await conn.execute(
+        records.update().where(_of_dataset(applied), records.c.state == State.FAILED)
+        .values(repush_count=records.c.repush_count + 1)
+    )  # fmt: skip
+    requeued = await requeue_failed(conn, applied.company_id, applied.data_type, push_id, now)
+    await schedule_push(conn, applied.company_id, applied.data_type, now=now, delay_s=policy.delay(attempts + 1))
+    log.info("repush_scheduled", **base, attempt=attempts + 1, records=requeued)
+    return "repushed"
+
+
+async def after_complete(conn: AsyncConnection, applied: Applied) -> None:
+    """A dataset reached Codat: its records' re-push counts start again."""
+    if applied.status == COMPLETE:
+        await conn.execute(
+            records.update().where(_of_dataset(applied), records.c.repush_count > 0).values(repush_count=0)
+        )

@@ -1,0 +1,173 @@
+"""Alert handlers end to end: real relay and sandbox processes over HTTP, on SQLite and PostgreSQL.
+
+Each test uses its own company on one stack per backend (module-scoped), so processes start once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.testing import read_completed_body
+from tests.conftest import _admin, fresh_postgres
+from tests.integration.e2e import Stack, stack, until
+
+ORDERS, PAYMENTS = "commerce-orders", "commerce-payments"
+
+
+def order(i: int, amount: float = 10.0) -> dict[str, Any]:
+    return {"id": f"o-{i}", "orderNumber": str(i), "currency": "GBP", "totalAmount": amount,
+            "createdDate": "2026-01-01T09:00:00Z", "sourceModifiedDate": "2026-01-01T10:00:00Z"}
+
+
+def payment(i: int) -> dict[str, Any]:
+    return {"id": f"p-{i}", "amount": 5.0, "currency": "GBP", "createdDate": "2026-01-01T09:00:00Z",
+            "sourceModifiedDate": "2026-01-01T10:00:00Z"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        db = tmp / "relay.db"
+        db.write_bytes(template.read_bytes())
+        with stack(f"sqlite+aiosqlite:///{db}", tmp) as running:
+            yield running
+        return
+    name, url = fresh_postgres(request.getfixturevalue("postgres_template"))
+    try:
+        with stack(url, tmp) as running:
+            yield running
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def s(env: Stack) -> Stack:
+    env.new_company()
+    env.sandbox("DELETE", "/_sandbox/faults")
+    env.sandbox("PUT", "/_sandbox/faults/webhooks", json={"duplicates": 1})
+    return env
+
+
+def settled(s: Stack, data_type: str, state: str, count: int) -> dict[str, int]:
+    return until(lambda: s.record_states(data_type), lambda c: c == {state: count}, f"{count} {data_type} {state}")
+
+
+def test_error_is_repushed_until_complete_and_duplicates_cause_one_repush(s: Stack) -> None:
+    """FetchError (its webhook delivered 3 times) → Codat asked → one re-push → records accepted."""
+    s.sandbox("PUT", "/_sandbox/faults/webhooks", json={"duplicates": 3})
+    s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": ORDERS,
+                                                         "status": "FetchError", "times": 1})
+    s.put("orders", [order(i) for i in range(3)])
+    settled(s, ORDERS, "accepted", 3)
+    pushes = s.pushes(ORDERS)
+    assert len(pushes) == 2 and sorted(pushes[1]["recordIds"]) == ["o-0", "o-1", "o-2"]
+    alerts = until(s.alerts, lambda a: a and all(x["status"] == "done" for x in a), "alerts processed")
+    assert any(a["kind"] == "dataset_status" for a in alerts)
+    assert s.target.of(s.company) == []  # cleared by a re-push: no person needed
+
+
+def test_stale_error_alert_after_complete_does_not_repush(s: Stack) -> None:
+    """An error alert for a dataset Codat says is Complete changes nothing."""
+    s.put("orders", [order(1)])
+    settled(s, ORDERS, "accepted", 1)
+    [push] = s.pushes(ORDERS)
+    stale = {"ClientId": "c", "CompanyId": s.company, "AlertId": str(uuid.uuid4()),
+             "RuleType": "Data Sync Status Changed To Error",
+             "Data": {"dataType": ORDERS, "datasetStatus": "FetchError", "datasetId": push["datasetId"]}}
+    answer = s.deliver(stale)
+    assert answer.status_code == 202
+    until(s.alerts, lambda a: any(x["id"] == answer.json()["id"] and x["status"] == "done" for x in a), "stale alert")
+    assert len(s.pushes(ORDERS)) == 1 and s.record_states(ORDERS) == {"accepted": 1}
+
+
+def test_read_completed_with_two_types_repushes_only_the_failed_one(s: Stack) -> None:
+    """read.completed naming orders (Complete) and payments (FetchError): only payments go again."""
+    s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
+    try:
+        s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": PAYMENTS,
+                                                             "status": "FetchError", "times": 1})
+        s.put("orders", [order(1)])
+        s.put("payments", [payment(1)])
+        body = read_completed_body((ORDERS, "Complete"), (PAYMENTS, "FetchError"))
+        body["payload"]["referenceCompany"]["id"] = s.company
+        assert s.deliver(body).status_code == 202
+        settled(s, ORDERS, "accepted", 1)
+        settled(s, PAYMENTS, "accepted", 1)
+    finally:
+        s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": f"{s.relay_url}/webhooks/codat"})
+    assert (len(s.pushes(ORDERS)), len(s.pushes(PAYMENTS))) == (1, 2)
+
+
+def test_repeated_failures_repush_exactly_max_times_then_tell_once(s: Stack) -> None:
+    """Four FetchErrors in a row: three re-pushes (RELAY_REPUSH_MAX_ATTEMPTS), then one repush_exhausted."""
+    s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": ORDERS,
+                                                         "status": "FetchError", "times": 10})
+    s.put("orders", [order(1), order(2)])
+    told = until(lambda: s.target.of(s.company, "repush_exhausted"), bool, "repush_exhausted")
+    settled(s, ORDERS, "failed", 2)
+    assert len(s.pushes(ORDERS)) == 4
+    assert len(told) == 1 and told[0]["details"]["repushes"] == 3 and told[0]["severity"] == "critical"
+
+
+@pytest.mark.parametrize(("status", "kind"), [("AuthError", "auth_required"), ("ValidationError", "dataset_failed")])
+def test_errors_a_repush_cannot_clear_are_told_not_repushed(s: Stack, status: str, kind: str) -> None:
+    """AuthError → auth_required; ValidationError → dataset_failed with Codat's message; no re-push."""
+    s.sandbox("POST", "/_sandbox/script/dataset", json={
+        "companyId": s.company, "dataType": ORDERS, "status": status, "times": 1,
+        "errorMessage": "Tax rate 'ZZ' does not exist"})
+    s.put("orders", [order(1)])
+    [note] = until(lambda: s.target.of(s.company, kind), bool, kind)
+    settled(s, ORDERS, "failed", 1)
+    assert len(s.pushes(ORDERS)) == 1
+    assert note["details"]["status"] == status and "Tax rate 'ZZ'" in (note["details"]["message"] or "")
+    assert len(s.target.of(s.company)) == 1
+
+
+def test_connection_deleted_pauses_and_reconnection_pushes_the_backlog(s: Stack) -> None:
+    """Deleted → paused, nothing pushed, told once; reconnected → resumed and the backlog pushed."""
+    s.put("orders", [order(1)])
+    settled(s, ORDERS, "accepted", 1)
+    s.sandbox("POST", f"/_sandbox/companies/{s.company}/delete-connection")
+    until(s.company_view, lambda c: c.get("paused") is True, "company paused")
+    s.put("orders", [order(2), order(1, amount=11.0)])
+    until(lambda: s.record_states(ORDERS), lambda c: c.get("pending") == 2, "backlog pending")
+    assert len(s.pushes(ORDERS)) == 1
+    [told] = until(lambda: s.target.of(s.company, "connection_deleted"), bool, "connection_deleted")
+    s.sandbox("POST", f"/_sandbox/companies/{s.company}/reconnect")
+    until(s.company_view, lambda c: c.get("paused") is False, "company resumed")
+    settled(s, ORDERS, "accepted", 2)
+    assert len(s.pushes(ORDERS)) == 2 and sorted(s.pushes(ORDERS)[1]["recordIds"]) == ["o-1", "o-2"]
+    assert told["severity"] == "critical" and len(s.target.of(s.company, "connection_deleted")) == 1
+
+
+def test_notifications_wait_out_a_target_outage_and_arrive_once(s: Stack) -> None:
+    """The notification target refuses for a while: the notification arrives once it is back, once."""
+    s.target.down = True
+    try:
+        s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": ORDERS,
+                                                             "status": "PrerequisiteNotMet", "times": 1})
+        s.put("orders", [order(1)])
+        until(lambda: s.target.refused, lambda n: n >= 2, "refused deliveries")
+    finally:
+        s.target.down = False
+    until(lambda: s.target.of(s.company), bool, "notification after the outage")
+    settled(s, ORDERS, "failed", 1)
+    assert len(s.target.of(s.company)) == 1
+
+
+def test_a_dataset_whose_webhook_never_comes_is_resolved_by_polling(s: Stack) -> None:
+    """No webhooks at all: the relay's own polling still learns every dataset's end."""
+    s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
+    try:
+        s.put("orders", [order(i) for i in range(5)])
+        settled(s, ORDERS, "accepted", 5)
+    finally:
+        s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": f"{s.relay_url}/webhooks/codat"})
+    assert s.alerts() == []
