@@ -48,6 +48,12 @@ typecheck: $(STAMP_DEV)
 bench: $(STAMP_BENCH)
 	$(PY) -m benchmarks.run_all
 
+## reliability: the reliability suite at full size (crash, duplicates, outage, fuzzing, security); figures in .bench/
+reliability: $(STAMP_DEV)
+	rm -f .bench/reliability-*.json
+	RELIABILITY_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/reliability $(PYTEST_ARGS)
+	@$(PY) -c 'import json, pathlib; [print(p.stem, json.loads(p.read_text())) for p in sorted(pathlib.Path(".bench").glob("reliability-*.json"))]'
+
 ## lock: re-resolve the locked versions from requirements*.in (each in a clean venv)
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv

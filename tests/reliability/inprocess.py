@@ -1,0 +1,53 @@
+"""The real app in-process, driven from synchronous code (hypothesis tests are synchronous).
+
+`running_app` needs an event loop for its whole life; an anyio blocking portal keeps one on a thread, so
+each hypothesis example is a plain `portal.call(...)`, and the app (engine, ingest writer) is built once
+per test rather than once per example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from starlette.applications import Starlette
+
+from service.clock import Clock
+from service.settings import Settings
+from service.testing import running_app
+
+
+@dataclass
+class App:
+    portal: BlockingPortal
+    app: Starlette
+    client: httpx.AsyncClient
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self.portal.call(lambda: self.client.request(method, url, **kwargs))
+
+    def scalar(self, query: sa.Executable) -> Any:
+        async def run() -> Any:
+            async with self.app.state.runtime.engine.connect() as conn:
+                return await conn.scalar(query)
+
+        return self.portal.call(run)
+
+    def rows(self, query: sa.Executable) -> list[sa.Row[Any]]:
+        async def run() -> list[sa.Row[Any]]:
+            async with self.app.state.runtime.engine.connect() as conn:
+                return list(await conn.execute(query))
+
+        return self.portal.call(run)
+
+
+@contextmanager
+def app_in_thread(settings: Settings, clock: Clock | None = None) -> Iterator[App]:
+    app_cm = running_app(settings, clock=clock)
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(app_cm) as (app, client):
+        yield App(portal, app, client)
