@@ -47,6 +47,16 @@ CODAT_CALLS = Counter(
 CODAT_RATE_LIMIT_REMAINING = Gauge(
     "relay_codat_rate_limit_remaining", "The latest X-Rate-Limit-Remaining Codat answered.", registry=REGISTRY
 )
+PUSHES = Counter(
+    "relay_pushes", "Pushes to Codat, by data type and outcome.", ["data_type", "outcome"], registry=REGISTRY
+)
+REPUSHES = Counter(
+    "relay_repushes", "Failed datasets and what the re-push policy did.", ["status", "decision"], registry=REGISTRY
+)
+NOTIFICATIONS = Counter(
+    "relay_notifications", "Staff notifications, by kind; `suppressed` ones were told within the window.",
+    ["kind", "outcome"], registry=REGISTRY,
+)
 
 
 def count_codat_call(endpoint: str, status: int) -> None:

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
+from service import metrics, queue
 from service.db import notification_dedupe, notifications, writer
 
 NOTIFY_JOB_KIND = "notify"
@@ -90,7 +90,9 @@ class Notifier:
         now = self._clock.now()
         if not await _claim_window(conn, note.dedupe_key, now, self._dedupe_s):
             log.info("notification_suppressed", kind=note.kind.value, company_id=note.company_id)
+            metrics.NOTIFICATIONS.labels(kind=note.kind.value, outcome="suppressed").inc()
             return None
+        metrics.NOTIFICATIONS.labels(kind=note.kind.value, outcome="stored").inc()
         note_id = uuid.uuid4().hex
         await conn.execute(
             sa.insert(notifications).values(

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import metrics
 from service.datasets import COMPLETE, Applied
 from service.db import datasets, records
 from service.notifications import Kind, Notification, Notifier
@@ -65,6 +66,7 @@ async def after_failure(
             details={"status": applied.status, "message": error_message, "records": applied.records,
                      "action": ACTIONS.get(applied.status, "Look at the dataset in Codat.")},
         ), conn)  # fmt: skip
+        metrics.REPUSHES.labels(status=applied.status, decision=kind.value).inc()
         return kind.value
     done = await conn.scalar(
         sa.select(sa.func.max(records.c.repush_count)).where(_of_dataset(applied), records.c.state == State.FAILED)
@@ -77,6 +79,7 @@ async def after_failure(
             details={"status": applied.status, "message": error_message, "repushes": attempts,
                      "action": "Look at the dataset in Codat; re-push by hand once the cause is fixed."},
         ), conn)  # fmt: skip
+        metrics.REPUSHES.labels(status=applied.status, decision="repush_exhausted").inc()
         return "repush_exhausted"
     await conn.execute(
         records.update().where(_of_dataset(applied), records.c.state == State.FAILED)
@@ -85,6 +88,7 @@ async def after_failure(
     requeued = await requeue_failed(conn, applied.company_id, applied.data_type, push_id, now)
     await schedule_push(conn, applied.company_id, applied.data_type, now=now, delay_s=policy.delay(attempts + 1))
     log.info("repush_scheduled", **base, attempt=attempts + 1, records=requeued)
+    metrics.REPUSHES.labels(status=applied.status, decision="repushed").inc()
     return "repushed"
 
 
