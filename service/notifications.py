@@ -121,10 +121,9 @@ class Notifier:
 async def _claim_window(conn: AsyncConnection, key: str, now: float, window_s: float) -> bool:
     """Atomically: True if nothing with this key was told within the window (and start a new window)."""
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(notification_dedupe).values(key=key, last_sent_at=now)
-    stmt = stmt.on_conflict_do_update(
+    upsert = insert(notification_dedupe).values(key=key, last_sent_at=now).on_conflict_do_update(
         index_elements=["key"],
         set_={"last_sent_at": now},
         where=notification_dedupe.c.last_sent_at <= now - window_s,
-    ).returning(notification_dedupe.c.key)
-    return (await conn.execute(stmt)).first() is not None
+    )
+    return (await conn.execute(upsert.returning(notification_dedupe.c.key))).first() is not None

@@ -42,7 +42,7 @@ class RepushPolicy:
 
     def delay(self, attempt: int) -> float:
         """Attempt n (1-based) waits base·2ⁿ⁻¹, capped: a flapping Codat gets time to recover."""
-        return min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+        return float(min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1)))
 
 
 def _of_dataset(applied: Applied) -> sa.ColumnElement[bool]:

@@ -10,18 +10,22 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers import REGISTRY
-from service import metrics
+from service import metrics, queue
 from service.clock import Clock
 from service.codat import CodatClient
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier
 from service.pusher import Pusher
+from service.queue import Job
 from service.retry import RetryPolicy
 from service.senders import Sender, build_senders, make_notify_job
 from service.settings import Settings
-from service.worker import Worker
+from service.worker import JobFunction, Periodic, Worker
 
 log = structlog.get_logger("service.runtime")
+PRUNE_KIND = "prune_jobs"
+PRUNE_EVERY_S = 3600.0
+KEEP_DONE_JOBS_S = 7 * 86400.0
 
 
 @dataclass
@@ -40,10 +44,11 @@ class Runtime:
 
     def build_worker(self, retry: RetryPolicy | None = None) -> Worker:
         pusher = Pusher(self)
-        jobs = {
+        jobs: dict[str, JobFunction] = {
             "alert": make_alert_job(REGISTRY, self),
             NOTIFY_JOB_KIND: make_notify_job(self.engine, self.senders),
             **pusher.jobs(),
+            PRUNE_KIND: self._prune,
         }
         return Worker(
             self.engine,
@@ -55,8 +60,13 @@ class Runtime:
             notifier=self.notifier,
             grace_s=self.settings.shutdown_grace_seconds,
             retry=retry,
-            periodic=pusher.periodic(),
+            periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S)],
         )
+
+    async def _prune(self, _job: Job, _attempt: int) -> None:
+        """Finished jobs would otherwise pile up forever; a week of history is kept for inspection."""
+        removed = await queue.prune(self.engine, self.clock.now() - KEEP_DONE_JOBS_S)
+        log.info("jobs_pruned", removed=removed)
 
     async def start_workers(self) -> None:
         worker = self.build_worker()
