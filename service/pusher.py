@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import queue
+from service import metrics, queue
 from service.codat import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
 from service.db import datasets, push_records, pushes, records, writer
 from service.errors import RetryLater
@@ -194,10 +194,12 @@ class Pusher:
             )  # fmt: skip
         log.info("push_recorded", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
                  dataset_id=dataset_id, records=push.record_count)  # fmt: skip
+        metrics.PUSHES.labels(data_type=push.data_type, outcome="pushed").inc()
 
     async def _close(self, conn: AsyncConnection, push: Push, outcome: str, error: str, state: State) -> None:
         """End a push without a dataset; its records go to `state` (still `pushed` ones only)."""
         now = self._deps.clock.now()
+        metrics.PUSHES.labels(data_type=push.data_type, outcome=outcome).inc()
         await conn.execute(
             pushes.update().where(pushes.c.id == push.id)
             .values(finished_at=now, outcome=outcome, error=error, payload=None)

@@ -29,6 +29,7 @@ from service.settings import Settings
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
 SWEEP_KIND = "push_sweep"
+SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
 CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
 log = structlog.get_logger("service.tracking")
@@ -173,13 +174,27 @@ class Tracker:
                     datasets.c.terminal.is_(False),
                     sa.or_(datasets.c.next_poll_at.is_(None), datasets.c.next_poll_at < now - OVERDUE_S))
             )).all()  # fmt: skip
+            unchecked = await _sync_unchecked(conn, now)
         async with writer(self._deps.engine).begin() as conn:
             for company_id, data_type in sorted(due):
                 await schedule_push(conn, company_id, data_type, now=now)
             for dataset_id, company_id in stale:
                 payload = {"dataset_id": dataset_id, "company_id": company_id}
                 await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=f"poll:{dataset_id}")
-        log.info("push_sweep", pushes=len(due), polls=len(stale))
+            for company_id in unchecked:
+                await queue.enqueue(conn, SYNC_KIND, {"company_id": company_id}, now=now,
+                                    queueing_lock=f"check_sync:{company_id}")  # fmt: skip
+        log.info("push_sweep", pushes=len(due), polls=len(stale), sync_checks=len(unchecked))
+
+
+async def _sync_unchecked(conn: AsyncConnection, now: float) -> list[str]:
+    """Companies holding data in Codat whose sync status nobody has seen for a day (a missed sync webhook)."""
+    holds_data = sa.exists().where(datasets.c.company_id == companies.c.id, datasets.c.status == "Complete")
+    query = sa.select(companies.c.id).where(
+        holds_data,
+        sa.or_(companies.c.last_sync_checked_at.is_(None), companies.c.last_sync_checked_at < now - SYNC_CHECK_AFTER_S),
+    )
+    return list((await conn.execute(query)).scalars())
 
 
 async def _pending(conn: AsyncConnection) -> set[tuple[str, str]]:
