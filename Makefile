@@ -34,6 +34,10 @@ $(STAMP_BENCH): requirements-bench.lock $(STAMP_DEV)
 run: $(STAMP_RUN)
 	$(PY) -m service.local_run
 
+## demo: the whole product in two minutes: sandbox + codat-relay on SQLite, narrated in the terminal
+demo: $(STAMP_RUN)
+	$(PY) -m service.demo
+
 ## test: install what the tests need, then run the whole suite on SQLite and PostgreSQL
 test: $(STAMP_DEV)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -15,11 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import cli, syncs
 from service.admin import alert_json
+from service.admin_jobs import dead_alert_job, retry_dead_job
 from service.clock import SystemClock
 from service.codat import CodatClient, CodatError
 from service.db import alerts, create_engine
 from service.dispatch import replay_alert
 from service.errors import InvalidRequest
+from service.progress import ProgressBar
 from service.sandbox.config import add_arguments as add_sandbox_arguments
 from service.types import AlertKind, AlertStatus
 
@@ -97,10 +99,51 @@ async def alerts_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _replay_one(engine: AsyncEngine, alert_id: str) -> bool:
+    """As the UI's Replay: a dead alert's dead job runs again rather than stay dead beside a new one."""
+    now = SystemClock().now()
+    if (job_id := await dead_alert_job(engine, alert_id)) is not None:
+        await retry_dead_job(engine, job_id, now)
+        return True
+    return await replay_alert(engine, alert_id, now)
+
+
 async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    if not await replay_alert(engine, args.id, SystemClock().now()):
+    if args.dead:
+        return await _replay_dead(engine, args)
+    if not await _replay_one(engine, args.id):
         raise cli.CommandFailed(f"no alert {args.id}")
     emit({"status": "queued", "id": args.id}, args)
+    return 0
+
+
+def _confirmed(count: int, args: argparse.Namespace) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise cli.CommandFailed(f"{count} dead alerts would be replayed: pass --yes to confirm")
+    return input(f"Replay {count} dead alerts? [y/N] ").strip().lower() in ("y", "yes")
+
+
+async def _replay_dead(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """Every dead alert (of one company with --company), oldest first so a company's order is kept."""
+    query = sa.select(alerts.c.id).where(alerts.c.status == AlertStatus.DEAD.value).order_by(alerts.c.received_at)
+    if args.company:
+        query = query.where(alerts.c.company_id == args.company)
+    async with engine.connect() as conn:
+        ids = list((await conn.execute(query)).scalars())
+    if ids and not _confirmed(len(ids), args):
+        raise cli.CommandFailed("not confirmed; nothing replayed")
+    bar = ProgressBar("replaying dead alerts", len(ids))
+    try:
+        for done, alert_id in enumerate(ids, 1):
+            await _replay_one(engine, alert_id)
+            bar.update(done, alert_id)
+    finally:
+        if ids:
+            bar.close()
+    emit({"status": "queued", "replayed": len(ids), "ids": ids} if args.json else
+         f"{len(ids)} dead alerts queued for processing again", args)  # fmt: skip
     return 0
 
 
@@ -135,7 +178,22 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(parser: argparse.ArgumentParser, command: cli.Command) -> cli.Command:
+    """`alerts replay`: an ID or --dead, exactly one; a wrong mix is bad usage (exit 2, with the usage)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.dead == (args.id is not None):
+            parser.error("give an alert ID or --dead (exactly one)")
+        if not args.dead and (args.company or args.yes):
+            parser.error("--company and --yes go with --dead")
+        return command(args)
+
+    return run
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from service import cli_companies  # it builds on this module's helpers
+
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -150,9 +208,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     show = alerts_sub.add_parser("show", parents=[json_flag], help="one alert with its raw body")
     show.add_argument("id")
     show.set_defaults(func=with_engine(alerts_show))
-    rep = alerts_sub.add_parser("replay", parents=[json_flag], help="process an alert again")
-    rep.add_argument("id")
-    rep.set_defaults(func=with_engine(alerts_replay))
+    rep = alerts_sub.add_parser("replay", parents=[json_flag], help="process an alert again (or every dead one)")
+    rep.add_argument("id", nargs="?", help="alert id (or --dead)")
+    rep.add_argument("--dead", action="store_true", help="replay every dead alert, with a progress bar")
+    rep.add_argument("--company", help="with --dead: only this company's")
+    rep.add_argument("--yes", action="store_true", help="with --dead: do not ask for confirmation")
+    rep.set_defaults(func=_checked(rep, with_engine(alerts_replay)))
 
     sync = sub.add_parser("sync", help="Codat manual syncs and sync status")
     sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="ACTION")
@@ -168,6 +229,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
     status.add_argument("company")
     status.set_defaults(func=with_codat(lambda c, a: syncs.sync_status(c, a.company)))
+
+    cli_companies.add_commands(sub, json_flag)
 
     sandbox = sub.add_parser("sandbox", help="run the local Codat sandbox (a stand-in for api.codat.io)")
     add_sandbox_arguments(sandbox)

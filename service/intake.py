@@ -11,20 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service import datasets as dataset_store
-from service.admin import iso
 from service.auth import require
-from service.codat import SYNC_STATUS_MEANINGS
-from service.db import companies, pushes, records, writer
+from service.companies import company_view, repush_endpoint, resume_company
 from service.errors import InvalidRequest, MalformedPayload, NotFound, PayloadTooLarge, StorageUnavailable
-from service.outbox import IntakeResult, State, schedule_push, set_paused, store_records
-from service.records import DATA_TYPES, MAX_ID_CHARS, MODELS, validate_records
+from service.outbox import IntakeResult, schedule_push, set_paused, store_records
+from service.records import DATA_TYPES, MAX_ID_CHARS, validate_records
 from service.responses import json_response
 from service.runtime import Runtime
 from service.settings import CODAT_MAX_PUSH_RECORDS
@@ -121,55 +117,13 @@ async def _put_records(request: Request) -> Response:
     return json_response(result.answer(), 202)
 
 
-def _connection(row: sa.RowMapping) -> dict[str, Any]:
-    return {"id": row["connection_id"], "status": row["connection_status"],
-            "deletedAt": iso(row["connection_deleted_at"])}  # fmt: skip
-
-
-def _last_sync(row: sa.RowMapping) -> dict[str, Any]:
-    code = row["last_sync_code"]
-    return {"code": code, "meaning": SYNC_STATUS_MEANINGS.get(code) if code is not None else None,
-            "at": iso(row["last_sync_at"]), "lastSuccessAt": iso(row["last_sync_success_at"]),
-            "checkedAt": iso(row["last_sync_checked_at"])}  # fmt: skip
-
-
-def _dataset(row: sa.RowMapping) -> dict[str, Any]:
-    return {"id": row["id"], "dataType": row["data_type"], "status": row["status"],
-            "errorMessage": row["error_message"], "records": row["record_count"], "pushId": row["push_id"],
-            "requestedAt": iso(row["requested_at"]), "completedAt": iso(row["completed_at"]),
-            "polls": row["polls"]}  # fmt: skip
-
-
-async def _counts(conn: Any, company_id: str) -> dict[str, dict[str, int]]:
-    counts = {data_type: {state.value: 0 for state in State} for data_type in MODELS}
-    query = (
-        sa.select(records.c.data_type, records.c.state, sa.func.count())
-        .where(records.c.company_id == company_id)
-        .group_by(records.c.data_type, records.c.state)
-    )
-    for data_type, state, count in await conn.execute(query):
-        counts.setdefault(data_type, {})[state] = int(count)
-    return counts
-
-
 @require("admin")
 async def show_company(request: Request) -> Response:
     company_id = request.path_params["company_id"]
-    async with request.app.state.runtime.engine.connect() as conn:
-        row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
-        if row is None:
-            raise NotFound(f"no company {company_id}")
-        counts = await _counts(conn, company_id)
-        recent = await dataset_store.recent(conn, company_id)
-        open_pushes = await conn.scalar(
-            sa.select(sa.func.count()).where(pushes.c.company_id == company_id, pushes.c.finished_at.is_(None))
-        )
-    return json_response({
-        "id": company_id, "paused": row["paused"], "pauseReason": row["pause_reason"],
-        "connection": _connection(row), "records": counts, "openPushes": int(open_pushes or 0),
-        "recentDatasets": [_dataset(d) for d in recent], "lastSync": _last_sync(row),
-        "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
-    })  # fmt: skip
+    view = await company_view(request.app.state.runtime.engine, company_id)
+    if view is None:
+        raise NotFound(f"no company {company_id}")
+    return json_response(view)
 
 
 @require("admin")
@@ -184,12 +138,9 @@ async def pause(request: Request) -> Response:
 async def resume(request: Request) -> Response:
     """Resume pushing; whatever waited while paused is pushed now."""
     runtime: Runtime = request.app.state.runtime
-    company_id, now = request.path_params["company_id"], runtime.clock.now()
-    if not await set_paused(runtime.engine, company_id, paused=False, reason=None, now=now):
+    company_id = request.path_params["company_id"]
+    if not await resume_company(runtime.engine, company_id, runtime.clock.now()):
         raise NotFound(f"no company {company_id}")
-    async with writer(runtime.engine).begin() as conn:
-        for data_type in MODELS:
-            await schedule_push(conn, company_id, data_type, now=now)
     runtime.wake_workers()
     return json_response({"id": company_id, "paused": False, "pauseReason": None})
 
@@ -199,5 +150,6 @@ def routes() -> list[BaseRoute]:
         Route("/v1/companies/{company_id}/records/{data_type}", put_records, methods=["PUT"]),
         Route("/v1/companies/{company_id}/pause", pause, methods=["POST"]),
         Route("/v1/companies/{company_id}/resume", resume, methods=["POST"]),
+        Route("/v1/companies/{company_id}/repush", repush_endpoint, methods=["POST"]),
         Route("/v1/companies/{company_id}", show_company, methods=["GET"]),
     ]

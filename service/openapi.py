@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.companies import REPUSH_COUNTS_COLUMNS
 from service.responses import json_response
 from service.types import AlertKind, AlertStatus
 
@@ -101,6 +102,10 @@ SCHEMAS: dict[str, Any] = {
         "status": {"type": "string"}, "attempts": {"type": "integer"}, "lastError": {"type": ["string", "null"]},
         "runAt": {"type": ["string", "null"]}, "createdAt": {"type": ["string", "null"]},
         "finishedAt": {"type": ["string", "null"]}, "payload": {"type": "object"}}},
+    "Repush": {"type": "object", "required": ["id", "paused", "requeued", "skippedSynced", "byDataType"],
+               "properties": {"id": {"type": "string"}, "paused": {"type": "boolean"},
+                              **{n: {"type": "integer", "minimum": 0} for n in REPUSH_COUNTS_COLUMNS},
+                              "byDataType": {"type": "object", "additionalProperties": {"type": "object"}}}},
     "Queued": {"type": "object", "required": ["status", "id"],
                "properties": {"status": {"type": "string"}, "id": {}}},
 }
@@ -135,6 +140,12 @@ def paths() -> dict[str, Any]:
         "/v1/companies/{companyId}/resume": {"post": operation(
             "Resume pushing", "adminToken",
             {"200": answer("resumed", ref("PauseState")), **errors("401", "404")}, parameters=[COMPANY])},
+        "/v1/companies/{companyId}/repush": {"post": operation(
+            "Full re-push: every record not synced (rule 7), not a conflict, not in flight is pushed again",
+            "adminToken", {"202": answer("queued; counts of what goes again and what was skipped", ref("Repush")),
+                           **errors("401", "404", "422")}, parameters=[COMPANY],
+            requestBody=body({"type": "object", "additionalProperties": False, "properties": {
+                "dataType": {"enum": DATA_TYPES}}}, required=False))},
         "/v1/companies/{companyId}/sync/latest": {"post": operation(
             "Ask Codat to sync up to `syncTo` (default now)", "adminToken",
             {"200": RELAYED, **errors("401", "404", "422"), **CODAT}, parameters=[COMPANY],

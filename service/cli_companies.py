@@ -1,0 +1,109 @@
+"""`codat-relay companies show / pause / resume / repush`: the admin API's company actions, from a shell.
+
+They call the same functions as the API (service/companies.py, service/outbox.py) straight on the
+database; a running worker picks up the pushes they schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import cli
+from service.cli_admin import emit, print_table, with_engine
+from service.clock import SystemClock
+from service.companies import REPUSH_COUNTS_COLUMNS, company_view, full_repush, resume_company
+from service.errors import NotFound
+from service.intake import MANUAL_PAUSE
+from service.outbox import State, set_paused
+from service.progress import ProgressBar
+from service.records import DATA_TYPES, MODELS
+
+DATASET_COLUMNS = ("id", "dataType", "status", "records", "requestedAt", "completedAt", "errorMessage")
+
+
+def _show_readable(view: dict[str, Any]) -> None:
+    conn, sync = view["connection"], view["lastSync"]
+    paused = f"yes ({view['pauseReason']})" if view["paused"] else "no"
+    deleted = f", deleted at {conn['deletedAt']}" if conn["deletedAt"] else ""
+    last = "never checked" if sync["code"] is None else f"{sync['code']} {sync['meaning'] or ''} at {sync['at']}"
+    emit({"company": view["id"], "paused": paused, "connection": f"{conn['id'] or '-'} "
+          f"({conn['status'] or 'unknown'}{deleted})", "open pushes": view["openPushes"],
+          "last sync": f"{last} (last success {sync['lastSuccessAt'] or 'never'})",
+          "created": view["createdAt"], "updated": view["updatedAt"]}, argparse.Namespace())  # fmt: skip
+    print("\nRecords by state:")
+    print_table([{"dataType": t, **c} for t, c in view["records"].items()], ("dataType", *(s.value for s in State)))
+    print("\nRecent datasets:")
+    print_table(view["recentDatasets"], DATASET_COLUMNS)
+
+
+async def companies_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    view = await company_view(engine, args.id)
+    if view is None:
+        raise cli.CommandFailed(f"no company {args.id}")
+    if args.json:
+        emit(view, args)
+    else:
+        _show_readable(view)
+    return 0
+
+
+async def companies_pause(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    await set_paused(engine, args.id, paused=True, reason=MANUAL_PAUSE, now=SystemClock().now())
+    emit({"id": args.id, "paused": True, "pauseReason": MANUAL_PAUSE}, args)
+    return 0
+
+
+async def companies_resume(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    if not await resume_company(engine, args.id, SystemClock().now()):
+        raise cli.CommandFailed(f"no company {args.id}")
+    emit({"id": args.id, "paused": False, "pauseReason": None}, args)
+    return 0
+
+
+async def companies_repush(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    data_types = [DATA_TYPES[args.data_type]] if args.data_type else list(MODELS)
+    bar = ProgressBar(f"re-push {args.id}", 0)
+
+    def progress(data_type: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done, data_type)
+
+    try:
+        result = await full_repush(engine, args.id, data_types, SystemClock().now(), progress)
+    except NotFound:
+        raise cli.CommandFailed(f"no company {args.id}") from None
+    finally:
+        bar.close()
+    answer = result.answer()
+    if args.json:
+        emit(answer, args)
+        return 0
+    print_table([{"dataType": t, **c} for t, c in answer["byDataType"].items()], ("dataType", *REPUSH_COUNTS_COLUMNS))
+    print(f"\n{answer['requeued'] + answer['alreadyPending']} records will be pushed again; "
+          f"{answer['skippedSynced']} synced records skipped (Codat never takes synced data again), "
+          f"{answer['skippedConflicts']} conflicts skipped, {answer['inFlight']} still in flight.")  # fmt: skip
+    if answer["paused"]:
+        print(f"The company is paused: the push waits for `codat-relay companies resume {args.id}`.")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_flag: argparse.ArgumentParser) -> None:
+    companies = sub.add_parser("companies", help="a company's state: show, pause, resume, full re-push")
+    actions = companies.add_subparsers(dest="companies_command", required=True, metavar="ACTION")
+    show = actions.add_parser("show", parents=[json_flag], help="connection, pause, record counts, datasets")
+    show.set_defaults(func=with_engine(companies_show))
+    pause = actions.add_parser("pause", parents=[json_flag], help="stop pushing (intake continues)")
+    pause.set_defaults(func=with_engine(companies_pause))
+    resume = actions.add_parser("resume", parents=[json_flag], help="resume pushing; the backlog is pushed now")
+    resume.set_defaults(func=with_engine(companies_resume))
+    repush = actions.add_parser(
+        "repush", parents=[json_flag],
+        help="push every record again, except synced ones (rule 7), conflicts and those in flight",
+    )  # fmt: skip
+    repush.add_argument("--data-type", choices=sorted(DATA_TYPES), help="only this data type")
+    repush.set_defaults(func=with_engine(companies_repush))
+    for parser in (show, pause, resume, repush):
+        parser.add_argument("id", metavar="ID", help="Codat company id")

@@ -1,0 +1,238 @@
+"""A company's state and the operator's actions on it, shared by the admin API and the CLI.
+
+`company_view` is what `GET /v1/companies/{id}` and `codat-relay companies show` print; `resume_company`
+and `full_repush` are what the API's and the CLI's resume and re-push do, so both behave the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import datasets as dataset_store
+from service.admin import iso
+from service.auth import require
+from service.codat import SYNC_STATUS_MEANINGS
+from service.db import companies, pushes, records, writer
+from service.errors import InvalidRequest, NotFound
+from service.outbox import State, lock_outbox, schedule_push, set_paused
+from service.records import DATA_TYPES, MODELS
+from service.responses import json_response
+
+REPUSH_CHUNK = 1000  # records turned back to pending per transaction: short write locks, a moving bar
+
+REPUSH_COUNTS_COLUMNS = ("requeued", "alreadyPending", "skippedSynced", "skippedConflicts", "inFlight")
+# progress(data type, records done, records in all): the CLI draws its bar from this
+Progress = Callable[[str, int, int], None]
+
+
+def _connection(row: sa.RowMapping) -> dict[str, Any]:
+    return {"id": row["connection_id"], "status": row["connection_status"],
+            "deletedAt": iso(row["connection_deleted_at"])}  # fmt: skip
+
+
+def _last_sync(row: sa.RowMapping) -> dict[str, Any]:
+    code = row["last_sync_code"]
+    return {"code": code, "meaning": SYNC_STATUS_MEANINGS.get(code) if code is not None else None,
+            "at": iso(row["last_sync_at"]), "lastSuccessAt": iso(row["last_sync_success_at"]),
+            "checkedAt": iso(row["last_sync_checked_at"])}  # fmt: skip
+
+
+def _dataset(row: sa.RowMapping) -> dict[str, Any]:
+    return {"id": row["id"], "dataType": row["data_type"], "status": row["status"],
+            "errorMessage": row["error_message"], "records": row["record_count"], "pushId": row["push_id"],
+            "requestedAt": iso(row["requested_at"]), "completedAt": iso(row["completed_at"]),
+            "polls": row["polls"]}  # fmt: skip
+
+
+async def _counts(conn: AsyncConnection, company_id: str) -> dict[str, dict[str, int]]:
+    counts = {data_type: {state.value: 0 for state in State} for data_type in MODELS}
+    query = (
+        sa.select(records.c.data_type, records.c.state, sa.func.count())
+        .where(records.c.company_id == company_id)
+        .group_by(records.c.data_type, records.c.state)
+    )
+    for data_type, state, count in await conn.execute(query):
+        counts.setdefault(data_type, {})[state] = int(count)
+    return counts
+
+
+async def company_view(engine: AsyncEngine, company_id: str) -> dict[str, Any] | None:
+    """The company's state (connection, pause, record counts, recent datasets, last sync); None if unknown."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
+        if row is None:
+            return None
+        counts = await _counts(conn, company_id)
+        recent = await dataset_store.recent(conn, company_id)
+        open_pushes = await conn.scalar(
+            sa.select(sa.func.count()).where(pushes.c.company_id == company_id, pushes.c.finished_at.is_(None))
+        )
+    return {
+        "id": company_id, "paused": row["paused"], "pauseReason": row["pause_reason"],
+        "connection": _connection(row), "records": counts, "openPushes": int(open_pushes or 0),
+        "recentDatasets": [_dataset(d) for d in recent], "lastSync": _last_sync(row),
+        "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
+    }  # fmt: skip
+
+
+async def resume_company(engine: AsyncEngine, company_id: str, now: float) -> bool:
+    """Resume pushing and push whatever waited while paused, now; False when the company is unknown."""
+    if not await set_paused(engine, company_id, paused=False, reason=None, now=now):
+        return False
+    async with writer(engine).begin() as conn:
+        for data_type in MODELS:
+            await schedule_push(conn, company_id, data_type, now=now)
+    return True
+
+
+@dataclass
+class RepushCounts:
+    """One data type's full re-push: what goes again, and what was left alone and why."""
+
+    requeued: int = 0  # back to pending by this re-push
+    already_pending: int = 0  # were waiting anyway; the same push sends them
+    skipped_synced: int = 0  # in the books: never sent again (Codat rule 7)
+    skipped_conflicts: int = 0  # changed after a sync: kept, never pushed (rule 7)
+    in_flight: int = 0  # in a dataset Codat has not finished: its outcome decides (the re-push policy)
+
+    def answer(self) -> dict[str, int]:
+        return {"requeued": self.requeued, "alreadyPending": self.already_pending,
+                "skippedSynced": self.skipped_synced, "skippedConflicts": self.skipped_conflicts,
+                "inFlight": self.in_flight}  # fmt: skip
+
+
+@dataclass
+class RepushResult:
+    company_id: str
+    paused: bool
+    by_type: dict[str, RepushCounts] = field(default_factory=dict)
+
+    def answer(self) -> dict[str, Any]:
+        totals = RepushCounts()
+        for counts in self.by_type.values():
+            for name in vars(totals):
+                setattr(totals, name, getattr(totals, name) + getattr(counts, name))
+        return {"id": self.company_id, "paused": self.paused, **totals.answer(),
+                "byDataType": {t: c.answer() for t, c in self.by_type.items()}}  # fmt: skip
+
+
+def _of(company_id: str, data_type: str) -> sa.ColumnElement[bool]:
+    return sa.and_(records.c.company_id == company_id, records.c.data_type == data_type)
+
+
+# What a full re-push sends again: neither synced (nor ever in the books), nor a conflict, nor in flight.
+_REQUEUABLE = sa.and_(
+    records.c.state.notin_([State.PENDING.value, State.SYNCED.value, State.CONFLICT.value]),
+    records.c.synced_at.is_(None), records.c.inflight.is_(False),
+)  # fmt: skip
+
+
+async def _survey(conn: AsyncConnection, company_id: str, data_type: str) -> RepushCounts:
+    counts = RepushCounts()
+    in_books = records.c.synced_at.is_not(None)
+    query = (
+        sa.select(records.c.state, records.c.inflight, in_books.label("in_books"), sa.func.count())
+        .where(_of(company_id, data_type))
+        .group_by(records.c.state, records.c.inflight, in_books)
+    )
+    for state, inflight, books, n in await conn.execute(query):
+        if state == State.CONFLICT:
+            counts.skipped_conflicts += n
+        elif state == State.SYNCED or books:
+            counts.skipped_synced += n
+        elif inflight:
+            counts.in_flight += n
+        elif state == State.PENDING:
+            counts.already_pending += n
+    return counts
+
+
+async def _requeue_chunk(
+    engine: AsyncEngine, company_id: str, data_type: str, after: str, now: float
+) -> tuple[str, int] | None:
+    """Turn the next chunk (ids after `after`) back to pending: (its last id, records moved), None when done."""
+    mine = sa.and_(_of(company_id, data_type), _REQUEUABLE)
+    async with writer(engine).begin() as conn:
+        await lock_outbox(conn, company_id, data_type)  # the pusher's claim and intake wait for this chunk
+        pick = sa.select(records.c.record_id).where(mine, records.c.record_id > after)
+        ids = (await conn.execute(pick.order_by(records.c.record_id).limit(REPUSH_CHUNK))).scalars().all()
+        if not ids:
+            return None
+        moved = await conn.execute(
+            records.update().where(mine, records.c.record_id > after, records.c.record_id <= ids[-1])
+            .values(state=State.PENDING.value, updated_at=now)
+        )  # fmt: skip
+    return ids[-1], int(moved.rowcount)
+
+
+async def _survey_all(engine: AsyncEngine, company_id: str, data_types: Iterable[str]) -> tuple[RepushResult, int]:
+    """What each data type holds, and how many records the re-push will turn back to pending."""
+    async with engine.connect() as conn:
+        paused = await conn.scalar(sa.select(companies.c.paused).where(companies.c.id == company_id))
+        if paused is None:
+            raise NotFound(f"no company {company_id}")
+        result, total = RepushResult(company_id, bool(paused)), 0
+        for data_type in data_types:
+            result.by_type[data_type] = await _survey(conn, company_id, data_type)
+            count = await conn.scalar(sa.select(sa.func.count()).where(_of(company_id, data_type), _REQUEUABLE))
+            total += int(count or 0)
+    return result, total
+
+
+async def full_repush(
+    engine: AsyncEngine, company_id: str, data_types: Iterable[str], now: float, progress: Progress | None = None
+) -> RepushResult:
+    """Every record not synced, not a conflict and not in flight goes to pending; then pushes are due now.
+
+    Raises NotFound for an unknown company. A paused company's pushes wait for its resume.
+    """
+    result, total = await _survey_all(engine, company_id, data_types)
+    done = 0
+    for data_type, counts in result.by_type.items():
+        cursor = ""
+        while (chunk := await _requeue_chunk(engine, company_id, data_type, cursor, now)) is not None:
+            cursor, moved = chunk
+            counts.requeued, done = counts.requeued + moved, done + moved
+            if progress is not None:
+                progress(data_type, done, total)
+    async with writer(engine).begin() as conn:
+        for data_type, counts in result.by_type.items():
+            if counts.requeued or counts.already_pending:
+                await schedule_push(conn, company_id, data_type, now=now)
+    return result
+
+
+def _repush_types(raw: bytes) -> list[str]:
+    """The body `{"dataType"?: "orders"}` (or none at all): which data types to re-push."""
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object: {"dataType"?: "orders"}')
+    if unknown := sorted(set(body) - {"dataType"}):
+        raise InvalidRequest(f"{unknown[0]}: unknown field; the body holds only dataType")
+    name = body.get("dataType")
+    if name is None:
+        return list(MODELS)
+    if not isinstance(name, str) or name not in DATA_TYPES:
+        raise InvalidRequest("dataType: one of orders, payments, transactions")
+    return [DATA_TYPES[name]]
+
+
+@require("admin")
+async def repush_endpoint(request: Request) -> Response:
+    """`POST /v1/companies/{companyId}/repush`: a full re-push; 202 with what goes again and what was skipped."""
+    runtime = request.app.state.runtime
+    data_types = _repush_types(await request.body())
+    result = await full_repush(runtime.engine, request.path_params["company_id"], data_types, runtime.clock.now())
+    runtime.wake_workers()
+    return json_response(result.answer(), 202)
