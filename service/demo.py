@@ -11,7 +11,6 @@ when every step's outcome was seen, else exit 1 naming the step.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import textwrap
@@ -187,14 +186,14 @@ def reconnect(demo: Demo) -> None:
 
 def summary(demo: Demo) -> None:
     step("6. What codat-relay did, from its own API and from the sandbox")
-    alerts = demo.alerts()
+    # The backlog's own alerts may still be in flight: wait for them rather than report a half-done state.
+    alerts = demo.wait("every alert to be processed", demo.alerts,
+                       lambda found: all(a["status"] in ("done", "ignored") for a in found))  # fmt: skip
     say(f"GET /v1/alerts?companyId={COMPANY}: {len(alerts)} Codat alerts received and processed:")
     for a in reversed(alerts):
         print(f"   {a['receivedAt']}  {a['kind']:<20} {a['type']:<40} {a['status']}")
     if any(a["status"] == "ignored" for a in alerts):
         say("(ignored: codat-relay already knew that dataset's end from polling Codat; nothing left to do.)")
-    if any(a["status"] not in ("done", "ignored") for a in alerts):
-        raise StepFailed("an alert was not processed: " + json.dumps(alerts)[:400])
     say(f"Staff notifications: {', '.join(demo.inbox.kinds())}.")
     say(f"GET /v1/companies/{COMPANY}: records by state: "
         + "; ".join(f"{t}: {demo.states(t)}" for t in (ORDERS, PAYMENTS, TRANSACTIONS)))  # fmt: skip
