@@ -276,3 +276,25 @@ def test_fuzzed_intake_never_gets_a_5xx_and_stores_only_on_202(database_url: str
 
 def _5xx(seen: Counter[str]) -> int:
     return sum(n for code, n in seen.items() if code.isdigit() and int(code) >= 500)
+
+
+NUL_COMPANY_BUG = (
+    "BUG: PUT /v1/companies/%00/records/orders (a company id holding NUL) is answered 503 on PostgreSQL: "
+    "PostgreSQL text cannot hold NUL, the write fails and service/intake.py turns every SQLAlchemyError into "
+    "StorageUnavailable, so the platform retries for ever a request no retry can fix. Expected: 422 naming "
+    "companyId (as for ids over 255 characters)."
+)
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.xfail(strict=True, reason=NUL_COMPANY_BUG))],
+    indirect=True,
+)
+@pytest.mark.parametrize("body", [{"records": []}, {"records": [SAMPLE_RECORDS["orders"]]}], ids=["empty", "one"])
+def test_intake_company_id_with_nul_is_not_a_5xx(database_url: str, body: dict[str, Any]) -> None:
+    """Found by the fuzzer: a company id holding NUL is the client's error (4xx), never a 5xx."""
+    auth = {"authorization": f"Bearer {API_TOKEN}"}
+    with app_in_thread(make_settings(database_url)) as app:
+        response = app.request("PUT", "/v1/companies/%00/records/orders", json=body, headers=auth)
+        assert response.status_code < 500, response.text
