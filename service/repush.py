@@ -45,19 +45,24 @@ class RepushPolicy:
         return float(min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1)))
 
 
-def _of_dataset(applied: Applied) -> sa.ColumnElement[bool]:
-    return sa.and_(records.c.company_id == applied.company_id, records.c.data_type == applied.data_type,
-                   records.c.dataset_id == applied.dataset_id)  # fmt: skip
+def _of_push(applied: Applied, push_id: str) -> sa.ColumnElement[bool]:
+    """The dataset's records, found through their push (indexed) rather than the dataset id (not)."""
+    return sa.and_(records.c.push_id == push_id, records.c.company_id == applied.company_id,
+                   records.c.data_type == applied.data_type)  # fmt: skip
+
+
+async def _push_of(conn: AsyncConnection, dataset_id: str) -> tuple[str | None, str | None]:
+    row = (await conn.execute(
+        sa.select(datasets.c.push_id, datasets.c.error_message).where(datasets.c.id == dataset_id)
+    )).first()  # fmt: skip
+    return (row.push_id, row.error_message) if row is not None else (None, None)
 
 
 async def after_failure(
     conn: AsyncConnection, applied: Applied, notifier: Notifier, policy: RepushPolicy, now: float
 ) -> str:
     """Decide and act for one failed dataset; returns what was done (for logs and tests)."""
-    row = (await conn.execute(
-        sa.select(datasets.c.push_id, datasets.c.error_message).where(datasets.c.id == applied.dataset_id)
-    )).first()  # fmt: skip
-    push_id, error_message = (row.push_id, row.error_message) if row is not None else (None, None)
+    push_id, error_message = await _push_of(conn, applied.dataset_id)
     base = {"company_id": applied.company_id, "data_type": applied.data_type, "dataset_id": applied.dataset_id}
     if not applied.repush_may_clear or push_id is None:
         kind = Kind.AUTH_REQUIRED if applied.status in AUTH_ERRORS else Kind.DATASET_FAILED
@@ -69,7 +74,8 @@ async def after_failure(
         metrics.REPUSHES.labels(status=applied.status, decision=kind.value).inc()
         return kind.value
     done = await conn.scalar(
-        sa.select(sa.func.max(records.c.repush_count)).where(_of_dataset(applied), records.c.state == State.FAILED)
+        sa.select(sa.func.max(records.c.repush_count))
+        .where(_of_push(applied, push_id), records.c.state == State.FAILED)
     )
     attempts = int(done or 0)
     if attempts >= policy.max_attempts:
@@ -82,7 +88,7 @@ async def after_failure(
         metrics.REPUSHES.labels(status=applied.status, decision="repush_exhausted").inc()
         return "repush_exhausted"
     await conn.execute(
-        records.update().where(_of_dataset(applied), records.c.state == State.FAILED)
+        records.update().where(_of_push(applied, push_id), records.c.state == State.FAILED)
         .values(repush_count=records.c.repush_count + 1)
     )  # fmt: skip
     requeued = await requeue_failed(conn, applied.company_id, applied.data_type, push_id, now)
@@ -94,7 +100,10 @@ async def after_failure(
 
 async def after_complete(conn: AsyncConnection, applied: Applied) -> None:
     """A dataset reached Codat: its records' re-push counts start again."""
-    if applied.status == COMPLETE:
+    if applied.status != COMPLETE:
+        return
+    push_id, _ = await _push_of(conn, applied.dataset_id)
+    if push_id is not None:
         await conn.execute(
-            records.update().where(_of_dataset(applied), records.c.repush_count > 0).values(repush_count=0)
+            records.update().where(_of_push(applied, push_id), records.c.repush_count > 0).values(repush_count=0)
         )
