@@ -60,6 +60,9 @@ class CuttableProxy:
             await server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None:  # accepted by the kernel just before a cut, handled just after it
+            writer.transport.abort()
+            return
         generation = self._generation
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
