@@ -93,6 +93,8 @@ async def _put_records(request: Request) -> Response:
     company_id, data_type = request.path_params["company_id"], _data_type(request)
     if len(company_id) > MAX_ID_CHARS:
         raise InvalidRequest(f"companyId: at most {MAX_ID_CHARS} characters")
+    if "\x00" in company_id:
+        raise InvalidRequest("companyId: must not contain NUL characters")
     items = _records_of(await _read_body(request))
     batch, errors = validate_records(data_type, items)
     if errors:

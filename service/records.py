@@ -39,7 +39,14 @@ def _iso_datetime(value: str) -> str:
 
 
 DateTime = Annotated[StrictStr, AfterValidator(_iso_datetime)]
-Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
+def _no_nul(value: str) -> str:
+    # Ids are key columns, and PostgreSQL text cannot hold NUL: refuse it here, as the client's error.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_no_nul)]
 PaymentType = Literal[
     "Unknown", "Cash", "Card", "Invoice", "OnlineCard", "Swish", "Vipps", "Mobile", "StoreCredit", "Paypal",
     "Custom", "Prepaid",

@@ -92,3 +92,11 @@ def test_hash_is_independent_of_key_order_and_sensitive_to_content() -> None:
     b = canonical({"currency": "GBP", "totalAmount": 2, "id": "1"})
     assert a == b == b'{"currency":"GBP","id":"1","totalAmount":2}'
     assert content_hash(a) == content_hash(b) != content_hash(canonical({"id": "1", "totalAmount": 3}))
+
+
+def test_record_ids_with_nul_are_refused_by_index_and_field() -> None:
+    """A NUL in an id is the client's error (PostgreSQL keys cannot hold it), reported like any other."""
+    from service.records import validate_records
+
+    _, errors = validate_records("commerce-orders", [{"id": "ok"}, {"id": "bad\x00id"}])
+    assert [(e["index"], e["field"]) for e in errors] == [(1, "id")]

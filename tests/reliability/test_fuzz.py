@@ -278,17 +278,11 @@ def _5xx(seen: Counter[str]) -> int:
     return sum(n for code, n in seen.items() if code.isdigit() and int(code) >= 500)
 
 
-NUL_COMPANY_BUG = (
-    "BUG: PUT /v1/companies/%00/records/orders (a company id holding NUL) is answered 503 on PostgreSQL: "
-    "PostgreSQL text cannot hold NUL, the write fails and service/intake.py turns every SQLAlchemyError into "
-    "StorageUnavailable, so the platform retries for ever a request no retry can fix. Expected: 422 naming "
-    "companyId (as for ids over 255 characters)."
-)
 
 
 @pytest.mark.parametrize(
     "database_url",
-    ["sqlite", pytest.param("postgres", marks=pytest.mark.xfail(strict=True, reason=NUL_COMPANY_BUG))],
+    ["sqlite", "postgres"],
     indirect=True,
 )
 @pytest.mark.parametrize("body", [{"records": []}, {"records": [SAMPLE_RECORDS["orders"]]}], ids=["empty", "one"])
