@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
-from service.clock import Clock
 from service.db import alerts, writer
 from service.queue import Job, describe_error
-from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Handler, Shape
+from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Deps, Handler, Shape
 
 ALERT_JOB_KIND = "alert"
 
@@ -30,19 +29,7 @@ class _Keep(enum.Enum):
 KEEP = _Keep.KEEP
 
 
-class AlertDeps(Protocol):
-    """What the alert job needs from the process (service.runtime.Runtime provides it)."""
-
-    @property
-    def engine(self) -> AsyncEngine: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def notifier(self) -> Any: ...
-    @property
-    def codat(self) -> Any: ...
-    @property
-    def settings(self) -> Any: ...
+AlertDeps = Deps  # the alert job needs what every job needs
 
 
 def alert_lock_key(company_id: str | None) -> str | None:

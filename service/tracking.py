@@ -8,14 +8,13 @@ the last poll is left to the sweep, which polls it again every `RELAY_PUSH_INTER
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.clock import Clock
 from service.codat import CodatNotFound, is_success
 from service.datasets import Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
@@ -24,7 +23,7 @@ from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_
 from service.queue import Job
 from service.records import MODELS
 from service.repush import RepushPolicy
-from service.settings import Settings
+from service.types import Deps
 
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
@@ -35,19 +34,7 @@ CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is al
 log = structlog.get_logger("service.tracking")
 
 
-class TrackingDeps(Protocol):
-    """What the push pipeline needs from the process (service.runtime.Runtime provides it)."""
-
-    @property
-    def engine(self) -> AsyncEngine: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def codat(self) -> Any: ...
-    @property
-    def notifier(self) -> Any: ...
+TrackingDeps = Deps  # the push pipeline needs what every job needs
 
 
 @dataclass(frozen=True)

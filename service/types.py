@@ -5,14 +5,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     import structlog
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from service.clock import Clock
+    from service.settings import Settings
 
 
 class AlertKind(enum.StrEnum):
@@ -99,3 +101,18 @@ class Context:
 
 
 Handler = Callable[[Alert, Context], Awaitable[Outcome]]
+
+
+class Deps(Protocol):
+    """What jobs need from the process: service.runtime.Runtime provides it (handlers get a Context)."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def codat(self) -> Any: ...
+    @property
+    def notifier(self) -> Any: ...
