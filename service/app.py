@@ -111,6 +111,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             writers=1 if settings.is_sqlite else 4,
             write_timeout_s=options.write_timeout_s,
             on_commit=runtime.wake_workers,
+            sqlite_synchronous=settings.sqlite_synchronous,
         )
         app.state.runtime = runtime
         endpoint.bind(ingestor)

@@ -48,8 +48,9 @@ def _job_rows(rows: list[dict[str, Any]], inserted: set[str], now: float) -> lis
 class SqliteBatchWriter:
     """A dedicated thread and connection: the batch crosses threads once, not once per statement."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "full") -> None:
         self._path = path
+        self._synchronous = synchronous.upper()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-sqlite")
         self._conn: sqlite3.Connection | None = None
 
@@ -60,7 +61,7 @@ class SqliteBatchWriter:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         return conn
 
@@ -175,8 +176,8 @@ class PostgresBatchWriter:
             self._conn = None
 
 
-def batch_writer_for(database_url: str) -> BatchWriter:
+def batch_writer_for(database_url: str, sqlite_synchronous: str = "full") -> BatchWriter:
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1].split("?", 1)[0]
-        return SqliteBatchWriter(path)
+        return SqliteBatchWriter(path, sqlite_synchronous)
     return PostgresBatchWriter(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))

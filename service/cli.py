@@ -19,6 +19,7 @@ from service.settings import Settings, SettingsError, load_settings
 log = structlog.get_logger("service.cli")
 
 Command = Callable[[argparse.Namespace], int]
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class CommandFailed(Exception):
@@ -50,6 +51,9 @@ def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     from service.app import AppOptions, create_app
 
     settings = _settings()
+    # The ingest writer thread hands each batch back through the GIL; at the default 5 ms switch
+    # interval a busy event loop made every batch wait up to 5 ms per hand-over (measured: 0.17x).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     _warn_if_unauthenticated(settings)
     if workers:  # `serve` is a whole deployment; `web` replicas leave migrations to `codat-relay migrate`
         migrate.upgrade(settings.database_url)

@@ -116,7 +116,7 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     """The process's engine; on SQLite, WAL with `BEGIN IMMEDIATE` for write transactions."""
     if settings.is_sqlite:
         engine = create_async_engine(settings.database_url, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, settings.sqlite_synchronous)
         return engine
     kwargs.setdefault("pool_size", settings.db_pool_size)
     kwargs.setdefault("max_overflow", settings.db_pool_size)
@@ -126,15 +126,15 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(settings.database_url, **kwargs)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so that BEGIN IMMEDIATE can be issued below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed delivery survives power loss too; group commit pays for the fsync.
-        cursor.execute("PRAGMA synchronous=FULL")
+        # FULL (default): a commit survives power loss too; NORMAL: it survives the process being killed.
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

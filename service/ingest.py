@@ -79,8 +79,9 @@ class Ingestor:
         max_batch: int = MAX_BATCH,
         write_timeout_s: float = WRITE_TIMEOUT_S,
         on_commit: Callable[[], None] | None = None,
+        sqlite_synchronous: str = "full",
     ) -> None:
-        self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False))
+        self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False), sqlite_synchronous)
         self._clock = clock
         self._writers = writers
         self._max_batch = max_batch

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     max_push_records: int = Field(default=CODAT_MAX_PUSH_RECORDS, ge=1, le=CODAT_MAX_PUSH_RECORDS)
     push_debounce_seconds: float = Field(default=5.0, ge=0)
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
 
-    @field_validator("log_format", "log_level", mode="before")
+    @field_validator("log_format", "log_level", "sqlite_synchronous", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
