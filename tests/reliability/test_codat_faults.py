@@ -1,8 +1,9 @@
 """Codat faults: a real relay pushing to a real sandbox that fails 20 % of calls, rate-limits, lags and hangs.
 
 Issue 8: with the sandbox answering 500/503 to a fifth of the push, dataset and sync-status calls,
-bursts of 429 with `Retry-After`, 2 s of latency on every sync-status and dataset call, hangs longer
-than `RELAY_CODAT_TIMEOUT_SECONDS` (answered 504 when the relay has long given up), and — for the
+bursts of 429 with `Retry-After`, 2 s of latency on every sync-status call (and, in the full variant,
+every dataset call), hangs longer than `RELAY_CODAT_TIMEOUT_SECONDS` (answered 504 when the relay has
+long given up), and — for the
 first pushes — a push that takes longer to process than the relay waits (so the relay's retry meets
 Codat's idempotency cache: 409 while in flight, then the cached answer), every record handed to the
 relay ends `accepted` in the relay's view, every dataset the sandbox created ends `Complete`, and the
