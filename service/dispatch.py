@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
-from service.db import alerts, writer
+from service.db import alerts, bookkeeper, writer
 from service.queue import Job, describe_error
 from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Deps, Handler, Shape
 
@@ -68,15 +68,12 @@ class AlertJob:
     async def __call__(self, job: Job, attempt: int) -> None:
         alert_id = str(job.payload["alert_id"])
         log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt)
-        async with self._deps.engine.connect() as conn:
-            row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).mappings().first()
+        row = await self._start(alert_id)
         if row is None:
             log.warning("alert_missing")  # deleted since it was queued: nothing left to do
             return
         alert = alert_from_row(row)
         handler = self._registry.get(alert.kind)
-        # Counted even without a handler: `attempts` counts every processing run (CONTRACT.md).
-        await self._set(alert_id, AlertStatus.PROCESSING if handler else AlertStatus.IGNORED, count=True)
         if handler is None:
             return
         context = Context(
@@ -95,6 +92,19 @@ class AlertJob:
             raise
         await self._set(alert_id, AlertStatus(outcome.value), error=None)
 
+    async def _start(self, alert_id: str) -> sa.RowMapping | None:
+        """Load the alert and mark this processing run in one statement: `processing` when a handler
+        will run, `ignored` when none exists; `attempts` counts every run (CONTRACT.md)."""
+        handled = [kind.value for kind in self._registry]
+        status = sa.case((alerts.c.kind.in_(handled), AlertStatus.PROCESSING.value), else_=AlertStatus.IGNORED.value)
+        statement = (
+            alerts.update().where(alerts.c.id == alert_id)
+            .values(status=status, attempts=alerts.c.attempts + 1, updated_at=self._deps.clock.now())
+            .returning(*alerts.c)
+        )  # fmt: skip
+        async with bookkeeper(self._deps.engine).begin() as conn:
+            return (await conn.execute(statement)).mappings().first()
+
     async def job_dead(self, job: Job, error: str) -> None:
         await self._set(str(job.payload["alert_id"]), AlertStatus.DEAD, error=error)
 
@@ -107,7 +117,7 @@ class AlertJob:
             values["attempts"] = alerts.c.attempts + 1
         if error is not KEEP:
             values["last_error"] = error
-        async with writer(self._deps.engine).begin() as conn:
+        async with bookkeeper(self._deps.engine).begin() as conn:
             await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
 
 

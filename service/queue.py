@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.db import jobs, writer
+from service.db import bookkeeper, jobs, writer
 
 NOTIFY_CHANNEL = "relay_jobs"
 LEASE_LOST = "lease expired: the worker running this job was lost"
@@ -179,7 +179,7 @@ async def claim(engine: AsyncEngine, worker_id: str, limit: int, now: float, lea
         "worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
         "limit": limit,
     }  # fmt: skip
-    async with writer(engine).begin() as conn:
+    async with bookkeeper(engine).begin() as conn:
         rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
     return sorted((Job(**row) for row in rows), key=lambda job: job.id)
 
@@ -193,7 +193,7 @@ async def complete(engine: AsyncEngine, done: Sequence[Job], now: float) -> int:
     """Mark a batch done in one statement; returns how many were still ours to finish."""
     if not done:
         return 0
-    async with writer(engine).begin() as conn:
+    async with bookkeeper(engine).begin() as conn:
         result = await conn.execute(
             jobs.update()
             .where(_fenced(done))
@@ -206,7 +206,7 @@ async def complete(engine: AsyncEngine, done: Sequence[Job], now: float) -> int:
 
 async def fail(engine: AsyncEngine, job: Job, error: str, now: float) -> bool:
     """The job is dead: it keeps `error` as its last error and never runs again by itself."""
-    async with writer(engine).begin() as conn:
+    async with bookkeeper(engine).begin() as conn:
         result = await conn.execute(
             jobs.update()
             .where(_fenced([job]))
@@ -225,11 +225,11 @@ async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: f
     """
     values = {"status": "waiting", "run_at": run_at, "last_error": error, "lease_expires_at": None}
     try:
-        async with writer(engine).begin() as conn:
+        async with bookkeeper(engine).begin() as conn:
             await conn.execute(jobs.update().where(_fenced([job])).values(worker_id=None, **values))
         return True
     except IntegrityError:
-        async with writer(engine).begin() as conn:
+        async with bookkeeper(engine).begin() as conn:
             await conn.execute(
                 jobs.update()
                 .where(_fenced([job]))
@@ -240,7 +240,7 @@ async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: f
 
 async def heartbeat(engine: AsyncEngine, worker_id: str, now: float, lease_s: float) -> int:
     """Extend the leases of every job `worker_id` is running; returns how many."""
-    async with writer(engine).begin() as conn:
+    async with bookkeeper(engine).begin() as conn:
         result = await conn.execute(
             jobs.update()
             .where(jobs.c.worker_id == worker_id, jobs.c.status == "running")
@@ -256,7 +256,7 @@ async def release(engine: AsyncEngine, claimed: Sequence[Job]) -> int:
     """
     if not claimed:
         return 0
-    async with writer(engine).begin() as conn:
+    async with bookkeeper(engine).begin() as conn:
         result = await conn.execute(
             jobs.update()
             .where(_fenced(claimed))
@@ -274,7 +274,7 @@ async def release(engine: AsyncEngine, claimed: Sequence[Job]) -> int:
 
 async def prune(engine: AsyncEngine, finished_before: float) -> int:
     """Delete done jobs finished before the given time (dead ones stay for inspection)."""
-    async with writer(engine).begin() as conn:
+    async with bookkeeper(engine).begin() as conn:
         result = await conn.execute(
             jobs.delete().where(jobs.c.status == "done", jobs.c.finished_at < finished_before)
         )
