@@ -125,7 +125,15 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_timeout", 5)
     kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30})
-    return create_async_engine(settings.database_url, **kwargs)
+    engine = create_async_engine(settings.database_url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("relaxed"):
+            # Bookkeeping commits need not wait for the WAL flush (see `bookkeeper`).
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+    return engine
 
 
 def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
@@ -146,7 +154,7 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # Writers take the write lock up front: a deferred transaction that later writes can fail
         # with SQLITE_BUSY instead of waiting for the lock.
         options = conn.get_execution_options()
-        if options.get("sqlite_relaxed"):
+        if options.get("relaxed"):
             conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
         elif options.get("sqlite_immediate"):
             conn.exec_driver_sql(f"PRAGMA synchronous={synchronous.upper()}")
@@ -161,12 +169,12 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
 def bookkeeper(engine: AsyncEngine) -> AsyncEngine:
     """A writer for the queue's own bookkeeping (claims, completions, alert statuses).
 
-    On SQLite its commits skip the fsync (synchronous=NORMAL): losing one to a power cut only makes a
-    job run again, which at-least-once processing already allows, and the next durable commit (an
-    acknowledgement) flushes the WAL it sits in anyway. Anything acknowledged to a client keeps using
-    `writer`. On PostgreSQL the two are the same.
+    Its commits do not wait for the disk (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit off):
+    losing one to a power cut or a crash of the database only makes a job run again, which
+    at-least-once processing already allows, and the next durable commit (an acknowledgement) flushes
+    the log it sits in anyway. Anything acknowledged to a client keeps using `writer`.
     """
-    return engine.execution_options(sqlite_immediate=True, sqlite_relaxed=True)
+    return engine.execution_options(sqlite_immediate=True, relaxed=True)
 
 
 # -- the push outbox (service/outbox.py, service/pusher.py, service/datasets.py) ----------------------
