@@ -38,8 +38,10 @@ run: $(STAMP_RUN)
 demo: $(STAMP_RUN)
 	$(PY) -m service.demo
 
-## test: install what the tests need, then run the whole suite on SQLite and PostgreSQL
+## test: install what the tests need, lint and type-check, then run the whole suite on SQLite and PostgreSQL
 test: $(STAMP_DEV)
+	$(VENV)/bin/ruff check service handlers tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV)
