@@ -5,7 +5,8 @@ bursts of 429 with `Retry-After`, 2 s of latency on every sync-status call (and,
 every dataset call), hangs longer than `RELAY_CODAT_TIMEOUT_SECONDS` (answered 504 when the relay has
 long given up), and — for the
 first pushes — a push that takes longer to process than the relay waits (so the relay's retry meets
-Codat's idempotency cache: 409 while in flight, then the cached answer), every record handed to the
+Codat's idempotency cache: 409 while in flight, then the cached answer; the push endpoint's other
+faults start once those are answered, see `run`), every record handed to the
 relay ends `accepted` in the relay's view, every dataset the sandbox created ends `Complete`, and the
 sandbox records no breach of Codat's push rules (no concurrent push, none over the chunk size, no
 update after sync, no non-sparse delete) and no warning either (nothing pushed twice unchanged: a
@@ -68,8 +69,7 @@ def faults(size: Size) -> dict[str, dict[str, Any]]:
     hangs, burst = (1, 2) if size is FAST else (6, 4)
     common = {"errorRate": 0.2, "errorStatuses": [500, 503], "retryAfterS": 1, "hangS": HANG_S}
     return {
-        # Fast: the slow pushes are the push timeouts (the relay gives up, then meets the cache).
-        "push": {**common, "burst429": burst, "timeouts": 0 if size is FAST else hangs},
+        "push": {**common, "burst429": burst, "timeouts": hangs},
         "dataset": {**common, "burst429": burst, "timeouts": hangs, "latencyS": 0.0 if size is FAST else 2.0},
         "sync_status": {**common, "burst429": burst, "timeouts": hangs, "latencyS": 2.0},
     }
@@ -88,11 +88,14 @@ def record(data_type: str, company: str, i: int, version: int = 1) -> dict[str, 
             **stamp}  # fmt: skip
 
 
-def relay_view(s: Stack, company: str) -> dict[str, dict[str, int]]:
+def company_json(s: Stack, company: str) -> dict[str, Any]:
+    """`GET /v1/companies/{id}` (the relay's view), {} while the company is unknown."""
     answer = httpx.get(f"{s.relay_url}/v1/companies/{company}", headers=ADMIN, timeout=10)
-    if answer.status_code != 200:
-        return {}
-    counts = answer.json().get("records", {})
+    return dict(answer.json()) if answer.status_code == 200 else {}
+
+
+def relay_view(s: Stack, company: str) -> dict[str, dict[str, int]]:
+    counts = company_json(s, company).get("records", {})
     return {t: {state: n for state, n in by_state.items() if n} for t, by_state in counts.items()}
 
 
@@ -153,22 +156,28 @@ def run(database_url: str, tmp_path: Path, size: Size) -> None:
         "RELAY_LOG_LEVEL": "info",
     }
     with stack(database_url, tmp_path, **settings) as s:
-        for endpoint, config in faults(size).items():
-            s.sandbox("PUT", f"/_sandbox/faults/{endpoint}", json=config)
+        configured = faults(size)
+        for endpoint in ("dataset", "sync_status"):
+            s.sandbox("PUT", f"/_sandbox/faults/{endpoint}", json=configured[endpoint])
         s.sandbox("POST", "/_sandbox/config", json={"pushProcessingSeconds": SLOW_PUSH_S})
         companies = [f"co-faults-{i}" for i in range(size.companies)]
         started = time.monotonic()
         sent = intake(s, size, companies, first=True)
-        # The first pushes are slow inside Codat (the relay times out and retries under the same key);
-        # later ones are processed at once, so the run's length is set by the faults, not by this.
+        # The first pushes are slow inside Codat: the relay times out, retries under the same key (409
+        # while Codat is still at it), then gets the cached answer. Later ones are processed at once.
         until(lambda: len(s.sandbox("GET", "/_sandbox/pushes")["results"]), lambda n: n >= size.slow_pushes,
               "the slow pushes", deadline_s=size.deadline_s)  # fmt: skip
         s.sandbox("POST", "/_sandbox/config", json={"pushProcessingSeconds": 0})
-        # Once each company has a Complete dataset in the relay's view, the second wave's pushes make
-        # the relay read Codat's sync status first (a missed sync must not let an update of synced data out).
-        until(lambda: [relay_view(s, c) for c in companies],
-              lambda views: all(any(v.get("accepted") for v in view.values()) for view in views),
-              "a Complete dataset for every company", deadline_s=size.deadline_s)  # fmt: skip
+        # Push faults only once no push of the first wave is open: a slow push whose retries run out
+        # while Codat is still processing it is lost (the strict xfail below), and that bug is pinned
+        # there, deterministically, rather than left to make this test flaky.
+        until(lambda: [company_json(s, c) for c in companies], lambda views: all(
+            v and v["openPushes"] == 0 and not any(by.get("pending") for by in v["records"].values())
+            and any(by.get("accepted") for by in v["records"].values()) for v in views),
+            "the first wave pushed, with a Complete dataset for every company", deadline_s=size.deadline_s)  # fmt: skip
+        s.sandbox("PUT", "/_sandbox/faults/push", json=configured["push"])
+        # Every company holds a Complete dataset now, so each push of the second wave makes the relay
+        # read Codat's sync status first (a missed sync must not let an update of synced data out).
         sent += intake(s, size, companies, first=False)
         try:
             final = until(lambda: converged(s, size, companies), lambda v: v["done"],
