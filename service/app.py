@@ -12,6 +12,7 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -61,7 +62,15 @@ async def codat_error(_request: Request, exc: Exception) -> Response:
     return syncs.codat_error_response(exc)
 
 
+async def http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route matched) and 405, as JSON like every other error of the API."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(code, exc.status_code, headers=dict(exc.headers or {}))
+
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: http_error,
     Rejected: rejected,
     RetryLater: retry_later,
     CodatError: codat_error,

@@ -219,12 +219,12 @@ class CodatClient:
             if isinstance(outcome, httpx.Response) and not retryable(outcome, attempt, method):
                 if outcome.is_success:
                     return outcome
-                raise self._error(endpoint, outcome)
+                raise self._error(endpoint, outcome, method)
             retry_after = retry_after_s(outcome, self._clock.now())
             elapsed = self._clock.now() - started
             wait = self._retry.delay(attempt, retry_after, elapsed, rand=random.random())
             if wait is None:
-                raise self._error(endpoint, outcome)
+                raise self._error(endpoint, outcome, method)
             status = outcome.status_code if isinstance(outcome, httpx.Response) else NO_RESPONSE
             log.warning("codat_retry", endpoint=endpoint, status=status, attempt=attempt, delay_s=wait)
             await self._sleep(wait)
@@ -247,7 +247,7 @@ class CodatClient:
         if self._on_response is not None:
             self._on_response(endpoint, status)
 
-    def _error(self, endpoint: str, outcome: httpx.Response | httpx.TransportError) -> CodatError:
+    def _error(self, endpoint: str, outcome: httpx.Response | httpx.TransportError, method: str) -> CodatError:
         if isinstance(outcome, httpx.TransportError):
             # The exception type only: httpx's message may quote the URL or request, never worth the risk.
             error = CodatUnavailable(f"Codat unreachable on {endpoint}: {type(outcome).__name__}")
@@ -261,6 +261,11 @@ class CodatClient:
         if body.correlation_id:
             message += f" (correlation id {body.correlation_id})"
         cls = error_class_for(status)
+        if status == 409 and method == "POST":
+            # Still in flight at Codat under this Idempotency-Key when our patience ran out: not a refusal.
+            # The caller retries later with the same key and gets the replayed answer (a rejection here
+            # marked records failed while Codat went on to complete their dataset).
+            cls = CodatUnavailable
         if cls is CodatRateLimited:
             return CodatRateLimited(message, body=body, retry_after=retry_after_s(outcome, self._clock.now()))
         return cls(message, status_code=status, body=body)

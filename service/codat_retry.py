@@ -47,9 +47,9 @@ def retryable(response: httpx.Response, attempt: int, method: str) -> bool:
     status = response.status_code
     if status in RETRYABLE_STATUSES or status >= 500:
         return True
-    # 409 on a repeated POST: our own earlier attempt (which timed out here) is still in flight under the
-    # same Idempotency-Key; once it finishes Codat replays its answer, so waiting is the right move.
-    return status == 409 and method == "POST" and attempt > 1
+    # 409 on a POST: an earlier attempt under the same Idempotency-Key (this call's, or the previous run
+    # of the same job's) is still in flight; once it finishes Codat replays its answer, so we wait.
+    return status == 409 and method == "POST"
 
 
 def retry_after_s(outcome: httpx.Response | httpx.TransportError, now: float) -> float | None:

@@ -389,7 +389,7 @@ async def test_conflict_after_a_lost_attempt_waits_for_the_first_to_finish() -> 
         (402, CodatRejected),
         (403, CodatAuthError),
         (404, CodatNotFound),
-        (409, CodatRejected),
+        (409, CodatUnavailable),  # a POST's 409: still in flight under its Idempotency-Key, so transient
         (422, CodatRejected),
         (429, CodatRateLimited),
         (500, CodatUnavailable),
@@ -411,7 +411,7 @@ async def test_each_status_raises_its_error_carrying_codats_body(status: int, er
     assert (err.can_be_retried, err.detailed_error_code) == ("False", 7)
     assert err.validation == validation
     assert f"Codat answered {status} on push_records: Nope" in str(err)
-    retried = status in (429, 500, 503)
+    retried = status in (409, 429, 500, 503)
     assert len(h.upstream.requests) == (2 if retried else 1)
 
 
