@@ -38,13 +38,20 @@ async def _newer(conn: AsyncConnection, company_id: str, at: float, now: float) 
     return bool(result.rowcount)
 
 
+async def _fresh(conn: AsyncConnection, company: str, alert: Alert, ctx: Context, now: float) -> bool:
+    """True when this event is the company's newest; a stale one is logged and changes nothing."""
+    if await _newer(conn, company, event_time(alert, ctx), now):
+        return True
+    ctx.log.info("stale_connection_event")
+    return False
+
+
 async def on_connection_deleted(alert: Alert, ctx: Context) -> Outcome:
     if not alert.company_id:
         return Outcome.IGNORED
     company, now = alert.company_id, ctx.clock.now()
     async with writer(ctx.store).begin() as conn:
-        if not await _newer(conn, company, event_time(alert, ctx), now):
-            ctx.log.info("stale_connection_event")
+        if not await _fresh(conn, company, alert, ctx, now):
             return Outcome.DONE
         await conn.execute(
             companies.update().where(companies.c.id == company).values(
@@ -107,8 +114,7 @@ async def on_connection_status(alert: Alert, ctx: Context) -> Outcome:
         return Outcome.IGNORED
     company, now = alert.company_id, ctx.clock.now()
     async with writer(ctx.store).begin() as conn:
-        if not await _newer(conn, company, event_time(alert, ctx), now):
-            ctx.log.info("stale_connection_event")
+        if not await _fresh(conn, company, alert, ctx, now):
             return Outcome.DONE
         if direction == "resume":
             resumed = await _resume(conn, company, alert, now)
