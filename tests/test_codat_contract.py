@@ -9,7 +9,6 @@ skip it without an optional dependency).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +22,8 @@ from referencing.jsonschema import DRAFT202012
 
 from service.codat import CodatClient, CodatError, CodatRetryPolicy
 from service.codat_models import DATASET_STATUSES, CodatRateLimited, Dataset, SyncStatus, error_class_for
-from tests.conftest import SPECS_DIR
+from tests.specs import load_spec
 
-SPECS = SPECS_DIR
 PUSH_SPEC = "sync-commerce-2023-03-push-beta.json"
 CURRENT_SPEC = "sync-commerce-current.json"
 PLATFORM_SPEC = "platform-current.json"
@@ -45,29 +43,9 @@ def _rfc3339(value: object) -> bool:
     return True
 
 
-def _with_nullable(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_with_nullable(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _with_nullable(value) for key, value in node.items()}
-    if out.pop("nullable", False) is True:
-        if isinstance(out.get("type"), str):
-            out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-        if "$ref" in out:
-            out = {"anyOf": [{"$ref": out.pop("$ref")}, {"type": "null"}], **out}
-    return out
-
-
-def _load(name: str) -> dict[str, Any]:
-    return _with_nullable(json.loads((SPECS / name).read_text()))  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
 def specs() -> dict[str, dict[str, Any]]:
-    return {name: _load(name) for name in (PUSH_SPEC, CURRENT_SPEC, PLATFORM_SPEC)}
+    return {name: load_spec(name) for name in (PUSH_SPEC, CURRENT_SPEC, PLATFORM_SPEC)}
 
 
 def _pointer(*parts: str) -> str:

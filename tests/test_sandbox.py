@@ -25,9 +25,8 @@ from svix.webhooks import Webhook, WebhookVerificationError
 from service.clock import FixedClock
 from service.sandbox import SandboxConfig, create_sandbox_app
 from service.sandbox.edge import Sandbox
-from tests.conftest import SPECS_DIR
+from tests.specs import load_spec
 
-SPECS = SPECS_DIR
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HOOK_URL = "http://receiver.test/webhooks/codat"
 COMPANY = "8a210b68-6988-11ed-a1eb-0242ac120002"
@@ -115,23 +114,6 @@ def order(order_id: str, amount: float = 10.0, modified: str = "2025-06-01T10:00
     return {"id": order_id, "currency": "GBP", "totalAmount": amount, "sourceModifiedDate": modified}
 
 
-def _nullable(node: Any) -> Any:
-    """OpenAPI 3.0 `nullable` → JSON Schema; everything else is kept so `$ref` pointers still resolve."""
-    if isinstance(node, list):
-        return [_nullable(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _nullable(value) for key, value in node.items()}
-    if out.pop("nullable", False) is True:
-        if "$ref" in out:
-            return {"anyOf": [out, {"type": "null"}]}
-        if isinstance(out.get("type"), str):
-            out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    return out
-
-
 @cache
 def _registry() -> Registry:
     registry: Registry = Registry()
@@ -140,7 +122,7 @@ def _registry() -> Registry:
         "sync-commerce-current.json",
         "platform-current.json",
     ):
-        contents = _nullable(json.loads((SPECS / name).read_text()))
+        contents = load_spec(name)
         registry = registry.with_resource(f"urn:{name}", Resource.from_contents(contents, DRAFT202012))
     return registry
 
