@@ -14,11 +14,11 @@ from service import metrics, queue
 from service.clock import Clock
 from service.codat import CodatClient
 from service.dispatch import make_alert_job
-from service.notifications import NOTIFY_JOB_KIND, Notifier
+from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
 from service.pusher import Pusher
 from service.queue import Job
 from service.retry import RetryPolicy
-from service.senders import Sender, build_senders, make_notify_job
+from service.senders import Sender, build_senders
 from service.settings import Settings
 from service.worker import JobFunction, Periodic, Worker
 
@@ -46,7 +46,7 @@ class Runtime:
         pusher = Pusher(self)
         jobs: dict[str, JobFunction] = {
             "alert": make_alert_job(REGISTRY, self),
-            NOTIFY_JOB_KIND: make_notify_job(self.engine, self.senders),
+            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders, self.clock, max_attempts=self.settings.max_attempts),
             **pusher.jobs(),
             PRUNE_KIND: self._prune,
         }

@@ -5,20 +5,13 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
-from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import notifications
-from service.errors import GiveUp
-from service.notifications import payload
-from service.queue import Job
 from service.settings import Settings
 
 SEND_TIMEOUT_S = 10.0
@@ -113,18 +106,3 @@ def build_senders(settings: Settings, client: httpx.AsyncClient) -> dict[str, Se
     if settings.notify_email_to and settings.smtp_url is not None:
         senders["email"] = EmailSender(settings.smtp_url.get_secret_value(), settings.notify_email_to)
     return senders
-
-
-def make_notify_job(engine: AsyncEngine, senders: Mapping[str, Sender]) -> Callable[[Job, int], Any]:
-    async def run(job: Job, _attempt: int) -> None:
-        sender = senders.get(str(job.payload.get("sender")))
-        if sender is None:
-            raise GiveUp(f"sender {job.payload.get('sender')!r} is no longer configured")
-        query = sa.select(notifications).where(notifications.c.id == job.payload.get("notification_id"))
-        async with engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            raise GiveUp("notification row is gone")
-        await sender.send(payload(row))
-
-    return run

@@ -21,11 +21,14 @@ from starlette.routing import Route
 
 from service.clock import FixedClock, SystemClock
 from service.db import create_engine, jobs, notifications
-from service.notifications import Kind, Notification, Notifier
+from service.notifications import DeliveryPolicy, Kind, Notification, Notifier
+from service.queue import Job, enqueue
 from service.retry import RetryPolicy
-from service.runtime import build_runtime
+from service.runtime import Runtime, build_runtime
 from service.senders import EmailSender, slack_text
+from service.worker import Worker
 from tests.conftest import make_settings
+from tests.queue_helpers import job_rows
 
 
 def free_port() -> int:
@@ -201,3 +204,128 @@ async def test_httpx_client_is_closed_with_the_runtime(database_url: str) -> Non
     with pytest.raises(RuntimeError):
         await runtime.http.get("http://127.0.0.1:1/")
     assert isinstance(runtime.http, httpx.AsyncClient)
+
+
+class FixedRng:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(("tries", "shortest", "longest"), [
+    (1, 2.5, 5.0), (2, 5.0, 10.0), (5, 40.0, 80.0), (8, 320.0, 640.0), (9, 450.0, 900.0), (500, 450.0, 900.0),
+])  # fmt: skip
+def test_delivery_backoff_doubles_up_to_fifteen_minutes(tries: int, shortest: float, longest: float) -> None:
+    """The wait after each failed delivery doubles from 5 s, is capped at 15 minutes, and is never below half."""
+    policy = DeliveryPolicy()
+    assert policy.delay(tries, FixedRng(0.0)) == shortest
+    assert policy.delay(tries, FixedRng(0.999999)) == pytest.approx(longest, rel=1e-5)
+
+
+async def drive_clock(clock: FixedClock, worker: Worker, runtime: Runtime, done: Any, *, step_s: float = 0.0) -> None:
+    """Move the injected clock to the next retry (at least `step_s` on) whenever nothing is running or due.
+
+    Advancing only when every waiting job is in the future means no job can be claimed meanwhile, so the
+    jump never expires a running job's lease.
+    """
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, "the notification jobs stopped making progress"
+        active = [r for r in await job_rows(runtime.engine) if r["status"] in ("waiting", "running")]
+        if active and all(r["status"] == "waiting" and r["run_at"] > clock.now() for r in active):
+            clock.set(max(min(r["run_at"] for r in active), clock.now() + step_s))
+            worker.wake()
+        await asyncio.sleep(0.01)
+
+
+async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(database_url: str) -> None:
+    """With the default RELAY_MAX_ATTEMPTS (10), a target refusing 14 times in a row still gets it, once."""
+    target, clock = Target(), FixedClock()
+    target.down = True
+    async with serving(target.app) as url:
+        settings = make_settings(database_url, notify_webhook_url=f"{url}/hook")
+        assert settings.max_attempts == 10
+        engine = create_engine(settings)
+        runtime = await build_runtime(settings, engine, clock)
+        worker = runtime.build_worker()
+        await runtime.notifier.notify(failed_dataset())
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await drive_clock(clock, worker, runtime, lambda: target.refusals >= 14)
+            target.down = False
+            await drive_clock(clock, worker, runtime, lambda: len(target.received) >= 1)
+            rows = await job_rows(engine, kind="notify")
+        finally:
+            stop.set()
+            await task
+            await runtime.close()
+            await engine.dispose()
+    assert [m["datasetId"] for m in target.received] == ["ds-1"]
+    webhook = [r for r in rows if r["payload"]["sender"] == "webhook"]
+    assert [r["status"] for r in webhook] == ["done"] * len(webhook) and len(webhook) >= 2  # handed over, none dead
+    assert webhook[-1]["payload"]["tries"] >= 10
+    assert clock.now() - 1_750_000_000.0 < 6 * 3600  # 14 tries took hours of (injected) time, not days
+
+
+async def test_a_notification_undelivered_for_five_days_is_reported_to_the_other_senders(database_url: str) -> None:
+    """The webhook refuses for over 5 days: its job dies, and Slack (and the log) hear once what it missed."""
+    webhook, slack, clock = Target(), Target(), FixedClock()
+    webhook.down = True
+    async with serving(webhook.app) as webhook_url, serving(slack.app) as slack_url:
+        settings = make_settings(database_url, notify_webhook_url=f"{webhook_url}/hook",
+                                 notify_slack_webhook_url=f"{slack_url}/hook")  # fmt: skip
+        engine = create_engine(settings)
+        runtime = await build_runtime(settings, engine, clock)
+        worker = runtime.build_worker()
+        await runtime.notifier.notify(failed_dataset())
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+
+        async def dead() -> bool:
+            return any(r["status"] == "dead" for r in await job_rows(engine, kind="notify"))
+
+        dead_seen: list[bool] = []
+        try:
+            await drive_clock(clock, worker, runtime, lambda: len(slack.received) >= 2, step_s=6 * 3600)
+            dead_seen.append(await dead())
+            stored = await rows(database_url, notifications)
+            sent = await job_rows(engine, kind="notify")
+        finally:
+            stop.set()
+            await task
+            await runtime.close()
+            await engine.dispose()
+    assert dead_seen == [True] and webhook.received == [] and webhook.refusals >= 10
+    assert clock.now() - 1_750_000_000.0 >= 5 * 86_400
+    original, lost = slack.received
+    assert "*dataset_failed*" in original["text"]
+    assert lost["text"].startswith(":rotating_light: *alert_dead*") and "never reached webhook" in lost["text"]
+    [report] = [n for n in stored if n["kind"] == "alert_dead"]
+    assert report["details"]["lostKind"] == "dataset_failed" and report["company_id"] == "co-1"
+    assert sorted(j["payload"]["sender"] for j in sent if j["payload"]["notification_id"] == report["id"]) == [
+        "log", "slack"]  # fmt: skip
+    assert [j["status"] for j in sent if j["payload"]["sender"] == "webhook"].count("dead") == 1
+
+
+async def test_a_job_that_died_after_handing_over_tells_nobody(database_url: str) -> None:
+    """A notify job killed after enqueueing its successor (a lost lease) reports no loss: the successor lives."""
+    settings = make_settings(database_url)
+    engine = create_engine(settings)
+    notifier = Notifier(engine, ["log", "webhook"], dedupe_s=3600, clock=FixedClock())
+    try:
+        note_id = await notifier.notify(failed_dataset())
+        payload = {"notification_id": note_id, "sender": "webhook"}
+        await enqueue(engine, "notify", payload, now=1.0, queueing_lock=f"notify:{note_id}:webhook", run_at=2e9)
+        old, _successor = [r for r in await job_rows(engine, kind="notify") if r["payload"]["sender"] == "webhook"]
+        job = Job(id=old["id"], kind="notify", payload=payload, lock_key=None, queueing_lock=None, attempts=11,
+                  run_at=0.0, created_at=0.0)  # fmt: skip
+        await notifier.job_dead(job, "lease expired")
+        await notifier.job_dead(Job(id=old["id"], kind="notify", payload={**payload, "sender": "gone"},
+                                    lock_key=None, queueing_lock=None, attempts=11, run_at=0.0, created_at=0.0),
+                                "sender 'gone' is no longer configured")  # fmt: skip
+    finally:
+        await engine.dispose()
+    assert [n["kind"] for n in await rows(database_url, notifications)] == ["dataset_failed"]
