@@ -160,6 +160,36 @@ async def test_bad_signatures_are_refused_and_nothing_is_stored(
     assert await stored(settings) == []
 
 
+@pytest.mark.parametrize(
+    ("timestamp", "error"),
+    [
+        ("9" * 310, "timestamp_out_of_tolerance"),
+        (str(int(NOW * 1000)), "timestamp_out_of_tolerance"),
+        (f"-{int(NOW)}", "invalid_signature"),
+        ("-1", "invalid_signature"),
+        (f" {int(NOW)}", "invalid_signature"),
+        (f"{int(NOW)}.5", "invalid_signature"),
+        ("1_750_000_000", "invalid_signature"),
+        ("175000000\u00b2", "invalid_signature"),  # a Latin-1 "digit" to str.isdigit(), not to int()
+        ("1e9", "invalid_signature"),
+    ],
+    ids=["310-digits", "milliseconds", "negative", "minus-one", "space", "fraction", "underscores",
+         "superscript", "exponent"],
+)  # fmt: skip
+async def test_malformed_timestamps_answer_401_and_store_nothing(
+    database_url: str, clock: FixedClock, timestamp: str, error: str
+) -> None:
+    """A timestamp that is not 1-12 ASCII digits is a 401 (never a 500 from an overflow); nothing is stored."""
+    settings = make_settings(database_url, webhook_auth_header=None)
+    body = json.dumps(read_completed_body(("commerce-orders", "Complete"))).encode()
+    headers: dict[str, Any] = {**svix_headers(body), "webhook-timestamp": timestamp.encode("latin-1")}
+    async with running_app(settings, clock=clock) as (_, client):
+        response = await client.post("/webhooks/codat", content=body, headers=headers)
+    assert (response.status_code, response.json()) == (401, {"error": error})
+    assert await stored(settings) == []
+    assert await job_count(settings) == 0
+
+
 async def test_signature_over_other_bytes_is_refused(database_url: str, clock: FixedClock) -> None:
     """The raw bytes are verified: the same JSON re-serialised does not match."""
     settings = make_settings(database_url)
