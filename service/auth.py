@@ -24,10 +24,12 @@ def check_bearer(request: Request, expected: SecretStr | None) -> None:
     if header is None:
         raise MissingAuthentication()
     scheme, _, token = header.partition(" ")
-    # An unset token refuses everything: an endpoint is never open because configuration is missing.
-    if expected is None or scheme.lower() != "bearer":
+    # An unset or empty token refuses everything: an endpoint is never open because configuration is
+    # missing (settings refuse an empty token too; this holds for `Settings` built any other way).
+    want = "" if expected is None else expected.get_secret_value()
+    if not want or scheme.lower() != "bearer":
         raise InvalidToken()
-    if not hmac.compare_digest(token.strip().encode(), expected.get_secret_value().encode()):
+    if not hmac.compare_digest(token.strip().encode(), want.encode()):
         raise InvalidToken()
 
 

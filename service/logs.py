@@ -6,12 +6,16 @@ import logging
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
-from service.settings import Settings
+from service.settings import SECRET_FIELDS, Settings
 
 REDACTED = "[redacted]"
+# Shorter secrets are blanked only where a value is exactly the secret: scrubbing a two-letter Codat
+# key out of every string would blank ordinary words. The bearer tokens are at least this long.
+MIN_SUBSTRING_CHARS = 8
 SENSITIVE_KEYS = frozenset({"authorization", "api_key", "token", "secret", "password", "webhook-signature"})
 
 
@@ -19,7 +23,9 @@ class Redactor:
     """A processor that blanks sensitive keys and any known secret value wherever it appears."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        known = {s for s in secrets if s}
+        self._secrets = sorted((s for s in known if len(s) >= MIN_SUBSTRING_CHARS), key=len, reverse=True)
+        self._short = frozenset(s for s in known if len(s) < MIN_SUBSTRING_CHARS)
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in list(event.items()):
@@ -31,6 +37,8 @@ class Redactor:
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
+            if value in self._short:
+                return REDACTED
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
@@ -44,11 +52,13 @@ class Redactor:
 
 def secret_values(settings: Settings) -> list[str]:
     values = [s.get_secret_value() for s in settings.webhook_secrets]
-    for field in ("codat_api_key", "webhook_auth_header", "api_token", "admin_token",
-                  "notify_slack_webhook_url", "smtp_url"):
+    for field in SECRET_FIELDS:
         secret = getattr(settings, field)
         if secret is not None:
             values.append(secret.get_secret_value())
+    if settings.smtp_url is not None:  # smtplib's errors can show the password without the URL around it
+        password = urlsplit(settings.smtp_url.get_secret_value()).password or ""
+        values += [password, unquote(password)]
     return values
 
 

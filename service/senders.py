@@ -99,8 +99,8 @@ class LogSender:
 def build_senders(settings: Settings, client: httpx.AsyncClient) -> dict[str, Sender]:
     """Every configured sender, plus the log, which always hears everything."""
     senders: dict[str, Sender] = {"log": LogSender()}
-    if settings.notify_webhook_url:
-        senders["webhook"] = WebhookSender(client, settings.notify_webhook_url)
+    if settings.notify_webhook_url is not None:
+        senders["webhook"] = WebhookSender(client, settings.notify_webhook_url.get_secret_value())
     if settings.notify_slack_webhook_url is not None:
         senders["slack"] = SlackSender(client, settings.notify_slack_webhook_url.get_secret_value())
     if settings.notify_email_to and settings.smtp_url is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +13,13 @@ ENV_PREFIX = "RELAY_"
 CODAT_MAX_PUSH_RECORDS = 5000  # Codat's own ceiling per push (FACTS.md §2 rule 4)
 # Variables with the prefix that are not settings of the service itself.
 FOREIGN_VARIABLES = frozenset({"RELAY_TEST_POSTGRES_URL", "RELAY_LOCAL_ENV_FILE"})
+# The operator invents the bearer tokens: a short one is guessable, and the log redactor only blanks
+# secrets of this length or more wherever they appear (service/logs.py).
+MIN_TOKEN_CHARS = 8
+SECRET_FIELDS = (
+    "codat_api_key", "webhook_auth_header", "api_token", "admin_token",
+    "notify_webhook_url", "notify_slack_webhook_url", "smtp_url",
+)  # fmt: skip
 
 
 class SettingsError(Exception):
@@ -19,7 +27,8 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # No inf/nan: `RELAY_PUSH_INTERVAL_SECONDS=inf` would pass `gt=0` and then never push.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False)
 
     database_url: str = "sqlite+aiosqlite:///./codat-relay.db"
     host: str = "127.0.0.1"
@@ -51,7 +60,7 @@ class Settings(BaseSettings):
     repush_max_attempts: int = Field(default=3, ge=0)
     repush_backoff_seconds: float = Field(default=30.0, ge=0)
 
-    notify_webhook_url: str | None = None
+    notify_webhook_url: SecretStr | None = None  # a generic webhook URL may carry a token
     notify_slack_webhook_url: SecretStr | None = None
     notify_email_to: str | None = None
     smtp_url: SecretStr | None = None
@@ -74,6 +83,47 @@ class Settings(BaseSettings):
 
         for secret in value:
             decode_secret(secret.get_secret_value())  # raises ValueError with a safe message
+        return value
+
+    @field_validator(*SECRET_FIELDS)
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # `RELAY_ADMIN_TOKEN=""` must not become a token that `Authorization: Bearer ` matches.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("api_token", "admin_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters")
+        return value
+
+    @field_validator("codat_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+    @field_validator("notify_webhook_url", "notify_slack_webhook_url")
+    @classmethod
+    def _check_notify_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_http_url(value.get_secret_value())
+        return value
+
+    @field_validator("notify_email_to")
+    @classmethod
+    def _check_addresses(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        addresses = [part.strip() for part in value.split(",") if part.strip()]
+        if not addresses:
+            raise ValueError("must list at least one e-mail address")
+        for address in addresses:
+            local, at, domain = address.partition("@")
+            if not (at and local and domain) or "@" in domain:
+                raise ValueError(f"{address!r} is not an e-mail address (one @ with text on both sides)")
         return value
 
     @field_validator("database_url")
@@ -99,10 +149,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _email_needs_smtp(self) -> Settings:
-        if bool(self.notify_email_to) != (self.smtp_url is not None):
+        if (self.notify_email_to is not None) != (self.smtp_url is not None):
             raise ValueError("RELAY_NOTIFY_EMAIL_TO and RELAY_SMTP_URL go together: set both or neither")
-        if self.smtp_url is not None and not self.smtp_url.get_secret_value().startswith(("smtp://", "smtps://")):
-            raise ValueError("RELAY_SMTP_URL must start with smtp:// or smtps://")
+        if self.smtp_url is not None:
+            # The message never repeats the URL: it may hold a password.
+            scheme, host = _scheme_and_host(self.smtp_url.get_secret_value())
+            if scheme not in ("smtp", "smtps"):
+                raise ValueError("RELAY_SMTP_URL: must start with smtp:// or smtps://")
+            if not host:
+                raise ValueError("RELAY_SMTP_URL: needs a host (smtp://user:pass@host:port)")
         return self
 
     @property
@@ -112,6 +167,22 @@ class Settings(BaseSettings):
     @property
     def webhook_auth_configured(self) -> bool:
         return bool(self.webhook_secrets or self.webhook_auth_header)
+
+
+def _scheme_and_host(url: str) -> tuple[str, str | None]:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme, parts.hostname
+    except ValueError:  # a malformed IPv6 literal
+        return "", None
+
+
+def check_http_url(url: str) -> str:
+    """An http(s) URL with a host; the message never repeats the URL (it may carry a token)."""
+    scheme, host = _scheme_and_host(url)
+    if scheme not in ("http", "https") or not host:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
 
 
 def env_name(field: str) -> str:
@@ -147,6 +218,8 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = error["loc"]
-        name = env_name(str(loc[0])) if loc else "settings"
-        parts.append(f"{name}: {error['msg']}")
+        name = env_name(str(loc[0])) if loc else ""
+        message = error["msg"].removeprefix("Value error, ")
+        # A check across settings has no location: its message names the variables itself.
+        parts.append(f"{name}: {message}" if loc else message)
     return "invalid settings: " + "; ".join(parts)

@@ -83,5 +83,6 @@ def check_authorization(header: str | None, expected: str) -> None:
     """Legacy deliveries: the client-chosen `Authorization` value, compared in constant time."""
     if header is None:
         raise MissingAuthentication()
-    if not hmac.compare_digest(header.encode(), expected.encode()):
+    # An empty expected value would let an empty `Authorization` header in.
+    if not expected or not hmac.compare_digest(header.encode(), expected.encode()):
         raise InvalidCredentials()

@@ -158,7 +158,8 @@ def interpolate(value: str, sample: dict[str, str]) -> str:
 
     def one(match: re.Match[str]) -> str:
         name, op, arg = match.groups()
-        return sample.get(name) or (arg if op == "-" else "example")
+        # A required value stands in for a real secret, so it is as long as settings demand of a token.
+        return sample.get(name) or (arg if op == "-" else "example-value")
 
     return INTERPOLATION.sub(one, value)
 
