@@ -12,10 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import outbox
 from service.db import companies, jobs, records, writer
-from service.notifications import Kind, Notification
+from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
 from service.types import Alert, Context, Outcome
 
-CONNECTION_DELETED = "connection_deleted"  # the pause reason a reconnection may lift
 RESUMING = frozenset({"connection.created", "connection.connected", "connection.reconnected"})
 NEEDS_A_PERSON = frozenset({"connection.disconnected", "connection.failed"})
 LINKED = frozenset({"linked"})
@@ -55,9 +54,11 @@ async def on_connection_deleted(alert: Alert, ctx: Context) -> Outcome:
             return Outcome.DONE
         await conn.execute(
             companies.update().where(companies.c.id == company).values(
-                paused=True, pause_reason=CONNECTION_DELETED, connection_status="deleted",
-                connection_id=alert.connection_id, connection_deleted_at=now, updated_at=now)
+                connection_status="deleted", connection_id=alert.connection_id, connection_deleted_at=now,
+                updated_at=now)
         )  # fmt: skip
+        # A company already paused keeps its reason (a manual pause stays manual; a push's 404 got here first).
+        await outbox.pause_unless_paused(conn, company, outbox.CONNECTION_DELETED, now)
         # Pushes waiting for this company (re-pushes among them) would only find it paused: drop them.
         cancelled = await conn.execute(
             jobs.delete().where(jobs.c.kind == outbox.PUSH_KIND, jobs.c.status == "waiting",
@@ -65,11 +66,10 @@ async def on_connection_deleted(alert: Alert, ctx: Context) -> Outcome:
         )  # fmt: skip
         await ctx.notifier.notify(Notification(
             Kind.CONNECTION_DELETED, "The merchant's sync connection was deleted: pushes are paused",
-            company_id=company, subject=alert.connection_id or company,
-            details={"connectionId": alert.connection_id, "alertId": alert.delivery_id,
-                     "action": "Ask the merchant to reconnect their accounting software"},
+            company_id=company, subject=CONNECTION_SUBJECT,
+            details={"connectionId": alert.connection_id, "alertId": alert.delivery_id, "action": ACTION_RECONNECT},
         ), conn)  # fmt: skip
-    ctx.log.info("company_paused", reason=CONNECTION_DELETED, cancelled_pushes=cancelled.rowcount)
+    ctx.log.info("company_paused", reason=outbox.CONNECTION_DELETED, cancelled_pushes=cancelled.rowcount)
     return Outcome.DONE
 
 
@@ -89,10 +89,13 @@ def _direction(alert: Alert) -> str | None:
 
 
 async def _resume(conn: AsyncConnection, company: str, alert: Alert, now: float) -> int:
-    """Lift a connection-deleted pause (a manual pause stays) and push the backlog."""
+    """Lift a pause a deleted or unknown connection caused (a manual pause stays) and push the backlog."""
+    # The connection is back: a later deletion or lost authorisation is a new problem, told at once.
+    for kind in (Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED):
+        await forget(conn, kind, company, CONNECTION_SUBJECT)
     result = await conn.execute(
         companies.update()
-        .where(companies.c.id == company, companies.c.pause_reason == CONNECTION_DELETED)
+        .where(companies.c.id == company, companies.c.pause_reason.in_(sorted(outbox.CONNECTION_PAUSES)))
         .values(paused=False, pause_reason=None, connection_status="linked",
                 connection_id=alert.connection_id, updated_at=now)
     )  # fmt: skip
@@ -124,7 +127,7 @@ async def on_connection_status(alert: Alert, ctx: Context) -> Outcome:
                            .values(connection_status="unlinked", updated_at=now))  # fmt: skip
         await ctx.notifier.notify(Notification(
             Kind.AUTH_REQUIRED, "The merchant's accounting connection needs re-authorising",
-            company_id=company, subject=alert.connection_id or company,
+            company_id=company, subject=CONNECTION_SUBJECT,
             details={"connectionId": alert.connection_id, "event": alert.type,
                      "action": "Ask the merchant to re-authorise the connection in Codat Link"},
         ), conn)  # fmt: skip

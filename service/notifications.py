@@ -15,6 +15,7 @@ days is it dead, and then the other senders are told what was lost.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import random
 import uuid
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from service.senders import Sender
 
 NOTIFY_JOB_KIND = "notify"
+MAX_KEY_CHARS = 255  # notification_dedupe.key
 log = structlog.get_logger("service.notifications")
 
 
@@ -49,6 +51,11 @@ class Kind(enum.StrEnum):
     AUTH_REQUIRED = "auth_required"
     ALERT_DEAD = "alert_dead"
 
+
+# The subject of problems with a company's accounting connection (deleted, needs re-authorising): one
+# per company, whoever notices it first (the push that got 404, the webhook, the dataset's AuthError).
+CONNECTION_SUBJECT = "connection"
+ACTION_RECONNECT = "Ask the merchant to reconnect their accounting software in Codat Link"
 
 CRITICAL = frozenset({Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED, Kind.REPUSH_EXHAUSTED, Kind.ALERT_DEAD})
 
@@ -69,8 +76,22 @@ class Notification:
 
     @property
     def dedupe_key(self) -> str:
-        subject = self.subject or self.dataset_id or self.data_type or ""
-        return f"{self.kind.value}|{self.company_id or ''}|{subject}"[:255]
+        return dedupe_key(self.kind, self.company_id, self.subject or self.dataset_id or self.data_type or "")
+
+
+def dedupe_key(kind: Kind, company_id: str | None, subject: str) -> str:
+    key = f"{kind.value}|{company_id or ''}|{subject}"
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    # Two long ids sharing a prefix must not become one problem: keep a prefix, add a digest of the rest.
+    digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return f"{key[: MAX_KEY_CHARS - len(digest) - 1]}#{digest}"
+
+
+async def forget(conn: AsyncConnection, kind: Kind, company_id: str, subject: str) -> None:
+    """The problem was resolved: the next occurrence is a new problem, told at once (not after the window)."""
+    key = dedupe_key(kind, company_id, subject)
+    await conn.execute(notification_dedupe.delete().where(notification_dedupe.c.key == key))
 
 
 def payload(row: sa.RowMapping) -> dict[str, Any]:

@@ -22,6 +22,10 @@ from service.db import companies, jobs, records, writer
 from service.records import Record
 
 PUSH_KIND = "push"
+# Why a company is paused. The connection reasons are lifted by a reconnection; a manual one only by a person.
+CONNECTION_DELETED = "connection_deleted"  # Codat said the connection was deleted
+CODAT_NOT_FOUND = "codat_not_found"  # a push found no company or connection in Codat (a 404)
+CONNECTION_PAUSES = frozenset({CONNECTION_DELETED, CODAT_NOT_FOUND})
 
 LOOKUP_CHUNK = 1000  # ids per `IN (...)`: well under both backends' bound-parameter limits
 INTAKE_ATTEMPTS = 3  # a concurrent intake of the same new id, or a deadlock, costs one retry
@@ -225,15 +229,32 @@ async def _write(
 async def set_paused(
     engine: AsyncEngine, company_id: str, *, paused: bool, reason: str | None, now: float
 ) -> bool:
-    """Pause (creating the company if needed) or resume; False when resuming an unknown company."""
+    """Pause or resume a company codat-relay knows; False (and nothing created) for an unknown one.
+
+    An unknown id is an operator's typo far more often than a company to come: pausing it would invent
+    a company that Codat may never have, and the API answers 404 for unknown ids (CONTRACT.md).
+    """
     async with writer(engine).begin() as conn:
-        if paused:
-            await ensure_company(conn, company_id, now)
         result = await conn.execute(
             companies.update()
             .where(companies.c.id == company_id)
             .values(paused=paused, pause_reason=reason if paused else None, updated_at=now)
         )
+    return bool(result.rowcount)
+
+
+async def pause_unless_paused(conn: AsyncConnection, company_id: str, reason: str, now: float) -> bool:
+    """Pause for `reason` unless already paused; True when this call paused it.
+
+    An existing pause keeps its reason, so whoever lifts that reason still recognises it: a manual pause
+    stays manual, and a deleted connection's pause is not turned into one a reconnection cannot lift.
+    """
+    await ensure_company(conn, company_id, now)
+    result = await conn.execute(
+        companies.update()
+        .where(companies.c.id == company_id, companies.c.paused.is_(False))
+        .values(paused=True, pause_reason=reason, updated_at=now)
+    )
     return bool(result.rowcount)
 
 

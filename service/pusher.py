@@ -27,13 +27,14 @@ from service import metrics, queue
 from service.codat import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
 from service.db import datasets, push_records, pushes, records, writer
 from service.errors import RetryLater
-from service.notifications import Kind, Notification
-from service.outbox import IS_PENDING, PUSH_KIND, State, is_paused, lock_outbox, set_paused
+from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
+from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, State, is_paused, lock_outbox, pause_unless_paused
 from service.queue import Job, describe_error
 from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy, Tracker, TrackingDeps
 from service.worker import JobFunction, Periodic
 
 RATE_LIMIT_WAIT_S = 30  # when Codat's 429 carries no Retry-After
+API_KEY_SUBJECT = "api_key"  # an auth_required about codat-relay's own key, not the merchant's connection
 log = structlog.get_logger("service.pusher")
 
 
@@ -160,7 +161,7 @@ class Pusher:
                 push.company_id, push.data_type, push.payload, idempotency_key=push.id
             )
         except CodatNotFound as exc:
-            await self._abandon(push, exc, pause="codat_not_found")
+            await self._abandon(push, exc, pause=CODAT_NOT_FOUND)
             return False
         except CodatAuthError as exc:
             await self._abandon(push, exc, pause=None)
@@ -212,15 +213,36 @@ class Pusher:
         )  # fmt: skip
 
     async def _abandon(self, push: Push, exc: Exception, *, pause: str | None) -> None:
-        """Codat never took the push (no company or connection, or our key refused): records wait again."""
-        kind = Kind.AUTH_REQUIRED if isinstance(exc, CodatAuthError) else Kind.CONNECTION_DELETED
+        """Codat never took the push (no company or connection, or our key refused): records wait again.
+
+        A 404 pauses the company unless it is paused already (an existing reason is kept, see
+        `pause_unless_paused`), and only the push that paused it tells staff: once per company, with the
+        same subject as the connection-deleted webhook, so a deletion is one notification, not one per
+        data type plus one for the webhook.
+        """
+        now = self._deps.clock.now()
+        details = {"pushId": push.id, "records": push.record_count, "error": describe_error(exc)}
         async with writer(self._engine).begin() as conn:
             await self._close(conn, push, "abandoned", describe_error(exc), State.PENDING)
-            await self._tell(conn, push, kind, f"Codat refused a push: {exc}")
-        if pause is not None:
-            await set_paused(self._engine, push.company_id, paused=True, reason=pause, now=self._deps.clock.now())
+            paused = pause is not None and await pause_unless_paused(conn, push.company_id, pause, now)
+            note: Notification | None = None
+            if isinstance(exc, CodatAuthError):
+                # Our API key, not the merchant's connection: one problem per company, whatever the data type.
+                note = Notification(
+                    Kind.AUTH_REQUIRED, "Codat refused codat-relay's API key for a push", company_id=push.company_id,
+                    data_type=push.data_type, subject=API_KEY_SUBJECT,
+                    details={**details, "action": "Check RELAY_CODAT_API_KEY and its rights"},
+                )  # fmt: skip
+            elif paused:
+                note = Notification(
+                    Kind.CONNECTION_DELETED, "Codat no longer knows this company's connection (a push got 404): "
+                    "pushes are paused", company_id=push.company_id, data_type=push.data_type,
+                    subject=CONNECTION_SUBJECT, details={**details, "action": ACTION_RECONNECT},
+                )  # fmt: skip
+            if note is not None:
+                await self._deps.notifier.notify(note, conn)
         log.warning("push_abandoned", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
-                    error=describe_error(exc), paused=pause is not None)  # fmt: skip
+                    error=describe_error(exc), paused=paused)  # fmt: skip
 
     async def _reject(self, push: Push, exc: CodatRejected) -> None:
         async with writer(self._engine).begin() as conn:

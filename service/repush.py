@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import metrics
 from service.datasets import COMPLETE, Applied
 from service.db import datasets, records
-from service.notifications import Kind, Notification, Notifier
+from service.notifications import CONNECTION_SUBJECT, Kind, Notification, Notifier
 from service.outbox import State, requeue_failed, schedule_push
 
 AUTH_ERRORS = frozenset({"AuthError", "PermissionsError"})
@@ -66,8 +66,11 @@ async def after_failure(
     base = {"company_id": applied.company_id, "data_type": applied.data_type, "dataset_id": applied.dataset_id}
     if not applied.repush_may_clear or push_id is None:
         kind = Kind.AUTH_REQUIRED if applied.status in AUTH_ERRORS else Kind.DATASET_FAILED
+        # Re-authorising is one act of the merchant's, however many datasets it failed: one problem per
+        # company. A dataset's own failure (validation, configuration) is a problem of that dataset.
+        subject = CONNECTION_SUBJECT if kind is Kind.AUTH_REQUIRED else applied.dataset_id
         await notifier.notify(Notification(
-            kind, f"Dataset {applied.dataset_id} ended {applied.status}", **base,
+            kind, f"Dataset {applied.dataset_id} ended {applied.status}", **base, subject=subject,
             details={"status": applied.status, "message": error_message, "records": applied.records,
                      "action": ACTIONS.get(applied.status, "Look at the dataset in Codat.")},
         ), conn)  # fmt: skip
