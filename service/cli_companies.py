@@ -51,7 +51,8 @@ async def companies_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 
 async def companies_pause(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    await set_paused(engine, args.id, paused=True, reason=MANUAL_PAUSE, now=SystemClock().now())
+    if not await set_paused(engine, args.id, paused=True, reason=MANUAL_PAUSE, now=SystemClock().now()):
+        raise cli.CommandFailed(f"no company {args.id}")
     emit({"id": args.id, "paused": True, "pauseReason": MANUAL_PAUSE}, args)
     return 0
 

@@ -132,7 +132,8 @@ async def show_company(request: Request) -> Response:
 async def pause(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     company_id = request.path_params["company_id"]
-    await set_paused(runtime.engine, company_id, paused=True, reason=MANUAL_PAUSE, now=runtime.clock.now())
+    if not await set_paused(runtime.engine, company_id, paused=True, reason=MANUAL_PAUSE, now=runtime.clock.now()):
+        raise NotFound(f"no company {company_id}")
     return json_response({"id": company_id, "paused": True, "pauseReason": MANUAL_PAUSE})
 
 

@@ -149,12 +149,15 @@ async def test_changes_to_synced_records_are_conflicts(relay: Relay) -> None:
 
 
 async def test_pause_resume_and_company_view(relay: Relay) -> None:
-    """Pause and resume answer 200; the view shows state, counts by data type and state."""
+    """Pause and resume answer 200 (404 while the company is unknown); the view shows state and counts."""
     assert (await relay.client.get(f"/v1/companies/{COMPANY}", headers=ADMIN)).status_code == 404
     assert (await relay.client.post(f"/v1/companies/{COMPANY}/resume", headers=ADMIN)).status_code == 404
+    unknown = await relay.client.post(f"/v1/companies/{COMPANY}/pause", headers=ADMIN)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
+    assert (await relay.client.get(f"/v1/companies/{COMPANY}", headers=ADMIN)).status_code == 404  # none invented
+    await relay.put([order("a"), order("b")])
     paused = await relay.client.post(f"/v1/companies/{COMPANY}/pause", headers=ADMIN)
     assert paused.status_code == 200 and paused.json()["paused"] is True
-    await relay.put([order("a"), order("b")])
     await relay.put([{"id": "p-1", "amount": 1}], data_type="payments")
     view = (await relay.client.get(f"/v1/companies/{COMPANY}", headers=ADMIN)).json()
     assert view["paused"] is True and view["pauseReason"] == "manual"

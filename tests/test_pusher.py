@@ -158,6 +158,7 @@ async def test_12001_records_go_in_three_pushes_of_at_most_5000(env: Env) -> Non
 
 async def test_paused_company_takes_intake_and_pushes_only_after_resume(env: Env) -> None:
     """Paused: intake still answers 202, nothing is pushed; resume pushes what waited."""
+    assert (await env.put([])).status_code == 202  # codat-relay knows the company: only a known one is paused
     assert (await env.relay.post(f"/v1/companies/{env.company}/pause", headers=ADMIN)).status_code == 200
     assert (await env.put([order("p-1")])).status_code == 202
     view = (await env.relay.get(f"/v1/companies/{env.company}", headers=ADMIN)).json()

@@ -81,11 +81,12 @@ def test_show_pause_resume(env: dict[str, str], db: Path) -> None:
     assert waiting == {f"push:{COMPANY}:commerce-{t}" for t in ("orders", "payments", "transactions")}
 
 
-@pytest.mark.parametrize("action", ["show", "resume", "repush"])
-def test_unknown_company_exits_1_with_one_line(env: dict[str, str], action: str) -> None:
-    """An unknown company: exit 1 and one line naming it."""
+@pytest.mark.parametrize("action", ["show", "pause", "resume", "repush"])
+def test_unknown_company_exits_1_with_one_line(env: dict[str, str], db: Path, action: str) -> None:
+    """An unknown company: exit 1 and one line naming it; nothing is created (pause used to invent it)."""
     result = run(env, "companies", action, "nope")
     assert result.returncode == 1 and result.stderr.strip().splitlines() == ["codat-relay: no company nope"]
+    assert sql(db, "SELECT count(*) FROM companies") == [(0,)]
 
 
 @pytest.mark.parametrize(
