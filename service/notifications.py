@@ -19,7 +19,7 @@ import hashlib
 import math
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 NOTIFY_JOB_KIND = "notify"
 MAX_KEY_CHARS = 255  # notification_dedupe.key
+CLAIM_CHUNK = 500  # dedupe keys per upsert: far under both backends' bound-parameter limits
 log = structlog.get_logger("service.notifications")
 
 
@@ -127,10 +128,37 @@ class Notifier:
             async with writer(self._engine).begin() as own:
                 return await self.notify(note, own, senders=senders)
         now = self._clock.now()
-        if not await _claim_window(conn, note.dedupe_key, now, self._dedupe_s):
-            log.info("notification_suppressed", kind=note.kind.value, company_id=note.company_id)
-            metrics.NOTIFICATIONS.labels(kind=note.kind.value, outcome="suppressed").inc()
+        if not await _claim_windows(conn, [note.dedupe_key], now, self._dedupe_s):
+            self._suppressed(note.kind, note.company_id)
             return None
+        return await self._store(conn, note, now, senders)
+
+    async def notify_new(
+        self, conn: AsyncConnection, kind: Kind, company_id: str | None, subjects: Sequence[str],
+        build: Callable[[list[str]], Notification],
+    ) -> str | None:  # fmt: skip
+        """One notification, `build(new)`, about those `subjects` not told within the window.
+
+        Each subject is its own problem (its own window), but a batch of them is one message: a sync
+        that puts forty changed records in conflict tells staff once, naming the forty, and a conflict on
+        a forty-first record an hour later is told, where one window per data type would have hidden it.
+        """
+        now = self._clock.now()
+        keys = {dedupe_key(kind, company_id, subject): subject for subject in subjects}
+        fresh = await _claim_windows(conn, list(keys), now, self._dedupe_s)
+        new = [subject for key, subject in keys.items() if key in fresh]
+        if not new:
+            self._suppressed(kind, company_id)
+            return None
+        return await self._store(conn, build(new), now, None)
+
+    def _suppressed(self, kind: Kind, company_id: str | None) -> None:
+        log.info("notification_suppressed", kind=kind.value, company_id=company_id)
+        metrics.NOTIFICATIONS.labels(kind=kind.value, outcome="suppressed").inc()
+
+    async def _store(
+        self, conn: AsyncConnection, note: Notification, now: float, senders: Sequence[str] | None
+    ) -> str:
         metrics.NOTIFICATIONS.labels(kind=note.kind.value, outcome="stored").inc()
         note_id = uuid.uuid4().hex
         await conn.execute(
@@ -264,12 +292,16 @@ class NotifyJob:
                     sender=job.payload.get("sender"), tries=tries, retry_in_s=round(delay), error=error)  # fmt: skip
 
 
-async def _claim_window(conn: AsyncConnection, key: str, now: float, window_s: float) -> bool:
-    """Atomically: True if nothing with this key was told within the window (and start a new window)."""
+async def _claim_windows(conn: AsyncConnection, keys: Sequence[str], now: float, window_s: float) -> set[str]:
+    """Atomically: the keys not told within the window (each starts a new window); the rest are left be."""
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    upsert = insert(notification_dedupe).values(key=key, last_sent_at=now).on_conflict_do_update(
-        index_elements=["key"],
-        set_={"last_sent_at": now},
-        where=notification_dedupe.c.last_sent_at <= now - window_s,
-    )
-    return (await conn.execute(upsert.returning(notification_dedupe.c.key))).first() is not None
+    fresh: set[str] = set()
+    for start in range(0, len(keys), CLAIM_CHUNK):
+        rows = [{"key": key, "last_sent_at": now} for key in keys[start : start + CLAIM_CHUNK]]
+        upsert = insert(notification_dedupe).values(rows).on_conflict_do_update(
+            index_elements=["key"],
+            set_={"last_sent_at": now},
+            where=notification_dedupe.c.last_sent_at <= now - window_s,
+        )
+        fresh.update((await conn.execute(upsert.returning(notification_dedupe.c.key))).scalars())
+    return fresh

@@ -208,12 +208,21 @@ async def _open(conn: AsyncConnection) -> set[tuple[str, str]]:
 async def tell_conflicts(
     notifier: Any, conn: AsyncConnection, company_id: str, data_type: str, ids: list[str]
 ) -> None:
-    """Staff hear of changes to synced records: they are kept, never pushed (Codat rule 7)."""
-    note = Notification(
-        Kind.UPDATE_CONFLICT,
-        f"{len(ids)} {data_type} record(s) changed after they were synced to the accounting platform; "
-        "the changes are kept and not pushed",
-        company_id=company_id, data_type=data_type, subject=data_type,
-        details={"count": len(ids), "recordIds": ids[:CONFLICT_IDS_TOLD]},
-    )  # fmt: skip
-    await notifier.notify(note, conn)
+    """Staff hear of changes to synced records: they are kept, never pushed (Codat rule 7).
+
+    Each record is its own problem (staff reconcile it by hand), told once per window; the records newly
+    in conflict at one moment (one intake, one sync check) are told in one notification.
+    """
+
+    def build(new: list[str]) -> Notification:
+        record_ids = [subject.removeprefix(f"{data_type}:") for subject in new]
+        return Notification(
+            Kind.UPDATE_CONFLICT,
+            f"{len(record_ids)} {data_type} record(s) changed after they were synced to the accounting platform; "
+            "the changes are kept and not pushed",
+            company_id=company_id, data_type=data_type, subject=new[0],
+            details={"count": len(record_ids), "recordIds": record_ids[:CONFLICT_IDS_TOLD],
+                     "action": "Reconcile these records in the accounting platform by hand"},
+        )  # fmt: skip
+
+    await notifier.notify_new(conn, Kind.UPDATE_CONFLICT, company_id, [f"{data_type}:{i}" for i in ids], build)

@@ -329,3 +329,44 @@ async def test_a_job_that_died_after_handing_over_tells_nobody(database_url: str
     finally:
         await engine.dispose()
     assert [n["kind"] for n in await rows(database_url, notifications)] == ["dataset_failed"]
+
+
+async def test_each_record_in_conflict_is_told_once_per_window_in_one_message_per_batch(database_url: str) -> None:
+    """Conflicts on a, b → one message naming both; then b, c → one naming only c; a again → nothing until the
+    window ends."""
+    from service.tracking import tell_conflicts
+
+    clock = FixedClock()
+    engine = create_engine(make_settings(database_url))
+    notifier = Notifier(engine, ["log"], dedupe_s=3600, clock=clock)
+
+    async def conflicts(*ids: str) -> None:
+        clock.advance(1)
+        async with engine.begin() as conn:
+            await tell_conflicts(notifier, conn, "co-1", "commerce-orders", list(ids))
+
+    try:
+        await conflicts("a", "b")
+        await conflicts("b", "c")
+        await conflicts("a")
+        await conflicts("a", "b", "c")
+        clock.advance(3600)
+        await conflicts("a")
+    finally:
+        await engine.dispose()
+    told = sorted(await rows(database_url, notifications), key=lambda n: n["occurred_at"])
+    assert [n["details"]["recordIds"] for n in told] == [["a", "b"], ["c"], ["a"]]
+    assert {n["kind"] for n in told} == {"update_conflict"} and told[1]["details"]["count"] == 1
+
+
+async def test_long_subjects_that_differ_only_at_the_end_are_different_problems(database_url: str) -> None:
+    """Dedupe keys longer than the column keep a digest of the whole: two 250-character ids are two problems."""
+    engine = create_engine(make_settings(database_url))
+    notifier = Notifier(engine, ["log"], dedupe_s=3600, clock=FixedClock())
+    try:
+        first = await notifier.notify(failed_dataset(company="c" * 249 + "1"))
+        second = await notifier.notify(failed_dataset(company="c" * 249 + "2"))
+        again = await notifier.notify(failed_dataset(company="c" * 249 + "2"))
+    finally:
+        await engine.dispose()
+    assert first and second and again is None
