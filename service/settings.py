@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     max_push_records: int = Field(default=CODAT_MAX_PUSH_RECORDS, ge=1, le=CODAT_MAX_PUSH_RECORDS)
     push_debounce_seconds: float = Field(default=5.0, ge=0)
     push_interval_seconds: float = Field(default=900.0, gt=0)
+    dataset_polls: int = Field(default=20, ge=0, le=1000)
     repush_max_attempts: int = Field(default=3, ge=0)
     repush_backoff_seconds: float = Field(default=30.0, ge=0)
 
