@@ -136,7 +136,7 @@ def paths() -> dict[str, Any]:
             {"200": answer("the company", ref("Company")), **errors("401", "404")}, parameters=[COMPANY])},
         "/v1/companies/{companyId}/pause": {"post": operation(
             "Stop pushing for a company (intake continues)", "adminToken",
-            {"200": answer("paused", ref("PauseState")), **errors("401")}, parameters=[COMPANY])},
+            {"200": answer("paused", ref("PauseState")), **errors("401", "404")}, parameters=[COMPANY])},
         "/v1/companies/{companyId}/resume": {"post": operation(
             "Resume pushing", "adminToken",
             {"200": answer("resumed", ref("PauseState")), **errors("401", "404")}, parameters=[COMPANY])},
