@@ -15,6 +15,7 @@ from service.auth import require
 from service.db import alerts
 from service.dispatch import replay_alert
 from service.errors import InvalidRequest, NotFound
+from service.ids import path_id, query_id
 from service.responses import json_response
 from service.types import AlertKind, AlertStatus
 
@@ -74,7 +75,7 @@ async def list_alerts(request: Request) -> Response:
         query = query.where(alerts.c.status == status)
     if (kind := _choice(request, "kind", AlertKind)) is not None:
         query = query.where(alerts.c.kind == kind)
-    if company := request.query_params.get("companyId"):
+    if (company := query_id(request, "companyId")) is not None:
         query = query.where(alerts.c.company_id == company)
     async with request.app.state.runtime.engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
@@ -83,7 +84,7 @@ async def list_alerts(request: Request) -> Response:
 
 @require("admin")
 async def show_alert(request: Request) -> Response:
-    alert_id = request.path_params["alert_id"]
+    alert_id = path_id(request, "alert_id", "alert")
     async with request.app.state.runtime.engine.connect() as conn:
         row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).mappings().first()
     if row is None:
@@ -94,7 +95,7 @@ async def show_alert(request: Request) -> Response:
 @require("admin")
 async def replay(request: Request) -> Response:
     runtime = request.app.state.runtime
-    alert_id = request.path_params["alert_id"]
+    alert_id = path_id(request, "alert_id", "alert")
     if not await replay_alert(runtime.engine, alert_id, runtime.clock.now()):
         raise NotFound(f"no alert {alert_id}")
     runtime.wake_workers()

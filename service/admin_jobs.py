@@ -22,6 +22,7 @@ from service.auth import require
 from service.db import alerts, jobs, writer
 from service.dispatch import ALERT_JOB_KIND
 from service.errors import InvalidRequest, NotFound, Rejected
+from service.ids import query_id
 from service.queue import JobStatus
 from service.responses import json_response
 from service.types import AlertStatus
@@ -69,10 +70,7 @@ def _status(request: Request) -> str | None:
 
 
 def _kind(request: Request) -> str | None:
-    value = request.query_params.get("kind") or None
-    if value is not None and len(value) > MAX_KIND_CHARS:
-        raise InvalidRequest(f"kind: at most {MAX_KIND_CHARS} characters")
-    return value
+    return query_id(request, "kind", MAX_KIND_CHARS)
 
 
 async def list_jobs(engine: AsyncEngine, *, status: str | None, kind: str | None, limit: int) -> list[RowMapping]:

@@ -22,6 +22,7 @@ from service.auth import require
 from service.codat import SYNC_STATUS_MEANINGS
 from service.db import companies, pushes, records, writer
 from service.errors import InvalidRequest, NotFound
+from service.ids import path_id
 from service.outbox import State, lock_outbox, schedule_push, set_paused
 from service.records import DATA_TYPES, MODELS
 from service.responses import json_response
@@ -232,7 +233,8 @@ def _repush_types(raw: bytes) -> list[str]:
 async def repush_endpoint(request: Request) -> Response:
     """`POST /v1/companies/{companyId}/repush`: a full re-push; 202 with what goes again and what was skipped."""
     runtime = request.app.state.runtime
+    company_id = path_id(request, "company_id", "company")
     data_types = _repush_types(await request.body())
-    result = await full_repush(runtime.engine, request.path_params["company_id"], data_types, runtime.clock.now())
+    result = await full_repush(runtime.engine, company_id, data_types, runtime.clock.now())
     runtime.wake_workers()
     return json_response(result.answer(), 202)

@@ -19,8 +19,9 @@ from starlette.routing import BaseRoute, Route
 from service.auth import require
 from service.companies import company_view, repush_endpoint, resume_company
 from service.errors import InvalidRequest, MalformedPayload, NotFound, PayloadTooLarge, StorageUnavailable
+from service.ids import MAX_ID_CHARS, could_exist, path_id
 from service.outbox import IntakeResult, schedule_push, set_paused, store_records
-from service.records import DATA_TYPES, MAX_ID_CHARS, validate_records
+from service.records import DATA_TYPES, validate_records
 from service.responses import json_response
 from service.runtime import Runtime
 from service.settings import CODAT_MAX_PUSH_RECORDS
@@ -91,10 +92,8 @@ async def put_records(request: Request) -> Response:
 async def _put_records(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     company_id, data_type = request.path_params["company_id"], _data_type(request)
-    if len(company_id) > MAX_ID_CHARS:
-        raise InvalidRequest(f"companyId: at most {MAX_ID_CHARS} characters")
-    if "\x00" in company_id:
-        raise InvalidRequest("companyId: must not contain NUL characters")
+    if not could_exist(company_id):  # the id the records are stored under: invalid input, not an unknown id
+        raise InvalidRequest(f"companyId: at most {MAX_ID_CHARS} characters, and no NUL")
     items = _records_of(await _read_body(request))
     batch, errors = validate_records(data_type, items)
     if errors:
@@ -121,7 +120,7 @@ async def _put_records(request: Request) -> Response:
 
 @require("admin")
 async def show_company(request: Request) -> Response:
-    company_id = request.path_params["company_id"]
+    company_id = path_id(request, "company_id", "company")
     view = await company_view(request.app.state.runtime.engine, company_id)
     if view is None:
         raise NotFound(f"no company {company_id}")
@@ -131,7 +130,7 @@ async def show_company(request: Request) -> Response:
 @require("admin")
 async def pause(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    company_id = request.path_params["company_id"]
+    company_id = path_id(request, "company_id", "company")
     if not await set_paused(runtime.engine, company_id, paused=True, reason=MANUAL_PAUSE, now=runtime.clock.now()):
         raise NotFound(f"no company {company_id}")
     return json_response({"id": company_id, "paused": True, "pauseReason": MANUAL_PAUSE})
@@ -141,7 +140,7 @@ async def pause(request: Request) -> Response:
 async def resume(request: Request) -> Response:
     """Resume pushing; whatever waited while paused is pushed now."""
     runtime: Runtime = request.app.state.runtime
-    company_id = request.path_params["company_id"]
+    company_id = path_id(request, "company_id", "company")
     if not await resume_company(runtime.engine, company_id, runtime.clock.now()):
         raise NotFound(f"no company {company_id}")
     runtime.wake_workers()

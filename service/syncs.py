@@ -20,6 +20,7 @@ from service.codat import (
     CodatUnavailable,
 )
 from service.errors import InvalidRequest, RetryLater
+from service.ids import path_id
 from service.responses import error_response, json_response
 from service.webhooks import parse_json_object
 
@@ -92,20 +93,22 @@ def _codat(request: Request) -> CodatClient:
 
 @require("admin")
 async def latest(request: Request) -> Response:
+    company = path_id(request, "company_id", "company")
     body = await _body(request)
-    return json_response(await sync_latest(_codat(request), request.path_params["company_id"], body.get("syncTo")))
+    return json_response(await sync_latest(_codat(request), company, body.get("syncTo")))
 
 
 @require("admin")
 async def historic(request: Request) -> Response:
+    company = path_id(request, "company_id", "company")
     body = await _body(request)
-    company = request.path_params["company_id"]
     return json_response(await sync_historic(_codat(request), company, body.get("start"), body.get("end")))
 
 
 @require("admin")
 async def status(request: Request) -> Response:
-    return json_response(await sync_status(_codat(request), request.path_params["company_id"]))
+    company = path_id(request, "company_id", "company")
+    return json_response(await sync_status(_codat(request), company))
 
 
 def routes() -> list[BaseRoute]:

@@ -30,6 +30,7 @@ from service.auth import Endpoint, check_bearer
 from service.codat_models import ERROR_STATUSES
 from service.dispatch import replay_alert
 from service.errors import NotFound, Rejected
+from service.ids import path_id
 
 COOKIE = "relay_ui"
 SESSION_TTL_S = 12 * 3600  # a working day; then the token is asked for again
@@ -215,7 +216,10 @@ async def overview_page(request: Request) -> Response:
 async def company_page(request: Request) -> Response:
     if (viewer := _viewer(request)) is None:
         return _to_login(request)
-    company_id = request.path_params["company_id"]
+    try:
+        company_id = path_id(request, "company_id", "company")
+    except NotFound as exc:
+        return _error_page(exc, viewer)
     page = await ui_data.company_page(request.app.state.runtime.engine, company_id)
     if page is None:
         return _error_page(NotFound(f"codat-relay knows no company {company_id}"), viewer)
@@ -242,7 +246,11 @@ async def replay_button(request: Request) -> Response:
     if isinstance(checked, Response):
         return checked
     viewer, form = checked
-    runtime, alert_id = request.app.state.runtime, request.path_params["alert_id"]
+    runtime = request.app.state.runtime
+    try:
+        alert_id = path_id(request, "alert_id", "alert")
+    except NotFound as exc:
+        return _error_page(exc, viewer)
     now = runtime.clock.now()
     # A dead alert's dead job runs again rather than stay dead beside a new one (the dead-jobs list stays true).
     if (job_id := await dead_alert_job(runtime.engine, alert_id)) is not None:
