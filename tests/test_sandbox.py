@@ -417,3 +417,19 @@ async def test_api_key_requires_basic_auth(make_harness: MakeHarness) -> None:
     counts = (await h.get("/_sandbox/requests"))["results"]
     assert {"endpoint": "push", "status": 401, "count": 2} in counts
     assert {"endpoint": "push", "status": 200, "count": 1} in counts
+
+
+async def test_request_counts_can_be_read_per_company(make_harness: MakeHarness) -> None:
+    """`/_sandbox/requests?companyId=` counts only that company's requests (tests sharing a sandbox)."""
+    h = await make_harness()
+    other = "/data/companies/other-co/sync/commerce-orders"
+    dataset_id = (await h.push(ORDERS, "orders", [order("o-1")])).json()["datasetId"]
+    await h.push(other, "orders", [order("o-1")])
+    await h.push(other, "orders", [order("o-2")])
+    assert (await h.client.get(f"/meta/companies/{COMPANY}/pull/history/{dataset_id}")).status_code == 200
+    mine = (await h.get(f"/_sandbox/requests?companyId={COMPANY}"))["results"]
+    theirs = (await h.get("/_sandbox/requests?companyId=other-co"))["results"]
+    everyone = (await h.get("/_sandbox/requests"))["results"]
+    assert mine == [{"endpoint": "dataset", "status": 200, "count": 1}, {"endpoint": "push", "status": 200, "count": 1}]
+    assert theirs == [{"endpoint": "push", "status": 200, "count": 2}]
+    assert {"endpoint": "push", "status": 200, "count": 3} in everyone

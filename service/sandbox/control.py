@@ -6,6 +6,7 @@ Unauthenticated on purpose: the sandbox is a local test double and these endpoin
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -205,8 +206,13 @@ async def webhooks(request: Request, sandbox: Sandbox) -> Any:
 
 
 async def requests(request: Request, sandbox: Sandbox) -> Any:
-    counts = sorted(sandbox.state.request_counts.items())
-    return {"results": [{"endpoint": e, "status": s, "count": n} for (e, s), n in counts]}
+    """Answers per endpoint and status; `?companyId=` counts only the requests about that company."""
+    company = request.query_params.get("companyId")
+    counts: Counter[tuple[str, int]] = Counter()
+    for (endpoint, status, company_id), n in sandbox.state.request_counts.items():
+        if company is None or company_id == company:
+            counts[(endpoint, status)] += n
+    return {"results": [{"endpoint": e, "status": s, "count": n} for (e, s), n in sorted(counts.items())]}
 
 
 def _r(path: str, fn: Callable[[Request, Sandbox], Awaitable[Any]], method: str = "GET") -> Route:

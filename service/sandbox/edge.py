@@ -78,7 +78,7 @@ def codat_endpoint(name: str, handler: Handler, *, idempotent: bool = False) -> 
             )
             if fault.status is not None:
                 # Counted before the wait: a client that gives up on a hang never sees the answer.
-                sandbox.state.request_counts[(name, fault.status)] += 1
+                sandbox.state.count_request(name, fault.status, request.path_params.get("companyId"))
                 return _headers(await _fault(fault))
             if fault.delay_s > 0:
                 await asyncio.sleep(fault.delay_s)
@@ -87,7 +87,7 @@ def codat_endpoint(name: str, handler: Handler, *, idempotent: bool = False) -> 
                 if idempotent
                 else await handler(request, sandbox)
             )
-        sandbox.state.request_counts[(name, response.status_code)] += 1
+        sandbox.state.count_request(name, response.status_code, request.path_params.get("companyId"))
         return _headers(response)
 
     endpoint.__name__ = name

@@ -65,13 +65,16 @@ class SandboxState:
         self.pushes: list[PushLog] = []
         self.syncs: list[Sync] = []
         self.breaches: list[Breach] = []
-        self.request_counts: Counter[tuple[str, int]] = Counter()
+        self.request_counts: Counter[tuple[str, int, str | None]] = Counter()  # (endpoint, status, company)
         self.scripted_datasets: dict[tuple[str, str], deque[Scripted]] = {}
         self.scripted_syncs: dict[str, deque[Scripted]] = {}
         self.faults: dict[str, EndpointFaults] = {}
         self.webhook_faults = WebhookFaults()
         self.idempotency = IdempotencyStore()
         self.in_flight: Counter[tuple[str, str]] = Counter()
+
+    def count_request(self, endpoint: str, status: int, company_id: str | None) -> None:
+        self.request_counts[(endpoint, status, company_id)] += 1
 
     def new_id(self) -> str:
         return str(uuid.UUID(int=self.ids.getrandbits(128), version=4))
