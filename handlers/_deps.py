@@ -23,4 +23,5 @@ class _Deps:
 
 
 def tracker(ctx: Context) -> Tracker:
-    return Tracker(_Deps(ctx.store, ctx.clock, ctx.settings, ctx.codat, ctx.notifier), PollPolicy())
+    deps = _Deps(ctx.store, ctx.clock, ctx.settings, ctx.codat, ctx.notifier)
+    return Tracker(deps, PollPolicy.from_settings(ctx.settings))

@@ -53,7 +53,7 @@ class Pusher:
 
     def __init__(self, deps: TrackingDeps, poll: PollPolicy | None = None) -> None:
         self._deps = deps
-        self.tracker = Tracker(deps, poll or PollPolicy())
+        self.tracker = Tracker(deps, poll or PollPolicy.from_settings(deps.settings))
 
     @property
     def _engine(self) -> Any:
@@ -177,7 +177,7 @@ class Pusher:
 
     async def _record(self, push: Push, dataset_id: str) -> None:
         now = self._deps.clock.now()
-        first_poll = now + self.tracker.poll.delay(0)
+        first_poll = self.tracker.poll.first_poll_at(now)
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         async with writer(self._engine).begin() as conn:
             await conn.execute(
@@ -189,10 +189,11 @@ class Pusher:
                 record_count=push.record_count, status="Initial", terminal=False, requested_at=now, updated_at=now,
                 polls=0, next_poll_at=first_poll,
             ).on_conflict_do_nothing(index_elements=["id"]))  # fmt: skip
-            await queue.enqueue(
-                conn, POLL_KIND, {"dataset_id": dataset_id, "company_id": push.company_id}, now=now,
-                queueing_lock=f"poll:{dataset_id}", run_at=first_poll,
-            )  # fmt: skip
+            if first_poll is not None:
+                await queue.enqueue(
+                    conn, POLL_KIND, {"dataset_id": dataset_id, "company_id": push.company_id}, now=now,
+                    queueing_lock=f"poll:{dataset_id}", run_at=first_poll,
+                )  # fmt: skip
         log.info("push_recorded", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
                  dataset_id=dataset_id, records=push.record_count)  # fmt: skip
         metrics.PUSHES.labels(data_type=push.data_type, outcome="pushed").inc()

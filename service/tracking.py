@@ -2,13 +2,14 @@
 
 Every pushed dataset is polled, with backoff and a bounded number of polls, until it is terminal, so a
 missed webhook never leaves it unknown (webhooks only make it faster). A dataset still unfinished after
-the last poll is left to the sweep, which polls it again every `RELAY_PUSH_INTERVAL_SECONDS`.
+the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which polls it again every
+`RELAY_PUSH_INTERVAL_SECONDS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -24,6 +25,9 @@ from service.queue import Job
 from service.records import MODELS
 from service.repush import RepushPolicy
 from service.types import Deps
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
@@ -46,8 +50,16 @@ class PollPolicy:
     max_delay_s: float = 120.0
     max_polls: int = 20  # about 30 minutes of polling with the defaults
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PollPolicy:
+        return cls(max_polls=settings.dataset_polls)
+
     def delay(self, polls: int) -> float:
         return min(self.max_delay_s, self.first_s * self.factor ** min(polls, 64))
+
+    def first_poll_at(self, now: float) -> float | None:
+        """When a new dataset is first polled; None when polling is off (RELAY_DATASET_POLLS=0): the sweep's."""
+        return now + self.delay(0) if self.max_polls > 0 else None
 
 
 def _ts(value: Any) -> float | None:

@@ -7,6 +7,7 @@ process that can be made to refuse for a while.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import threading
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.signatures import decode_secret, sign
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_SECRET
@@ -91,6 +94,7 @@ class Stack:
     sandbox_url: str
     target: Target
     relay_proc: subprocess.Popen[bytes]
+    database_url: str
     company: str = ""
 
     def new_company(self) -> str:
@@ -120,10 +124,10 @@ class Stack:
         answer = httpx.get(f"{self.relay_url}/v1/alerts", params={"companyId": self.company}, headers=ADMIN)
         return list(answer.json()["results"])
 
-    def deliver(self, body: dict[str, Any]) -> httpx.Response:
-        """A signed delivery straight to the relay, as Codat's newer service would send it."""
+    def deliver(self, body: dict[str, Any], msg_id: str | None = None) -> httpx.Response:
+        """A signed delivery straight to the relay, as Codat's newer service would send it (a new id by default)."""
         raw = json.dumps(body).encode()
-        msg_id, now = f"msg_{uuid.uuid4().hex}", int(time.time())
+        msg_id, now = msg_id or f"msg_{uuid.uuid4().hex}", int(time.time())
         headers = {"webhook-id": msg_id, "webhook-timestamp": str(now),
                    "webhook-signature": sign(decode_secret(TEST_SECRET), msg_id, now, raw)}
         return httpx.post(f"{self.relay_url}/webhooks/codat", content=raw, headers=headers, timeout=10)
@@ -131,6 +135,34 @@ class Stack:
     def record_states(self, data_type: str) -> dict[str, int]:
         counts = self.company_view().get("records", {}).get(data_type, {})
         return {k: v for k, v in counts.items() if v}
+
+    def codat_requests(self, endpoint: str, status: int = 200) -> int:
+        """How many requests about this company the sandbox answered on `endpoint` with `status`."""
+        rows = self.sandbox("GET", "/_sandbox/requests", params={"companyId": self.company})["results"]
+        return sum(r["count"] for r in rows if r["endpoint"] == endpoint and r["status"] == status)
+
+    def codat_datasets(self, data_type: str) -> list[dict[str, Any]]:
+        """The company's datasets as the sandbox has them (terminal ones carry `completed`)."""
+        params = {"companyId": self.company, "dataType": data_type}
+        return list(self.sandbox("GET", "/_sandbox/datasets", params=params)["results"])
+
+    def ended_at_codat(self, data_type: str, count: int) -> list[dict[str, Any]]:
+        """Wait until the sandbox has finished `count` datasets of `data_type`; returns them."""
+        return until(lambda: [d for d in self.codat_datasets(data_type) if "completed" in d],
+                     lambda done: len(done) >= count, f"{count} {data_type} datasets ended at Codat")  # fmt: skip
+
+    def rows(self, query: str) -> list[Any]:
+        """Rows of a SELECT on the relay's own database (its bookkeeping, e.g. `pushes` and `jobs`)."""
+        return asyncio.run(_rows(self.database_url, query, {"company": self.company}))
+
+
+async def _rows(url: str, query: str, params: dict[str, Any]) -> list[Any]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(sa.text(query), params)).all())
+    finally:
+        await engine.dispose()
 
 
 @contextmanager
@@ -149,7 +181,7 @@ def stack(database_url: str, tmp_path: Path, **relay_settings: str) -> Iterator[
         try:
             wait_http(f"{sandbox_url}/_sandbox/config", sandbox)
             wait_http(f"{relay_url}/readyz", relay)
-            yield Stack(relay_url, sandbox_url, target, relay)
+            yield Stack(relay_url, sandbox_url, target, relay, database_url)
         finally:
             stop(relay)
             stop(sandbox)

@@ -1,6 +1,9 @@
 """Alert handlers end to end: real relay and sandbox processes over HTTP, on SQLite and PostgreSQL.
 
-Each test uses its own company on one stack per backend (module-scoped), so processes start once.
+Each test uses its own company on one stack per backend (module-scoped), so processes start once. The
+relay runs with RELAY_DATASET_POLLS=0 and a daily sweep: nothing but a webhook (or an alert a test
+delivers) tells it how a dataset ended, so every outcome below proves the alert path.
+The sweeper's own test runs on a stack of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tests.conftest import _admin, fresh_postgres
 from tests.integration.e2e import Stack, stack, until
 
 ORDERS, PAYMENTS = "commerce-orders", "commerce-payments"
+WEBHOOKS_ONLY = {"RELAY_DATASET_POLLS": "0", "RELAY_PUSH_INTERVAL_SECONDS": "86400"}
 
 
 def order(i: int, amount: float = 10.0) -> dict[str, Any]:
@@ -36,12 +40,12 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         template: Path = request.getfixturevalue("sqlite_template")
         db = tmp / "relay.db"
         db.write_bytes(template.read_bytes())
-        with stack(f"sqlite+aiosqlite:///{db}", tmp) as running:
+        with stack(f"sqlite+aiosqlite:///{db}", tmp, **WEBHOOKS_ONLY) as running:
             yield running
         return
     name, url = fresh_postgres(request.getfixturevalue("postgres_template"))
     try:
-        with stack(url, tmp) as running:
+        with stack(url, tmp, **WEBHOOKS_ONLY) as running:
             yield running
     finally:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -59,8 +63,19 @@ def settled(s: Stack, data_type: str, state: str, count: int) -> dict[str, int]:
     return until(lambda: s.record_states(data_type), lambda c: c == {state: count}, f"{count} {data_type} {state}")
 
 
-def test_error_is_repushed_until_complete_and_duplicates_cause_one_repush(s: Stack) -> None:
-    """FetchError (its webhook delivered 3 times) → Codat asked → one re-push → records accepted."""
+def error_alert(s: Stack, dataset_id: str, status: str = "FetchError") -> dict[str, Any]:
+    """A legacy *Data Sync Status Changed To Error* body about one dataset."""
+    return {"ClientId": "c", "CompanyId": s.company, "AlertId": str(uuid.uuid4()),
+            "RuleType": "Data Sync Status Changed To Error",
+            "Data": {"dataType": ORDERS, "datasetStatus": status, "datasetId": dataset_id}}  # fmt: skip
+
+
+def alerts_done(s: Stack, count: int) -> list[dict[str, Any]]:
+    return until(s.alerts, lambda a: len(a) >= count and all(x["status"] == "done" for x in a), f"{count} alerts done")
+
+
+def test_error_webhook_makes_the_relay_ask_codat_repush_and_complete(s: Stack) -> None:
+    """FetchError told only by webhook (each sent 3 times under one id): Codat asked, one re-push, Complete."""
     s.sandbox("PUT", "/_sandbox/faults/webhooks", json={"duplicates": 3})
     s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": ORDERS,
                                                          "status": "FetchError", "times": 1})
@@ -68,9 +83,44 @@ def test_error_is_repushed_until_complete_and_duplicates_cause_one_repush(s: Sta
     settled(s, ORDERS, "accepted", 3)
     pushes = s.pushes(ORDERS)
     assert len(pushes) == 2 and sorted(pushes[1]["recordIds"]) == ["o-0", "o-1", "o-2"]
-    alerts = until(s.alerts, lambda a: a and all(x["status"] == "done" for x in a), "alerts processed")
-    assert any(a["kind"] == "dataset_status" for a in alerts)
+    alerts = alerts_done(s, 2)
+    assert [a["kind"] for a in alerts] == ["dataset_status"] * 2  # 3 copies of each webhook, each stored once
+    sent = [d for d in s.sandbox("GET", "/_sandbox/webhooks")["results"]
+            if d["body"]["payload"]["referenceCompany"]["id"] == s.company]  # fmt: skip
+    assert len(sent) == 6 and len({d["messageId"] for d in sent}) == 2
+    assert s.codat_requests("dataset") >= 2  # each dataset's status was asked of Codat, not taken from the alert
     assert s.target.of(s.company) == []  # cleared by a re-push: no person needed
+
+
+def test_one_error_told_three_times_under_different_ids_repushes_once(s: Stack) -> None:
+    """The same error alert under three delivery ids (at-least-once + a second alert rule) and one repeated id:
+    one re-push; the handler, not only the delivery id, makes it once."""
+    s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
+    try:
+        s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": ORDERS,
+                                                             "status": "FetchError", "times": 1})
+        s.put("orders", [order(1), order(2)])
+        [failed] = s.ended_at_codat(ORDERS, 1)
+        body = error_alert(s, failed["id"])
+        answers = [s.deliver(body) for _ in range(3)]
+        assert [a.status_code for a in answers] == [202, 202, 202]
+        again = s.deliver(body, msg_id=answers[0].json()["id"])
+        assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+        alerts_done(s, 3)
+        s.ended_at_codat(ORDERS, 2)
+        assert s.deliver(read_completed(s, (ORDERS, "Complete"))).status_code == 202
+        settled(s, ORDERS, "accepted", 2)
+    finally:
+        s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": f"{s.relay_url}/webhooks/codat"})
+    assert len(s.pushes(ORDERS)) == 2
+    assert s.rows("SELECT count(*) FROM jobs WHERE kind = 'push' AND status = 'waiting'") == [(0,)]
+    assert [a["status"] for a in s.alerts()] == ["done"] * 4
+
+
+def read_completed(s: Stack, *data_types: tuple[str, str]) -> dict[str, Any]:
+    body = read_completed_body(*data_types)
+    body["payload"]["referenceCompany"]["id"] = s.company
+    return body
 
 
 def test_stale_error_alert_after_complete_does_not_repush(s: Stack) -> None:
@@ -95,14 +145,18 @@ def test_read_completed_with_two_types_repushes_only_the_failed_one(s: Stack) ->
                                                              "status": "FetchError", "times": 1})
         s.put("orders", [order(1)])
         s.put("payments", [payment(1)])
-        body = read_completed_body((ORDERS, "Complete"), (PAYMENTS, "FetchError"))
-        body["payload"]["referenceCompany"]["id"] = s.company
-        assert s.deliver(body).status_code == 202
+        s.ended_at_codat(ORDERS, 1)
+        s.ended_at_codat(PAYMENTS, 1)
+        assert s.deliver(read_completed(s, (ORDERS, "Complete"), (PAYMENTS, "FetchError"))).status_code == 202
         settled(s, ORDERS, "accepted", 1)
+        s.ended_at_codat(PAYMENTS, 2)  # the re-push, answered by Codat but not yet told
+        assert s.record_states(PAYMENTS) == {"pushed": 1}
+        assert s.deliver(read_completed(s, (PAYMENTS, "Complete"))).status_code == 202
         settled(s, PAYMENTS, "accepted", 1)
     finally:
         s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": f"{s.relay_url}/webhooks/codat"})
     assert (len(s.pushes(ORDERS)), len(s.pushes(PAYMENTS))) == (1, 2)
+    assert s.codat_requests("dataset") == 3  # orders, payments, and the re-pushed payments: each asked once
 
 
 def test_repeated_failures_repush_exactly_max_times_then_tell_once(s: Stack) -> None:
@@ -162,12 +216,33 @@ def test_notifications_wait_out_a_target_outage_and_arrive_once(s: Stack) -> Non
     assert len(s.target.of(s.company)) == 1
 
 
-def test_a_dataset_whose_webhook_never_comes_is_resolved_by_polling(s: Stack) -> None:
-    """No webhooks at all: the relay's own polling still learns every dataset's end."""
-    s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
+@pytest.fixture(params=["sqlite", "postgres"])
+def sweeping(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """A stack whose datasets are never polled one by one, with a sweep every second and no webhooks."""
+    settings = {"RELAY_DATASET_POLLS": "0", "RELAY_PUSH_INTERVAL_SECONDS": "1"}
+    if request.param == "sqlite":
+        db = tmp_path / "relay.db"
+        db.write_bytes(request.getfixturevalue("sqlite_template").read_bytes())
+        with stack(f"sqlite+aiosqlite:///{db}", tmp_path, **settings) as running:
+            running.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
+            running.new_company()
+            yield running
+        return
+    name, url = fresh_postgres(request.getfixturevalue("postgres_template"))
     try:
-        s.put("orders", [order(i) for i in range(5)])
-        settled(s, ORDERS, "accepted", 5)
+        with stack(url, tmp_path, **settings) as running:
+            running.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
+            running.new_company()
+            yield running
     finally:
-        s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": f"{s.relay_url}/webhooks/codat"})
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_dataset_whose_webhook_never_comes_is_resolved_by_the_sweeper(sweeping: Stack) -> None:
+    """No webhooks and no per-dataset polls: the periodic sweep asks Codat and the records end accepted."""
+    s = sweeping
+    s.put("orders", [order(i) for i in range(5)])
+    settled(s, ORDERS, "accepted", 5)
     assert s.alerts() == []
+    assert s.codat_requests("dataset") >= 1
+    assert s.rows("SELECT count(*) FROM jobs WHERE kind = 'push_sweep' AND status = 'done'")[0][0] >= 1
