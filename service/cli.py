@@ -37,6 +37,15 @@ def _settings() -> Settings:
     return settings
 
 
+def _migrate(settings: Settings) -> None:
+    """Apply pending migrations; any failure (an unreachable database, say) is one line, not a traceback."""
+    try:
+        migrate.upgrade(settings.database_url)
+    except Exception as exc:  # the operator needs the reason in one line
+        reason = next(iter(str(exc).splitlines()), "") or "no detail"
+        raise CommandFailed(f"migration failed: {type(exc).__name__}: {reason}") from None
+
+
 def _warn_if_unauthenticated(settings: Settings) -> None:
     if not settings.webhook_auth_configured:
         log.warning(
@@ -56,7 +65,7 @@ def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     _warn_if_unauthenticated(settings)
     if workers:  # `serve` is a whole deployment; `web` replicas leave migrations to `codat-relay migrate`
-        migrate.upgrade(settings.database_url)
+        _migrate(settings)
     app = create_app(settings, options=AppOptions(run_workers=workers))
     config = uvicorn.Config(
         app,
@@ -107,10 +116,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     settings = _settings()
-    try:
-        migrate.upgrade(settings.database_url)
-    except Exception as exc:  # the operator needs the reason in one line, not a traceback
-        raise CommandFailed(f"migration failed: {type(exc).__name__}: {exc}") from None
+    _migrate(settings)
     print(f"database at revision {migrate.head_revision()}")
     return 0
 

@@ -71,6 +71,15 @@ def test_invalid_settings_exit_1_naming_the_variable(env: dict[str, str]) -> Non
     assert "RELAY_WEBHOOK_SECRETS" in refused.stderr and "RELAY_WEBHOOK_AUTH_HEADER" in refused.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_an_unreachable_database_is_one_line_not_a_traceback(env: dict[str, str], command: str) -> None:
+    """serve's start-up migration and migrate, with PostgreSQL unreachable: exit 1 and one line saying why."""
+    result = run({**env, "RELAY_DATABASE_URL": "postgresql+asyncpg://relay@127.0.0.1:1/relay"}, command)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("codat-relay: migration failed: ConnectionRefusedError: ") and "127.0.0.1" in line
+
+
 def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> None:
     """sync latest / historic / status against the real sandbox process; bad dates exit 2; Codat errors exit 1."""
     port = free_port()
