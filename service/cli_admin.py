@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import cli, syncs
-from service.admin import alert_json
+from service.admin import MAX_LIMIT, alert_json
 from service.admin_jobs import dead_alert_job, retry_dead_job
 from service.clock import SystemClock
 from service.codat import CodatClient, CodatError
@@ -26,6 +26,7 @@ from service.sandbox.config import add_arguments as add_sandbox_arguments
 from service.types import AlertKind, AlertStatus
 
 ALERT_COLUMNS = ("id", "kind", "type", "companyId", "status", "attempts", "receivedAt")
+DEFAULT_LIST_LIMIT = 50  # a screenful; the API's default is 100
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -77,7 +78,8 @@ def with_engine(func: Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]
 
 
 async def alerts_list(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    query = sa.select(alerts).order_by(alerts.c.received_at.desc()).limit(args.limit)
+    # The id breaks ties as the API's list does, so alerts received in the same instant keep one order.
+    query = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(args.limit)
     if args.status:
         query = query.where(alerts.c.status == args.status)
     if args.kind:
@@ -171,6 +173,13 @@ def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]
     return run
 
 
+def list_limit(raw: str) -> int:
+    """`--limit`: 1 to 1000, as the API's `limit`; anything else is bad usage (exit 2)."""
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from service.sandbox import config_from_args, run_sandbox
 
@@ -203,7 +212,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     lst.add_argument("--status", choices=[s.value for s in AlertStatus])
     lst.add_argument("--kind", choices=[k.value for k in AlertKind])
     lst.add_argument("--company", help="company id")
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--limit", type=list_limit, default=DEFAULT_LIST_LIMIT, help=f"1 to {MAX_LIMIT}")
     lst.set_defaults(func=with_engine(alerts_list))
     show = alerts_sub.add_parser("show", parents=[json_flag], help="one alert with its raw body")
     show.add_argument("id")

@@ -49,11 +49,15 @@ def test_alert_commands_list_show_replay(env: dict[str, str], tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "args",
-    [("alerts", "list", "--status", "weird"), ("alerts", "show"), ("no-such-command",), ("sync", "historic", "co")],
-)
+    [("alerts", "list", "--status", "weird"), ("alerts", "show"), ("no-such-command",), ("sync", "historic", "co"),
+     *(("alerts", "list", "--limit", bad) for bad in ("0", "-1", "1001", "ten", "5.0"))],
+)  # fmt: skip
 def test_bad_usage_exits_2(env: dict[str, str], args: tuple[str, ...]) -> None:
+    """Wrong arguments, and an alerts --limit outside the API's 1-1000: exit 2 with the usage."""
     result = run(env, *args)
     assert result.returncode == 2 and "usage:" in result.stderr
+    if "--limit" in args:
+        assert "--limit: must be a whole number from 1 to 1000" in result.stderr
 
 
 def test_every_command_has_help(env: dict[str, str]) -> None:

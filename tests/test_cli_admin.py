@@ -1,0 +1,54 @@
+"""`codat-relay alerts list`, in-process on both backends: the API's order (newest first, id breaking ties)
+and its `limit` range."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from service import cli
+from service.cli_admin import alerts_list
+from service.db import create_engine
+from tests import ui_factories as f
+from tests.conftest import make_settings
+
+AT = 1_750_000_000.0
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["alerts", "list", *argv])
+
+
+async def test_alerts_received_together_are_listed_by_id_newest_first(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Alerts of one instant come in id order (descending, as the API), after newer ones; --limit cuts the list."""
+    engine = create_engine(make_settings(database_url))
+    try:
+        async with engine.begin() as conn:
+            for alert_id in ("b", "d", "a", "c"):
+                await conn.run_sync(f.alert, alert_id, "co-1", "done", AT)
+            await conn.run_sync(f.alert, "newest", "co-1", "done", AT + 1)
+        assert await alerts_list(engine, parsed("--json")) == 0
+        everything = [a["id"] for a in json.loads(capsys.readouterr().out)]
+        assert await alerts_list(engine, parsed("--json", "--limit", "3")) == 0
+        first_three = [a["id"] for a in json.loads(capsys.readouterr().out)]
+    finally:
+        await engine.dispose()
+    assert everything == ["newest", "d", "c", "b", "a"]
+    assert first_three == ["newest", "d", "c"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "1001", "ten", "1e3", " 5"])
+def test_limit_outside_1_to_1000_is_bad_usage(bad: str) -> None:
+    """--limit outside the API's 1-1000 (or not a whole number) is an argparse error: exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        parsed("--limit", bad)
+    assert exited.value.code == 2
+
+
+def test_limit_bounds_are_accepted() -> None:
+    """1 and 1000 are fine; the default is 50."""
+    assert (parsed("--limit", "1").limit, parsed("--limit", "1000").limit, parsed().limit) == (1, 1000, 50)
