@@ -16,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from service.app import AppOptions
+from service.db import push_records
+from service.db import pushes as pushes_table
 from service.db import records as records_table
 from service.testing import running_app
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
@@ -114,6 +116,27 @@ async def test_first_push_sends_all_then_only_changes(env: Env) -> None:
     records = (await env.sandbox.get("/_sandbox/records", params={"companyId": env.company})).json()["results"]
     assert next(r for r in records if r["id"] == "o-3")["data"] == second[3]  # the whole object
     assert await env.breaches() == []
+    await assert_bookkeeping(env, [(p["datasetId"], p["idempotencyKey"]) for p in pushes],
+                             [{(f"o-{i}", 1) for i in range(5)}, {("o-3", 2), ("o-5", 1)}])  # fmt: skip
+
+
+async def assert_bookkeeping(env: Env, datasets: list[tuple[str, str]], versions: list[set[tuple[str, int]]]) -> None:
+    """The relay's `pushes`/`push_records` say which version of which record went into which dataset, when,
+    and what came of it — the same datasets, under the same keys, as Codat saw."""
+    async with env.engine.connect() as conn:
+        rows = (await conn.execute(
+            sa.select(pushes_table).where(pushes_table.c.company_id == env.company)
+            .order_by(pushes_table.c.started_at))).mappings().all()  # fmt: skip
+        sent = [{(r.record_id, r.version) for r in await conn.execute(
+            sa.select(push_records.c.record_id, push_records.c.version).where(push_records.c.push_id == row["id"])
+        )} for row in rows]  # fmt: skip
+    assert [(row["dataset_id"], row["id"]) for row in rows] == datasets  # the push id is the Idempotency-Key
+    assert sent == versions
+    assert [row["record_count"] for row in rows] == [len(v) for v in versions]
+    assert {(row["outcome"], row["payload"], row["error"], row["data_type"]) for row in rows} == {
+        ("pushed", None, None, "commerce-orders")}  # fmt: skip
+    assert all(row["started_at"] <= row["finished_at"] <= time.time() for row in rows)
+    assert rows[0]["finished_at"] <= rows[1]["started_at"]
 
 
 async def test_unchanged_resubmits_push_nothing(env: Env) -> None:
@@ -143,16 +166,17 @@ async def test_deletes_are_sparse(env: Env) -> None:
 
 
 async def test_12001_records_go_in_three_pushes_of_at_most_5000(env: Env) -> None:
-    """12,001 records → 3 pushes of ≤ 5,000, every record once, no rule breached."""
+    """12,001 records waiting at once → exactly 3 pushes of 5,000, 5,000 and 2,001, in id order, no rule breached."""
+    assert (await env.put([])).status_code == 202  # the company exists, so it can be paused before any push
+    assert (await env.relay.post(f"/v1/companies/{env.company}/pause", headers=ADMIN)).status_code == 200
     for start_at in range(0, 12_001, 5_000):
         batch = [order(f"b-{i:05d}") for i in range(start_at, min(start_at + 5_000, 12_001))]
         assert (await env.put(batch)).status_code == 202
+    assert (await env.relay.post(f"/v1/companies/{env.company}/resume", headers=ADMIN)).status_code == 200
     await env.until_states("accepted", 12_001)
     pushes = await env.pushes()
-    assert all(p["count"] <= 5_000 for p in pushes)
-    ids = [rid for p in pushes for rid in p["recordIds"]]
-    assert len(ids) == len(set(ids)) == 12_001
-    assert len(pushes) == 3 or sum(p["count"] for p in pushes) == 12_001
+    assert [p["count"] for p in pushes] == [5_000, 5_000, 2_001]
+    assert [rid for p in pushes for rid in p["recordIds"]] == [f"b-{i:05d}" for i in range(12_001)]
     assert await env.breaches() == []
 
 
