@@ -128,8 +128,10 @@ def _safe_next(value: str | None) -> str:
     return "/ui"
 
 
-def _to_login(request: Request) -> Response:
-    return RedirectResponse(f"/ui/login?next={quote(_safe_next(request.url.path), safe='/')}", 303)
+def _to_login(request: Request, back_to: str | None = None) -> Response:
+    """To the login form, which then returns to `back_to` (default: the page asked for)."""
+    target = _safe_next(request.url.path if back_to is None else back_to)
+    return RedirectResponse(f"/ui/login?next={quote(target, safe='/')}", 303)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -230,7 +232,12 @@ async def company_page(request: Request) -> Response:
 async def _button(request: Request) -> tuple[Viewer, dict[str, str]] | Response:
     """A button's POST: the viewer (CSRF checked) and its form, or where to send a signed-out browser."""
     if (viewer := _viewer(request)) is None:
-        return _to_login(request)
+        # The button's own URL answers POST only: after logging in, go back to the page it was on.
+        try:
+            back_to = (await _form(request)).get("next") or "/ui"
+        except InvalidForm:
+            back_to = "/ui"
+        return _to_login(request, back_to)
     form = await _form(request)
     _check_csrf(viewer, form)
     return viewer, form

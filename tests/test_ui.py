@@ -50,6 +50,12 @@ def csrf_of(page: str) -> str:
     return found.group(1)
 
 
+def next_of(login_page: str) -> str:
+    found = re.search(r'name="next" value="([^"]*)"', login_page)
+    assert found is not None, "no next field on the login form"
+    return found.group(1)
+
+
 def company_row(page: str, company_id: str) -> str:
     found = re.search(rf'<tr class="company[^"]*" data-company-id="{company_id}".*?</tr>', page, re.S)
     assert found is not None, f"no row for {company_id}"
@@ -316,6 +322,28 @@ async def test_buttons_of_a_signed_out_browser_go_to_login(database_url: str) ->
         response = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data={})
         assert await status_of(engine, alerts, f.DEAD_ALERT) == "dead"
     assert response.status_code == 303 and response.headers["location"].startswith("/ui/login")
+
+
+@pytest.mark.parametrize(
+    ("form", "back_to"),
+    [({"next": f"/ui/companies/{f.FAILING}"}, f"/ui/companies/{f.FAILING}"), ({"next": "/ui"}, "/ui"), ({}, "/ui"),
+     ({"next": "https://evil.example/ui"}, "/ui"), ({"next": "//evil.example"}, "/ui")],
+    ids=["company-page", "overview", "no-next", "offsite", "scheme-relative"],
+)  # fmt: skip
+async def test_a_signed_out_button_returns_to_its_page_after_login(
+    database_url: str, form: dict[str, str], back_to: str
+) -> None:
+    """Signed out, a Replay/Retry press logs in and lands on the page the button was on (never the POST-only URL)."""
+    async with seeded(database_url) as (client, engine, _, ids):
+        pressed = await client.post(f"/ui/jobs/{ids['push_job']}/retry", data=form)
+        next_ = pressed.headers["location"].removeprefix("/ui/login?next=")
+        login = await client.get(f"/ui/login?next={next_}")
+        signed_in = await client.post("/ui/login", data={"token": ADMIN_TOKEN, "next": next_of(login.text)})
+        landing = await client.get(signed_in.headers["location"])
+        assert await status_of(engine, jobs, ids["push_job"]) == "dead"  # a signed-out press does nothing
+    assert pressed.status_code == 303 and pressed.headers["location"] == f"/ui/login?next={back_to}"
+    assert (signed_in.status_code, signed_in.headers["location"]) == (303, back_to)
+    assert landing.status_code == 200
 
 
 async def test_curl_presses_buttons_with_the_bearer_token(database_url: str) -> None:
