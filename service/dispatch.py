@@ -6,13 +6,14 @@ back to `pending` (with the error) while the job waits to retry, `dead` when the
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
 from service.db import alerts, bookkeeper, writer
@@ -58,24 +59,53 @@ def alert_from_row(row: sa.RowMapping) -> Alert:
 
 
 class AlertJob:
-    """The job function for kind `alert`; also told when one of its jobs dies."""
+    """The job function for kind `alert`; also told when one of its jobs dies.
+
+    Under a worker (service/worker.py `Batched`) the alert's bookkeeping rides on the queue's own
+    transactions: the claim marks the alerts of every claimed job processing and loads them in one
+    statement, and the completion writes their outcomes with their jobs' `done`. Called alone (tests,
+    tools) it does the same writes itself.
+    """
 
     def __init__(self, registry: Mapping[AlertKind, Handler], deps: AlertDeps) -> None:
         self._registry = dict(registry)
         self._deps = deps
         self._log: structlog.stdlib.BoundLogger = structlog.get_logger("service.dispatch")
+        self._handled = [kind.value for kind in self._registry]
+        self._loaded: dict[int, sa.RowMapping | None] = {}  # job id → its alert, loaded by `claimed`
 
-    async def __call__(self, job: Job, attempt: int) -> None:
+    async def claimed(self, conn: AsyncConnection, jobs: Sequence[Job], now: float) -> None:
+        by_alert = {str(job.payload["alert_id"]): job.id for job in jobs}
+        found = {row["id"]: row for row in (await conn.execute(self._mark_started(list(by_alert), now))).mappings()}
+        for alert_id, job_id in by_alert.items():
+            self._loaded[job_id] = found.get(alert_id)
+
+    async def finished(self, conn: AsyncConnection, results: Sequence[tuple[Job, object]], now: float) -> None:
+        outcomes = [
+            {"alert_id": str(job.payload["alert_id"]), "status": result.value}
+            for job, result in results
+            if isinstance(result, AlertStatus)
+        ]
+        if outcomes:
+            statement = (
+                alerts.update().where(alerts.c.id == sa.bindparam("alert_id"))
+                .values(status=sa.bindparam("status"), last_error=None, updated_at=now)
+            )  # fmt: skip
+            await conn.execute(statement, outcomes)
+
+    async def __call__(self, job: Job, attempt: int) -> AlertStatus | None:
+        """Run the alert's handler; returns the outcome for `finished` to write (None once written)."""
         alert_id = str(job.payload["alert_id"])
         log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt)
-        row = await self._start(alert_id)
+        batched = job.id in self._loaded
+        row = self._loaded.pop(job.id) if batched else await self._start(alert_id)
         if row is None:
             log.warning("alert_missing")  # deleted since it was queued: nothing left to do
-            return
+            return None
         alert = alert_from_row(row)
         handler = self._registry.get(alert.kind)
         if handler is None:
-            return
+            return None  # marked ignored when it was claimed
         context = Context(
             store=self._deps.engine,
             codat=self._deps.codat,
@@ -87,34 +117,40 @@ class AlertJob:
         )
         try:
             outcome = await handler(alert, context)
+        except asyncio.CancelledError:
+            # Shutdown: the job goes back to waiting, so the alert does too (not left `processing`).
+            await asyncio.shield(self._set(alert_id, AlertStatus.PENDING))
+            raise
         except Exception as exc:
             await self._set(alert_id, AlertStatus.PENDING, error=describe_error(exc))
             raise
+        if batched:
+            return AlertStatus(outcome.value)
         await self._set(alert_id, AlertStatus(outcome.value), error=None)
+        return None
 
-    async def _start(self, alert_id: str) -> sa.RowMapping | None:
-        """Load the alert and mark this processing run in one statement: `processing` when a handler
-        will run, `ignored` when none exists; `attempts` counts every run (CONTRACT.md)."""
-        handled = [kind.value for kind in self._registry]
-        status = sa.case((alerts.c.kind.in_(handled), AlertStatus.PROCESSING.value), else_=AlertStatus.IGNORED.value)
-        statement = (
-            alerts.update().where(alerts.c.id == alert_id)
-            .values(status=status, attempts=alerts.c.attempts + 1, updated_at=self._deps.clock.now())
+    def _mark_started(self, alert_ids: list[str], now: float) -> sa.Update:
+        """Load alerts and mark this processing run in one statement: `processing` when a handler will
+        run, `ignored` when none exists; `attempts` counts every run (CONTRACT.md)."""
+        status = sa.case(
+            (alerts.c.kind.in_(self._handled), AlertStatus.PROCESSING.value), else_=AlertStatus.IGNORED.value
+        )
+        return (
+            alerts.update().where(alerts.c.id.in_(alert_ids))
+            .values(status=status, attempts=alerts.c.attempts + 1, updated_at=now)
             .returning(*alerts.c)
         )  # fmt: skip
+
+    async def _start(self, alert_id: str) -> sa.RowMapping | None:
         async with bookkeeper(self._deps.engine).begin() as conn:
-            return (await conn.execute(statement)).mappings().first()
+            return (await conn.execute(self._mark_started([alert_id], self._deps.clock.now()))).mappings().first()
 
     async def job_dead(self, job: Job, error: str) -> None:
         await self._set(str(job.payload["alert_id"]), AlertStatus.DEAD, error=error)
 
-    async def _set(
-        self, alert_id: str, status: AlertStatus, *, count: bool = False, error: str | _Keep | None = KEEP
-    ) -> None:
+    async def _set(self, alert_id: str, status: AlertStatus, *, error: str | _Keep | None = KEEP) -> None:
         """`error` replaces last_error (None clears it); by default last_error is kept."""
         values: dict[str, Any] = {"status": status.value, "updated_at": self._deps.clock.now()}
-        if count:
-            values["attempts"] = alerts.c.attempts + 1
         if error is not KEEP:
             values["last_error"] = error
         async with bookkeeper(self._deps.engine).begin() as conn:

@@ -7,7 +7,7 @@ job was claimed again cannot complete, fail or release the newer attempt.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,10 @@ CLAIM_SQL = {
 }
 
 
+InTransaction = Callable[[AsyncConnection, list["Job"]], Awaitable[None]]
+"""Work a caller folds into a queue statement's transaction: it commits or rolls back with it."""
+
+
 def describe_error(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return text[:MAX_ERROR_CHARS]
@@ -171,8 +175,14 @@ async def ensure_scheduled(
         )
 
 
-async def claim(engine: AsyncEngine, worker_id: str, limit: int, now: float, lease_s: float) -> list[Job]:
-    """Take up to `limit` runnable jobs for `worker_id`, oldest first, respecting per-key order."""
+async def claim(
+    engine: AsyncEngine, worker_id: str, limit: int, now: float, lease_s: float, *, then: InTransaction | None = None
+) -> list[Job]:
+    """Take up to `limit` runnable jobs for `worker_id`, oldest first, respecting per-key order.
+
+    `then(conn, claimed)` runs in the claim's own transaction, so what it writes (an alert marked
+    processing, a periodic job's successor) exists exactly when the claim does.
+    """
     if limit <= 0:
         return []
     params = {
@@ -181,7 +191,10 @@ async def claim(engine: AsyncEngine, worker_id: str, limit: int, now: float, lea
     }  # fmt: skip
     async with bookkeeper(engine).begin() as conn:
         rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
-    return sorted((Job(**row) for row in rows), key=lambda job: job.id)
+        claimed = sorted((Job(**row) for row in rows), key=lambda job: job.id)
+        if claimed and then is not None:
+            await then(conn, claimed)
+    return claimed
 
 
 def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
@@ -189,8 +202,14 @@ def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
     return sa.and_(jobs.c.status == "running", sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs))
 
 
-async def complete(engine: AsyncEngine, done: Sequence[Job], now: float) -> int:
-    """Mark a batch done in one statement; returns how many were still ours to finish."""
+async def complete(
+    engine: AsyncEngine, done: Sequence[Job], now: float, *, then: InTransaction | None = None
+) -> int:
+    """Mark a batch done in one statement; returns how many were still ours to finish.
+
+    `then(conn, finished)` runs in the same transaction with the jobs that were still ours (a job whose
+    lease was lost and taken over is not among them), so a job's results commit with its `done`.
+    """
     if not done:
         return 0
     async with bookkeeper(engine).begin() as conn:
@@ -198,10 +217,14 @@ async def complete(engine: AsyncEngine, done: Sequence[Job], now: float) -> int:
             jobs.update()
             .where(_fenced(done))
             .values(status="done", finished_at=now, lease_expires_at=None)
+            .returning(jobs.c.id)
         )
+        finished_ids = set(result.scalars())
         if any(job.lock_key for job in done):
             await notify(conn)  # the next job of each key may now be claimable by any worker
-    return int(result.rowcount)
+        if finished_ids and then is not None:
+            await then(conn, [job for job in done if job.id in finished_ids])
+    return len(finished_ids)
 
 
 async def fail(engine: AsyncEngine, job: Job, error: str, now: float) -> bool:
@@ -238,38 +261,43 @@ async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: f
         return False
 
 
-async def heartbeat(engine: AsyncEngine, worker_id: str, now: float, lease_s: float) -> int:
-    """Extend the leases of every job `worker_id` is running; returns how many."""
+async def heartbeat(engine: AsyncEngine, running: Sequence[Job], now: float, lease_s: float) -> int:
+    """Extend the leases of the jobs this worker is running (fenced, so never a job it lost); returns how many."""
+    if not running:
+        return 0
     async with bookkeeper(engine).begin() as conn:
-        result = await conn.execute(
-            jobs.update()
-            .where(jobs.c.worker_id == worker_id, jobs.c.status == "running")
-            .values(lease_expires_at=now + lease_s)
-        )
+        result = await conn.execute(jobs.update().where(_fenced(running)).values(lease_expires_at=now + lease_s))
     return int(result.rowcount)
 
 
-async def release(engine: AsyncEngine, claimed: Sequence[Job]) -> int:
+async def release(engine: AsyncEngine, claimed: Sequence[Job], now: float) -> int:
     """Hand unfinished jobs back (shutdown): waiting again, lease cleared, the attempt not counted.
 
-    The attempt is given back because the job did not fail; we stopped it.
+    The attempt is given back because the job did not fail; we stopped it. A job whose queueing lock a
+    newer waiting job now holds ends `done` instead: that job does the same work (see `retry`).
     """
     if not claimed:
         return 0
+    back = {"status": "waiting", "attempts": jobs.c.attempts - 1, "worker_id": None, "lease_expires_at": None,
+            "started_at": None}  # fmt: skip
+    unlocked = [job for job in claimed if job.queueing_lock is None]
+    locked = [job for job in claimed if job.queueing_lock is not None]
+    released = 0
     async with bookkeeper(engine).begin() as conn:
-        result = await conn.execute(
-            jobs.update()
-            .where(_fenced(claimed))
-            .values(
-                status="waiting",
-                attempts=jobs.c.attempts - 1,
-                worker_id=None,
-                lease_expires_at=None,
-                started_at=None,
-            )
-        )
+        if unlocked:
+            released += int((await conn.execute(jobs.update().where(_fenced(unlocked)).values(back))).rowcount)
         await notify(conn)
-    return int(result.rowcount)
+    for job in locked:  # rare (push and periodic jobs): one at a time, as a conflict fails the statement
+        try:
+            async with bookkeeper(engine).begin() as conn:
+                released += int((await conn.execute(jobs.update().where(_fenced([job])).values(back))).rowcount)
+                await notify(conn)
+        except IntegrityError:
+            async with bookkeeper(engine).begin() as conn:
+                await conn.execute(
+                    jobs.update().where(_fenced([job])).values(status="done", finished_at=now, lease_expires_at=None)
+                )
+    return released
 
 
 async def prune(engine: AsyncEngine, finished_before: float) -> int:

@@ -134,6 +134,76 @@ async def test_worker_counts_attempts_until_dead(engine: AsyncEngine) -> None:
     assert await alert_state(engine) == ("dead", 3, "RuntimeError: fail 3")
 
 
+async def test_through_a_worker_the_alert_moves_with_its_job(engine: AsyncEngine) -> None:
+    """Under a worker, the alert is `processing` exactly while its job runs and `done` when the job is:
+    each status is written in the queue's own transaction (claim, completion), for every alert of a batch."""
+    gate = asyncio.Event()
+    seen: dict[str, tuple[str, str]] = {}
+
+    async def handler(alert: Alert, ctx: Context) -> Outcome:
+        seen[alert.delivery_id] = ((await alert_state(engine, alert.delivery_id))[0], await _job_status(engine, alert))
+        await gate.wait()
+        return Outcome.DONE
+
+    for n in range(3):
+        await store_alert(engine, f"a{n}")
+        await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": f"a{n}"}, now=T0, lock_key=alert_lock_key(f"C{n}"))
+    clock = FixedClock(T0)
+    worker = Worker(
+        engine, {ALERT_JOB_KIND: make_alert_job(registry(handler), Deps(engine, clock))}, concurrency=4, lease_s=30,
+        max_attempts=3, clock=clock, notifier=RecordingNotifier(), poll_interval_s=0.05,
+    )  # fmt: skip
+    async with running(worker):
+        await eventually(lambda: _true(len(seen) == 3))
+        gate.set()
+        await eventually(lambda: _all_alerts_are(engine, "done"))
+        assert {status for status in (await _job_statuses(engine))} == {"done"}
+    assert seen == {f"a{n}": ("processing", "running") for n in range(3)}
+    assert [await alert_state(engine, f"a{n}") for n in range(3)] == [("done", 1, None)] * 3
+
+
+async def test_a_stopped_run_puts_the_alert_back_to_pending(engine: AsyncEngine) -> None:
+    """A handler cancelled by shutdown leaves its alert pending (its job waits again), not processing."""
+    started = asyncio.Event()
+
+    async def handler(alert: Alert, ctx: Context) -> Outcome:
+        started.set()
+        await asyncio.Event().wait()  # never finishes by itself
+        return Outcome.DONE
+
+    await store_alert(engine)
+    await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock_key("C1"))
+    clock = FixedClock(T0)
+    worker = Worker(
+        engine, {ALERT_JOB_KIND: make_alert_job(registry(handler), Deps(engine, clock))}, concurrency=1, lease_s=30,
+        max_attempts=3, clock=clock, notifier=RecordingNotifier(), poll_interval_s=0.05, grace_s=0.0,
+    )  # fmt: skip
+    async with running(worker):
+        await asyncio.wait_for(started.wait(), 15)
+    assert (await alert_state(engine))[0] == "pending"
+    assert [(job.status, job.attempts) for job in await job_rows(engine)] == [("waiting", 0)]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _job_status(engine: AsyncEngine, alert: Alert) -> str:
+    for job in await job_rows(engine):
+        if job.payload["alert_id"] == alert.delivery_id:
+            return str(job.status)
+    raise AssertionError(f"no job for {alert.delivery_id}")
+
+
+async def _job_statuses(engine: AsyncEngine) -> list[str]:
+    return [str(job.status) for job in await job_rows(engine)]
+
+
+async def _all_alerts_are(engine: AsyncEngine, status: str) -> bool:
+    async with engine.connect() as conn:
+        return set((await conn.execute(sa.select(alerts.c.status))).scalars()) == {status}
+
+
 async def test_replay_queues_a_new_job(engine: AsyncEngine) -> None:
     """Replaying an alert puts it back to pending with a new job under its company's lock key."""
     await store_alert(engine)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
 from service.clock import FixedClock, SystemClock
@@ -90,10 +90,19 @@ async def test_expired_lease_is_reclaimed_as_a_new_attempt(engine: AsyncEngine) 
 async def test_heartbeat_extends_the_lease(engine: AsyncEngine) -> None:
     """A heartbeating worker keeps its job beyond the original lease."""
     await add(engine)
-    await queue.claim(engine, "w1", 10, T0, 5.0)
-    assert await queue.heartbeat(engine, "w1", T0 + 4, 5.0) == 1
+    claimed = await queue.claim(engine, "w1", 10, T0, 5.0)
+    assert await queue.heartbeat(engine, claimed, T0 + 4, 5.0) == 1
     assert await queue.claim(engine, "w2", 10, T0 + 6, 5.0) == []
     assert len(await queue.claim(engine, "w2", 10, T0 + 10, 5.0)) == 1
+
+
+async def test_heartbeat_never_extends_a_lost_job(engine: AsyncEngine) -> None:
+    """A worker whose lease expired and whose job was claimed again cannot extend the new attempt's lease."""
+    await add(engine)
+    [old] = await queue.claim(engine, "w1", 10, T0, 5.0)
+    [new] = await queue.claim(engine, "w1", 10, T0 + 6, 5.0)  # same worker id, a newer attempt
+    assert await queue.heartbeat(engine, [old], T0 + 7, 100.0) == 0
+    assert await queue.heartbeat(engine, [new], T0 + 7, 100.0) == 1
 
 
 async def test_one_job_per_key_in_enqueue_order(engine: AsyncEngine) -> None:
@@ -145,10 +154,55 @@ async def test_release_gives_the_attempt_back(engine: AsyncEngine) -> None:
     """Released jobs wait again with no lease, and the interrupted attempt is not counted."""
     await add(engine, "a")
     claimed = await queue.claim(engine, "w1", 10, T0, LEASE_S)
-    assert await queue.release(engine, claimed) == 1
+    assert await queue.release(engine, claimed, T0) == 1
     [row] = await job_rows(engine)
     assert (row.status, row.attempts, row.lease_expires_at, row.worker_id) == ("waiting", 0, None, None)
     assert [job.attempts for job in await queue.claim(engine, "w2", 10, T0, LEASE_S)] == [1]
+
+
+async def test_release_with_a_newer_waiting_duplicate(engine: AsyncEngine) -> None:
+    """Shutdown releases every job even when one's queueing lock is now held by a newer waiting job:
+    that one ends done (the newer job does the same work) and the others still go back to waiting."""
+    await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q")
+    await add(engine, "a")
+    claimed = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+    await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q")
+    assert await queue.release(engine, claimed, T0 + 1) == 1
+    assert [(row.kind, row.status, row.attempts) for row in await job_rows(engine)] == [
+        ("test", "done", 1),
+        ("test", "waiting", 0),
+        ("test", "waiting", 0),
+    ]
+
+
+async def test_claim_and_complete_fold_work_into_their_transaction(engine: AsyncEngine) -> None:
+    """`then` runs inside the claim's and the completion's transaction: its writes commit with them, a
+    failure in it undoes the claim, and completion hands it only the jobs still ours."""
+    await add(engine, "a")
+    await add(engine, "b")
+
+    async def explode(_conn: AsyncConnection, _jobs: list[Job]) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await queue.claim(engine, "w1", 10, T0, LEASE_S, then=explode)
+    assert {row.status for row in await job_rows(engine)} == {"waiting"}  # the claim was undone
+
+    seen: list[list[int]] = []
+
+    async def remember(conn: AsyncConnection, jobs: list[Job]) -> None:
+        seen.append(ids(jobs))
+        await queue.enqueue(conn, "follow-up", {}, now=T0, lock_key="follow-up")
+
+    claimed = await queue.claim(engine, "w1", 10, T0, LEASE_S, then=remember)
+    [mine, lost] = claimed
+    assert seen == [ids(claimed)]
+    assert [row.kind for row in await job_rows(engine)] == ["test", "test", "follow-up"]
+    await queue.heartbeat(engine, [mine], T0 + LEASE_S - 1, LEASE_S)
+    taken = await queue.claim(engine, "w2", 10, T0 + LEASE_S + 1, LEASE_S)  # the lost job and the follow-up
+    assert lost.id in ids(taken) and mine.id not in ids(taken)
+    assert await queue.complete(engine, claimed, T0 + LEASE_S + 2, then=remember) == 1
+    assert seen[1] == [mine.id]
 
 
 async def test_worker_runs_jobs_to_done(engine: AsyncEngine) -> None:
