@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from handlers._deps import tracker
 from service.datasets import apply_dataset_status, load
-from service.db import datasets, writer
+from service.db import datasets, reader, writer
 from service.types import Alert, Context, DataTypeStatus, Outcome
 
 
@@ -25,13 +25,13 @@ async def _concerned(ctx: Context, company_id: str, entry: DataTypeStatus) -> li
         query = query.where(datasets.c.data_type == entry.data_type, datasets.c.terminal.is_(False))
     else:
         return []
-    async with ctx.store.connect() as conn:
+    async with reader(ctx.store).connect() as conn:
         return list((await conn.execute(query.order_by(datasets.c.requested_at))).scalars())
 
 
 async def reconcile(ctx: Context, company_id: str, dataset_id: str) -> str | None:
     """Codat's status of one dataset, applied; returns the status applied (None if not ours)."""
-    async with ctx.store.connect() as conn:
+    async with reader(ctx.store).connect() as conn:
         row = await load(conn, dataset_id)
     if row is None or row["terminal"]:
         return None if row is None else str(row["status"])

@@ -6,6 +6,7 @@ backends and every clock can be injected.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -112,16 +113,23 @@ notification_dedupe = sa.Table(
 )
 
 
+POOL_HEADROOM = 4  # connections beyond the worker concurrency: claims, completions, heartbeats, requests
+
+
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     """The process's engine; on SQLite, WAL with `BEGIN IMMEDIATE` for write transactions."""
+    # Every running job may hold a connection, and the worker's own claim/complete and the ingest writer
+    # need theirs: a pool smaller than that churns overflow connections (on PostgreSQL a TCP+TLS
+    # handshake and a cold statement cache each time, on SQLite a new thread and connection; measured at
+    # an eighth of the worker's CPU at 32 concurrent jobs).
+    pool_size = max(settings.db_pool_size, settings.worker_concurrency + POOL_HEADROOM)
+    if ":memory:" not in settings.database_url:  # an in-memory database has one static connection
+        kwargs.setdefault("pool_size", pool_size)
+        kwargs.setdefault("max_overflow", pool_size)
     if settings.is_sqlite:
         engine = create_async_engine(settings.database_url, **kwargs)
         _configure_sqlite(engine, settings.sqlite_synchronous)
         return engine
-    kwargs.setdefault("pool_size", settings.db_pool_size)
-    kwargs.setdefault("max_overflow", settings.db_pool_size)
-    # No pre-ping: it cost a round trip on every checkout of the job hot path; a connection broken by
-    # an outage fails once and SQLAlchemy then invalidates the pool, which is what pre-ping bought.
     kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_timeout", 5)
     kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30})
@@ -154,6 +162,8 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         # Writers take the write lock up front: a deferred transaction that later writes can fail
         # with SQLITE_BUSY instead of waiting for the lock.
         options = conn.get_execution_options()
+        if options.get("sqlite_autocommit"):
+            return  # `reader`: every statement on its own, no BEGIN/ROLLBACK round trips
         if options.get("relaxed"):
             conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
         elif options.get("sqlite_immediate"):
@@ -161,9 +171,33 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
+_VARIANTS: weakref.WeakKeyDictionary[AsyncEngine, dict[str, AsyncEngine]] = weakref.WeakKeyDictionary()
+
+
+def _variant(engine: AsyncEngine, name: str, **options: Any) -> AsyncEngine:
+    """`engine.execution_options(**options)`, made once per engine: making one registers event
+    listeners and copies the engine's options, which cost more than the statement on the job hot path."""
+    variants = _VARIANTS.setdefault(engine, {})
+    if name not in variants:
+        variants[name] = engine.execution_options(**options)
+    return variants[name]
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """For read-only blocks on hot paths: no transaction, so no BEGIN and ROLLBACK round trips.
+
+    Each statement sees what was committed when it started, as under READ COMMITTED (PostgreSQL's
+    level anyway); use a transaction where several reads must agree with each other.
+    """
+    if engine.dialect.name == "postgresql":
+        return _variant(engine, "reader", isolation_level="AUTOCOMMIT")
+    # Not SQLAlchemy's AUTOCOMMIT on SQLite: resetting it would hand transaction control back to the driver.
+    return _variant(engine, "reader", sqlite_autocommit=True)
+
+
 def writer(engine: AsyncEngine) -> AsyncEngine:
     """The same pool, but transactions begin with the write lock on SQLite (no-op elsewhere)."""
-    return engine.execution_options(sqlite_immediate=True)
+    return _variant(engine, "writer", sqlite_immediate=True)
 
 
 def bookkeeper(engine: AsyncEngine) -> AsyncEngine:
@@ -174,7 +208,7 @@ def bookkeeper(engine: AsyncEngine) -> AsyncEngine:
     at-least-once processing already allows, and the next durable commit (an acknowledgement) flushes
     the log it sits in anyway. Anything acknowledged to a client keeps using `writer`.
     """
-    return engine.execution_options(sqlite_immediate=True, relaxed=True)
+    return _variant(engine, "bookkeeper", sqlite_immediate=True, relaxed=True)
 
 
 # -- the push outbox (service/outbox.py, service/pusher.py, service/datasets.py) ----------------------
