@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from handlers._deps import tracker
 from service.datasets import apply_dataset_status, load
 from service.db import datasets, reader, writer
+from service.tracking import ask_codat
 from service.types import Alert, Context, DataTypeStatus, Outcome
 
 
@@ -35,15 +36,16 @@ async def reconcile(ctx: Context, company_id: str, dataset_id: str) -> str | Non
         row = await load(conn, dataset_id)
     if row is None or row["terminal"]:
         return None if row is None else str(row["status"])
-    found = await ctx.codat.get_dataset(company_id, dataset_id)
-    completed = found.completed.timestamp() if found.completed is not None else None
     now = ctx.clock.now()
+    found = await ask_codat(ctx.codat, row, now)
+    if found is None:
+        return str(row["status"])  # a 404 just after the push: the poll or the sweep asks again
     async with writer(ctx.store).begin() as conn:
         row = await load(conn, dataset_id)
         if row is None:
             return None
-        applied = await apply_dataset_status(conn, row, found.status, found.error_message, now=now,
-                                             completed_at=completed)  # fmt: skip
+        applied = await apply_dataset_status(conn, row, found.status, found.message, now=now,
+                                             completed_at=found.completed_at)  # fmt: skip
         if applied.terminal and applied.changed:
             await tracker(ctx).after_terminal(conn, applied, now)
     return applied.status

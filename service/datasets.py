@@ -18,6 +18,9 @@ from service.db import companies, datasets, records
 from service.outbox import State
 
 COMPLETE = "Complete"
+# Not one of Codat's 21 statuses: ours for a dataset Codat answers 404 for, long after it gave us its id
+# (the company, its data or the dataset is gone). Terminal and failed: its records wait no more.
+GONE = "NotFound"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ async def apply_dataset_status(
     base = {"dataset_id": dataset["id"], "company_id": dataset["company_id"], "data_type": dataset["data_type"]}
     if dataset["terminal"]:
         return Applied(**base, status=dataset["status"], terminal=True, changed=False)
-    terminal = status in TERMINAL_STATUSES
+    terminal = status in TERMINAL_STATUSES or status == GONE
     when = completed_at if completed_at is not None else now
     flipped = await conn.execute(
         datasets.update()

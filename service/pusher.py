@@ -30,10 +30,17 @@ from service.errors import RetryLater
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
 from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, State, is_paused, lock_outbox, pause_unless_paused
 from service.queue import Job, describe_error
-from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy, Tracker, TrackingDeps
+from service.tracking import (
+    POLL_KIND,
+    RATE_LIMIT_WAIT_S,
+    SWEEP_KIND,
+    SYNC_KIND,
+    PollPolicy,
+    Tracker,
+    TrackingDeps,
+)
 from service.worker import JobFunction, Periodic
 
-RATE_LIMIT_WAIT_S = 30  # when Codat's 429 carries no Retry-After
 API_KEY_SUBJECT = "api_key"  # an auth_required about codat-relay's own key, not the merchant's connection
 log = structlog.get_logger("service.pusher")
 

@@ -30,6 +30,8 @@ ACTIONS = {
     "PrerequisiteNotMet": "Complete the company's Sync for Commerce configuration in Codat.",
     "NotSupported": "This data type is not supported for the merchant's platform.",
     "Cancelled": "The dataset was cancelled in Codat; resubmit the records if they are still needed.",
+    "NotFound": "Codat no longer knows this dataset: check the company and its connection still exist in "
+    "Codat, then re-push (codat-relay companies repush).",
 }
 log = structlog.get_logger("service.repush")
 

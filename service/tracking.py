@@ -8,6 +8,7 @@ the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,10 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.codat import CodatNotFound, is_success
-from service.datasets import Applied, apply_dataset_status, load
+from service.codat import CodatNotFound, CodatRateLimited, is_success
+from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
+from service.errors import RetryLater
 from service.notifications import Kind, Notification
 from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_push
 from service.queue import Job
@@ -34,6 +36,8 @@ SYNC_KIND = "check_sync"
 SWEEP_KIND = "push_sweep"
 SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
+NOT_FOUND_GRACE_S = 600.0  # a dataset Codat answers 404 for this long after its push is gone
+RATE_LIMIT_WAIT_S = 30  # when Codat's 429 carries no Retry-After
 CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
 log = structlog.get_logger("service.tracking")
 
@@ -66,6 +70,34 @@ def _ts(value: Any) -> float | None:
     return value.timestamp() if value is not None else None
 
 
+@dataclass(frozen=True)
+class Found:
+    """What Codat says of one dataset."""
+
+    status: str
+    message: str | None
+    completed_at: float | None
+
+
+async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | None:
+    """Codat's status of one of our datasets (a `datasets` row); None when it cannot be known yet.
+
+    A 404 for a dataset Codat gave us its id for means the company, its data or the dataset is gone:
+    once `NOT_FOUND_GRACE_S` have passed since the push it ends the dataset as `NotFound` (failed, and
+    staff told once) instead of failing the job until it dies. Sooner, it may be Codat catching up with
+    itself, so the caller asks again later. A 429 waits as long as Codat said (`RetryLater`).
+    """
+    try:
+        found = await codat.get_dataset(dataset["company_id"], dataset["id"])
+    except CodatNotFound as exc:
+        if now - dataset["requested_at"] < NOT_FOUND_GRACE_S:
+            return None
+        return Found(GONE, f"Codat answers 404 for this dataset: {exc}", None)
+    except CodatRateLimited as exc:
+        raise RetryLater("Codat rate limit", after_s=math.ceil(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
+    return Found(found.status, found.error_message, _ts(found.completed))
+
+
 class Tracker:
     def __init__(self, deps: TrackingDeps, poll: PollPolicy) -> None:
         self._deps = deps
@@ -75,19 +107,22 @@ class Tracker:
 
     async def poll_dataset(self, job: Job, attempt: int) -> None:
         """`poll_dataset` job: read the dataset from Codat and apply its status; poll again if unfinished."""
-        dataset_id, company_id = str(job.payload["dataset_id"]), str(job.payload["company_id"])
+        dataset_id = str(job.payload["dataset_id"])
         engine, now = self._deps.engine, self._deps.clock.now()
         async with engine.connect() as conn:
             row = await load(conn, dataset_id)
         if row is None or row["terminal"]:
             return
-        found = await self._deps.codat.get_dataset(company_id, dataset_id)
+        found = await ask_codat(self._deps.codat, row, now)
         async with writer(engine).begin() as conn:
             row = await load(conn, dataset_id)
             if row is None:
                 return
-            applied = await apply_dataset_status(conn, row, found.status, found.error_message, now=now,
-                                                 completed_at=_ts(found.completed))  # fmt: skip
+            if found is None:  # a 404 too soon after the push to mean anything: ask again later
+                await self._poll_again(conn, row, now)
+                return
+            applied = await apply_dataset_status(conn, row, found.status, found.message, now=now,
+                                                 completed_at=found.completed_at)  # fmt: skip
             if applied.terminal:
                 await self.after_terminal(conn, applied, now)
             else:
