@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import outbox
 from service.db import companies, jobs, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
+from service.records import MODELS
 from service.types import Alert, Context, Outcome
 
 RESUMING = frozenset({"connection.created", "connection.connected", "connection.reconnected"})
@@ -60,9 +61,11 @@ async def on_connection_deleted(alert: Alert, ctx: Context) -> Outcome:
         # A company already paused keeps its reason (a manual pause stays manual; a push's 404 got here first).
         await outbox.pause_unless_paused(conn, company, outbox.CONNECTION_DELETED, now)
         # Pushes waiting for this company (re-pushes among them) would only find it paused: drop them.
+        # Exact keys, not LIKE 'push:{company}:%': a company id holding `%` or `_` would match others'.
+        locks = [outbox.push_lock(company, data_type) for data_type in MODELS]
         cancelled = await conn.execute(
             jobs.delete().where(jobs.c.kind == outbox.PUSH_KIND, jobs.c.status == "waiting",
-                                jobs.c.lock_key.like(f"push:{company}:%"))
+                                jobs.c.lock_key.in_(locks))
         )  # fmt: skip
         await ctx.notifier.notify(Notification(
             Kind.CONNECTION_DELETED, "The merchant's sync connection was deleted: pushes are paused",

@@ -185,3 +185,22 @@ async def test_our_api_key_refused_is_one_notification_per_company(database_url:
                 raise AssertionError("a refused key must fail the push job")
         told, state = await r.told("auth_required"), await r.company()
     assert told == 1 and state == (False, None)
+
+
+async def test_a_deletion_cancels_only_its_own_companys_waiting_pushes(database_url: str) -> None:
+    """Company ids holding LIKE's wildcards (`%`, `_`) cancel exactly their own waiting pushes, no one else's;
+    a re-push waiting out a long backoff is among those cancelled."""
+    from service.outbox import schedule_push
+
+    others = ["co-1x", "coX1", "co-1:x", "co%1"]
+    async with relay(database_url, not_found) as r:
+        async with writer(r.runtime.engine).begin() as conn:
+            for company in ["co_1", "co%", *others]:
+                for data_type in DATA_TYPES:
+                    await schedule_push(conn, company, data_type, now=0.0, delay_s=900.0)  # e.g. a backed-off re-push
+        for company in ("co_1", "co%"):
+            alert = event("connection.deleted", "2026-01-01T10:05:00Z").model_copy(update={"company_id": company})
+            await on_connection_deleted(alert, r.ctx)
+        async with r.runtime.engine.connect() as conn:
+            left = (await conn.execute(sa.select(jobs.c.lock_key).where(jobs.c.kind == "push"))).scalars().all()
+    assert sorted(left) == sorted(f"push:{company}:{data_type}" for company in others for data_type in DATA_TYPES)
