@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from service.testing import read_completed_body
-from tests.conftest import _admin, fresh_postgres
+from tests.conftest import TEST_AUTH_HEADER, _admin, fresh_postgres
 from tests.integration.e2e import Stack, stack, until
 
 ORDERS, PAYMENTS = "commerce-orders", "commerce-payments"
@@ -214,6 +214,29 @@ def test_notifications_wait_out_a_target_outage_and_arrive_once(s: Stack) -> Non
     until(lambda: s.target.of(s.company), bool, "notification after the outage")
     settled(s, ORDERS, "failed", 1)
     assert len(s.target.of(s.company)) == 1
+
+
+def test_legacy_alerts_end_to_end_sync_completed_then_failed(s: Stack) -> None:
+    """Unsigned legacy alert rules (Authorization header): datasets complete, a scripted 2000 sync makes the records
+    `synced`, a scripted 4200 sync reaches staff as sync_failed with the code's meaning and Codat's message."""
+    s.sandbox("POST", "/_sandbox/config", json={"webhookShape": "legacy", "legacyAuthHeader": TEST_AUTH_HEADER})
+    try:
+        s.put("orders", [order(1), order(2)])
+        settled(s, ORDERS, "accepted", 2)
+        s.sandbox("POST", "/_sandbox/script/sync", json={"companyId": s.company, "code": 2000})
+        s.sandbox("POST", f"/companies/{s.company}/sync/commerce/latest", json={})
+        settled(s, ORDERS, "synced", 2)
+        s.sandbox("POST", "/_sandbox/script/sync", json={"companyId": s.company, "code": 4200,
+                                                      "errorMessage": "Account 400 is missing"})  # fmt: skip
+        s.sandbox("POST", f"/companies/{s.company}/sync/commerce/latest", json={})
+        [note] = until(lambda: s.target.of(s.company, "sync_failed"), bool, "sync_failed")
+        alerts = alerts_done(s, 3)
+    finally:
+        s.sandbox("POST", "/_sandbox/config", json={"webhookShape": "envelope"})
+    assert (note["details"]["syncStatusCode"], note["details"]["meaning"]) == (4200, "map error")
+    assert note["details"]["errorMessage"] == "Account 400 is missing"
+    assert sorted(a["type"] for a in alerts) == ["Data sync completed", "Sync Completed", "Sync Failed"]
+    assert s.record_states(ORDERS) == {"synced": 2}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
