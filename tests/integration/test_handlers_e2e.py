@@ -199,6 +199,10 @@ def test_connection_deleted_pauses_and_reconnection_pushes_the_backlog(s: Stack)
     settled(s, ORDERS, "accepted", 2)
     assert len(s.pushes(ORDERS)) == 2 and sorted(s.pushes(ORDERS)[1]["recordIds"]) == ["o-1", "o-2"]
     assert told["severity"] == "critical" and len(s.target.of(s.company, "connection_deleted")) == 1
+    # Nothing was even tried while paused: Codat would have answered 404 (the sandbox does not list those).
+    assert s.codat_requests("push", 404) == 0 and s.codat_requests("push", 200) == 2
+    outcomes = s.rows("SELECT outcome, count(*) FROM pushes WHERE company_id = :company GROUP BY outcome")
+    assert [tuple(row) for row in outcomes] == [("pushed", 2)]
 
 
 def test_notifications_wait_out_a_target_outage_and_arrive_once(s: Stack) -> None:
