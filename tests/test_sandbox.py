@@ -433,3 +433,23 @@ async def test_request_counts_can_be_read_per_company(make_harness: MakeHarness)
     assert mine == [{"endpoint": "dataset", "status": 200, "count": 1}, {"endpoint": "push", "status": 200, "count": 1}]
     assert theirs == [{"endpoint": "push", "status": 200, "count": 2}]
     assert {"endpoint": "push", "status": 200, "count": 3} in everyone
+
+
+async def test_an_update_pushed_while_a_sync_runs_is_not_what_the_books_got(make_harness: MakeHarness) -> None:
+    """The books get what a record held when the sync started: v2, pushed while the sync ran, is not synced,
+    so pushing v2 again afterwards is an update of synced data (a breach), not a harmless duplicate."""
+    clock = FixedClock()
+    h = await make_harness(pace_seconds=10.0, clock=clock)
+    v1, v2 = order("o-1", 10.0, "2025-06-01T10:00:00Z"), order("o-1", 12.0, "2025-06-02T10:00:00Z")
+    assert (await h.push(ORDERS, "orders", [v1])).status_code == 200
+    clock.advance(11)
+    await h.settle()
+    assert (await h.client.post(f"/companies/{COMPANY}/sync/commerce/latest", json={})).status_code == 200
+    assert (await h.push(ORDERS, "orders", [v2])).status_code == 200  # while the sync runs
+    clock.advance(11)
+    await h.settle()  # v2's dataset completes and the sync finishes in the same tick
+    [held] = (await h.get("/_sandbox/records"))["results"]
+    assert held["synced"] is True and held["data"] == v2
+    assert (await h.push(ORDERS, "orders", [v2])).status_code == 200
+    kinds = [b["kind"] for b in (await h.get("/_sandbox/breaches"))["results"]]
+    assert kinds == ["update_after_sync"]

@@ -7,7 +7,7 @@ clock sees exactly the status it expects, and nothing needs a timer to move it a
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,6 +174,8 @@ class Sync:
     error_message: str | None
     record_keys: list[tuple[str, str, str]]
     notified: bool = False
+    # What each record held when the sync started: what the books get, whatever is pushed meanwhile.
+    record_data: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
     def is_terminal(self, now: float) -> bool:
         return self.pace <= 0 or now - self.started >= self.pace

@@ -227,7 +227,8 @@ class SandboxState:
         if start is None:
             start = company.last_successful_finish or company.created - FIRST_SYNC_LOOKBACK_S
         sync = Sync(
-            self.new_id(), company_id, now, self.config.pace_seconds, start, finish, code, message, due
+            self.new_id(), company_id, now, self.config.pace_seconds, start, finish, code, message, due,
+            record_data={key: self.records[key].data for key in due},
         )
         self.syncs.append(sync)
         return sync
@@ -256,8 +257,10 @@ class SandboxState:
         if sync.final_code >= 4000:
             return
         for key in sync.record_keys:
+            # The version the sync started with reached the books, not one pushed while it ran (that one
+            # is a change after the sync, and pushing it again is an update of synced data).
             held = self.records[key]
-            held.synced, held.synced_data = True, held.data
+            held.synced, held.synced_data = True, sync.record_data[key]
         self.companies[sync.company_id].last_successful_finish = sync.range_finish
 
 
