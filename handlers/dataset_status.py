@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from handlers._deps import tracker
+from service.codat_models import TERMINAL_STATUSES
 from service.datasets import apply_dataset_status, load
 from service.db import datasets, reader, writer
 from service.tracking import ask_codat
@@ -40,6 +41,9 @@ async def reconcile(ctx: Context, company_id: str, dataset_id: str) -> str | Non
     found = await ask_codat(ctx.codat, row, now)
     if found is None:
         return str(row["status"])  # a 404 just after the push: the poll or the sweep asks again
+    if found.status == row["status"] and found.status not in TERMINAL_STATUSES:
+        # Still where we last saw it (a stale or repeated alert): nothing to write, no write lock to take.
+        return found.status
     async with writer(ctx.store).begin() as conn:
         row = await load(conn, dataset_id)
         if row is None:

@@ -180,6 +180,12 @@ class CodatClient:
         items = data if isinstance(data, list) else [data]
         return self._parse(items, lambda raw: [SyncStatus.model_validate(item) for item in raw])
 
+    async def get_connection(self, company_id: str, connection_id: str) -> Relayed:
+        """One connection as Codat has it now (`status`: Linked, Unlinked, Deauthorized, PendingAuth); a deleted
+        one is a `CodatNotFound`."""
+        path = f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}"
+        return self._json(await self._call("get_connection", "GET", path))
+
     async def sync_latest(self, company_id: str, sync_to: datetime | None = None) -> Relayed:
         """Sync from the last successful sync up to `sync_to` (Codat's default: now)."""
         # An empty object rather than no body: the spec's body is an object whose `syncTo` is optional.

@@ -1,19 +1,24 @@
-"""Connection events are applied in event-time order per company: a late, older one changes nothing."""
+"""Connection events: timed ones apply in event-time order per company (a late, older one changes nothing);
+legacy ones, which carry no time, are checked against what Codat says of the connection now."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 import structlog
 
 from handlers.connection import on_connection_deleted, on_connection_status
 from service.alerts import parse_alert
 from service.clock import FixedClock
-from service.db import companies, create_engine
+from service.codat import CodatClient
+from service.db import companies, create_engine, notifications
 from service.notifications import Notifier
-from service.testing import connection_deleted_body
+from service.testing import connection_deleted_body, legacy_body, running_sandbox
 from service.types import Context, Outcome
 from tests.conftest import make_settings
 
@@ -44,3 +49,99 @@ async def test_a_late_older_reconnection_does_not_resume_a_deleted_connection(da
         await engine.dispose()
     assert tuple(still) == (True, "connection_deleted")
     assert tuple(after) == (False, None)
+
+
+def with_connection(alert: Any, connection_id: str) -> Any:
+    body = json.loads(alert.body)
+    body["payload"]["connection"]["id"] = connection_id
+    return parse_alert(body, json.dumps(body).encode(), header_id=None, signed=True)
+
+
+def legacy(rule: str, company: str, connection_id: str, **data: str) -> Any:
+    body = legacy_body(rule, CompanyId=company, DataConnectionId=connection_id, Data=data)
+    return parse_alert(body, json.dumps(body).encode(), header_id=None, signed=False)
+
+
+@asynccontextmanager
+async def against_sandbox(database_url: str) -> AsyncIterator[tuple[Context, httpx.AsyncClient, Any]]:
+    """Handlers whose Codat is the sandbox app (in-process), which keeps real connection state."""
+    settings = make_settings(database_url)
+    engine = create_engine(settings)
+    clock = FixedClock(1_900_000_000.0)  # processing happens after the timed events' 2026 dates
+    async with running_sandbox() as (_app, transport):
+        codat = CodatClient("http://sandbox", None, transport=transport)
+        ctx = Context(store=engine, codat=codat, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
+                      log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
+                yield ctx, sandbox, engine
+        finally:
+            await codat.aclose()
+            await engine.dispose()
+
+
+async def paused(engine: Any) -> tuple[bool, str | None]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason))).one()
+    return bool(row.paused), row.pause_reason
+
+
+async def test_a_delayed_legacy_deletion_does_not_undo_a_newer_reconnection(database_url: str) -> None:
+    """A legacy deletion processed after a newer timed reconnection changes nothing unless Codat confirms it."""
+    async with against_sandbox(database_url) as (ctx, sandbox, engine):
+        x = (await sandbox.post("/_sandbox/companies/co-1/delete-connection")).json()["connectionId"]
+        y = (await sandbox.post("/_sandbox/companies/co-1/reconnect")).json()["connectionId"]
+        await on_connection_deleted(with_connection(envelope("connection.deleted", "2026-01-01T10:05:00Z"), x), ctx)
+        await on_connection_status(with_connection(envelope("connection.reconnected", "2026-01-01T10:10:00Z"), y), ctx)
+        assert await paused(engine) == (False, None)
+        assert await on_connection_deleted(legacy("Sync Connection Deleted", "co-1", x), ctx) is Outcome.DONE
+        late_x = await paused(engine)
+        zeros = "00000000-0000-0000-0000-000000000000"
+        assert await on_connection_deleted(legacy("Sync Connection Deleted", "co-1", zeros), ctx) is Outcome.DONE
+        late_zeros = await paused(engine)
+        await sandbox.delete(f"/companies/co-1/connections/{y}")
+        await on_connection_deleted(legacy("Sync Connection Deleted", "co-1", y), ctx)
+        really = await paused(engine)
+    assert late_x == late_zeros == (False, None)
+    assert really == (True, "connection_deleted")
+
+
+async def test_legacy_status_changes_follow_what_codat_says_now(database_url: str) -> None:
+    """Legacy Linked/Unlinked are applied as Codat's status of the connection says now, not as the alert says."""
+    async with against_sandbox(database_url) as (ctx, sandbox, engine):
+        x = (await sandbox.post("/_sandbox/companies/co-1/delete-connection")).json()["connectionId"]
+        await on_connection_deleted(legacy("Sync Connection Deleted", "co-1", x), ctx)
+        await on_connection_status(legacy("DataConnectionStatusChanged", "co-1", x, newStatus="Linked"), ctx)
+        still = await paused(engine)
+        y = (await sandbox.post("/_sandbox/companies/co-1/reconnect")).json()["connectionId"]
+        await on_connection_status(legacy("DataConnectionStatusChanged", "co-1", y, newStatus="Unlinked"), ctx)
+        async with engine.connect() as conn:
+            told = await conn.scalar(sa.select(sa.func.count()).where(notifications.c.kind == "auth_required"))
+        after_unlinked = await paused(engine)
+    assert still == (True, "connection_deleted")
+    assert told == 0 and after_unlinked == (False, None)  # Codat says Y is Linked: that is what counts
+
+
+async def test_a_legacy_disconnection_codat_confirms_needs_a_person(database_url: str) -> None:
+    """Legacy *DataConnectionStatusChanged* to Deauthorized, and Codat agrees: auth_required, once."""
+
+    def codat(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "conn-1", "status": "Deauthorized"})
+
+    settings = make_settings(database_url)
+    engine = create_engine(settings)
+    clock = FixedClock()
+    client = CodatClient("http://codat", None, transport=httpx.MockTransport(codat))
+    ctx = Context(store=engine, codat=client, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
+                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+    try:
+        for _ in range(2):
+            await on_connection_status(legacy("DataConnectionStatusChanged", "co-1", "conn-1",
+                                              newStatus="Deauthorized", oldStatus="Linked"), ctx)  # fmt: skip
+        async with engine.connect() as conn:
+            told = (await conn.execute(sa.select(notifications.c.kind))).scalars().all()
+            status = await conn.scalar(sa.select(companies.c.connection_status))
+    finally:
+        await client.aclose()
+        await engine.dispose()
+    assert told == ["auth_required"] and status == "unlinked"

@@ -128,6 +128,17 @@ def _start_sync(request: Request, sandbox: Sandbox, start: float | None, finish:
     return JSONResponse(sync.summary(state.now(), state.connections_json(state.company(company_id))))
 
 
+async def get_connection(request: Request, sandbox: Sandbox) -> Response:
+    """A live connection; a deleted one is gone (404), as in Codat."""
+    state = sandbox.state
+    company = state.company(request.path_params["companyId"])
+    connection_id = request.path_params["connectionId"]
+    for conn in (company.commerce, company.accounting):
+        if conn.id == connection_id and not conn.deleted:
+            return JSONResponse(next(c for c in state.connections_json(company) if c["id"] == conn.id))
+    return codat_error(404, "Connection not found")
+
+
 async def delete_connection(request: Request, sandbox: Sandbox) -> Response:
     company_id, connection_id = request.path_params["companyId"], request.path_params["connectionId"]
     company = sandbox.state.company(company_id)
@@ -151,4 +162,6 @@ ROUTES = [
           codat_endpoint("sync_historic", sync_historic, idempotent=True), methods=["POST"]),
     Route("/companies/{companyId}/connections/{connectionId}",
           codat_endpoint("delete_connection", delete_connection), methods=["DELETE"]),
+    Route("/companies/{companyId}/connections/{connectionId}",
+          codat_endpoint("get_connection", get_connection), methods=["GET"]),
 ]  # fmt: skip

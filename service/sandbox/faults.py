@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 ENDPOINTS = (
-    "push", "dataset", "sync_status", "sync_latest", "sync_historic", "delete_connection",
+    "push", "dataset", "sync_status", "sync_latest", "sync_historic", "delete_connection", "get_connection",
 )  # fmt: skip
 ALL = "*"
 DEFAULT_HANG_S = 30.0

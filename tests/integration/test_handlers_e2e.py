@@ -243,6 +243,28 @@ def test_legacy_alerts_end_to_end_sync_completed_then_failed(s: Stack) -> None:
     assert s.record_states(ORDERS) == {"synced": 2}
 
 
+def test_a_late_legacy_deletion_after_a_reconnection_changes_nothing(s: Stack) -> None:
+    """Legacy rules: deleted → paused, reconnected → resumed; the deletion redelivered late leaves it resumed."""
+    s.sandbox("POST", "/_sandbox/config", json={"webhookShape": "legacy", "legacyAuthHeader": TEST_AUTH_HEADER})
+    try:
+        s.put("orders", [order(1)])
+        settled(s, ORDERS, "accepted", 1)
+        s.sandbox("POST", f"/_sandbox/companies/{s.company}/delete-connection")
+        until(s.company_view, lambda c: c.get("paused") is True, "company paused")
+        s.sandbox("POST", f"/_sandbox/companies/{s.company}/reconnect")
+        until(s.company_view, lambda c: c.get("paused") is False, "company resumed")
+        [deletion] = [d["body"] for d in s.sandbox("GET", "/_sandbox/webhooks")["results"]
+                      if d["eventType"] == "SyncConnectionDeleted" and d["body"]["CompanyId"] == s.company]
+        late = s.deliver({**deletion, "AlertId": str(uuid.uuid4())})  # another rule's copy, delivered late
+        assert late.status_code == 202
+        until(s.alerts, lambda a: any(x["id"] == late.json()["id"] and x["status"] == "done" for x in a), "late alert")
+    finally:
+        s.sandbox("POST", "/_sandbox/config", json={"webhookShape": "envelope"})
+    view = s.company_view()
+    assert view["paused"] is False and view["connection"]["status"] == "linked"
+    assert len(s.target.of(s.company, "connection_deleted")) == 1
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def sweeping(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     """A stack whose datasets are never polled one by one, with a sweep every second and no webhooks."""
