@@ -2,12 +2,13 @@
 
 Real processes throughout: the sandbox (each push is "being handled" for 100 ms, so an overlap would be
 seen and recorded as a `concurrent_push` breach), a `codat-relay web` taking intake, two workers on one
-PostgreSQL queue.
+queue — a PostgreSQL database, or one SQLite file shared by the three processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,30 @@ async def _states(url: str) -> tuple[dict[str, int], set[str]]:
     return {str(k): int(v) for k, v in counts.items()}, {w for w in workers if w}
 
 
-def test_two_workers_never_push_one_company_and_data_type_at_once(tmp_path: Path, postgres_url: str) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database all the processes share: a SQLite file (WAL, BEGIN IMMEDIATE) or a PostgreSQL database."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    db = tmp_path / "shared.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), db)
+    return f"sqlite+aiosqlite:///{db}"
+
+
+def test_two_workers_never_push_one_company_and_data_type_at_once(tmp_path: Path, shared_database: str) -> None:
     """Every record arrives exactly once, in pushes of ≤ RELAY_MAX_PUSH_RECORDS, with no concurrent push."""
     sandbox_port, web_port = free_port(), free_port()
     sandbox = start(["sandbox", "--port", str(sandbox_port), "--pace-seconds", "0",
                      "--push-processing-seconds", "0.1"], {}, tmp_path / "sandbox.log")  # fmt: skip
     base = f"http://127.0.0.1:{sandbox_port}"
-    env = relay_env(postgres_url, web_port, RELAY_CODAT_BASE_URL=base, RELAY_PUSH_DEBOUNCE_SECONDS="0",
-                    RELAY_MAX_PUSH_RECORDS="250", RELAY_LOG_LEVEL="info")  # fmt: skip
-    workers = [start(["worker"], env, tmp_path / f"worker-{i}.log") for i in range(2)]
+    # One job at a time per worker: a worker busy pushing one data type leaves the other data type's push
+    # to the other worker. With more, the first to wake claims both (on SQLite, with no NOTIFY to wake the
+    # other, it would run nearly every push alone and the test would prove little).
+    env = relay_env(shared_database, web_port, RELAY_CODAT_BASE_URL=base, RELAY_PUSH_DEBOUNCE_SECONDS="0",
+                    RELAY_MAX_PUSH_RECORDS="250", RELAY_LOG_LEVEL="info", RELAY_WORKER_CONCURRENCY="1")  # fmt: skip
+    # Each process its own port: a worker may serve /healthz and /metrics too.
+    workers = [start(["worker"], {**env, "RELAY_PORT": str(free_port())}, tmp_path / f"worker-{i}.log")
+               for i in range(2)]  # fmt: skip
     try:
         wait_http(f"{base}/_sandbox/config", sandbox)
         with relay(["web"], env, tmp_path / "web.log"), httpx.Client(timeout=30) as client:
@@ -69,7 +85,7 @@ def test_two_workers_never_push_one_company_and_data_type_at_once(tmp_path: Path
                     assert answer.status_code == 202, answer.text
             deadline = time.monotonic() + DEADLINE_S
             while True:
-                counts, pushers = asyncio.run(_states(postgres_url))
+                counts, pushers = asyncio.run(_states(shared_database))
                 if counts == {"accepted": 2 * PER_TYPE} or time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
