@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,15 @@ async def metrics_endpoint(request: Request) -> Response:
     return PlainTextResponse(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 
+def ops_routes() -> list[Route]:
+    """Health and metrics: what every process that serves HTTP answers, `web` and `worker` alike."""
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None) -> Starlette:
     clock = clock or SystemClock()
     options = options or AppOptions()
@@ -138,9 +147,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
     app = Starlette(
         routes=[
             Route("/webhooks/codat", endpoint.handle, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *ops_routes(),
             *admin.routes(),
             *admin_jobs.routes(),
             *ui.routes(),
@@ -151,6 +158,56 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.migration_head = migrate.head_revision()
+    return app
+
+
+WorkerExited = Callable[[BaseException | None], None]
+
+
+def create_worker_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    options: AppOptions | None = None,
+    on_worker_exit: WorkerExited | None = None,
+) -> Starlette:
+    """`codat-relay worker`: the job-processing half, serving only /healthz, /readyz and /metrics.
+
+    Counters are per process, so a worker's pushes, notifications and job runs can only be scraped
+    from the worker itself. `on_worker_exit` is called if the worker stops before shutdown (say, the
+    database is not migrated yet): the CLI then exits, so a worker that does no work never looks alive.
+    """
+    clock = clock or SystemClock()
+    options = options or AppOptions()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        runtime = await build_runtime(settings, engine, clock, transport=options.transport)
+        app.state.runtime = runtime
+        stop = asyncio.Event()
+        task = asyncio.create_task(runtime.run_worker_forever(stop), name="worker")
+
+        def exited(done: asyncio.Task[None]) -> None:
+            if stop.is_set():
+                return
+            error = None if done.cancelled() else done.exception()
+            log.error("worker_exited", error=repr(error), exc_info=error)
+            if on_worker_exit is not None:
+                on_worker_exit(error)
+
+        task.add_done_callback(exited)
+        try:
+            yield
+        finally:
+            stop.set()  # running jobs get RELAY_SHUTDOWN_GRACE_SECONDS; the rest are released
+            await asyncio.gather(task, return_exceptions=True)
+            await runtime.close()
+            await engine.dispose()
+
+    app = Starlette(routes=ops_routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.settings = settings
     app.state.migration_head = migrate.head_revision()
     return app

@@ -6,15 +6,18 @@ Exit codes: 0 success, 1 failure with a one-line reason, 2 bad usage (argparse's
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from service import migrate
 from service.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
 
 log = structlog.get_logger("service.cli")
 
@@ -54,6 +57,21 @@ def _warn_if_unauthenticated(settings: Settings) -> None:
         )
 
 
+def _uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+
+
 def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     import uvicorn
 
@@ -67,18 +85,8 @@ def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     if workers:  # `serve` is a whole deployment; `web` replicas leave migrations to `codat-relay migrate`
         _migrate(settings)
     app = create_app(settings, options=AppOptions(run_workers=workers))
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
     log.info("serving", host=settings.host, port=settings.port, workers=workers)
-    uvicorn.Server(config).run()
+    uvicorn.Server(_uvicorn_config(app, settings)).run()
     return 0
 
 
@@ -91,26 +99,24 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(_args: argparse.Namespace) -> int:
-    from service.clock import SystemClock
-    from service.db import create_engine
-    from service.runtime import build_runtime
+    """The job-processing half; it serves /healthz, /readyz and /metrics only, for probes and scrapes."""
+    import uvicorn
+
+    from service.app import create_worker_app
 
     settings = _settings()
+    failures: list[str] = []
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        engine = create_engine(settings)
-        runtime = await build_runtime(settings, engine, SystemClock())
-        try:
-            await runtime.run_worker_forever(stop)
-        finally:
-            await runtime.close()
-            await engine.dispose()
+    def worker_exited(error: BaseException | None) -> None:
+        reason = next(iter(str(error).splitlines()), "") if error is not None else ""
+        failures.append(f"worker stopped: {type(error).__name__}: {reason}" if error else "worker stopped")
+        server.should_exit = True
 
-    asyncio.run(run())
+    server = uvicorn.Server(_uvicorn_config(create_worker_app(settings, on_worker_exit=worker_exited), settings))
+    log.info("serving", host=settings.host, port=settings.port, role="worker")
+    server.run()
+    if failures:
+        raise CommandFailed(failures[0])
     return 0
 
 

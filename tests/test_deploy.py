@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.app import create_app
+from service.app import create_app, create_worker_app
 from service.cli import build_parser
 from service.sandbox.app import create_sandbox_app
 from service.sandbox.config import ENV_PREFIX as SANDBOX_PREFIX
@@ -206,6 +206,13 @@ def relay_routes() -> set[str]:
 
 
 @pytest.fixture(scope="module")
+def worker_routes() -> set[str]:
+    """`codat-relay worker` serves health and metrics only: its probes must be among these."""
+    app = create_worker_app(make_settings())
+    return {route.path for route in app.routes if hasattr(route, "path")}
+
+
+@pytest.fixture(scope="module")
 def sandbox_routes() -> set[str]:
     return {route.path for route in create_sandbox_app(SandboxConfig()).routes if hasattr(route, "path")}
 
@@ -246,17 +253,25 @@ def path_problems(paths: Iterable[str], routes: set[str]) -> Problems:
     return [f"{path} is not a route of the app" for path in paths if path not in routes]
 
 
-def k8s_http_paths(docs: list[dict[str, Any]]) -> list[str]:
+def k8s_http_paths(docs: list[dict[str, Any]], image: tuple[list[str], list[str]]) -> list[tuple[str, str]]:
+    """(subcommand, path) of every probe and scrape annotation, so each is checked against its own app."""
     paths = []
     for _, template in pod_specs(docs):
+        roles = [k8s_argv(c, image)[1] for c in template["spec"]["containers"]]
         if path := template.get("metadata", {}).get("annotations", {}).get("prometheus.io/path"):
-            paths.append(path)
+            paths += [(role, path) for role in roles]
         for c in containers(template):
+            role = k8s_argv(c, image)[1]
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if "httpGet" in c.get(probe, {}):
-                    paths.append(c[probe]["httpGet"]["path"])
-                paths += http_paths(" ".join(c.get(probe, {}).get("exec", {}).get("command", [])))
+                    paths.append((role, c[probe]["httpGet"]["path"]))
+                paths += [(role, p) for p in http_paths(" ".join(c.get(probe, {}).get("exec", {}).get("command", [])))]
     return paths
+
+
+def role_path_problems(paths: Iterable[tuple[str, str]], routes: dict[str, set[str]]) -> Problems:
+    """Each (subcommand, path) must be a route of the app that subcommand serves."""
+    return [f"{path} is not a route of `{role}`" for role, path in paths if path not in routes.get(role, set())]
 
 
 def command_problems(argv: list[str]) -> Problems:
@@ -392,8 +407,13 @@ def workload_problems(docs: list[dict[str, Any]], image: tuple[list[str], list[s
                     problems.append(f"{where}: web liveness probe is not /healthz")
                 if period <= grace + UVICORN_EXTRA_GRACE_S:
                     problems.append(f"{where}: terminationGracePeriodSeconds {period} cuts uvicorn's shutdown")
-            if role == ["worker"] and period <= grace:
-                problems.append(f"{where}: terminationGracePeriodSeconds {period} <= shutdown grace {grace}")
+            if role == ["worker"]:
+                if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+                    problems.append(f"{where}: worker readiness probe is not /readyz")
+                if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+                    problems.append(f"{where}: worker liveness probe is not /healthz")
+                if period <= grace:
+                    problems.append(f"{where}: terminationGracePeriodSeconds {period} <= shutdown grace {grace}")
     return problems
 
 
@@ -555,18 +575,26 @@ def test_configmap_and_compose_values_are_valid_settings() -> None:
     assert value_problems(k8s_docs(), compose_doc(), image_argv(dockerfile_text())) == []
 
 
-def test_every_probe_path_is_a_route(relay_routes: set[str], sandbox_routes: set[str]) -> None:
-    """Kubernetes probes, scrape annotations and every healthcheck hit real routes of their app."""
+def test_every_probe_path_is_a_route(
+    relay_routes: set[str], worker_routes: set[str], sandbox_routes: set[str]
+) -> None:
+    """Kubernetes probes, scrape annotations and every healthcheck hit real routes of their own app."""
     image = image_argv(dockerfile_text())
-    problems = path_problems(k8s_http_paths(k8s_docs()), relay_routes)
-    problems += path_problems(http_paths(dockerfile_text()), relay_routes)
+    routes = {"serve": relay_routes, "web": relay_routes, "worker": worker_routes, "sandbox": sandbox_routes}
+    k8s_paths = k8s_http_paths(k8s_docs(), image)
+    problems = role_path_problems(k8s_paths, routes)
+    # The image's HEALTHCHECK applies to every subcommand that serves HTTP.
+    problems += path_problems(http_paths(dockerfile_text()), relay_routes & worker_routes)
+    checked = {role for role, _ in k8s_paths}
     for svc in relay_services(compose_doc()).values():
         check = " ".join(map(str, svc.get("healthcheck", {}).get("test", [])))
-        routes = sandbox_routes if compose_argv(svc, image)[1] == "sandbox" else relay_routes
-        problems += path_problems(http_paths(check), routes)
+        role = compose_argv(svc, image)[1]
+        problems += role_path_problems([(role, path) for path in http_paths(check)], routes)
+        checked |= {role} if http_paths(check) else set()
         webhook = compose_env(svc).get("CODAT_SANDBOX_WEBHOOK_URL")
         problems += path_problems([urlsplit(webhook).path] if webhook else [], relay_routes)
     assert problems == []
+    assert {"web", "worker", "sandbox"} <= checked  # every long-running role is probed somewhere
 
 
 def test_every_command_is_a_codat_relay_subcommand() -> None:
@@ -678,6 +706,10 @@ LITERAL_TOKEN = "          env:\n            - name: RELAY_API_TOKEN\n          
 WORKER_SELECTOR = "      app.kubernetes.io/component: worker\n  template"
 WEB_SERVICE_SELECTOR = "  selector:\n    app.kubernetes.io/name: codat-relay\n    app.kubernetes.io/component: web"
 WORKER_PDB = "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: codat-relay"
+WORKER_READINESS = (  # web's readiness probe runs every 5 s, so this matches the worker's only
+    "          readinessProbe:\n            httpGet:\n              path: /readyz\n"
+    "              port: http\n            periodSeconds: 10"
+)
 API_TOKEN_REF = "${RELAY_API_TOKEN:?set RELAY_API_TOKEN in deploy/.env}"
 K8S_FILES = {p.name for p in K8S.glob("*.yaml")}
 
@@ -693,8 +725,11 @@ BAD: dict[str, tuple[Callable[[set[str]], Problems], str]] = {
     "invalid sandbox value": (lambda _: value_problems(
         [], broken_compose("CODAT_SANDBOX_WEBHOOK_SHAPE: envelope", "CODAT_SANDBOX_WEBHOOK_SHAPE: json"), IMAGE),
         "webhook_shape"),
-    "probe path": (lambda routes: path_problems(
-        k8s_http_paths(broken_k8s("path: /readyz", "path: /ready")), routes), "/ready is not a route"),
+    "probe path": (lambda routes: role_path_problems(k8s_http_paths(
+        broken_k8s("path: /readyz", "path: /ready"), IMAGE), {"web": routes}), "/ready is not a route"),
+    "worker probes a web-only route": (lambda routes: role_path_problems(k8s_http_paths(
+        broken_k8s(WORKER_READINESS, WORKER_READINESS.replace("/readyz", "/v1/alerts")), IMAGE),
+        {"web": routes, "worker": routes - {"/v1/alerts"}}), "/v1/alerts is not a route of `worker`"),
     "healthcheck path": (lambda routes: path_problems(
         http_paths(broken_dockerfile("/healthz", "/health")), routes), "/health is not a route"),
     "unknown subcommand": (lambda _: command_problems([RELAY, "workers"]), "invalid choice"),
@@ -728,6 +763,8 @@ BAD: dict[str, tuple[Callable[[set[str]], Problems], str]] = {
         broken_k8s("readinessProbe:", "x-readiness:"), IMAGE), "readiness probe"),
     "no liveness": (lambda _: workload_problems(
         broken_k8s("livenessProbe:", "x-liveness:"), IMAGE), "liveness probe"),
+    "no worker readiness": (lambda _: workload_problems(
+        broken_k8s(WORKER_READINESS, "          x-readiness:"), IMAGE), "worker readiness probe"),
     "short web grace": (lambda _: workload_problems(broken_k8s(
         "terminationGracePeriodSeconds: 40", "terminationGracePeriodSeconds: 25"), IMAGE), "uvicorn"),
     "short worker grace": (lambda _: workload_problems(broken_k8s(
