@@ -128,19 +128,6 @@ async def retry_dead_job(engine: AsyncEngine, job_id: int, now: float) -> RowMap
         return (await conn.execute(by_id)).mappings().one()
 
 
-async def dead_alert_job(engine: AsyncEngine, alert_id: str) -> int | None:
-    """The newest dead job of an alert, if any: the UI's Replay retries it rather than add a new one."""
-    query = (
-        sa.select(jobs.c.id)
-        .where(jobs.c.status == JobStatus.DEAD.value, jobs.c.kind == ALERT_JOB_KIND,
-               jobs.c.payload["alert_id"].as_string() == alert_id)
-        .order_by(jobs.c.id.desc()).limit(1)
-    )  # fmt: skip
-    async with engine.connect() as conn:
-        found: int | None = await conn.scalar(query)
-    return found
-
-
 @require("admin")
 async def list_endpoint(request: Request) -> Response:
     rows = await list_jobs(

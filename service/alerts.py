@@ -7,6 +7,7 @@ newer codat-relay understands it.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -84,6 +85,39 @@ def parse_alert(obj: dict[str, Any], body: bytes, *, header_id: str | None, sign
         shape=Shape.UNKNOWN,
         body=body,
     )
+
+
+def parsed_fields(alert: Alert) -> dict[str, Any]:
+    """The `alerts` columns the parser decides (stored at intake, rewritten when a replay re-parses)."""
+    return {
+        "kind": alert.kind.value,
+        "type": alert.type,
+        "shape": alert.shape.value,
+        "company_id": alert.company_id,
+        "connection_id": alert.connection_id,
+        "dataset_id": alert.dataset_id,
+        "dataset_status": alert.dataset_status,
+        "data_types": [entry.model_dump() for entry in alert.data_types],
+        "generated_at": alert.generated_at,
+    }
+
+
+def reparse(stored_id: str, shape: str, body: bytes) -> Alert | None:
+    """A stored delivery parsed again by this codat-relay (its id kept); None if it no longer parses.
+
+    Whether it was signed only names the legacy shape; an `unknown` one is taken as unsigned.
+    """
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    signed = shape in (Shape.LEGACY_SIGNED.value, Shape.ENVELOPE.value)
+    try:
+        return parse_alert(obj, body, header_id=stored_id, signed=signed)
+    except MalformedPayload:
+        return None
 
 
 def _parse_legacy(obj: dict[str, Any], alert_id: str, body: bytes, signed: bool) -> Alert:

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import cli, syncs
 from service.admin import MAX_LIMIT, alert_json
-from service.admin_jobs import dead_alert_job, retry_dead_job
 from service.clock import SystemClock
 from service.codat import CodatClient, CodatError
 from service.db import alerts, create_engine
@@ -102,12 +101,7 @@ async def alerts_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 
 async def _replay_one(engine: AsyncEngine, alert_id: str) -> bool:
-    """As the UI's Replay: a dead alert's dead job runs again rather than stay dead beside a new one."""
-    now = SystemClock().now()
-    if (job_id := await dead_alert_job(engine, alert_id)) is not None:
-        await retry_dead_job(engine, job_id, now)
-        return True
-    return await replay_alert(engine, alert_id, now)
+    return await replay_alert(engine, alert_id, SystemClock().now())
 
 
 async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:

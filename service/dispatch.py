@@ -16,7 +16,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
-from service.db import alerts, bookkeeper, writer
+from service.alerts import parsed_fields, reparse
+from service.db import alerts, bookkeeper, jobs, writer
 from service.queue import Job, describe_error
 from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Deps, Handler, Shape
 
@@ -162,14 +163,34 @@ def make_alert_job(registry: Mapping[AlertKind, Handler], deps: AlertDeps) -> Al
 
 
 async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
-    """Queue a stored alert to be processed again; False when there is no such alert."""
+    """Process a stored alert again (the API's, the UI's and the CLI's replay); False when there is none.
+
+    The stored body is parsed again by this codat-relay, so an alert an older version kept as `other`
+    gets the kind, company and data types it has now (CONTRACT.md: Codat's events are never thrown
+    away). Its dead jobs, if any, end superseded by the new one, so the dead-jobs list stays true.
+    """
     async with writer(engine).begin() as conn:
-        row = (await conn.execute(sa.select(alerts.c.company_id).where(alerts.c.id == alert_id))).first()
+        row = (
+            await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id)
+                               .where(alerts.c.id == alert_id))
+        ).first()  # fmt: skip
         if row is None:
             return False
-        pending = {"status": AlertStatus.PENDING.value, "updated_at": now}
-        await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(pending))
-        await queue.enqueue(
-            conn, ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=alert_lock_key(row.company_id)
+        values: dict[str, Any] = {"status": AlertStatus.PENDING.value, "updated_at": now}
+        company_id = row.company_id
+        alert = reparse(alert_id, row.shape, bytes(row.body))
+        if alert is not None and alert.kind is not AlertKind.OTHER:  # never trade what was understood for less
+            values.update(parsed_fields(alert))
+            company_id = alert.company_id
+        await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
+        job_id = await queue.enqueue(
+            conn, ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=alert_lock_key(company_id)
         )
+        await conn.execute(
+            jobs.update()
+            .where(jobs.c.kind == ALERT_JOB_KIND, jobs.c.status == queue.JobStatus.DEAD.value,
+                   jobs.c.payload["alert_id"].as_string() == alert_id)
+            .values(status=queue.JobStatus.DONE.value, finished_at=now,
+                    last_error=sa.func.coalesce(jobs.c.last_error, "") + f" (superseded by job {job_id}: replayed)")
+        )  # fmt: skip
     return True

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.alerts import parsed_fields
 from service.batch_writers import batch_writer_for
 from service.clock import Clock
 from service.errors import StorageUnavailable
@@ -50,15 +51,7 @@ def is_actionable(alert: Alert) -> bool:
 def alert_row(alert: Alert, received_at: float) -> dict[str, Any]:
     return {
         "id": alert.delivery_id,
-        "kind": alert.kind.value,
-        "type": alert.type,
-        "shape": alert.shape.value,
-        "company_id": alert.company_id,
-        "connection_id": alert.connection_id,
-        "dataset_id": alert.dataset_id,
-        "dataset_status": alert.dataset_status,
-        "data_types": [entry.model_dump() for entry in alert.data_types],
-        "generated_at": alert.generated_at,
+        **parsed_fields(alert),
         "received_at": received_at,
         "updated_at": received_at,
         "status": (AlertStatus.PENDING if is_actionable(alert) else AlertStatus.IGNORED).value,

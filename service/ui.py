@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from service import ui_data
 from service.admin import iso
-from service.admin_jobs import dead_alert_job, retry_dead_job
+from service.admin_jobs import retry_dead_job
 from service.auth import Endpoint, check_bearer
 from service.codat_models import ERROR_STATUSES
 from service.dispatch import replay_alert
@@ -258,11 +258,7 @@ async def replay_button(request: Request) -> Response:
         alert_id = path_id(request, "alert_id", "alert")
     except NotFound as exc:
         return _error_page(exc, viewer)
-    now = runtime.clock.now()
-    # A dead alert's dead job runs again rather than stay dead beside a new one (the dead-jobs list stays true).
-    if (job_id := await dead_alert_job(runtime.engine, alert_id)) is not None:
-        await retry_dead_job(runtime.engine, job_id, now)
-    elif not await replay_alert(runtime.engine, alert_id, now):
+    if not await replay_alert(runtime.engine, alert_id, runtime.clock.now()):
         return _error_page(NotFound(f"no alert {alert_id}"), viewer)
     runtime.wake_workers()
     return _back(form, "replayed")

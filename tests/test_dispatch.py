@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
 from service.clock import FixedClock
-from service.db import alerts, create_engine
+from service.db import alerts, create_engine, jobs
 from service.dispatch import ALERT_JOB_KIND, alert_lock_key, make_alert_job, replay_alert
 from service.queue import Job
 from service.retry import RetryPolicy
@@ -214,6 +214,53 @@ async def test_replay_queues_a_new_job(engine: AsyncEngine) -> None:
     [job] = await job_rows(engine)
     assert (job.kind, job.payload) == ("alert", {"alert_id": "a1"})
     assert (job.lock_key, job.status) == ("company:C1", "waiting")
+
+
+async def test_replay_reparses_what_an_older_version_kept_as_other(engine: AsyncEngine) -> None:
+    """An alert stored as `other` (a shape an older codat-relay did not know) is parsed again on replay:
+    it gets its kind, company and data types, and its job the company's lock key."""
+    body = (b'{"id": "e1", "eventType": "read.completed", "generatedDate": "2026-01-01T00:00:00Z", "payload": '
+            b'{"referenceCompany": {"id": "C9"}, '
+            b'"dataTypes": [{"dataType": "commerce-orders", "status": "Complete"}]}}')
+    row = {
+        "id": "e1", "kind": "other", "type": "read.completed", "shape": "unknown", "company_id": None,
+        "connection_id": None, "dataset_id": None, "dataset_status": None, "data_types": [], "generated_at": None,
+        "received_at": T0, "updated_at": T0, "status": "ignored", "attempts": 0, "body": body,
+    }  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(alerts), row)
+    assert await replay_alert(engine, "e1", T0 + 10)
+    async with engine.connect() as conn:
+        stored = (await conn.execute(sa.select(alerts).where(alerts.c.id == "e1"))).mappings().one()
+    assert (stored["kind"], stored["shape"], stored["company_id"], stored["status"]) == (
+        "dataset_status", "envelope", "C9", "pending")
+    assert [entry["data_type"] for entry in stored["data_types"]] == ["commerce-orders"]
+    [job] = await job_rows(engine)
+    assert (job.lock_key, job.status) == ("company:C9", "waiting")
+
+
+async def test_replay_keeps_what_was_understood(engine: AsyncEngine) -> None:
+    """A stored body that no longer parses into a known kind leaves the alert's fields as they were."""
+    await store_alert(engine)  # its body, {"id": "a1"}, alone says nothing
+    assert await replay_alert(engine, "a1", T0 + 10)
+    async with engine.connect() as conn:
+        stored = (await conn.execute(sa.select(alerts).where(alerts.c.id == "a1"))).mappings().one()
+    assert (stored["kind"], stored["company_id"], stored["dataset_id"]) == ("dataset_status", "C1", "D1")
+
+
+async def test_replay_supersedes_the_dead_job(engine: AsyncEngine) -> None:
+    """Replaying a dead alert ends its dead job (kept with its error) and queues one new job: the
+    dead-jobs list no longer shows work that is being done again."""
+    await store_alert(engine)
+    dead = await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock_key("C1"))
+    async with engine.begin() as conn:
+        await conn.execute(jobs.update().where(jobs.c.id == dead).values(status="dead", last_error="boom"))
+        await conn.execute(alerts.update().values(status="dead"))
+    assert await replay_alert(engine, "a1", T0 + 10)
+    [old, new] = await job_rows(engine)
+    assert (old.id, old.status) == (dead, "done") and old.last_error.startswith("boom (superseded by job")
+    assert (new.status, new.lock_key) == ("waiting", "company:C1")
+    assert (await alert_state(engine))[0] == "pending"
 
 
 async def test_replay_of_unknown_alert(engine: AsyncEngine) -> None:

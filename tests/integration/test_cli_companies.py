@@ -135,7 +135,7 @@ def add_alert(db: Path, alert_id: str, company: str, status: str, dead_job: bool
 
 
 def test_bulk_replay_of_dead_alerts(env: dict[str, str], db: Path) -> None:
-    """--dead needs --yes off a terminal; --company narrows it; dead jobs run again, others get a new job."""
+    """--dead needs --yes off a terminal; --company narrows it; each gets one new job, its dead job superseded."""
     add_alert(db, "a1", "co-a", "dead", dead_job=True)
     add_alert(db, "a2", "co-a", "dead", dead_job=False)
     add_alert(db, "b1", "co-b", "dead", dead_job=True)
@@ -150,7 +150,7 @@ def test_bulk_replay_of_dead_alerts(env: dict[str, str], db: Path) -> None:
     assert dict(sql(db, "SELECT id, status FROM alerts")) == {"a1": "pending", "a2": "pending", "b1": "dead",
                                                               "ok": "done"}  # fmt: skip
     jobs = sql(db, "SELECT json_extract(payload, '$.alert_id'), status, attempts FROM jobs ORDER BY id")
-    assert jobs == [("a1", "waiting", 0), ("b1", "dead", 10), ("a2", "waiting", 0)]
+    assert jobs == [("a1", "done", 10), ("b1", "dead", 10), ("a1", "waiting", 0), ("a2", "waiting", 0)]
     rest = run(env, "alerts", "replay", "--dead", "--yes")
     assert rest.returncode == 0 and "1 dead alerts queued" in rest.stdout
     none_left = run(env, "alerts", "replay", "--dead")
