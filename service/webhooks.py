@@ -22,7 +22,7 @@ from service.ingest import Answer, Ingestor
 from service.metrics import DELIVERIES
 from service.responses import json_response
 from service.settings import Settings
-from service.signatures import check_authorization, decode_secret, signature_headers, verify
+from service.signatures import HEADER_PREFIXES, check_authorization, decode_secret, signature_headers, verify
 
 log = structlog.get_logger("service.webhooks")
 
@@ -52,10 +52,18 @@ class WebhookAuth:
             return verify(body, headers, self.keys, now, self.tolerance_s), True
         if self.legacy_header is not None:
             check_authorization(headers.get("authorization"), self.legacy_header)
-            return None, False
+            return _header_id(headers), False
         if self.keys:
             verify(body, headers, self.keys, now, self.tolerance_s)  # raises: unsigned delivery
-        return None, False  # RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS (development only)
+        return _header_id(headers), False  # RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS (development only)
+
+
+def _header_id(headers: Any) -> str | None:
+    """An unsigned delivery's `webhook-id`/`svix-id`: still its delivery id (CONTRACT.md), if it has one."""
+    for prefix in HEADER_PREFIXES:
+        if value := headers.get(prefix + "id"):
+            return str(value)
+    return None
 
 
 async def read_capped(request: Request, limit: int) -> bytes:

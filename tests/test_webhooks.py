@@ -243,6 +243,24 @@ async def test_unsigned_legacy_delivery_uses_the_authorization_header(
         assert rows[0]["shape"] == "legacy"
 
 
+@pytest.mark.parametrize("mode", ["legacy-header", "unauthenticated"])
+@pytest.mark.parametrize("prefix", ["webhook-", "svix-"])
+async def test_unsigned_delivery_ids_come_from_the_header_first(database_url: str, mode: str, prefix: str) -> None:
+    """An unsigned delivery that carries `webhook-id`/`svix-id` is stored under that id, not the body's
+    (CONTRACT.md's delivery-id rule holds whatever authenticated it)."""
+    if mode == "legacy-header":
+        settings = make_settings(database_url, webhook_secrets="")
+        headers = {"authorization": TEST_AUTH_HEADER}
+    else:
+        settings = make_settings(database_url, webhook_secrets="", webhook_auth_header=None,
+                                 allow_unauthenticated_webhooks=True)  # fmt: skip
+        headers = {}
+    async with running_app(settings) as (_, client):
+        response = await post(client, json.dumps(legacy_body()).encode(), {**headers, f"{prefix}id": "hdr-1"})
+    assert (response.status_code, response.json()) == (202, {"status": "accepted", "id": "hdr-1"})
+    assert [row["id"] for row in await stored(settings)] == ["hdr-1"]
+
+
 async def test_unsigned_delivery_refused_when_only_secrets_are_configured(database_url: str) -> None:
     """With only signing secrets configured, an unsigned delivery is missing authentication."""
     settings = make_settings(database_url, webhook_auth_header=None)
