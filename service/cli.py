@@ -36,7 +36,7 @@ def _settings() -> Settings:
         settings = load_settings()
     except SettingsError as exc:
         raise CommandFailed(str(exc)) from None
-    configure_logging(settings, sys.stderr)
+    configure_logging(settings, sys.stderr, capture_stdlib=True)
     return settings
 
 

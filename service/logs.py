@@ -62,7 +62,29 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
-def configure_logging(settings: Settings, stream: Any = None) -> None:
+class _StdlibHandler(logging.Handler):
+    """Writes stdlib records, rendered by structlog, through a structlog `PrintLogger` on the same stream:
+    structlog's own lines and these then share one write lock, so no two lines ever interleave."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self._printer = structlog.PrintLogger(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._printer.msg(self.format(record))
+        except Exception:  # logging must never take the process down; stdlib's own policy
+            self.handleError(record)
+
+
+def configure_logging(settings: Settings, stream: Any = None, *, capture_stdlib: bool = False) -> None:
+    """structlog for our own lines; with `capture_stdlib` (the CLI, i.e. every service process), the root
+    logger too, so uvicorn's, alembic's and asyncio's lines are rendered and redacted the same way.
+
+    Our own events keep structlog's direct path (no stdlib `LogRecord` per line: the webhook hot path
+    logs once per delivery); only foreign records go through `ProcessorFormatter`. Code embedding the
+    service beside other libraries (a benchmark next to procrastinate) keeps its own stdlib logging.
+    """
     stream = stream or sys.stdout
     fmt = settings.log_format
     if fmt == "auto":
@@ -70,16 +92,48 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    redactor = Redactor(secret_values(settings))
+    level = getattr(logging, settings.log_level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            Redactor(secret_values(settings)),
+            redactor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, settings.log_level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    if capture_stdlib:
+        _capture_stdlib(stream, level, redactor, renderer)
+
+
+def _capture_stdlib(stream: Any, level: int, redactor: Redactor, renderer: Any) -> None:
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,  # before the redactor: tracebacks are scrubbed too
+                redactor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request at INFO; our own lines and metrics already cover Codat and notification
+    # calls, so its per-request lines show only when debugging.
+    logging.getLogger("httpx").setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
