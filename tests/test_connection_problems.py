@@ -188,8 +188,7 @@ async def test_our_api_key_refused_is_one_notification_per_company(database_url:
 
 
 async def test_a_deletion_cancels_only_its_own_companys_waiting_pushes(database_url: str) -> None:
-    """Company ids holding LIKE's wildcards (`%`, `_`) cancel exactly their own waiting pushes, no one else's;
-    a re-push waiting out a long backoff is among those cancelled."""
+    """Ids holding `%` or `_` cancel exactly their own waiting pushes (backed-off re-pushes too), no one else's."""
     from service.outbox import schedule_push
 
     others = ["co-1x", "coX1", "co-1:x", "co%1"]

@@ -122,8 +122,7 @@ async def test_a_404_soon_after_the_push_is_asked_again_later(database_url: str)
 
 
 async def test_a_dataset_codat_no_longer_knows_ends_failed_and_staff_hear_once(database_url: str) -> None:
-    """404 long after the push: the dataset ends `NotFound`, its records `failed` (no longer in flight), one
-    dataset_failed; the webhook handler meeting the same 404 finishes too, and tells nobody twice."""
+    """A 404 long after the push ends the dataset NotFound, its records failed, staff told once; no job fails."""
     async with pushed(database_url) as relay:
         relay.codat.answer = httpx.Response(404, json={"statusCode": 404, "error": "Company not found"})
         relay.clock.advance(NOT_FOUND_GRACE_S + 1)

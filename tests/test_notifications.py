@@ -174,10 +174,12 @@ async def test_email_goes_out_over_smtp() -> None:
 
 
 def test_email_sender_repr_hides_the_password() -> None:
+    """The SMTP password never shows in the sender's repr (and so in logs)."""
     assert "hunter2" not in repr(EmailSender("smtps://ops:hunter2@mail.example.com", "a@b.c"))
 
 
 def test_slack_message_is_readable() -> None:
+    """Slack gets kind, summary, where and details as one readable message."""
     text = slack_text({"kind": "connection_deleted", "severity": "critical", "companyId": "co-1", "dataType": None,
                        "datasetId": None, "summary": "Sync connection deleted", "details": {"connectionId": "c-1"}})
     assert text.startswith(":rotating_light: *connection_deleted*")
@@ -187,6 +189,7 @@ def test_slack_message_is_readable() -> None:
 @pytest.mark.parametrize(("env", "problem"), [({"notify_email_to": "a@b.c"}, "go together"),
                                               ({"smtp_url": "http://x"}, "go together")])
 def test_email_settings_are_checked(env: dict[str, str], problem: str) -> None:
+    """E-mail recipients and the SMTP URL go together, and the URL must be smtp(s)://."""
     from service.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match=problem):
@@ -332,8 +335,7 @@ async def test_a_job_that_died_after_handing_over_tells_nobody(database_url: str
 
 
 async def test_each_record_in_conflict_is_told_once_per_window_in_one_message_per_batch(database_url: str) -> None:
-    """Conflicts on a, b → one message naming both; then b, c → one naming only c; a again → nothing until the
-    window ends."""
+    """Each conflicting record is told once per window; the new ones of one batch come in one message."""
     from service.tracking import tell_conflicts
 
     clock = FixedClock()

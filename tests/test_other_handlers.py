@@ -127,8 +127,7 @@ async def test_a_successful_sync_marks_accepted_records_synced_and_tells_nobody(
 @pytest.mark.parametrize(("code", "meaning"), [(4200, "map error"), (4260, "accounting software billing expired"),
                                                (5130, "data write error")])  # fmt: skip
 async def test_a_failed_sync_is_told_with_the_meaning_of_its_code(database_url: str, code: int, meaning: str) -> None:
-    """*Sync Failed* with a 4xxx/5xxx: records stay `accepted`, staff get one sync_failed naming the code's meaning
-    and Codat's message, even when the alert is delivered twice."""
+    """A 4xxx/5xxx sync leaves records accepted and is told once, with the code's meaning and Codat's message."""
     async with accepted_orders(database_url) as relay:
         await run_sync(relay, code, "Account 400 is missing")
         failed = legacy_body("Sync Failed", CompanyId=COMPANY, Data={})
@@ -175,8 +174,7 @@ def push_operation(status: str, key: str = "po-1", rule: str = "Push Operation S
 
 
 async def test_push_operation_failures_are_told_once_per_operation(database_url: str) -> None:
-    """Failed, timed out and `write.unsuccessful` are told as dataset_failed, once per push operation however many
-    alerts say so; successes are ignored."""
+    """Failed, timed-out and unsuccessful push operations are told once per operation; successes are ignored."""
     async with bare(database_url) as (ctx, engine):
         outcomes = [
             await on_push_operation(push_operation("Success", "po-0"), ctx),
@@ -208,8 +206,7 @@ async def test_a_connection_that_needs_a_person_is_told_auth_required(database_u
 async def test_a_connected_event_resumes_a_deleted_connections_company_and_pushes_its_backlog(
     database_url: str,
 ) -> None:
-    """connection.connected lifts a connection pause and schedules the waiting records' push; events of no
-    known direction are ignored."""
+    """connection.connected lifts a connection pause and schedules the backlog; an unknown event is ignored."""
     async with bare(database_url) as (ctx, engine):
         valid, _ = validate_records("commerce-payments", [{"id": "p-1", "amount": 1.0}])
         await store_records(engine, COMPANY, "commerce-payments", valid, now=0.0, after=_nothing)

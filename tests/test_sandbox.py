@@ -436,8 +436,7 @@ async def test_request_counts_can_be_read_per_company(make_harness: MakeHarness)
 
 
 async def test_an_update_pushed_while_a_sync_runs_is_not_what_the_books_got(make_harness: MakeHarness) -> None:
-    """The books get what a record held when the sync started: v2, pushed while the sync ran, is not synced,
-    so pushing v2 again afterwards is an update of synced data (a breach), not a harmless duplicate."""
+    """A sync puts in the books what records held when it started: re-pushing a version sent meanwhile breaches."""
     clock = FixedClock()
     h = await make_harness(pace_seconds=10.0, clock=clock)
     v1, v2 = order("o-1", 10.0, "2025-06-01T10:00:00Z"), order("o-1", 12.0, "2025-06-02T10:00:00Z")

@@ -46,8 +46,7 @@ async def test_companies_with_data_and_no_recent_sync_status_get_a_check(databas
 
 
 async def test_the_sweep_polls_overdue_and_exhausted_datasets_only(database_url: str) -> None:
-    """Unfinished datasets whose poll is over a minute late or that have no poll left get one poll job each;
-    datasets polled on time, terminal ones, and a second sweep add nothing."""
+    """The sweep polls unfinished datasets whose poll is over a minute late or used up, once each, and no others."""
     settings = make_settings(database_url)
     engine = create_engine(settings)
     cases = {"lost": NOW - OVERDUE_S - 1, "exhausted": None, "due-soon": NOW + 10, "just-late": NOW - 30}

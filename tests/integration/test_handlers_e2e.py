@@ -93,8 +93,7 @@ def test_error_webhook_makes_the_relay_ask_codat_repush_and_complete(s: Stack) -
 
 
 def test_one_error_told_three_times_under_different_ids_repushes_once(s: Stack) -> None:
-    """The same error alert under three delivery ids (at-least-once + a second alert rule) and one repeated id:
-    one re-push; the handler, not only the delivery id, makes it once."""
+    """One error alert under three delivery ids (and one repeated id) causes exactly one re-push."""
     s.sandbox("POST", "/_sandbox/config", json={"webhookUrl": None})
     try:
         s.sandbox("POST", "/_sandbox/script/dataset", json={"companyId": s.company, "dataType": ORDERS,
@@ -221,8 +220,7 @@ def test_notifications_wait_out_a_target_outage_and_arrive_once(s: Stack) -> Non
 
 
 def test_legacy_alerts_end_to_end_sync_completed_then_failed(s: Stack) -> None:
-    """Unsigned legacy alert rules (Authorization header): datasets complete, a scripted 2000 sync makes the records
-    `synced`, a scripted 4200 sync reaches staff as sync_failed with the code's meaning and Codat's message."""
+    """Legacy alert rules: a scripted 2000 sync makes records synced, a 4200 one is told as sync_failed (map error)."""
     s.sandbox("POST", "/_sandbox/config", json={"webhookShape": "legacy", "legacyAuthHeader": TEST_AUTH_HEADER})
     try:
         s.put("orders", [order(1), order(2)])
