@@ -99,9 +99,10 @@ class Ingestor:
 
     async def submit(self, alert: Alert) -> Answer:
         pending = _Pending(alert, self._clock.now())
-        await self._queue.put(pending)
+        self._queue.put_nowait(pending)  # unbounded: the body cap and the timeout bound what waits
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), self._write_timeout_s)
+            async with asyncio.timeout(self._write_timeout_s):  # no task per request, unlike wait_for
+                return await pending.future
         except TimeoutError:
             # The write may still commit later; Codat's retry then gets "duplicate". Nothing is lost.
             raise StorageUnavailable("storage write timed out") from None
