@@ -16,6 +16,8 @@ REDACTED = "[redacted]"
 # Shorter secrets are blanked only where a value is exactly the secret: scrubbing a two-letter Codat
 # key out of every string would blank ordinary words. The bearer tokens are at least this long.
 MIN_SUBSTRING_CHARS = 8
+# Libraries whose chatter is held back (see `_quieten`).
+QUIET_LOGGERS = ("httpx", "aiosqlite")
 SENSITIVE_KEYS = frozenset({"authorization", "api_key", "token", "secret", "password", "webhook-signature"})
 
 
@@ -134,6 +136,12 @@ def _capture_stdlib(stream: Any, level: int, redactor: Redactor, renderer: Any) 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # httpx logs every request at INFO; our own lines and metrics already cover Codat and notification
-    # calls, so its per-request lines show only when debugging.
+    _quieten(level)
+
+
+def _quieten(level: int) -> None:
+    """httpx logs every request at INFO: our own lines and metrics already cover the Codat and notification
+    calls, so those show only at `debug`. aiosqlite logs two lines per statement at DEBUG naming only its
+    internal functions: never shown."""
     logging.getLogger("httpx").setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import structlog
 
-from service.logs import REDACTED, Redactor, configure_logging
+from service.logs import QUIET_LOGGERS, REDACTED, Redactor, configure_logging
 from service.testing import legacy_body, running_app
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 
@@ -60,12 +60,14 @@ class TtyStream(io.StringIO):
 def restore_logging() -> Iterator[None]:
     """configure_logging changes process-wide state: put structlog and the root logger back afterwards."""
     root = logging.getLogger()
-    handlers, level, httpx_level = list(root.handlers), root.level, logging.getLogger("httpx").level
+    handlers, level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     yield
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
-    logging.getLogger("httpx").setLevel(httpx_level)
+    for name, saved in quiet.items():
+        logging.getLogger(name).setLevel(saved)
 
 
 def lines_of(stream: io.StringIO) -> list[str]:
@@ -153,3 +155,19 @@ def test_reconfiguring_replaces_the_stdlib_handler(restore_logging: None) -> Non
     configure_logging(make_settings(), second, capture_stdlib=True)
     logging.getLogger("x").warning("once")
     assert (lines_of(first), len(lines_of(second))) == ([], 1)
+
+
+@pytest.mark.parametrize(("level", "httpx_shown", "aiosqlite_shown"), [("info", False, False), ("debug", True, False)])
+def test_library_chatter_is_held_back(
+    restore_logging: None, level: str, httpx_shown: bool, aiosqlite_shown: bool
+) -> None:
+    """httpx's per-request INFO lines show only at debug; aiosqlite's per-statement DEBUG lines never."""
+    stream = io.StringIO()
+    configure_logging(make_settings(log_level=level), stream, capture_stdlib=True)
+    logging.getLogger("httpx").info("HTTP Request: GET https://api.codat.io/ 200")
+    logging.getLogger("aiosqlite").debug("executing <function>")
+    logging.getLogger("uvicorn.error").info("always at info")
+    events = [json.loads(line)["event"] for line in lines_of(stream)]
+    assert ("HTTP Request: GET https://api.codat.io/ 200" in events) is httpx_shown
+    assert ("executing <function>" in events) is aiosqlite_shown
+    assert "always at info" in events
