@@ -32,6 +32,8 @@ T = TypeVar("T")
 DEADLINE_S = 40.0
 API = {"authorization": f"Bearer {API_TOKEN}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+# Long and distinctive, so that a scan of the logs can tell a leak from an ordinary word.
+CODAT_API_KEY = "codat-e2e-key-5d1f0c7a9b"
 
 
 def until(fetch: Callable[[], T], done: Callable[[T], bool], what: str, deadline_s: float = DEADLINE_S) -> T:
@@ -170,7 +172,7 @@ def stack(database_url: str, tmp_path: Path, **relay_settings: str) -> Iterator[
     relay_port, sandbox_port = free_port(), free_port()
     relay_url, sandbox_url = f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{sandbox_port}"
     with notification_target() as (hook, target):
-        env = relay_env(database_url, relay_port, RELAY_CODAT_BASE_URL=sandbox_url, RELAY_CODAT_API_KEY="key",
+        env = relay_env(database_url, relay_port, RELAY_CODAT_BASE_URL=sandbox_url, RELAY_CODAT_API_KEY=CODAT_API_KEY,
                         RELAY_NOTIFY_WEBHOOK_URL=hook, RELAY_PUSH_DEBOUNCE_SECONDS="0",
                         RELAY_REPUSH_BACKOFF_SECONDS="0", **relay_settings)
         sandbox_env = {k: v for k, v in env.items() if not k.startswith("RELAY_")}

@@ -4,7 +4,8 @@ In-process, on both backends: replays outside the signature tolerance, wrong sec
 wrong credentials, the admin API with no token / the intake token / a wrong token, the intake API with
 the admin token — every one 401 and nothing stored. Then a real `codat-relay serve` at log level debug
 is put through all of it (and through Codat calls and failing staff notifications), and every line it
-wrote is searched for every secret value, in every spelling a careless log line might use.
+wrote is searched for every secret value, in every spelling a careless log line might use. Those
+values join the session's scan of every log the suite wrote (tests/reliability/logscan.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from service.signatures import decode_secret, sign
 from service.testing import legacy_body
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
+from tests.reliability import logscan
 from tests.reliability.common import backend, delivery, report, start_relay, until, wait_healthy
 from tests.reliability.inprocess import App, app_in_thread
 from tests.reliability.recording_handlers import create_tables
@@ -269,6 +271,7 @@ async def test_no_secret_reaches_the_logs_of_a_real_server_at_debug_level(
     await create_tables(database_url)
     port, sandbox_port = free_port(), free_port()
     s = Secrets(dead_port=free_port())
+    logscan.EXTRA_NEEDLES.update({f"security_{name}": value for name, value in s.needles().items()})
     env = relay_env(database_url, port, **s.env(sandbox_port))
     sandbox_env = {k: v for k, v in env.items() if not k.startswith("RELAY_")}
     sandbox = start(["sandbox", "--port", str(sandbox_port), "--pace-seconds", "0", "--api-key", s.codat_api_key],
@@ -295,3 +298,16 @@ async def test_no_secret_reaches_the_logs_of_a_real_server_at_debug_level(
     # The scan means something only if the server really logged its work, failures included.
     assert {"webhook_received", "job_finished", "job_dead"} <= events, sorted(e for e in events if e)
     assert not leaks, json.dumps(leaks, indent=1)
+
+
+def test_the_session_log_scan_finds_each_spelling_of_a_secret(tmp_path: Path) -> None:
+    """The suite-wide scan reports a planted secret in each spelling it searches for, and nothing in clean text."""
+    planted = tmp_path / "planted.txt"  # not *.log: the session's own scan must not find it
+    searched = logscan.needles()
+    planted.write_text("\n".join(f'{{"event": "oops", "value": "x{value}y"}}' for value in searched.values()))
+    clean = tmp_path / "clean.txt"
+    clean.write_text('{"event": "webhook_received", "outcome": "accepted", "lock_key": "key"}\n' * 3)
+    found = logscan.scan([planted, clean], searched)
+    assert (found.files, found.lines) == (2, len(searched) + 3)
+    assert set(found.leaks) == set(searched)
+    assert logscan.scan([clean], searched).leaks == {}
