@@ -4,20 +4,15 @@ A notification is stored, deduplicated per (kind, company, subject) within RELAY
 and delivered by one queue job per configured sender: a Slack outage delays Slack, never loses it, and
 never re-sends the e-mail that already went out.
 
-Delivery outlives the queue's general retry limit (RELAY_MAX_ATTEMPTS, a few minutes of backoff): a
-sender keeps being tried with backoff capped at 15 minutes for 5 days, as Codat retries its own
-webhooks. The worker applies one retry policy to every kind (service/retry.py), so the notify job keeps
-its own count: it asks for its own delay with `RetryLater` while the worker still allows attempts, and
-on the last one hands over to a successor job carrying how long it has been trying. Only after 5
-days is it dead, and then the other senders are told what was lost.
+Delivery outlives the queue's general retry limit (RELAY_MAX_ATTEMPTS, a few minutes of backoff): notify
+jobs have their own retry policy (`NOTIFY_RETRY`, backoff to 15 minutes for 5 days, as Codat retries its
+own webhooks). Only after 5 days is one dead, and then the other senders are told what was lost.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import math
-import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +24,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
-from service.db import jobs, notification_dedupe, notifications, writer
-from service.errors import GiveUp, RetryLater
-from service.retry import Rng
+from service.db import notification_dedupe, notifications, writer
+from service.errors import GiveUp
+from service.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from service.clock import Clock
     from service.senders import Sender
 
 NOTIFY_JOB_KIND = "notify"
@@ -195,8 +189,6 @@ class Notifier:
         """
         note_id, sender = str(job.payload.get("notification_id")), str(job.payload.get("sender"))
         async with writer(self._engine).begin() as conn:
-            if await _has_successor(conn, job):
-                return  # the job died after handing over (a lost lease): its successor carries on
             row = (await conn.execute(sa.select(notifications).where(notifications.c.id == note_id))).mappings().first()
             others = [s for s in self._senders if s != sender]
             if row is None or sender not in self._senders or not others or row["details"].get("lostNotificationId"):
@@ -214,50 +206,16 @@ class Notifier:
             ), conn, senders=others)  # fmt: skip
 
 
-async def _has_successor(conn: AsyncConnection, job: queue.Job) -> bool:
-    waiting = await conn.scalar(
-        sa.select(jobs.c.id).where(
-            jobs.c.queueing_lock == delivery_lock(job.payload), jobs.c.id > job.id,
-            jobs.c.status.in_(["waiting", "running", "done"]),
-        ).limit(1)
-    )  # fmt: skip
-    return waiting is not None
-
-
-def delivery_lock(job_payload: Mapping[str, Any]) -> str:
-    """The queueing lock of a notification's successor jobs for one sender: at most one waits."""
-    return f"notify:{job_payload.get('notification_id')}:{job_payload.get('sender')}"
-
-
-@dataclass(frozen=True)
-class DeliveryPolicy:
-    """How long one sender is tried: backoff from `base_s` doubling to `cap_s`, for `give_up_after_s`.
-
-    The defaults follow Codat's own webhook retries (hours apart, for days; an endpoint failing for 5
-    days is disabled): a notification survives any outage someone can be expected to fix.
-    """
-
-    base_s: float = 5.0
-    cap_s: float = 900.0
-    give_up_after_s: float = 5 * 86_400.0
-
-    def delay(self, tries: int, rng: Rng) -> float:
-        """The wait after the `tries`-th failure (1-based): half fixed, half jitter, so never near zero."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(tries - 1, 62))
-        return ceiling / 2 + ceiling / 2 * rng.random()
+# Notify jobs are retried for 5 days, backoff doubling from 5 s to 15 minutes: a notification survives
+# any outage someone can be expected to fix (Codat disables a webhook endpoint failing for 5 days).
+NOTIFY_RETRY = RetryPolicy(base_s=5.0, cap_s=900.0, max_attempts=1_000_000, give_up_after_s=5 * 86_400.0)
 
 
 class NotifyJob:
-    """The `notify` job: deliver one stored notification through one sender, for as long as the policy says."""
+    """The `notify` job: deliver one stored notification through one sender (retried by `NOTIFY_RETRY`)."""
 
-    def __init__(
-        self, engine: AsyncEngine, senders: Mapping[str, Sender], clock: Clock, *, max_attempts: int,
-        policy: DeliveryPolicy | None = None, rng: Rng | None = None,
-    ) -> None:  # fmt: skip
-        self._engine, self._senders, self._clock = engine, senders, clock
-        self._max_attempts = max_attempts  # the worker's limit (RELAY_MAX_ATTEMPTS)
-        self._policy = policy or DeliveryPolicy()
-        self._rng = rng or random.Random()
+    def __init__(self, engine: AsyncEngine, senders: Mapping[str, Sender]) -> None:
+        self._engine, self._senders = engine, senders
 
     async def __call__(self, job: queue.Job, attempt: int) -> None:
         sender = self._senders.get(str(job.payload.get("sender")))
@@ -268,28 +226,7 @@ class NotifyJob:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise GiveUp("notification row is gone")
-        try:
-            await sender.send(payload(row))
-        except Exception as exc:  # any failure of the target: try again later, never lose it
-            await self._failed(job, attempt, exc)
-
-    async def _failed(self, job: queue.Job, attempt: int, exc: Exception) -> None:
-        now = self._clock.now()
-        since = float(job.payload.get("since", job.created_at))
-        tries = int(job.payload.get("tries", 0)) + attempt
-        error = queue.describe_error(exc)
-        if now - since >= self._policy.give_up_after_s:
-            raise GiveUp(f"not delivered in {round((now - since) / 3600)} h ({tries} tries): {error}") from exc
-        delay = self._policy.delay(tries, self._rng)
-        if attempt < self._max_attempts:
-            raise RetryLater(error, after_s=math.ceil(delay)) from exc
-        # The worker's attempts end with this one: a successor job carries on from here. If this job
-        # is run again (its completion lost with a crash), its lease-lost attempt ends it unrun.
-        successor = {**job.payload, "since": since, "tries": tries}
-        await queue.enqueue(self._engine, NOTIFY_JOB_KIND, successor, now=now, run_at=now + delay,
-                            queueing_lock=delivery_lock(job.payload))  # fmt: skip
-        log.warning("notification_retry_later", notification_id=job.payload.get("notification_id"),
-                    sender=job.payload.get("sender"), tries=tries, retry_in_s=round(delay), error=error)  # fmt: skip
+        await sender.send(payload(row))  # a failure is retried later, for days: never lost
 
 
 async def _claim_windows(conn: AsyncConnection, keys: Sequence[str], now: float, window_s: float) -> set[str]:

@@ -14,7 +14,7 @@ from service import metrics, queue
 from service.clock import Clock
 from service.codat import CodatClient
 from service.dispatch import make_alert_job
-from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
+from service.notifications import NOTIFY_JOB_KIND, NOTIFY_RETRY, Notifier, NotifyJob
 from service.pusher import Pusher
 from service.queue import Job
 from service.retry import RetryPolicy
@@ -46,7 +46,7 @@ class Runtime:
         pusher = Pusher(self)
         jobs: dict[str, JobFunction] = {
             "alert": make_alert_job(REGISTRY, self),
-            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders, self.clock, max_attempts=self.settings.max_attempts),
+            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders),
             **pusher.jobs(),
             PRUNE_KIND: self._prune,
         }
@@ -60,6 +60,8 @@ class Runtime:
             notifier=self.notifier,
             grace_s=self.settings.shutdown_grace_seconds,
             retry=retry,
+            # An explicit `retry` (tests) applies to every kind; otherwise notifications have their own.
+            policies={} if retry is not None else {NOTIFY_JOB_KIND: NOTIFY_RETRY},
             periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S)],
         )
 

@@ -104,6 +104,7 @@ class Worker:
         clock: Clock,
         notifier: Notifier,
         retry: RetryPolicy | None = None,
+        policies: Mapping[str, RetryPolicy] | None = None,
         worker_id: str | None = None,
         periodic: Sequence[Periodic] = (),
         poll_interval_s: float = 1.0,
@@ -116,7 +117,9 @@ class Worker:
         self._concurrency = concurrency
         self._lease_s = lease_s
         # One source of truth for the attempt limit: the policy decides, the lost-lease rule agrees.
+        # `policies` gives some job kinds their own (notifications outlive RELAY_MAX_ATTEMPTS).
         self._retry = replace(retry or RetryPolicy(), max_attempts=max_attempts)
+        self._policies = dict(policies or {})
         self._clock = clock
         self._notifier = notifier
         self.worker_id = worker_id or default_worker_id()
@@ -208,16 +211,22 @@ class Worker:
 
         claimed = await queue.claim(self._engine, self.worker_id, free, now, self._lease_s, then=in_claim)
         for job in claimed:
-            if self._exhausted(job):
-                # Every attempt so far lost its lease: the job likely kills its worker, so it must
-                # not be run again; it ends dead without running.
+            if self._exhausted(job):  # it ends dead without running
                 self._finished.append(_Finished(job, GiveUp(job.last_error or LEASE_LOST), 0.0))
                 self._wake.set()
                 continue
             self._running[job.id] = (job, asyncio.create_task(self._execute(job)))
 
+    def _policy(self, job: Job) -> RetryPolicy:
+        return self._policies.get(job.kind, self._retry)
+
     def _exhausted(self, job: Job) -> bool:
-        return job.attempts > self._retry.max_attempts
+        """A job claimed again after its policy's last attempt (each lost its lease: it likely kills its
+        worker) or past its policy's age is run no more; a first attempt always runs."""
+        policy = self._policy(job)
+        return job.attempts > 1 and policy.gives_up(
+            job.attempts - 1, RuntimeError(LEASE_LOST), self._clock.now() - job.created_at
+        )
 
     async def _in_claim(self, conn: AsyncConnection, claimed: list[Job], now: float) -> None:
         """In the claim's transaction: a periodic job starting schedules its successor (so exactly one
@@ -286,7 +295,7 @@ class Worker:
     async def _settle(self, finished: _Finished, now: float) -> str:
         assert finished.error is not None
         job, error_text = finished.job, describe_error(finished.error)
-        run_at = self._retry.decide(job.attempts, finished.error, now, self._rng)
+        run_at = self._policy(job).decide(job.attempts, finished.error, now, self._rng, queued_at=job.created_at)
         if run_at is not None:
             await queue.retry(self._engine, job, run_at, error_text, now)
             return "retry"

@@ -205,6 +205,37 @@ async def test_claim_and_complete_fold_work_into_their_transaction(engine: Async
     assert seen[1] == [mine.id]
 
 
+async def test_a_job_that_keeps_losing_its_lease_ends_dead_unrun(engine: AsyncEngine) -> None:
+    """A job claimed again after its last attempt (each lost its lease: it likely kills its worker) or,
+    under a kind's own policy, past that policy's age, ends dead without running; a first attempt of an
+    old job still runs."""
+    ran: list[int] = []
+
+    async def record(job: Job, attempt: int) -> None:
+        ran.append(job.id)
+
+    lost_thrice = await add(engine, "a")
+    for n in range(3):  # three workers die with it
+        await queue.claim(engine, f"lost-{n}", 10, T0 + n * (LEASE_S + 1), LEASE_S)
+    old_kind_job = await queue.enqueue(engine, "old", {}, now=T0)
+    await queue.claim(engine, "lost-3", 10, T0 + 3 * (LEASE_S + 1), LEASE_S)  # `old` loses its lease once
+    fresh_old = await queue.enqueue(engine, "old", {}, now=T0)  # queued as long ago, never tried
+    clock = FixedClock(T0 + 7_200)
+    notifier = RecordingNotifier()
+    worker = make_worker(engine, {"test": record, "old": record}, max_attempts=3, clock=clock, notifier=notifier,
+                         policies={"old": RetryPolicy(max_attempts=1_000, give_up_after_s=3_600)})  # fmt: skip
+    async with running(worker):
+        await eventually(lambda: _statuses_settled(engine))
+    statuses = {row.id: row.status for row in await job_rows(engine)}
+    assert (statuses[lost_thrice], statuses[old_kind_job], statuses[fresh_old]) == ("dead", "dead", "done")
+    assert ran == [fresh_old]
+    assert sorted(job_id for job_id, _ in notifier.dead) == [lost_thrice, old_kind_job]
+
+
+async def _statuses_settled(engine: AsyncEngine) -> bool:
+    return all(row.status in ("done", "dead") for row in await job_rows(engine))
+
+
 async def test_worker_runs_jobs_to_done(engine: AsyncEngine) -> None:
     """A worker runs every job once, passing the attempt, and marks them done."""
     seen: list[tuple[int, int]] = []

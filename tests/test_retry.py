@@ -42,6 +42,14 @@ def test_decide_table(attempt: int, error: Exception, jitter: float, expected: f
     assert POLICY.decide(attempt, error, NOW, FixedRng(jitter)) == expected
 
 
+@pytest.mark.parametrize(("age_s", "dead"), [(0.0, False), (3_599.0, False), (3_600.0, True), (90_000.0, True)])
+def test_an_age_limit_ends_a_job_whatever_its_attempts(age_s: float, dead: bool) -> None:
+    """With `give_up_after_s`, a job queued that long ago is dead at its next failure, attempts left or not."""
+    policy = RetryPolicy(base_s=1.0, cap_s=60.0, max_attempts=1_000_000, give_up_after_s=3_600.0)
+    decision = policy.decide(3, ValueError("x"), NOW + age_s, FixedRng(0.5), queued_at=NOW)
+    assert (decision is None) == dead
+
+
 def test_backoff_is_capped() -> None:
     """The window never exceeds cap_s, however many attempts a generous policy allows."""
     policy = RetryPolicy(base_s=1.0, cap_s=60.0, max_attempts=10_000)
