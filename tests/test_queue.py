@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
 from service.clock import FixedClock, SystemClock
 from service.db import create_engine
+from service.db import jobs as jobs_table
 from service.errors import GiveUp
 from service.queue import Job
 from service.retry import RetryPolicy
@@ -326,36 +329,95 @@ async def test_shutdown_lets_running_jobs_finish_within_grace(engine: AsyncEngin
     assert [row.status for row in await job_rows(engine)] == ["done"]
 
 
-async def test_wake_starts_work_without_waiting_for_the_poll(engine: AsyncEngine) -> None:
-    """`wake()` after an in-process enqueue makes an idle worker claim at once."""
-    done = asyncio.Event()
+class ClaimSpy:
+    """Wraps `queue.claim` (the worker looks it up on each cycle): what every finished claim returned."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claimed: list[list[int]] = []
+        real = queue.claim
+
+        async def claim(*args: Any, **kwargs: Any) -> list[Job]:
+            jobs = await real(*args, **kwargs)
+            self.claimed.append(ids(jobs))
+            return jobs
+
+        monkeypatch.setattr(queue, "claim", claim)
+
+    async def until_idle(self) -> None:
+        """Until one claim came back empty: from then on the worker waits for a wake-up or its poll."""
+
+        async def idle() -> bool:
+            return [] in self.claimed
+
+        await eventually(idle, 10)
+
+
+async def add_silently(engine: AsyncEngine) -> int:
+    """Enqueue without NOTIFY (on PostgreSQL `queue.enqueue` would send one): only wake() can tell the worker."""
+    async with engine.begin() as conn:
+        inserted = await conn.execute(sa.insert(jobs_table).returning(jobs_table.c.id),
+                                      [queue.job_values("test", {"n": 1}, now=T0)])  # fmt: skip
+        return int(inserted.scalar_one())
+
+
+# A poll interval no test outlives: a job started within WAKE_DEADLINE_S was started by a wake-up.
+IDLE_POLL_S = 3600.0
+WAKE_DEADLINE_S = 5.0
+
+
+async def test_wake_starts_work_without_waiting_for_the_poll(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wake()` after an in-process enqueue makes an idle worker (its empty claim done, an hour to its next
+    poll) claim at once."""
+    claims, done = ClaimSpy(monkeypatch), asyncio.Event()
 
     async def finish(job: Job, attempt: int) -> None:
         done.set()
 
-    worker = make_worker(engine, {"test": finish}, poll_interval_s=3600)
+    worker = make_worker(engine, {"test": finish}, poll_interval_s=IDLE_POLL_S)
     async with running(worker):
-        await asyncio.sleep(0.05)  # let the worker go idle first
-        await add(engine)
+        await claims.until_idle()
+        job_id = await add_silently(engine)
         worker.wake()
-        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.wait_for(done.wait(), WAKE_DEADLINE_S)
+    assert claims.claimed[:2] == [[], [job_id]]
 
 
-async def test_notify_wakes_worker_on_postgres(postgres_url: str) -> None:
-    """On PostgreSQL an enqueue from anywhere wakes a listening worker (no poll, no wake())."""
+async def test_notify_wakes_worker_on_postgres(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL an enqueue from anywhere wakes a listening, idle worker (no poll for an hour, no wake())."""
     engine = create_engine(make_settings(postgres_url))
-    done = asyncio.Event()
+    claims, done = ClaimSpy(monkeypatch), asyncio.Event()
 
     async def finish(job: Job, attempt: int) -> None:
         done.set()
 
     try:
-        async with running(make_worker(engine, {"test": finish}, poll_interval_s=3600)):
-            await asyncio.sleep(0.2)  # let the worker go idle first
-            await add(engine)
-            await asyncio.wait_for(done.wait(), 5)
+        async with running(make_worker(engine, {"test": finish}, poll_interval_s=IDLE_POLL_S)):
+            await claims.until_idle()
+            job_id = await add(engine)  # commits with a NOTIFY, from a connection of its own
+            await asyncio.wait_for(done.wait(), WAKE_DEADLINE_S)
     finally:
         await engine.dispose()
+    assert claims.claimed[:2] == [[], [job_id]]
+
+
+async def test_without_wake_or_notify_an_idle_worker_waits_for_its_poll(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control for the two tests above: a job enqueued silently is not started while the worker sleeps."""
+    claims, done = ClaimSpy(monkeypatch), asyncio.Event()
+
+    async def finish(job: Job, attempt: int) -> None:
+        done.set()
+
+    async with running(make_worker(engine, {"test": finish}, poll_interval_s=IDLE_POLL_S)):
+        await claims.until_idle()
+        await add_silently(engine)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(done.wait(), 1.0)
+    assert claims.claimed == [[]]
+    assert [row.status for row in await job_rows(engine)] == ["waiting"]
 
 
 async def test_periodic_job_is_never_duplicated(engine: AsyncEngine) -> None:
