@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -332,6 +333,35 @@ async def test_oversize_bodies_get_413_without_being_stored(database_url: str) -
         streamed = await client.post("/webhooks/codat", content=chunks(), headers={"authorization": TEST_AUTH_HEADER})
     assert (declared.status_code, declared.json()) == (413, {"error": "payload_too_large"})
     assert streamed.status_code == 413
+    assert await stored(settings) == []
+
+
+STREAM_CHUNK = 64 * 1024
+STREAM_TOTAL = 32 * 1024 * 1024  # 32 MiB, against the default 1 MiB limit
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])
+async def test_oversize_streamed_body_is_refused_without_reading_the_rest(database_url: str, declared: bool) -> None:
+    """32 MiB streamed in 64 KiB chunks: 413 once the limit is passed, having pulled only about the limit (one
+    chunk over) from the sender — none at all when Content-Length already says it is too large; nothing stored."""
+    settings = make_settings(database_url)
+    limit = settings.max_body_bytes
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(STREAM_TOTAL // STREAM_CHUNK):
+            pulled += STREAM_CHUNK
+            yield b" " * STREAM_CHUNK
+
+    headers = {"authorization": TEST_AUTH_HEADER, **({"content-length": str(STREAM_TOTAL)} if declared else {})}
+    async with running_app(settings) as (_, client):
+        response = await client.post("/webhooks/codat", content=body(), headers=headers)
+    assert (response.status_code, response.json()) == (413, {"error": "payload_too_large"})
+    if declared:
+        assert pulled == 0
+    else:
+        assert limit < pulled <= limit + STREAM_CHUNK
     assert await stored(settings) == []
 
 
