@@ -262,6 +262,19 @@ async def test_unsigned_delivery_ids_come_from_the_header_first(database_url: st
     assert [row["id"] for row in await stored(settings)] == ["hdr-1"]
 
 
+async def test_development_mode_recognises_a_redelivery_by_its_header_id(database_url: str) -> None:
+    """Without authentication (development), Codat's redelivery — same `webhook-id`, the body regenerated with a
+    new `AlertId` — is a duplicate of the first, as CONTRACT.md's delivery-id rule makes it; one row is stored."""
+    settings = make_settings(database_url, webhook_secrets="", webhook_auth_header=None,
+                             allow_unauthenticated_webhooks=True)  # fmt: skip
+    async with running_app(settings) as (_, client):
+        first = await post(client, json.dumps(legacy_body(AlertId="body-1")).encode(), {"webhook-id": "msg-1"})
+        again = await post(client, json.dumps(legacy_body(AlertId="body-2")).encode(), {"webhook-id": "msg-1"})
+    assert (first.status_code, first.json()) == (202, {"status": "accepted", "id": "msg-1"})
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate", "id": "msg-1"})
+    assert [row["id"] for row in await stored(settings)] == ["msg-1"]
+
+
 async def test_unsigned_delivery_refused_when_only_secrets_are_configured(database_url: str) -> None:
     """With only signing secrets configured, an unsigned delivery is missing authentication."""
     settings = make_settings(database_url, webhook_auth_header=None)
