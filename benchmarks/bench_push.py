@@ -162,7 +162,9 @@ def intake(base_url: str, total: int) -> float:
 def push(database_url: str, env: dict[str, str], total: int, tmp: Path, profile: bool) -> dict[str, Any]:
     log = (tmp / "worker.log").open("wb")
     started = time.perf_counter()
-    worker = subprocess.Popen([python(), "-m", "service.cli", "worker"], env=env, cwd=REPO, stdout=log,
+    # The worker serves its own /healthz and /metrics: it needs a port of its own beside the web's.
+    worker_env = {**env, "RELAY_PORT": str(free_port())}
+    worker = subprocess.Popen([python(), "-m", "service.cli", "worker"], env=worker_env, cwd=REPO, stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
     spied = spy(worker.pid, tmp / "worker.spy") if profile else None
     peak_rss = 0
