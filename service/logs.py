@@ -8,6 +8,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import structlog
 
 from service.settings import SECRET_FIELDS, Settings
@@ -64,6 +65,12 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
+def _json(event: Any, **_: Any) -> str:
+    """One log line with orjson (a line per delivery and per job: stdlib json cost a tenth of a no-op job);
+    anything orjson cannot encode is written as its repr, as structlog's own fallback does."""
+    return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 class _StdlibHandler(logging.Handler):
     """Writes stdlib records, rendered by structlog, through a structlog `PrintLogger` on the same stream:
     structlog's own lines and these then share one write lock, so no two lines ever interleave."""
@@ -92,8 +99,9 @@ def configure_logging(settings: Settings, stream: Any = None, *, capture_stdlib:
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    )
+        structlog.processors.JSONRenderer(serializer=_json) if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )  # fmt: skip
     redactor = Redactor(secret_values(settings))
     level = getattr(logging, settings.log_level.upper())
     structlog.configure(

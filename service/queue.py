@@ -183,23 +183,8 @@ async def claim(
     `then(conn, claimed)` runs in the claim's own transaction, so what it writes (an alert marked
     processing, a periodic job's successor) exists exactly when the claim does.
     """
-    if limit <= 0:
-        return []
-    params = {
-        "worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
-        "limit": limit,
-    }  # fmt: skip
-    async with bookkeeper(engine).begin() as conn:
-        rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
-        claimed = sorted((Job(**row) for row in rows), key=lambda job: job.id)
-        if claimed and then is not None:
-            await then(conn, claimed)
+    _, claimed = await turn(engine, worker_id, done=(), now=now, claim_limit=limit, lease_s=lease_s, on_claimed=then)
     return claimed
-
-
-def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
-    pairs = [(job.id, job.attempts) for job in claimed]
-    return sa.and_(jobs.c.status == "running", sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs))
 
 
 async def complete(
@@ -210,21 +195,60 @@ async def complete(
     `then(conn, finished)` runs in the same transaction with the jobs that were still ours (a job whose
     lease was lost and taken over is not among them), so a job's results commit with its `done`.
     """
-    if not done:
-        return 0
+    finished, _ = await turn(engine, "", done=done, now=now, claim_limit=0, lease_s=0.0, on_done=then)
+    return finished
+
+
+async def turn(
+    engine: AsyncEngine, worker_id: str, *, done: Sequence[Job], now: float, claim_limit: int, lease_s: float,
+    on_done: InTransaction | None = None, on_claimed: InTransaction | None = None,
+) -> tuple[int, list[Job]]:  # fmt: skip
+    """A worker's round in ONE transaction: mark `done` finished (as `complete`), then claim up to
+    `claim_limit` jobs (as `claim`). Returns (how many were still ours to finish, the jobs claimed).
+
+    One transaction instead of two saves its BEGIN, settings and COMMIT round trips on every round;
+    the claim sees the completions, so the next job of a key just finished is claimable at once.
+    """
+    if not done and claim_limit <= 0:
+        return 0, []
     async with bookkeeper(engine).begin() as conn:
-        result = await conn.execute(
-            jobs.update()
-            .where(_fenced(done))
-            .values(status="done", finished_at=now, lease_expires_at=None)
-            .returning(jobs.c.id)
-        )
-        finished_ids = set(result.scalars())
-        if any(job.lock_key for job in done):
-            await notify(conn)  # the next job of each key may now be claimable by any worker
-        if finished_ids and then is not None:
-            await then(conn, [job for job in done if job.id in finished_ids])
+        finished = await _complete_in(conn, done, now, on_done) if done else 0
+        claimed = await _claim_in(conn, worker_id, claim_limit, now, lease_s, on_claimed) if claim_limit > 0 else []
+    return finished, claimed
+
+
+async def _claim_in(
+    conn: AsyncConnection, worker_id: str, limit: int, now: float, lease_s: float, then: InTransaction | None
+) -> list[Job]:
+    params = {
+        "worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
+        "limit": limit,
+    }  # fmt: skip
+    rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
+    claimed = sorted((Job(**row) for row in rows), key=lambda job: job.id)
+    if claimed and then is not None:
+        await then(conn, claimed)
+    return claimed
+
+
+async def _complete_in(conn: AsyncConnection, done: Sequence[Job], now: float, then: InTransaction | None) -> int:
+    result = await conn.execute(
+        jobs.update()
+        .where(_fenced(done))
+        .values(status="done", finished_at=now, lease_expires_at=None)
+        .returning(jobs.c.id)
+    )
+    finished_ids = set(result.scalars())
+    if any(job.lock_key for job in done):
+        await notify(conn)  # the next job of each key may now be claimable by any worker
+    if finished_ids and then is not None:
+        await then(conn, [job for job in done if job.id in finished_ids])
     return len(finished_ids)
+
+
+def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
+    pairs = [(job.id, job.attempts) for job in claimed]
+    return sa.and_(jobs.c.status == "running", sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs))
 
 
 async def fail(engine: AsyncEngine, job: Job, error: str, now: float) -> bool:

@@ -1,7 +1,8 @@
 """The worker runtime: claims jobs in batches, runs them concurrently, records outcomes in batches.
 
-One control loop per worker does all queue writes (flush finished jobs, then claim into the free
-slots) so that a burst of short jobs costs two statements per batch, not two per job. It sleeps until
+One control loop per worker does all queue writes: each round records the finished jobs and claims into
+the free slots in one transaction (`queue.turn`), so a burst of short jobs costs one transaction per
+batch, not two per job. It sleeps until
 something can have changed: a job of its own finished, a NOTIFY arrived (PostgreSQL), `wake()` was
 called by an in-process enqueue, or the poll interval passed (the fallback for scheduled jobs and lost
 notifications).
@@ -114,6 +115,8 @@ class Worker:
     ) -> None:
         self._engine = engine
         self._jobs = dict(jobs)
+        # Looked up once: isinstance() against a runtime-checkable Protocol costs more than a no-op job.
+        self._batched_kinds = {k: cast(Batched, f) for k, f in self._jobs.items() if isinstance(f, Batched)}
         self._concurrency = concurrency
         self._lease_s = lease_s
         # One source of truth for the attempt limit: the policy decides, the lost-lease rule agrees.
@@ -167,8 +170,7 @@ class Worker:
     async def _cycle(self) -> None:
         self._wake.clear()  # before the reads below, so nothing that happens during them is missed
         try:
-            await self._flush()
-            await self._fill()
+            await self._turn(claim=True)
         except TRANSIENT as exc:
             self._log.warning("queue_unavailable", error=describe_error(exc))
         try:
@@ -183,7 +185,7 @@ class Worker:
         """Group completion: while jobs are still running, wait a moment (at most LINGER_S) for a few more
         to finish, so that one completion and one claim serve several jobs.
 
-        Each round costs two transactions whatever their size; at hundreds of short jobs a second,
+        Each round costs a transaction whatever its size; at hundreds of short jobs a second,
         waking for every single finish spent more on those than on the jobs themselves. With a small
         concurrency (the default 4) the batch target is one job, and nothing ever waits here.
         """
@@ -200,16 +202,7 @@ class Worker:
                 return
         self._wake.set()  # whatever woke us is still to be handled by the next cycle
 
-    async def _fill(self) -> None:
-        free = self._concurrency - len(self._running)
-        if free <= 0:
-            return
-        now = self._clock.now()
-
-        async def in_claim(conn: AsyncConnection, claimed: list[Job]) -> None:
-            await self._in_claim(conn, claimed, now)
-
-        claimed = await queue.claim(self._engine, self.worker_id, free, now, self._lease_s, then=in_claim)
+    def _start_claimed(self, claimed: Sequence[Job]) -> None:
         for job in claimed:
             if self._exhausted(job):  # it ends dead without running
                 self._finished.append(_Finished(job, GiveUp(job.last_error or LEASE_LOST), 0.0))
@@ -245,9 +238,9 @@ class Worker:
     def _batched(self, items: Sequence[tuple[Job, object]]) -> list[tuple[Batched, list[tuple[Job, object]]]]:
         groups: dict[str, list[tuple[Job, object]]] = {}
         for job, result in items:
-            if isinstance(self._jobs.get(job.kind), Batched):
+            if job.kind in self._batched_kinds:
                 groups.setdefault(job.kind, []).append((job, result))
-        return [(cast(Batched, self._jobs[kind]), group) for kind, group in groups.items()]
+        return [(self._batched_kinds[kind], group) for kind, group in groups.items()]
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
@@ -263,10 +256,12 @@ class Worker:
         self._finished.append(_Finished(job, error, time.perf_counter() - started, result))
         self._wake.set()
 
-    async def _flush(self) -> None:
-        """Record finished jobs: all successes in one statement, failures one by one (rare)."""
+    async def _turn(self, *, claim: bool) -> None:
+        """Record finished jobs and claim into the free slots, in one transaction (all successes in one
+        statement); then settle failures one by one (rare)."""
         batch, self._finished = self._finished, []
-        if not batch:
+        free = self._concurrency - len(self._running) if claim else 0
+        if not batch and free <= 0:
             return
         now = self._clock.now()
         done = [f for f in batch if f.error is None]
@@ -277,13 +272,20 @@ class Worker:
             for function, group in self._batched([(job, results[job.id]) for job in finished]):
                 await function.finished(conn, group, now)
 
+        async def in_claim(conn: AsyncConnection, claimed: list[Job]) -> None:
+            await self._in_claim(conn, claimed, now)
+
         try:
-            await queue.complete(self._engine, [f.job for f in done], now, then=in_completion)
+            _, claimed = await queue.turn(
+                self._engine, self.worker_id, done=[f.job for f in done], now=now, claim_limit=free,
+                lease_s=self._lease_s, on_done=in_completion, on_claimed=in_claim,
+            )  # fmt: skip
         except BaseException:
             self._finished[:0] = batch  # written again next cycle; fencing makes repeats harmless
             raise
         for f in done:
             self._report(f, "done")
+        self._start_claimed(claimed)
         for index, f in enumerate(failed):
             try:
                 outcome = await self._settle(f, now)
@@ -352,7 +354,7 @@ class Worker:
         unfinished = [job for job, _ in self._running.values()]
         self._running.clear()
         try:
-            await self._flush()
+            await self._turn(claim=False)
             released = await queue.release(self._engine, unfinished, self._clock.now())
         except TRANSIENT as exc:
             # Their leases expire and another worker takes them over.

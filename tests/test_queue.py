@@ -330,18 +330,19 @@ async def test_shutdown_lets_running_jobs_finish_within_grace(engine: AsyncEngin
 
 
 class ClaimSpy:
-    """Wraps `queue.claim` (the worker looks it up on each cycle): what every finished claim returned."""
+    """Wraps `queue.turn` (the worker looks it up on each cycle): what every finished claim returned."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.claimed: list[list[int]] = []
-        real = queue.claim
+        real = queue.turn
 
-        async def claim(*args: Any, **kwargs: Any) -> list[Job]:
-            jobs = await real(*args, **kwargs)
-            self.claimed.append(ids(jobs))
-            return jobs
+        async def turn(*args: Any, **kwargs: Any) -> tuple[int, list[Job]]:
+            finished, jobs = await real(*args, **kwargs)
+            if kwargs.get("claim_limit", 0) > 0:
+                self.claimed.append(ids(jobs))
+            return finished, jobs
 
-        monkeypatch.setattr(queue, "claim", claim)
+        monkeypatch.setattr(queue, "turn", turn)
 
     async def until_idle(self) -> None:
         """Until one claim came back empty: from then on the worker waits for a wake-up or its poll."""
