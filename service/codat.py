@@ -78,6 +78,10 @@ Relayed = dict[str, Any] | list[Any]
 T = TypeVar("T")
 
 
+# Codat serves 10 concurrent requests per company (FACTS.md §1): as many per process is the default.
+DEFAULT_MAX_IN_FLIGHT = 10
+
+
 class CodatClient:
     """Codat over one connection pool. Use as `async with CodatClient(...)` or call `aclose()`."""
 
@@ -92,6 +96,7 @@ class CodatClient:
         sleep: Sleep = asyncio.sleep,
         clock: Clock = SYSTEM_CLOCK,
         on_response: OnResponse | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         key = api_key.get_secret_value() if api_key is not None else ""
@@ -110,6 +115,9 @@ class CodatClient:
         self._sleep = sleep
         self._clock = clock
         self._on_response = on_response
+        # Requests past this wait here, not in httpcore's pool, whose cost per request grows with every
+        # request queued or in flight (measured: 0.8 ms of CPU a call at 4 in flight, 1.5 ms at 16).
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self.rate_limit_remaining: int | None = None
 
     @classmethod
@@ -122,6 +130,7 @@ class CodatClient:
             settings.codat_api_key,
             transport=transport,
             timeout_s=settings.codat_timeout_seconds,
+            max_in_flight=settings.codat_concurrency,
             **kwargs,
         )
 
@@ -239,7 +248,8 @@ class CodatClient:
         self, endpoint: str, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> httpx.Response | httpx.TransportError:
         try:
-            response = await self._http.request(method, path, content=body, headers=headers)
+            async with self._in_flight:
+                response = await self._http.request(method, path, content=body, headers=headers)
         except httpx.TransportError as exc:  # connect errors and timeouts alike
             self._observe(endpoint, NO_RESPONSE)
             return exc

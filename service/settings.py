@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     codat_base_url: str = "https://api.codat.io"
     codat_api_key: SecretStr | None = None
     codat_timeout_seconds: float = Field(default=30.0, gt=0)
+    codat_concurrency: int = Field(default=10, ge=1, le=100)
 
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     webhook_auth_header: SecretStr | None = None

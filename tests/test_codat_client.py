@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import Callable
@@ -535,3 +536,34 @@ def test_retry_policy_table(
     assert policy.delay(attempt, retry_after, elapsed, rand) == (
         None if expected is None else pytest.approx(expected)
     )
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_no_more_requests_in_flight_than_allowed(limit: int) -> None:
+    """RELAY_CODAT_CONCURRENCY caps the requests in flight: the others wait their turn outside httpx, and
+    every call still completes."""
+    in_flight, most, reached, release = 0, 0, asyncio.Event(), asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight == limit:
+            reached.set()
+        await release.wait()
+        in_flight -= 1
+        return ok({"id": DATASET, "companyId": COMPANY, "dataType": "orders", "status": "Complete",
+                   "requested": "2026-01-01T00:00:00Z", "progress": 100, "isCompleted": True, "isErrored": False})
+
+    client = CodatClient.from_settings(make_settings(codat_concurrency=limit), transport=httpx.MockTransport(slow))
+    try:
+        calls = [asyncio.create_task(client.get_dataset(COMPANY, DATASET)) for _ in range(limit + 3)]
+        await asyncio.wait_for(reached.wait(), 5)
+        for _ in range(50):  # ample turns of the loop for any call that could start to start
+            await asyncio.sleep(0)
+        assert (in_flight, most) == (limit, limit)
+        release.set()
+        assert [found.status for found in await asyncio.gather(*calls)] == ["Complete"] * (limit + 3)
+    finally:
+        await client.aclose()
+    assert most == limit
