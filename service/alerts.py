@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service.errors import MalformedPayload
@@ -192,4 +192,6 @@ def _timestamp(value: Any) -> float | None:
     text = _text(value)
     if text is None:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    # Codat writes UTC; a stamp without a zone is read as UTC, never as this machine's local time.
+    return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).timestamp()

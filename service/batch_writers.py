@@ -179,5 +179,8 @@ class PostgresBatchWriter:
 def batch_writer_for(database_url: str, sqlite_synchronous: str = "full") -> BatchWriter:
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1].split("?", 1)[0]
+        if not path or path == ":memory:" or "mode=memory" in database_url:
+            # The writer's own connection would open a private database that nobody else ever reads.
+            raise ValueError("the webhook receiver needs an SQLite file, not an in-memory database")
         return SqliteBatchWriter(path, sqlite_synchronous)
     return PostgresBatchWriter(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))

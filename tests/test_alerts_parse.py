@@ -79,3 +79,11 @@ def test_verify_accepts_what_svix_signs_and_sign_matches_svix() -> None:
         verify(body + b" ", headers, [decode_secret(TEST_SECRET)], at, 300)
     with pytest.raises(MissingAuthentication):
         verify(body, {}, [decode_secret(TEST_SECRET)], at, 300)
+
+
+def test_a_generated_date_without_a_zone_is_utc() -> None:
+    """Codat writes UTC: a generatedDate without a zone is read as UTC, whatever the machine's own zone."""
+    body = {"id": "e1", "eventType": "read.completed", "generatedDate": "2024-09-29T20:26:10", "payload": {}}
+    zoned = {**body, "generatedDate": "2024-09-29T20:26:10Z"}
+    stamps = [parse_alert(b, b"{}", header_id=None, signed=True).generated_at for b in (body, zoned)]
+    assert stamps[0] == stamps[1] == 1727641570.0

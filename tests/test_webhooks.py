@@ -409,3 +409,12 @@ async def test_readiness_fails_on_an_unmigrated_database(tmp_path: Any) -> None:
         ready = await client.get("/readyz")
     assert ready.status_code == 503 and "migrations" in ready.json()["reason"]
 
+
+
+def test_the_receiver_refuses_an_in_memory_database() -> None:
+    """An in-memory SQLite database is private to one connection: the receiver's writer would store every
+    delivery where nobody reads it, so it refuses to start on one."""
+    from service.batch_writers import batch_writer_for
+
+    with pytest.raises(ValueError, match="SQLite file"):
+        batch_writer_for("sqlite+aiosqlite:///:memory:")
