@@ -115,33 +115,42 @@ def ops_routes() -> list[Route]:
     ]
 
 
+@contextlib.asynccontextmanager
+async def _runtime(app: Starlette, settings: Settings, clock: Clock, options: AppOptions) -> AsyncIterator[Runtime]:
+    """The process's engine and runtime, on `app.state`, closed (runtime, then engine) when the app stops."""
+    engine = create_engine(settings)
+    runtime = await build_runtime(settings, engine, clock, transport=options.transport)
+    app.state.runtime = runtime
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+        await engine.dispose()
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None) -> Starlette:
     clock = clock or SystemClock()
     options = options or AppOptions()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        runtime = await build_runtime(settings, engine, clock, transport=options.transport)
-        ingestor = Ingestor(
-            engine,
-            clock,
-            writers=1 if settings.is_sqlite else 4,
-            write_timeout_s=options.write_timeout_s,
-            on_commit=runtime.wake_workers,
-            sqlite_synchronous=settings.sqlite_synchronous,
-        )
-        app.state.runtime = runtime
-        endpoint.bind(ingestor)
-        await ingestor.start()
-        if options.run_workers:
-            await runtime.start_workers()
-        try:
-            yield
-        finally:
-            await ingestor.stop()
-            await runtime.close()
-            await engine.dispose()
+        async with _runtime(app, settings, clock, options) as runtime:
+            ingestor = Ingestor(
+                runtime.engine,
+                clock,
+                writers=1 if settings.is_sqlite else 4,
+                write_timeout_s=options.write_timeout_s,
+                on_commit=runtime.wake_workers,
+                sqlite_synchronous=settings.sqlite_synchronous,
+            )
+            endpoint.bind(ingestor)
+            await ingestor.start()
+            if options.run_workers:
+                await runtime.start_workers()
+            try:
+                yield
+            finally:
+                await ingestor.stop()
 
     endpoint = _LazyWebhook(settings, clock)
     app = Starlette(
@@ -184,28 +193,24 @@ def create_worker_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        runtime = await build_runtime(settings, engine, clock, transport=options.transport)
-        app.state.runtime = runtime
-        stop = asyncio.Event()
-        task = asyncio.create_task(runtime.run_worker_forever(stop), name="worker")
+        async with _runtime(app, settings, clock, options) as runtime:
+            stop = asyncio.Event()
+            task = asyncio.create_task(runtime.run_worker_forever(stop), name="worker")
 
-        def exited(done: asyncio.Task[None]) -> None:
-            if stop.is_set():
-                return
-            error = None if done.cancelled() else done.exception()
-            log.error("worker_exited", error=repr(error), exc_info=error)
-            if on_worker_exit is not None:
-                on_worker_exit(error)
+            def exited(done: asyncio.Task[None]) -> None:
+                if stop.is_set():
+                    return
+                error = None if done.cancelled() else done.exception()
+                log.error("worker_exited", error=repr(error), exc_info=error)
+                if on_worker_exit is not None:
+                    on_worker_exit(error)
 
-        task.add_done_callback(exited)
-        try:
-            yield
-        finally:
-            stop.set()  # running jobs get RELAY_SHUTDOWN_GRACE_SECONDS; the rest are released
-            await asyncio.gather(task, return_exceptions=True)
-            await runtime.close()
-            await engine.dispose()
+            task.add_done_callback(exited)
+            try:
+                yield
+            finally:
+                stop.set()  # running jobs get RELAY_SHUTDOWN_GRACE_SECONDS; the rest are released
+                await asyncio.gather(task, return_exceptions=True)
 
     app = Starlette(routes=ops_routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.settings = settings
