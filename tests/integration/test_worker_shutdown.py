@@ -97,20 +97,27 @@ def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, flo
     return status, time.monotonic() - sent
 
 
-def test_sigterm_releases_a_job_the_grace_period_cannot_finish(database_url: str, tmp_path: Path) -> None:
-    """A job still running when the 0.5 s grace ends is cancelled and waiting again with its attempt given back;
-    its row is exactly as before it was claimed, the bystander is untouched, and nobody is told of anything."""
-    job_id, later = asyncio.run(enqueue(database_url, seconds=3600))
-    before = asyncio.run(rows(database_url))
-    proc = start_worker(database_url, tmp_path, grace_s=0.5)
+def sigterm_in_flight(database_url: str, tmp_path: Path, job_id: int, *, grace_s: float,
+                      timeout_s: float) -> tuple[float, str]:  # fmt: skip
+    """Start the worker, SIGTERM it once `job_id` runs; it must exit by that signal. (seconds taken, its log)"""
+    proc = start_worker(database_url, tmp_path, grace_s=grace_s)
     try:
         in_flight(database_url, job_id, tmp_path / f"started-{job_id}", proc)
-        status, took = terminate(proc, timeout_s=20)
+        status, took = terminate(proc, timeout_s=timeout_s)
     finally:
         if proc.poll() is None:
             proc.kill()
     log = (tmp_path / "worker.log").read_text()
     assert status == -signal.SIGTERM, log[-2000:]
+    return took, log
+
+
+def test_sigterm_releases_a_job_the_grace_period_cannot_finish(database_url: str, tmp_path: Path) -> None:
+    """A job still running when the 0.5 s grace ends is cancelled and waiting again with its attempt given back;
+    its row is exactly as before it was claimed, the bystander is untouched, and nobody is told of anything."""
+    job_id, later = asyncio.run(enqueue(database_url, seconds=3600))
+    before = asyncio.run(rows(database_url))
+    took, log = sigterm_in_flight(database_url, tmp_path, job_id, grace_s=0.5, timeout_s=20)
     assert took < 10, took  # the grace period, not the job's hour
     after = asyncio.run(rows(database_url))
     assert after[job_id] == before[job_id]  # waiting, attempts 0, no worker, lease, start or error
@@ -126,15 +133,7 @@ def test_sigterm_lets_a_job_finish_within_the_grace_period(database_url: str, tm
     """A job that ends within the 15 s grace runs to the end and is `done` (attempt 1); the worker exits right after."""
     job_id, later = asyncio.run(enqueue(database_url, seconds=1.0))
     before = asyncio.run(rows(database_url))
-    proc = start_worker(database_url, tmp_path, grace_s=15)
-    try:
-        in_flight(database_url, job_id, tmp_path / f"started-{job_id}", proc)
-        status, took = terminate(proc, timeout_s=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = (tmp_path / "worker.log").read_text()
-    assert status == -signal.SIGTERM, log[-2000:]
+    took, log = sigterm_in_flight(database_url, tmp_path, job_id, grace_s=15, timeout_s=30)
     assert took < 15, took  # it left once the job was done, without sitting out the grace period
     after = asyncio.run(rows(database_url))
     assert (after[job_id]["status"], after[job_id]["attempts"], after[job_id]["last_error"]) == ("done", 1, None)
