@@ -26,6 +26,7 @@ from service.queue import Job
 from service.retry import RetryPolicy
 from service.runtime import Runtime, build_runtime
 from service.senders import EmailSender, slack_text
+from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
 from tests.queue_helpers import job_rows
@@ -242,6 +243,24 @@ async def drive_clock(clock: FixedClock, worker: Worker, runtime: Runtime, done:
         await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def notified_and_working(settings: Settings, clock: FixedClock) -> AsyncIterator[tuple[Runtime, Worker]]:
+    """A runtime that has stored `failed_dataset()`, and its worker running on the injected clock."""
+    engine = create_engine(settings)
+    runtime = await build_runtime(settings, engine, clock)
+    worker = runtime.build_worker()
+    await runtime.notifier.notify(failed_dataset())
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield runtime, worker
+    finally:
+        stop.set()
+        await task
+        await runtime.close()
+        await engine.dispose()
+
+
 async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(database_url: str) -> None:
     """With the default RELAY_MAX_ATTEMPTS (10), a target refusing 14 times in a row still gets it, once."""
     target, clock = Target(), FixedClock()
@@ -249,22 +268,11 @@ async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(da
     async with serving(target.app) as url:
         settings = make_settings(database_url, notify_webhook_url=f"{url}/hook")
         assert settings.max_attempts == 10
-        engine = create_engine(settings)
-        runtime = await build_runtime(settings, engine, clock)
-        worker = runtime.build_worker()
-        await runtime.notifier.notify(failed_dataset())
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        try:
+        async with notified_and_working(settings, clock) as (runtime, worker):
             await drive_clock(clock, worker, runtime, lambda: target.refusals >= 14)
             target.down = False
             await drive_clock(clock, worker, runtime, lambda: len(target.received) >= 1)
-            rows = await job_rows(engine, kind="notify")
-        finally:
-            stop.set()
-            await task
-            await runtime.close()
-            await engine.dispose()
+            rows = await job_rows(runtime.engine, kind="notify")
     assert [m["datasetId"] for m in target.received] == ["ds-1"]
     [webhook] = [r for r in rows if r["payload"]["sender"] == "webhook"]
     assert (webhook["status"], webhook["attempts"]) == ("done", target.refusals + 1)  # one job, never dead
@@ -278,27 +286,12 @@ async def test_a_notification_undelivered_for_five_days_is_reported_to_the_other
     async with serving(webhook.app) as webhook_url, serving(slack.app) as slack_url:
         settings = make_settings(database_url, notify_webhook_url=f"{webhook_url}/hook",
                                  notify_slack_webhook_url=f"{slack_url}/hook")  # fmt: skip
-        engine = create_engine(settings)
-        runtime = await build_runtime(settings, engine, clock)
-        worker = runtime.build_worker()
-        await runtime.notifier.notify(failed_dataset())
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-
-        async def dead() -> bool:
-            return any(r["status"] == "dead" for r in await job_rows(engine, kind="notify"))
-
         dead_seen: list[bool] = []
-        try:
+        async with notified_and_working(settings, clock) as (runtime, worker):
             await drive_clock(clock, worker, runtime, lambda: len(slack.received) >= 2, step_s=6 * 3600)
-            dead_seen.append(await dead())
+            sent = await job_rows(runtime.engine, kind="notify")
+            dead_seen.append(any(r["status"] == "dead" for r in sent))
             stored = await rows(database_url, notifications)
-            sent = await job_rows(engine, kind="notify")
-        finally:
-            stop.set()
-            await task
-            await runtime.close()
-            await engine.dispose()
     assert dead_seen == [True] and webhook.received == [] and webhook.refusals >= 10
     assert clock.now() - 1_750_000_000.0 >= 5 * 86_400
     original, lost = slack.received
