@@ -32,11 +32,11 @@ $(STAMP_BENCH): requirements-bench.lock $(STAMP_DEV)
 
 ## run: a complete local instance on SQLite at 127.0.0.1:8000 (generated secrets, sandbox beside it)
 run: $(STAMP_RUN)
-	$(PY) -m service.local_run
+	$(PY) -m service.dev.local_run
 
 ## demo: the whole product in two minutes: sandbox + codat-relay on SQLite, narrated in the terminal
 demo: $(STAMP_RUN)
-	$(PY) -m service.demo
+	$(PY) -m service.dev.demo
 
 ## test: install what the tests need, lint and type-check, then run the whole suite on SQLite and PostgreSQL
 test: $(STAMP_DEV)

@@ -31,8 +31,8 @@ from benchmarks import common
 from service import migrate, queue
 from service.clock import SystemClock
 from service.db import create_engine, jobs
+from service.dead_jobs import LogDeadJobs
 from service.logs import configure_logging
-from service.notify import LogNotifier
 from service.settings import Settings
 from service.worker import Worker
 
@@ -122,7 +122,7 @@ async def relay_latency(url: str, n: int, rate: float) -> list[float]:
 def relay_worker(engine: Any, function: Any, concurrency: int) -> Worker:
     return Worker(
         engine, {"noop": function}, concurrency=concurrency, lease_s=LEASE_S, max_attempts=3,
-        clock=SystemClock(), notifier=LogNotifier(), poll_interval_s=1.0,
+        clock=SystemClock(), notifier=LogDeadJobs(), poll_interval_s=1.0,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import outbox
-from service.codat import CodatNotFound
+from service.codat.client import CodatNotFound
 from service.db import companies, jobs, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
 from service.records import MODELS

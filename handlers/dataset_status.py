@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from handlers._deps import tracker
-from service.codat_models import TERMINAL_STATUSES
+from service.codat.models import TERMINAL_STATUSES
 from service.datasets import apply_dataset_status, load
 from service.db import datasets, reader, writer
 from service.tracking import ask_codat

@@ -8,8 +8,8 @@ meaning of its code — branching on the code, never on the text.
 from __future__ import annotations
 
 from handlers._deps import tracker
-from service.codat import CodatNotFound, is_failure
-from service.codat_models import SYNC_STATUS_MEANINGS
+from service.codat.client import CodatNotFound, is_failure
+from service.codat.models import SYNC_STATUS_MEANINGS
 from service.notifications import Kind, Notification
 from service.types import Alert, Context, Outcome
 

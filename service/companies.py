@@ -10,22 +10,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from starlette.requests import Request
-from starlette.responses import Response
 
 from service import datasets as dataset_store
-from service.admin import iso
-from service.auth import require
-from service.codat import SYNC_STATUS_MEANINGS
+from service.clock import iso
+from service.codat.client import SYNC_STATUS_MEANINGS
 from service.db import companies, pushes, records, writer
-from service.errors import InvalidRequest, NotFound
-from service.ids import path_id
+from service.errors import NotFound
 from service.outbox import State, lock_outbox, schedule_push, set_paused
-from service.records import DATA_TYPES, MODELS
-from service.responses import json_response
+from service.records import MODELS
 
 REPUSH_CHUNK = 1000  # records turned back to pending per transaction: short write locks, a moving bar
 
@@ -209,32 +203,3 @@ async def full_repush(
             if counts.requeued or counts.already_pending:
                 await schedule_push(conn, company_id, data_type, now=now)
     return result
-
-
-def _repush_types(raw: bytes) -> list[str]:
-    """The body `{"dataType"?: "orders"}` (or none at all): which data types to re-push."""
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest('the body must be a JSON object: {"dataType"?: "orders"}')
-    if unknown := sorted(set(body) - {"dataType"}):
-        raise InvalidRequest(f"{unknown[0]}: unknown field; the body holds only dataType")
-    name = body.get("dataType")
-    if name is None:
-        return list(MODELS)
-    if not isinstance(name, str) or name not in DATA_TYPES:
-        raise InvalidRequest("dataType: one of orders, payments, transactions")
-    return [DATA_TYPES[name]]
-
-
-@require("admin")
-async def repush_endpoint(request: Request) -> Response:
-    """`POST /v1/companies/{companyId}/repush`: a full re-push; 202 with what goes again and what was skipped."""
-    runtime = request.app.state.runtime
-    company_id = path_id(request, "company_id", "company")
-    data_types = _repush_types(await request.body())
-    result = await full_repush(runtime.engine, company_id, data_types, runtime.clock.now())
-    runtime.wake_workers()
-    return json_response(result.answer(), 202)

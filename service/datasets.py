@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.codat_models import ERROR_STATUSES, REPUSHABLE, TERMINAL_STATUSES
+from service.codat.models import ERROR_STATUSES, REPUSHABLE, TERMINAL_STATUSES
 from service.db import companies, datasets, records
 from service.outbox import State
 

@@ -7,9 +7,12 @@ value made the query fail (a 500) instead of match nothing. In a path it names n
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidRequest, NotFound
+
+if TYPE_CHECKING:  # typing only: the rule itself is the core's, the web layer hands in its requests
+    from starlette.requests import Request
 
 MAX_ID_CHARS = 255  # the width of companies.id and alerts.id (service/db.py)
 

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
+from service.clock import iso
 from service.db import notification_dedupe, notifications, writer
 from service.errors import GiveUp
 from service.retry import RetryPolicy
@@ -91,7 +92,6 @@ async def forget(conn: AsyncConnection, kind: Kind, company_id: str, subject: st
 
 def payload(row: sa.RowMapping) -> dict[str, Any]:
     """The generic webhook's JSON (CONTRACT.md); Slack and e-mail render the same fields."""
-    from service.admin import iso  # late: admin imports the app's routing
 
     return {
         "kind": row["kind"],

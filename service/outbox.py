@@ -21,6 +21,7 @@ from service import queue
 from service.db import companies, jobs, records, writer
 from service.records import Record
 
+MANUAL_PAUSE = "manual"  # pause_reason of an operator's pause (API, CLI, page)
 PUSH_KIND = "push"
 # Why a company is paused. The connection reasons are lifted by a reconnection; a manual one only by a person.
 CONNECTION_DELETED = "connection_deleted"  # Codat said the connection was deleted

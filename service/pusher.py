@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import metrics, queue
-from service.codat import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
+from service.codat.client import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
 from service.db import datasets, push_records, pushes, records, writer
 from service.errors import RetryLater
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification

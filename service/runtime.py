@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers import REGISTRY
 from service import metrics, queue
 from service.clock import Clock
-from service.codat import CodatClient
+from service.codat.client import CodatClient
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, NOTIFY_RETRY, Notifier, NotifyJob
 from service.pusher import Pusher

@@ -11,7 +11,7 @@ import httpx
 from starlette.applications import Starlette
 
 if TYPE_CHECKING:
-    from service.app import AppOptions
+    from service.web.app import AppOptions
 
 from service.clock import Clock
 from service.settings import Settings
@@ -25,7 +25,7 @@ async def running_app(
     settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None
 ) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """The real app with its lifespan, reached in-process through `httpx.ASGITransport`."""
-    from service.app import create_app  # late: the sample factories below need no app
+    from service.web.app import create_app  # late: the sample factories below need no app
 
     app = create_app(settings, clock=clock, options=options)
     async with app.router.lifespan_context(app):

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.codat import CodatNotFound, CodatRateLimited, is_success
+from service.codat.client import CodatNotFound, CodatRateLimited, is_success
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
 from service.errors import RetryLater

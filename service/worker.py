@@ -29,8 +29,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from service import metrics, queue
 from service.clock import Clock
+from service.dead_jobs import DeadJobObserver
 from service.errors import GiveUp
-from service.notify import Notifier
 from service.queue import LEASE_LOST, NOTIFY_CHANNEL, Job, describe_error
 from service.retry import RetryPolicy, Rng
 
@@ -103,7 +103,7 @@ class Worker:
         lease_s: float,
         max_attempts: int,
         clock: Clock,
-        notifier: Notifier,
+        notifier: DeadJobObserver,
         retry: RetryPolicy | None = None,
         policies: Mapping[str, RetryPolicy] | None = None,
         worker_id: str | None = None,
@@ -307,7 +307,7 @@ class Worker:
 
     async def _tell_dead(self, job: Job, error: str) -> None:
         function = self._jobs.get(job.kind)
-        hooks: list[DeadLetterAware | Notifier] = [self._notifier]
+        hooks: list[DeadLetterAware | DeadJobObserver] = [self._notifier]
         if isinstance(function, DeadLetterAware):
             hooks.insert(0, function)
         for hook in hooks:

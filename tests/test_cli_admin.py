@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from service import cli
-from service.cli_admin import alerts_list
+from service.cli import entry as cli
+from service.cli.admin import alerts_list
 from service.db import create_engine
 from tests import ui_factories as f
 from tests.conftest import make_settings

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from service.clock import FixedClock
-from service.codat import (
+from service.codat.client import (
     ERROR_STATUSES,
     REPUSHABLE,
     TERMINAL_STATUSES,
@@ -31,7 +31,7 @@ from service.codat import (
     is_failure,
     is_success,
 )
-from service.codat_models import DATASET_STATUSES, SYNC_STATUS_MEANINGS
+from service.codat.models import DATASET_STATUSES, SYNC_STATUS_MEANINGS
 from tests.conftest import make_settings
 
 API_KEY = "sk-test-0123456789abcdef"

@@ -15,7 +15,7 @@ import structlog
 from handlers.connection import on_connection_deleted, on_connection_status
 from service.alerts import parse_alert
 from service.clock import FixedClock
-from service.codat import CodatClient
+from service.codat.client import CodatClient
 from service.db import companies, create_engine, notifications
 from service.notifications import Notifier
 from service.testing import connection_deleted_body, legacy_body, running_sandbox

@@ -23,8 +23,7 @@ from service.alerts import parse_alert
 from service.clock import FixedClock
 from service.datasets import Applied
 from service.db import companies, create_engine, jobs, notifications, writer
-from service.intake import MANUAL_PAUSE
-from service.outbox import store_records
+from service.outbox import MANUAL_PAUSE, store_records
 from service.pusher import Pusher
 from service.queue import Job
 from service.records import validate_records

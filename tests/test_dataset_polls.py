@@ -19,7 +19,7 @@ import structlog
 from handlers.dataset_status import on_dataset_status
 from service.alerts import parse_alert
 from service.clock import FixedClock
-from service.codat import CodatClient
+from service.codat.client import CodatClient
 from service.db import create_engine, datasets, jobs, notifications, records
 from service.errors import RetryLater
 from service.outbox import store_records

@@ -9,10 +9,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service import intake
 from service.clock import FixedClock
 from service.db import jobs, notifications, records, writer
 from service.testing import running_app
+from service.web import records_api as intake
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 
 API = {"authorization": f"Bearer {API_TOKEN}"}

@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics, queue
-from service.app import AppOptions
 from service.clock import FixedClock
 from service.db import records
 from service.notifications import Kind, Notification
 from service.runtime import Runtime
 from service.sandbox.edge import RATE_LIMIT
 from service.testing import legacy_body, running_app, running_sandbox
+from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, make_settings
 from tests.queue_helpers import eventually
 

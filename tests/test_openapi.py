@@ -6,9 +6,9 @@ import re
 
 from starlette.routing import Route
 
-from service.app import create_app
-from service.openapi import document
 from service.testing import running_app
+from service.web.app import create_app
+from service.web.openapi import document
 from tests.conftest import make_settings
 
 

@@ -8,8 +8,8 @@ from typing import TypeAlias
 import httpx
 import pytest
 
-from service.app import AppOptions
 from service.testing import running_app, running_sandbox
+from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 Clients: TypeAlias = tuple[httpx.AsyncClient, httpx.AsyncClient]

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import ui, ui_data
 from service.clock import FixedClock
 from service.db import alerts, create_engine, jobs
 from service.testing import running_app
-from service.ui_data import CompanyHealth
+from service.web import ui, ui_data
+from service.web.ui_data import CompanyHealth
 from tests import ui_factories as f
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 
 from service import migrate
-from service.settings import Settings, SettingsError, load_settings
+from service.cli import admin as admin_commands
+from service.cli import companies as companies_commands
+from service.cli.common import Command, CommandFailed, load_settings_or_fail
+from service.settings import Settings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -21,23 +24,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("service.cli")
 
-Command = Callable[[argparse.Namespace], int]
 GIL_SWITCH_INTERVAL_S = 0.0005
-
-
-class CommandFailed(Exception):
-    """A one-line reason; the command exits 1."""
-
-
-def _settings() -> Settings:
-    from service.logs import configure_logging
-
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise CommandFailed(str(exc)) from None
-    configure_logging(settings, sys.stderr, capture_stdlib=True)
-    return settings
 
 
 def _migrate(settings: Settings) -> None:
@@ -75,9 +62,9 @@ def _uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
 def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     import uvicorn
 
-    from service.app import AppOptions, create_app
+    from service.web.app import AppOptions, create_app
 
-    settings = _settings()
+    settings = load_settings_or_fail()
     # The ingest writer thread hands each batch back through the GIL; at the default 5 ms switch
     # interval a busy event loop made every batch wait up to 5 ms per hand-over (measured: 0.17x).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -102,9 +89,9 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     """The job-processing half; it serves /healthz, /readyz and /metrics only, for probes and scrapes."""
     import uvicorn
 
-    from service.app import create_worker_app
+    from service.web.app import create_worker_app
 
-    settings = _settings()
+    settings = load_settings_or_fail()
     failures: list[str] = []
 
     def worker_exited(error: BaseException | None) -> None:
@@ -121,22 +108,23 @@ def cmd_worker(_args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = load_settings_or_fail()
     _migrate(settings)
     print(f"database at revision {migrate.head_revision()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service import cli_admin
-
     parser = argparse.ArgumentParser(prog="codat-relay", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_parser("serve", help="web + in-process workers (a complete deployment)").set_defaults(func=cmd_serve)
     sub.add_parser("web", help="the HTTP half only").set_defaults(func=cmd_web)
     sub.add_parser("worker", help="the job-processing half only").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply database migrations, then exit").set_defaults(func=cmd_migrate)
-    cli_admin.add_commands(sub)
+    admin_commands.add_commands(sub, json_flag)
+    companies_commands.add_commands(sub, json_flag)
     return parser
 
 
@@ -150,11 +138,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, so `python -m service.cli` and the console script share one
-    # set of classes (cli_admin raises `service.cli.CommandFailed`, not `__main__.CommandFailed`).
-    from service import cli as _cli
-
-    sys.exit(_cli.main())

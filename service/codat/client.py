@@ -3,7 +3,7 @@
 One `httpx.AsyncClient` per process, opened and closed by the app's lifespan. Every call is retried
 the way Codat's own SDKs do it (408, 429, 5xx and connection errors, exponential backoff from 0.5 s
 by 1.5), but within a short budget: the job queue, not a sleeping coroutine, owns long waits.
-Failures surface as the `CodatError` tree of `service.codat_models`.
+Failures surface as the `CodatError` tree of `service.codat.models`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import structlog
 from pydantic import SecretStr, ValidationError
 
 from service.clock import Clock, SystemClock
-from service.codat_models import (
+from service.codat.models import (
     DATASET_STATUSES,
     ERROR_STATUSES,
     REPUSHABLE,
@@ -45,7 +45,7 @@ from service.codat_models import (
     is_in_progress,
     is_success,
 )
-from service.codat_retry import CodatRetryPolicy, retry_after_s, retryable
+from service.codat.retry import CodatRetryPolicy, retry_after_s, retryable
 from service.settings import CODAT_MAX_PUSH_RECORDS
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ __all__ = [
     "is_failure", "is_in_progress", "is_success",
 ]  # fmt: skip
 
-log = structlog.get_logger("service.codat")
+log = structlog.get_logger("service.codat.client")
 
 # data type → the key its records travel under in the push body (FACTS §2).
 PUSH_DATA_TYPES: dict[str, str] = {

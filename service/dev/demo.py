@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from service.demo_stack import Inbox, StepFailed, environment, free_port, process
+from service.dev.demo_stack import Inbox, StepFailed, environment, free_port, process
 
 T = TypeVar("T")
 COMPANY = "demo-coffee-shop"

@@ -9,8 +9,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.companies import REPUSH_COUNTS_COLUMNS
-from service.responses import json_response
 from service.types import AlertKind, AlertStatus
+from service.web.responses import json_response
 
 JSON = "application/json"
 DATA_TYPES = ["orders", "payments", "transactions", "commerce-orders", "commerce-payments", "commerce-transactions"]

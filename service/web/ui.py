@@ -23,14 +23,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import ui_data
-from service.admin import iso
-from service.admin_jobs import retry_dead_job
-from service.auth import Endpoint, check_bearer
-from service.codat_models import ERROR_STATUSES
+from service.clock import iso
+from service.codat.models import ERROR_STATUSES
 from service.dispatch import replay_alert
 from service.errors import NotFound, Rejected
 from service.ids import path_id
+from service.web import ui_data
+from service.web.auth import Endpoint, check_bearer
+from service.web.jobs_api import retry_dead_job
 
 COOKIE = "relay_ui"
 SESSION_TTL_S = 12 * 3600  # a working day; then the token is asked for again
@@ -51,7 +51,7 @@ SECURITY_HEADERS = {
 }
 
 templates = Environment(
-    loader=PackageLoader("service", "templates"),
+    loader=PackageLoader("service.web", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,

@@ -1,55 +1,20 @@
-"""The admin API (`Authorization: Bearer $RELAY_ADMIN_TOKEN`): alerts, and later companies and syncs."""
+"""The alerts admin API (`Authorization: Bearer $RELAY_ADMIN_TOKEN`): list, show, replay."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.auth import require
+from service.alert_views import DEFAULT_LIMIT, MAX_LIMIT, alert_json
 from service.db import alerts
 from service.dispatch import replay_alert
 from service.errors import InvalidRequest, NotFound
 from service.ids import path_id, query_id
-from service.responses import json_response
 from service.types import AlertKind, AlertStatus
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-
-
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def alert_json(row: RowMapping, *, detail: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": row["id"],
-        "kind": row["kind"],
-        "type": row["type"],
-        "companyId": row["company_id"],
-        "status": row["status"],
-        "attempts": row["attempts"],
-        "receivedAt": iso(row["received_at"]),
-        "lastError": row["last_error"],
-    }
-    if detail:
-        out.update(
-            shape=row["shape"],
-            connectionId=row["connection_id"],
-            datasetId=row["dataset_id"],
-            datasetStatus=row["dataset_status"],
-            dataTypes=row["data_types"],
-            generatedAt=iso(row["generated_at"]),
-            updatedAt=iso(row["updated_at"]),
-            body=row["body"].decode("utf-8", errors="replace"),
-        )
-    return out
+from service.web.auth import require
+from service.web.responses import json_response
 
 
 def _choice(request: Request, name: str, allowed: type[AlertKind] | type[AlertStatus]) -> str | None:

@@ -21,11 +21,11 @@ from service.clock import Clock
 from service.errors import MalformedPayload, PayloadTooLarge, Rejected, RelayError
 from service.ingest import Answer, Ingestor
 from service.metrics import DELIVERIES
-from service.responses import json_response
 from service.settings import Settings
 from service.signatures import HEADER_PREFIXES, check_authorization, decode_secret, signature_headers, verify
+from service.web.responses import json_response
 
-log = structlog.get_logger("service.webhooks")
+log = structlog.get_logger("service.web.webhooks")
 
 ANSWER_STATUS = {Answer.ACCEPTED: 202, Answer.DUPLICATE: 200, Answer.IGNORED: 200}
 

@@ -1,4 +1,4 @@
-"""Telling people: the notifier protocol the worker uses, and a log-only notifier."""
+"""What the worker tells when a job will not run again: the observer protocol, and a log-only observer."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ if TYPE_CHECKING:
     from service.queue import Job
 
 
-class Notifier(Protocol):
+class DeadJobObserver(Protocol):
     async def job_dead(self, job: Job, error: str) -> None:
         """A job will not run again by itself: someone should look."""
         ...
 
 
-class LogNotifier:
+class LogDeadJobs:
     """Writes one structured log line per notification (the default when nothing is configured)."""
 
     def __init__(self, log: structlog.stdlib.BoundLogger | None = None) -> None:
-        self._log = log or structlog.get_logger("service.notify")
+        self._log = log or structlog.get_logger("service.dead_jobs")
 
     async def job_dead(self, job: Job, error: str) -> None:
         self._log.error(

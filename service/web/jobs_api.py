@@ -17,15 +17,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service import queue
-from service.admin import iso
-from service.auth import require
+from service.clock import iso
 from service.db import alerts, jobs, writer
 from service.dispatch import ALERT_JOB_KIND
 from service.errors import InvalidRequest, NotFound, Rejected
 from service.ids import query_id
 from service.queue import JobStatus
-from service.responses import json_response
 from service.types import AlertStatus
+from service.web.auth import require
+from service.web.responses import json_response
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -16,20 +16,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.auth import require
-from service.companies import company_view, repush_endpoint, resume_company
 from service.errors import InvalidRequest, MalformedPayload, NotFound, PayloadTooLarge, StorageUnavailable
-from service.ids import MAX_ID_CHARS, could_exist, path_id
-from service.outbox import IntakeResult, schedule_push, set_paused, store_records
+from service.ids import MAX_ID_CHARS, could_exist
+from service.outbox import IntakeResult, schedule_push, store_records
 from service.records import DATA_TYPES, validate_records
-from service.responses import json_response
 from service.runtime import Runtime
 from service.settings import CODAT_MAX_PUSH_RECORDS
 from service.tracking import tell_conflicts
+from service.web.auth import require
+from service.web.responses import json_response
 
 MAX_RECORDS = CODAT_MAX_PUSH_RECORDS  # per request (CONTRACT.md): more is a 413
 MAX_BODY_BYTES = 64 * 1024 * 1024  # 5,000 large orders with line items fit well within this
-MANUAL_PAUSE = "manual"
 
 
 class RecordErrors(InvalidRequest):
@@ -118,40 +116,7 @@ async def _put_records(request: Request) -> Response:
     return json_response(result.answer(), 202)
 
 
-@require("admin")
-async def show_company(request: Request) -> Response:
-    company_id = path_id(request, "company_id", "company")
-    view = await company_view(request.app.state.runtime.engine, company_id)
-    if view is None:
-        raise NotFound(f"no company {company_id}")
-    return json_response(view)
-
-
-@require("admin")
-async def pause(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    company_id = path_id(request, "company_id", "company")
-    if not await set_paused(runtime.engine, company_id, paused=True, reason=MANUAL_PAUSE, now=runtime.clock.now()):
-        raise NotFound(f"no company {company_id}")
-    return json_response({"id": company_id, "paused": True, "pauseReason": MANUAL_PAUSE})
-
-
-@require("admin")
-async def resume(request: Request) -> Response:
-    """Resume pushing; whatever waited while paused is pushed now."""
-    runtime: Runtime = request.app.state.runtime
-    company_id = path_id(request, "company_id", "company")
-    if not await resume_company(runtime.engine, company_id, runtime.clock.now()):
-        raise NotFound(f"no company {company_id}")
-    runtime.wake_workers()
-    return json_response({"id": company_id, "paused": False, "pauseReason": None})
-
-
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1/companies/{company_id}/records/{data_type}", put_records, methods=["PUT"]),
-        Route("/v1/companies/{company_id}/pause", pause, methods=["POST"]),
-        Route("/v1/companies/{company_id}/resume", resume, methods=["POST"]),
-        Route("/v1/companies/{company_id}/repush", repush_endpoint, methods=["POST"]),
-        Route("/v1/companies/{company_id}", show_company, methods=["GET"]),
     ]

@@ -3,77 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
-import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import cli, syncs
-from service.admin import MAX_LIMIT, alert_json
+from service import syncs
+from service.alert_views import MAX_LIMIT, alert_json
+from service.cli.common import Command, CommandFailed, emit, with_codat, with_engine
+from service.cli.progress import ProgressBar
 from service.clock import SystemClock
-from service.codat import CodatClient, CodatError
-from service.db import alerts, create_engine
+from service.db import alerts
 from service.dispatch import replay_alert
-from service.errors import InvalidRequest
-from service.progress import ProgressBar
 from service.sandbox.config import add_arguments as add_sandbox_arguments
 from service.types import AlertKind, AlertStatus
 
 ALERT_COLUMNS = ("id", "kind", "type", "companyId", "status", "attempts", "receivedAt")
 DEFAULT_LIST_LIMIT = 50  # a screenful; the API's default is 100
-
-
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-
-
-def emit(data: Any, args: argparse.Namespace, columns: Sequence[str] | None = None) -> None:
-    if getattr(args, "json", False):
-        json.dump(data, sys.stdout, indent=2, default=str)
-        print()
-    elif columns is not None and isinstance(data, list):
-        print_table(data, columns)
-    elif isinstance(data, list):
-        for item in data:
-            emit(item, args)
-            print()
-    elif isinstance(data, dict):
-        width = max((len(k) for k in data), default=0)
-        for key, value in data.items():
-            shown = json.dumps(value) if isinstance(value, dict | list) else value
-            print(f"{key.ljust(width)}  {shown}")
-    else:
-        print(data)
-
-
-def with_engine(func: Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]]) -> cli.Command:
-    def run(args: argparse.Namespace) -> int:
-        settings = cli._settings()
-
-        async def go() -> int:
-            engine = create_engine(settings)
-            try:
-                return await func(engine, args)
-            except (OSError, sa.exc.SQLAlchemyError) as exc:
-                raise cli.CommandFailed(f"database unavailable: {type(exc).__name__}") from None
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(go())
-
-    return run
 
 
 async def alerts_list(engine: AsyncEngine, args: argparse.Namespace) -> int:
@@ -95,7 +41,7 @@ async def alerts_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(alerts).where(alerts.c.id == args.id))).mappings().first()
     if row is None:
-        raise cli.CommandFailed(f"no alert {args.id}")
+        raise CommandFailed(f"no alert {args.id}")
     emit(alert_json(row, detail=True), args)
     return 0
 
@@ -108,7 +54,7 @@ async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:
     if args.dead:
         return await _replay_dead(engine, args)
     if not await _replay_one(engine, args.id):
-        raise cli.CommandFailed(f"no alert {args.id}")
+        raise CommandFailed(f"no alert {args.id}")
     emit({"status": "queued", "id": args.id}, args)
     return 0
 
@@ -117,7 +63,7 @@ def _confirmed(count: int, args: argparse.Namespace) -> bool:
     if args.yes:
         return True
     if not sys.stdin.isatty():
-        raise cli.CommandFailed(f"{count} dead alerts would be replayed: pass --yes to confirm")
+        raise CommandFailed(f"{count} dead alerts would be replayed: pass --yes to confirm")
     return input(f"Replay {count} dead alerts? [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -129,7 +75,7 @@ async def _replay_dead(engine: AsyncEngine, args: argparse.Namespace) -> int:
     async with engine.connect() as conn:
         ids = list((await conn.execute(query)).scalars())
     if ids and not _confirmed(len(ids), args):
-        raise cli.CommandFailed("not confirmed; nothing replayed")
+        raise CommandFailed("not confirmed; nothing replayed")
     bar = ProgressBar("replaying dead alerts", len(ids))
     try:
         for done, alert_id in enumerate(ids, 1):
@@ -141,30 +87,6 @@ async def _replay_dead(engine: AsyncEngine, args: argparse.Namespace) -> int:
     emit({"status": "queued", "replayed": len(ids), "ids": ids} if args.json else
          f"{len(ids)} dead alerts queued for processing again", args)  # fmt: skip
     return 0
-
-
-def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]) -> cli.Command:
-    """Run `func` with a Codat client from the settings; Codat's refusals become a one-line failure."""
-
-    def run(args: argparse.Namespace) -> int:
-        settings = cli._settings()
-
-        async def go() -> Any:
-            async with CodatClient.from_settings(settings) as codat:
-                return await func(codat, args)
-
-        try:
-            emit(asyncio.run(go()), args)
-        except InvalidRequest as exc:
-            print(f"codat-relay: {exc.detail}", file=sys.stderr)
-            return 2
-        except CodatError as exc:
-            raise cli.CommandFailed(f"Codat refused: {type(exc).__name__}: {exc.error or exc}") from None
-        except httpx.HTTPError as exc:
-            raise cli.CommandFailed(f"Codat unreachable: {type(exc).__name__}") from None
-        return 0
-
-    return run
 
 
 def list_limit(raw: str) -> int:
@@ -181,7 +103,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked(parser: argparse.ArgumentParser, command: cli.Command) -> cli.Command:
+def _checked(parser: argparse.ArgumentParser, command: Command) -> Command:
     """`alerts replay`: an ID or --dead, exactly one; a wrong mix is bad usage (exit 2, with the usage)."""
 
     def run(args: argparse.Namespace) -> int:
@@ -194,11 +116,7 @@ def _checked(parser: argparse.ArgumentParser, command: cli.Command) -> cli.Comma
     return run
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from service import cli_companies  # it builds on this module's helpers
-
-    json_flag = argparse.ArgumentParser(add_help=False)
-    json_flag.add_argument("--json", action="store_true", help="print JSON instead of a table")
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_flag: argparse.ArgumentParser) -> None:
 
     alerts_p = sub.add_parser("alerts", help="inspect and replay received alerts")
     alerts_sub = alerts_p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
@@ -232,8 +150,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
     status.add_argument("company")
     status.set_defaults(func=with_codat(lambda c, a: syncs.sync_status(c, a.company)))
-
-    cli_companies.add_commands(sub, json_flag)
 
     sandbox = sub.add_parser("sandbox", help="run the local Codat sandbox (a stand-in for api.codat.io)")
     add_sandbox_arguments(sandbox)

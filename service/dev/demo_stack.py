@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from service.local_run import generated_values
+from service.dev.local_run import generated_values
 
 
 class StepFailed(Exception):

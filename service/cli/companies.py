@@ -11,14 +11,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import cli
-from service.cli_admin import emit, print_table, with_engine
+from service.cli.common import CommandFailed, emit, print_table, with_engine
+from service.cli.progress import ProgressBar
 from service.clock import SystemClock
 from service.companies import REPUSH_COUNTS_COLUMNS, company_view, full_repush, resume_company
 from service.errors import NotFound
-from service.intake import MANUAL_PAUSE
-from service.outbox import State, set_paused
-from service.progress import ProgressBar
+from service.outbox import MANUAL_PAUSE, State, set_paused
 from service.records import DATA_TYPES, MODELS
 
 DATASET_COLUMNS = ("id", "dataType", "status", "records", "requestedAt", "completedAt", "errorMessage")
@@ -42,7 +40,7 @@ def _show_readable(view: dict[str, Any]) -> None:
 async def companies_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
     view = await company_view(engine, args.id)
     if view is None:
-        raise cli.CommandFailed(f"no company {args.id}")
+        raise CommandFailed(f"no company {args.id}")
     if args.json:
         emit(view, args)
     else:
@@ -52,14 +50,14 @@ async def companies_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 async def companies_pause(engine: AsyncEngine, args: argparse.Namespace) -> int:
     if not await set_paused(engine, args.id, paused=True, reason=MANUAL_PAUSE, now=SystemClock().now()):
-        raise cli.CommandFailed(f"no company {args.id}")
+        raise CommandFailed(f"no company {args.id}")
     emit({"id": args.id, "paused": True, "pauseReason": MANUAL_PAUSE}, args)
     return 0
 
 
 async def companies_resume(engine: AsyncEngine, args: argparse.Namespace) -> int:
     if not await resume_company(engine, args.id, SystemClock().now()):
-        raise cli.CommandFailed(f"no company {args.id}")
+        raise CommandFailed(f"no company {args.id}")
     emit({"id": args.id, "paused": False, "pauseReason": None}, args)
     return 0
 
@@ -75,7 +73,7 @@ async def companies_repush(engine: AsyncEngine, args: argparse.Namespace) -> int
     try:
         result = await full_repush(engine, args.id, data_types, SystemClock().now(), progress)
     except NotFound:
-        raise cli.CommandFailed(f"no company {args.id}") from None
+        raise CommandFailed(f"no company {args.id}") from None
     finally:
         bar.close()
     answer = result.answer()

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.codat_models import ERROR_STATUSES, SYNC_STATUS_MEANINGS
+from service.codat.models import ERROR_STATUSES, SYNC_STATUS_MEANINGS
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
 from service.queue import JobStatus
 from service.types import AlertStatus

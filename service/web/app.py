@@ -17,19 +17,20 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service import admin, admin_jobs, intake, metrics, migrate, openapi, syncs, ui
-from service.auth import require
+from service import metrics, migrate
 from service.clock import Clock, SystemClock
-from service.codat import CodatError
+from service.codat.client import CodatError
 from service.db import create_engine
 from service.errors import Rejected, RetryLater
 from service.ingest import WRITE_TIMEOUT_S, Ingestor
-from service.responses import error_response, json_response
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from service.webhooks import WebhookEndpoint
+from service.web import alerts_api, companies_api, jobs_api, openapi, records_api, syncs_api, ui
+from service.web.auth import require
+from service.web.responses import error_response, json_response
+from service.web.webhooks import WebhookEndpoint
 
-log = structlog.get_logger("service.app")
+log = structlog.get_logger("service.web.app")
 
 
 @dataclass
@@ -59,7 +60,7 @@ async def unexpected(_request: Request, exc: Exception) -> Response:
 
 async def codat_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CodatError)
-    return syncs.codat_error_response(exc)
+    return syncs_api.codat_error_response(exc)
 
 
 async def http_error(_request: Request, exc: Exception) -> Response:
@@ -157,11 +158,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
         routes=[
             Route("/webhooks/codat", endpoint.handle, methods=["POST"]),
             *ops_routes(),
-            *admin.routes(),
-            *admin_jobs.routes(),
+            *alerts_api.routes(),
+            *jobs_api.routes(),
             *ui.routes(),
-            *intake.routes(),
-            *syncs.routes(),
+            *records_api.routes(),
+            *companies_api.routes(),
+            *syncs_api.routes(),
             *openapi.routes(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

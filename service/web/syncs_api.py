@@ -1,0 +1,86 @@
+"""The sync endpoints of the admin API (`RELAY_ADMIN_TOKEN`): start a latest or historic sync, read status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service.codat.client import (
+    CodatAuthError,
+    CodatClient,
+    CodatError,
+    CodatNotFound,
+    CodatRateLimited,
+    CodatRejected,
+    CodatUnavailable,
+)
+from service.errors import InvalidRequest, RetryLater
+from service.ids import path_id
+from service.syncs import sync_historic, sync_latest, sync_status
+from service.web.auth import require
+from service.web.responses import error_response, json_response
+from service.web.webhooks import parse_json_object
+
+
+def codat_error_response(exc: CodatError) -> Response:
+    """Codat's refusal relayed to the operator, with the right side of the fault in the status code."""
+    detail = exc.error or str(exc)
+    if isinstance(exc, CodatNotFound):
+        return error_response("codat_not_found", 404, detail)
+    if isinstance(exc, CodatAuthError):
+        return error_response("codat_auth_failed", 502, "Codat refused codat-relay's API key")
+    if isinstance(exc, CodatRateLimited):
+        return error_response("codat_rate_limited", 503, detail, {"Retry-After": str(int(exc.retry_after or 5))})
+    if isinstance(exc, CodatUnavailable):
+        return error_response("codat_unavailable", 503, detail, {"Retry-After": "5"})
+    assert isinstance(exc, CodatRejected)
+    status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 502
+    return error_response("codat_rejected", status, detail)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return parse_json_object(raw)
+    except Exception as exc:
+        raise InvalidRequest(f"body: {exc}") from None
+
+
+def _codat(request: Request) -> CodatClient:
+    codat: CodatClient | None = request.app.state.runtime.codat
+    if codat is None:
+        raise RetryLater("Codat client not ready")
+    return codat
+
+
+@require("admin")
+async def latest(request: Request) -> Response:
+    company = path_id(request, "company_id", "company")
+    body = await _body(request)
+    return json_response(await sync_latest(_codat(request), company, body.get("syncTo")))
+
+
+@require("admin")
+async def historic(request: Request) -> Response:
+    company = path_id(request, "company_id", "company")
+    body = await _body(request)
+    return json_response(await sync_historic(_codat(request), company, body.get("start"), body.get("end")))
+
+
+@require("admin")
+async def status(request: Request) -> Response:
+    company = path_id(request, "company_id", "company")
+    return json_response(await sync_status(_codat(request), company))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/companies/{company_id}/sync/latest", latest, methods=["POST"]),
+        Route("/v1/companies/{company_id}/sync/historic", historic, methods=["POST"]),
+        Route("/v1/companies/{company_id}/sync/status", status, methods=["GET"]),
+    ]
