@@ -42,6 +42,7 @@ demo: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	$(VENV)/bin/ruff check service handlers tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV)
@@ -49,6 +50,7 @@ lint: $(STAMP_DEV)
 
 typecheck: $(STAMP_DEV)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 ## bench: every benchmark under benchmarks/, ratios against baselines measured in the same run
 bench: $(STAMP_BENCH)
