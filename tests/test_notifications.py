@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 from aiosmtpd.controller import Controller
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -243,6 +244,17 @@ async def drive_clock(clock: FixedClock, worker: Worker, runtime: Runtime, done:
         await asyncio.sleep(0.01)
 
 
+async def settled_jobs(engine: AsyncEngine, *, kind: str) -> list[sa.RowMapping]:
+    """The `kind` job rows once none is waiting or running (the worker recorded every outcome)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = await job_rows(engine, kind=kind)
+        if not any(r["status"] in ("waiting", "running") for r in found):
+            return found
+        assert time.monotonic() < deadline, f"{kind} jobs never settled: {[r['status'] for r in found]}"
+        await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def notified_and_working(settings: Settings, clock: FixedClock) -> AsyncIterator[tuple[Runtime, Worker]]:
     """A runtime that has stored `failed_dataset()`, and its worker running on the injected clock."""
@@ -272,7 +284,8 @@ async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(da
             await drive_clock(clock, worker, runtime, lambda: target.refusals >= 14)
             target.down = False
             await drive_clock(clock, worker, runtime, lambda: len(target.received) >= 1)
-            rows = await job_rows(runtime.engine, kind="notify")
+            # The target answered before the worker's next round records `done`: wait for that state.
+            rows = await settled_jobs(runtime.engine, kind="notify")
     assert [m["datasetId"] for m in target.received] == ["ds-1"]
     [webhook] = [r for r in rows if r["payload"]["sender"] == "webhook"]
     assert (webhook["status"], webhook["attempts"]) == ("done", target.refusals + 1)  # one job, never dead

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from svix.webhooks import Webhook
 
 from service.clock import FixedClock
 from service.db import alerts, create_engine, jobs
@@ -24,6 +22,7 @@ from service.testing import (
     legacy_body,
     read_completed_body,
     running_app,
+    signed_headers,
 )
 from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET, make_settings
 
@@ -33,11 +32,8 @@ OLD_SECRET = "whsec_" + base64.b64encode(b"an-older-secret-still-in-rotation").d
 
 def svix_headers(body: bytes, *, secret: str = TEST_SECRET, msg_id: str | None = None, at: float = NOW,
                  prefix: str = "webhook-") -> dict[str, str]:
-    """Headers signed by the `svix` package: an oracle independent of our verifier."""
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(at, UTC), body.decode())
-    return {f"{prefix}id": msg_id, f"{prefix}timestamp": str(int(at)), f"{prefix}signature": signature,
-            "content-type": "application/json"}
+    """Signed headers from the one signing helper, as JSON."""
+    return {**signed_headers(body, secret, msg_id=msg_id, at=at, prefix=prefix), "content-type": "application/json"}
 
 
 async def stored(settings: Settings) -> list[dict[str, Any]]:

@@ -6,13 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from service.signatures import decode_secret, sign
-from service.testing import read_completed_body
+from service.testing import read_completed_body, signed_headers
 from tests.integration.harness import ROOT, free_port, stop, wait_http
 
 
@@ -39,10 +37,8 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
         assert secret.startswith("whsec_") and values["RELAY_ADMIN_TOKEN"] and values["RELAY_API_TOKEN"]
         unsigned = httpx.post(f"http://127.0.0.1:{port}/webhooks/codat", json=read_completed_body())
         body = json.dumps(read_completed_body(("commerce-orders", "FetchError"))).encode()
-        now = int(time.time())
-        signed = httpx.post(f"http://127.0.0.1:{port}/webhooks/codat", content=body, headers={
-            "webhook-id": "msg-1", "webhook-timestamp": str(now),
-            "webhook-signature": sign(decode_secret(secret), "msg-1", now, body)})
+        signed = httpx.post(f"http://127.0.0.1:{port}/webhooks/codat", content=body,
+                            headers=signed_headers(body, secret, msg_id="msg-1"))
         config = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/config").json()
     finally:
         assert stop(proc, signal.SIGTERM) is not None

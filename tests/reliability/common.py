@@ -26,15 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import alerts
-from service.signatures import decode_secret, sign
-from service.testing import CONNECTION_ID, legacy_body, read_completed_body
+from service.testing import CONNECTION_ID, legacy_body, read_completed_body, signed_headers
 from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET
 from tests.integration.harness import ROOT
 from tests.reliability.recording_handlers import processed, runs
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
 BENCH_DIR = ROOT / ".bench"
-KEY = decode_secret(TEST_SECRET)
 START_DEADLINE_S = 30.0
 MAX_TRIES_IN_STREAM = 50
 
@@ -116,12 +114,8 @@ class Delivery:
         if self.mode == "legacy":
             return self.body, {"authorization": TEST_AUTH_HEADER, "content-type": "application/json"}
         prefix = "svix-" if self.mode == "svix" else "webhook-"
-        return self.body, {
-            "content-type": "application/json",
-            prefix + "id": self.id,
-            prefix + "timestamp": str(now),
-            prefix + "signature": sign(KEY, self.id, now, self.body),
-        }
+        headers = signed_headers(self.body, TEST_SECRET, msg_id=self.id, at=now, prefix=prefix)
+        return self.body, {"content-type": "application/json", **headers}
 
 
 def delivery(index: int, prefix: str, *, mixed: bool = False, companies: int = 50) -> Delivery:

@@ -23,15 +23,14 @@ from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 
 from service.db import alerts, records
-from service.signatures import decode_secret, sign
+from service.testing import signed_headers
 from tests.conftest import API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 from tests.reliability.common import backend, report, slow
 from tests.reliability.fuzz_bodies import hostile_bodies, json_values, paths, replaced, shapes
 from tests.reliability.inprocess import App, app_in_thread
 
 BODY_LIMIT = 4096  # RELAY_MAX_BODY_BYTES for these tests: oversize bodies stay cheap to generate
-KEY = decode_secret(TEST_SECRET)
-OTHER_KEY = decode_secret("whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=")
+OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
 AUTHENTIC = ("signed", "svix", "legacy")
 NOT_AUTHENTIC = ("unsigned", "wrong_secret", "wrong_authorization", "stale", "no_id_header")
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
@@ -44,10 +43,10 @@ def headers_for(mode: str, body: bytes, msg_id: str) -> dict[str, str]:
     if mode in ("signed", "svix", "wrong_secret", "stale", "no_id_header"):
         prefix = "svix-" if mode == "svix" else "webhook-"
         stamp = now - 3600 if mode == "stale" else now
-        key = OTHER_KEY if mode == "wrong_secret" else KEY
-        headers = {f"{prefix}timestamp": str(stamp), f"{prefix}signature": sign(key, msg_id, stamp, body)}
-        if mode != "no_id_header":
-            headers[f"{prefix}id"] = msg_id
+        secret = OTHER_SECRET if mode == "wrong_secret" else TEST_SECRET
+        headers = signed_headers(body, secret, msg_id=msg_id, at=stamp, prefix=prefix)
+        if mode == "no_id_header":
+            del headers[f"{prefix}id"]
         return headers
     if mode == "legacy":
         return {"authorization": TEST_AUTH_HEADER}
