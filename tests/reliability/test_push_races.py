@@ -100,8 +100,8 @@ async def test_bursts_of_versions_across_two_workers_lose_nothing_and_breach_not
     lost = sorted(i for i, body in latest.items() if held.get(i) != body)
     bad = [b for b in breaches if b["kind"] in BAD]
     report(f"push-races-{'full' if FULL else 'fast'}-{backend(database_url)}", {
-        "bursts": BURSTS, "workers": len(runtimes), "versions": versions, "ids": len(latest), "pushes": pushes, "lost": len(lost),
-        "breaches": len(bad), "warnings": len(breaches) - len(bad)})  # fmt: skip
+        "bursts": BURSTS, "workers": len(runtimes), "versions": versions, "ids": len(latest), "pushes": pushes,
+        "lost": len(lost), "breaches": len(bad), "warnings": len(breaches) - len(bad)})  # fmt: skip
     assert bad == []
     assert lost == []
 
