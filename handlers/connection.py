@@ -155,7 +155,7 @@ async def _resume(conn: AsyncConnection, company: str, alert: Alert, now: float)
         return 0
     waiting = await conn.execute(
         sa.select(records.c.data_type).distinct()
-        .where(records.c.company_id == company, records.c.state.in_(["pending", "failed"]))
+        .where(records.c.company_id == company, records.c.state.in_([outbox.State.PENDING, outbox.State.FAILED]))
     )  # fmt: skip
     data_types = list(waiting.scalars())
     for data_type in data_types:

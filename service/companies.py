@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import datasets as dataset_store
+from service import record_states
 from service.clock import iso
 from service.codat.client import SYNC_STATUS_MEANINGS
 from service.db import companies, pushes, records, writer
@@ -123,16 +124,13 @@ def _of(company_id: str, data_type: str) -> sa.ColumnElement[bool]:
     return sa.and_(records.c.company_id == company_id, records.c.data_type == data_type)
 
 
-# What a full re-push sends again: neither synced (nor ever in the books), nor a conflict, nor in flight.
-_REQUEUABLE = sa.and_(
-    records.c.state.notin_([State.PENDING.value, State.SYNCED.value, State.CONFLICT.value]),
-    records.c.synced_at.is_(None), records.c.inflight.is_(False),
-)  # fmt: skip
+# What a full re-push sends again: neither in the books, nor a conflict, nor in flight (the state machine's rule).
+_REQUEUABLE = record_states.REQUEUABLE
 
 
 async def _survey(conn: AsyncConnection, company_id: str, data_type: str) -> RepushCounts:
     counts = RepushCounts()
-    in_books = records.c.synced_at.is_not(None)
+    in_books = records.c.synced_hash.is_not(None)
     query = (
         sa.select(records.c.state, records.c.inflight, in_books.label("in_books"), sa.func.count())
         .where(_of(company_id, data_type))
@@ -154,18 +152,9 @@ async def _requeue_chunk(
     engine: AsyncEngine, company_id: str, data_type: str, after: str, now: float
 ) -> tuple[str, int] | None:
     """Turn the next chunk (ids after `after`) back to pending: (its last id, records moved), None when done."""
-    mine = sa.and_(_of(company_id, data_type), _REQUEUABLE)
     async with writer(engine).begin() as conn:
         await lock_outbox(conn, company_id, data_type)  # the pusher's claim and intake wait for this chunk
-        pick = sa.select(records.c.record_id).where(mine, records.c.record_id > after)
-        ids = (await conn.execute(pick.order_by(records.c.record_id).limit(REPUSH_CHUNK))).scalars().all()
-        if not ids:
-            return None
-        moved = await conn.execute(
-            records.update().where(mine, records.c.record_id > after, records.c.record_id <= ids[-1])
-            .values(state=State.PENDING.value, updated_at=now)
-        )  # fmt: skip
-    return ids[-1], int(moved.rowcount)
+        return await record_states.full_repush_chunk(conn, company_id, data_type, after, REPUSH_CHUNK, now)
 
 
 async def _survey_all(engine: AsyncEngine, company_id: str, data_types: Iterable[str]) -> tuple[RepushResult, int]:

@@ -22,8 +22,9 @@ from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
 from service.errors import RetryLater
 from service.notifications import Kind, Notification
-from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_push
+from service.outbox import IS_PENDING, record_sync_check, schedule_push
 from service.queue import Job
+from service.record_states import lock_outbox, mark_synced
 from service.records import MODELS
 from service.repush import RepushPolicy
 from service.types import Deps
@@ -182,13 +183,18 @@ class Tracker:
         success_at = max((s.sync_utc.timestamp() for s in dated if is_success(s.sync_status_code)), default=None)
         conflicts: dict[str, list[str]] = {}
         async with writer(self._deps.engine).begin() as conn:
+            # The outbox locks first, in one order, then the company row: intake and the pusher's claim
+            # take the same locks, so none of them reads "not synced" while this marks the rows they
+            # replace; and a push closing (outbox lock, then the company's pause) cannot deadlock with this.
+            for data_type in sorted(MODELS):
+                await lock_outbox(conn, company_id, data_type)
             before, known = await record_sync_check(
                 conn, company_id, code=latest.sync_status_code if latest else None,
                 at=_ts(latest.sync_utc) if latest else None, success_at=success_at, now=now,
             )  # fmt: skip
             if known is None or known == before:
                 return conflicts  # nothing new in the books since the last check
-            for data_type in MODELS:
+            for data_type in sorted(MODELS):
                 ids = await mark_synced(conn, company_id, data_type, known, now)
                 if ids:
                     conflicts[data_type] = ids

@@ -31,6 +31,7 @@ from service.testing import legacy_body
 from service.tracking import NOT_FOUND_GRACE_S, POLL_KIND
 from service.types import Context, Outcome
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 COMPANY, DATASET = "co-1", "ds-1"
 
@@ -82,8 +83,8 @@ async def pushed(database_url: str) -> AsyncIterator[Relay]:
         valid, _ = validate_records("commerce-orders", [{"id": "o-1", "totalAmount": 1.0}])
         await store_records(engine, COMPANY, "commerce-orders", valid, now=clock.now(), after=_nothing)
         pusher = Pusher(runtime)
-        await pusher.run(Job(id=0, kind="push", payload={"company_id": COMPANY, "data_type": "commerce-orders"},
-                             lock_key=None, queueing_lock=None, attempts=1, run_at=0.0, created_at=0.0), 1)  # fmt: skip
+        await pusher.run(await leased_job(engine, "push", {"company_id": COMPANY, "data_type": "commerce-orders"},
+                                          clock.now()), 1)  # fmt: skip
         yield Relay(runtime, clock, codat, pusher)
     finally:
         await runtime.close()

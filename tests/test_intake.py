@@ -134,7 +134,8 @@ async def test_changes_to_synced_records_are_conflicts(relay: Relay) -> None:
     await relay.put([order("s"), order("t")])
     async with writer(relay.engine).begin() as conn:  # as if both were accepted, then synced
         await conn.execute(records.update().values(state="synced", accepted_hash=records.c.content_hash,
-                                                   accepted_version=1, accepted_at=1.0, synced_at=2.0))  # fmt: skip
+                                                   accepted_version=1, accepted_at=1.0, synced_at=2.0,
+                                                   synced_hash=records.c.content_hash, synced_version=1))  # fmt: skip
     answer = (await relay.put([order("s", 99.0), order("t"), order("u")])).json()
     assert answer == {"accepted": 1, "unchanged": 1, "deleted": 0,
                       "conflicts": [{"id": "s", "reason": "already_synced"}]}  # fmt: skip

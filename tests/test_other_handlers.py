@@ -33,6 +33,7 @@ from service.runtime import Runtime, build_runtime
 from service.testing import legacy_body, running_sandbox
 from service.types import Alert, Context, Outcome
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 COMPANY = "co-sync"
 
@@ -79,7 +80,8 @@ async def accepted_orders(database_url: str) -> AsyncIterator[Relay]:
                                                             {"id": "o-2", "totalAmount": 2.0}])  # fmt: skip
             await store_records(engine, COMPANY, "commerce-orders", valid, now=clock.now(), after=_nothing)
             pusher = Pusher(runtime)
-            await pusher.run(_job("push", {"company_id": COMPANY, "data_type": "commerce-orders"}), 1)
+            await pusher.run(await leased_job(engine, "push", {"company_id": COMPANY, "data_type": "commerce-orders"},
+                                              clock.now()), 1)  # fmt: skip
             async with engine.connect() as conn:
                 [poll] = (await conn.execute(sa.select(jobs).where(jobs.c.kind == "poll_dataset"))).mappings().all()
             await pusher.tracker.poll_dataset(_job("poll_dataset", poll["payload"]), 1)

@@ -17,6 +17,7 @@ from service.records import validate_records
 from service.runtime import build_runtime
 from service.tracking import OVERDUE_S, POLL_KIND, SYNC_CHECK_AFTER_S, SYNC_KIND, PollPolicy, Tracker
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 NOW = 1_800_000_000.0
 
@@ -89,8 +90,7 @@ async def test_with_polling_off_the_sweep_alone_resolves_a_pushed_dataset(databa
         valid, _ = validate_records("commerce-orders", [{"id": "o-1", "totalAmount": 1.0}])
         await store_records(engine, "co", "commerce-orders", valid, now=NOW, after=_nothing)
         pusher = Pusher(runtime)
-        job = Job(id=0, kind="push", payload={"company_id": "co", "data_type": "commerce-orders"}, lock_key=None,
-                  queueing_lock=None, attempts=1, run_at=NOW, created_at=NOW)  # fmt: skip
+        job = await leased_job(engine, "push", {"company_id": "co", "data_type": "commerce-orders"}, NOW)
         await pusher.run(job, 1)
         after_push = await _polls(engine)
         clock.advance(1)
