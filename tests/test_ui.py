@@ -192,7 +192,7 @@ async def test_overview_highlights_the_failing_company_first_with_its_reasons(da
     assert page.index(f'data-company-id="{f.FAILING}"') < page.index(f'data-company-id="{f.HEALTHY}"')
     assert 'data-failing="true"' in failing and 'class="company failing"' in failing
     for reason in ("latest orders dataset ended FetchError", "1 dead alert", "2 dead jobs",
-                   "last sync 5130: data write error", "1 record(s) conflict"):  # fmt: skip
+                   "last sync 5130: data write error", "1 record conflict"):  # fmt: skip
         assert reason in failing
     assert "payments dataset" not in failing  # its error was cleared by a newer Complete dataset
     assert "5130" in failing and "FetchError 1" in failing and "pending 2" in failing
@@ -256,7 +256,7 @@ def test_what_makes_a_company_failing(row: dict[str, object], reason: str | None
     health = CompanyHealth("co", {"last_sync_code": None, "connection_deleted_at": None, **row})  # type: ignore[arg-type]
     assert health.reasons == ([reason] if reason else [])
     health.records["failed"] = 2
-    assert health.failing and "2 record(s) failed" in health.reasons
+    assert health.failing and "2 records failed" in health.reasons
 
 
 # -- buttons ---------------------------------------------------------------------------------------------
@@ -375,4 +375,4 @@ async def test_pages_forbid_framing_and_caching(database_url: str) -> None:
 def test_the_pages_know_every_record_state() -> None:
     """The record states the pages count are exactly the outbox's."""
     outbox = pytest.importorskip("service.outbox")
-    assert ui_data.RECORD_STATES == [state.value for state in outbox.State]
+    assert list(ui_data.RECORD_STATES) == [state.value for state in outbox.State]
