@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the sandbox's port (default ${SANDBOX_PORT_VARIABLE}, else {SANDBOX_PORT})")  # fmt: skip
     args = parser.parse_args(argv)
     generated = load_or_create(LOCAL_ENV_FILE)
+    local_env.write(LOCAL_ENV_FILE, generated, {})  # the secrets are kept even if start-up fails
     env = {**generated, **os.environ}
     env["RELAY_DATABASE_URL"] = absolute_database_url(env.get("RELAY_DATABASE_URL", DEFAULT_DATABASE))
     children: list[subprocess.Popen[bytes]] = []
