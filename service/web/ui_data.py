@@ -32,6 +32,9 @@ class Overview:
     companies: list[CompanyHealth]
     dead_jobs: list[RowMapping]
     recent_alerts: list[RowMapping]
+    total: int = 0  # companies matching the filters, every page
+    next_cursor: str | None = None
+    failing_total: int = 0  # failing companies in all, whatever the filters
 
 
 def job_company(row: RowMapping) -> str | None:
@@ -47,13 +50,16 @@ def _sort_key(company: CompanyHealth) -> tuple[bool, str]:
     return (not company.failing, company.id)  # failing first, then by id
 
 
-async def overview(engine: AsyncEngine) -> Overview:
-    page = await health.list_companies(engine, health.CompanyQuery(limit=health.MAX_PAGE))
+async def overview(engine: AsyncEngine, query: health.CompanyQuery | None = None) -> Overview:
+    """One page of companies (failing first within it), as filtered; the dead jobs; the latest alerts."""
+    page = await health.list_companies(engine, query or health.CompanyQuery())
+    failing = await health.list_companies(engine, health.CompanyQuery(failing=True, limit=1))
     async with engine.connect() as conn:
         dead_jobs = await _dead_jobs(conn)
         recent = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(RECENT_ALERTS)
         recent_alerts = list((await conn.execute(recent)).mappings().all())
-    return Overview(sorted(page.results, key=_sort_key), dead_jobs, recent_alerts)
+    return Overview(sorted(page.results, key=_sort_key), dead_jobs, recent_alerts, page.total, page.next_cursor,
+                    failing.total)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,21 @@ TIMELINE: list[tuple[sa.Table, str, Callable[[RowMapping], Event]]] = [
 ]
 
 
+FAILED_RECORDS_SHOWN = 50
+
+
+async def _bad_records(conn: AsyncConnection, company_id: str) -> list[dict[str, object]]:
+    """Failed and conflicting records, with the dataset they were last pushed in and its error (newest first)."""
+    query = (
+        sa.select(records.c.record_id, records.c.data_type, records.c.state, records.c.updated_at,
+                  records.c.dataset_id, datasets.c.status, datasets.c.error_message)
+        .select_from(records.outerjoin(datasets, datasets.c.id == records.c.dataset_id))
+        .where(records.c.company_id == company_id, records.c.state.in_(health.BAD_RECORD_STATES))
+        .order_by(records.c.updated_at.desc(), records.c.record_id).limit(FAILED_RECORDS_SHOWN)
+    )  # fmt: skip
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
 @dataclass
 class CompanyPage:
     health: CompanyHealth
@@ -106,6 +127,7 @@ class CompanyPage:
     recent_datasets: list[RowMapping]
     dead_jobs: list[RowMapping]
     timeline: list[Event]
+    bad_records: list[dict[str, object]]
 
 
 async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | None:
@@ -126,7 +148,8 @@ async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | No
         dead_jobs = [job for job in await _dead_jobs(conn) if job_company(job) == company_id]
         newest = sa.select(datasets).where(datasets.c.company_id == company_id).order_by(datasets.c.requested_at.desc())
         recent_datasets = list((await conn.execute(newest.limit(RECENT_DATASETS))).mappings().all())
+        bad_records = await _bad_records(conn, company_id)
     if row is None and not timeline and not by_type and not dead_jobs:
         return None
     timeline.sort(key=lambda e: e.at, reverse=True)
-    return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline)
+    return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline, bad_records)
