@@ -144,7 +144,8 @@ async def _resume(conn: AsyncConnection, company: str, alert: Alert, now: float)
     # Which connection is linked now, paused or not: a late event about an older one is then stale.
     await conn.execute(
         companies.update().where(companies.c.id == company)
-        .values(connection_status="linked", connection_id=_named(alert.connection_id) or companies.c.connection_id)
+        .values(connection_status="linked", connection_id=_named(alert.connection_id) or companies.c.connection_id,
+                connection_deleted_at=None)  # reconnected: the deletion is history, no longer a problem
     )  # fmt: skip
     result = await conn.execute(
         companies.update()

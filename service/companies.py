@@ -14,12 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import datasets as dataset_store
-from service import record_states
+from service import health, record_states
 from service.clock import iso
 from service.codat.client import SYNC_STATUS_MEANINGS
 from service.db import companies, pushes, records, writer
 from service.errors import NotFound
-from service.outbox import State, lock_outbox, schedule_push, set_paused
+from service.outbox import MANUAL_PAUSE, State, ensure_company, lock_outbox, schedule_push, set_paused
 from service.records import MODELS
 
 REPUSH_CHUNK = 1000  # records turned back to pending per transaction: short write locks, a moving bar
@@ -29,12 +29,10 @@ REPUSH_COUNTS_COLUMNS = ("requeued", "alreadyPending", "skippedSynced", "skipped
 Progress = Callable[[str, int, int], None]
 
 
-def _connection(row: sa.RowMapping) -> dict[str, Any]:
-    return {"id": row["connection_id"], "status": row["connection_status"],
-            "deletedAt": iso(row["connection_deleted_at"])}  # fmt: skip
-
-
-def _last_sync(row: sa.RowMapping) -> dict[str, Any]:
+def _last_sync(row: sa.RowMapping | None) -> dict[str, Any]:
+    """`checkedAt` is when codat-relay last asked Codat; `code` None with a `checkedAt` means no sync yet."""
+    if row is None:
+        return {"code": None, "meaning": None, "at": None, "lastSuccessAt": None, "checkedAt": None}
     code = row["last_sync_code"]
     return {"code": code, "meaning": SYNC_STATUS_MEANINGS.get(code) if code is not None else None,
             "at": iso(row["last_sync_at"]), "lastSuccessAt": iso(row["last_sync_success_at"]),
@@ -61,26 +59,45 @@ async def _counts(conn: AsyncConnection, company_id: str) -> dict[str, dict[str,
 
 
 async def company_view(engine: AsyncEngine, company_id: str) -> dict[str, Any] | None:
-    """The company's state (connection, pause, record counts, recent datasets, last sync); None if unknown."""
+    """The company's state (connection, pause, record counts, recent datasets, last sync, problems).
+
+    None if unknown. A company known only from its alerts (no records, no connection event applied yet)
+    is shown too, with nothing paused and nothing counted: Codat told us about it.
+    """
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
-        if row is None:
+        if not await health.is_known(conn, company_id):
             return None
+        (company,) = await health.health_of(conn, [company_id], [company_id])
         counts = await _counts(conn, company_id)
         recent = await dataset_store.recent(conn, company_id)
         open_pushes = await conn.scalar(
             sa.select(sa.func.count()).where(pushes.c.company_id == company_id, pushes.c.finished_at.is_(None))
         )
+    row, summary = company.row, company.summary()
     return {
-        "id": company_id, "paused": row["paused"], "pauseReason": row["pause_reason"],
-        "connection": _connection(row), "records": counts, "openPushes": int(open_pushes or 0),
+        "id": company_id, "known": summary["known"], "paused": company.paused, "pauseReason": summary["pauseReason"],
+        "connection": summary["connection"], "records": counts, "openPushes": int(open_pushes or 0),
         "recentDatasets": [_dataset(d) for d in recent], "lastSync": _last_sync(row),
-        "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
+        "failing": summary["failing"], "problems": summary["problems"], "lastAlertAt": summary["lastAlertAt"],
+        "createdAt": iso(row["created_at"]) if row else None, "updatedAt": iso(row["updated_at"]) if row else None,
     }  # fmt: skip
+
+
+async def pause_company(engine: AsyncEngine, company_id: str, now: float) -> bool:
+    """An operator's pause; False when the company is unknown. One known only from alerts gets its row."""
+    async with writer(engine).begin() as conn:
+        if not await health.is_known(conn, company_id):
+            return False
+        await ensure_company(conn, company_id, now)
+    return await set_paused(engine, company_id, paused=True, reason=MANUAL_PAUSE, now=now)
 
 
 async def resume_company(engine: AsyncEngine, company_id: str, now: float) -> bool:
     """Resume pushing and push whatever waited while paused, now; False when the company is unknown."""
+    async with writer(engine).begin() as conn:
+        if not await health.is_known(conn, company_id):
+            return False
+        await ensure_company(conn, company_id, now)
     if not await set_paused(engine, company_id, paused=False, reason=None, now=now):
         return False
     async with writer(engine).begin() as conn:
@@ -161,7 +178,7 @@ async def _survey_all(engine: AsyncEngine, company_id: str, data_types: Iterable
     """What each data type holds, and how many records the re-push will turn back to pending."""
     async with engine.connect() as conn:
         paused = await conn.scalar(sa.select(companies.c.paused).where(companies.c.id == company_id))
-        if paused is None:
+        if paused is None and not await health.is_known(conn, company_id):
             raise NotFound(f"no company {company_id}")
         result, total = RepushResult(company_id, bool(paused)), 0
         for data_type in data_types:

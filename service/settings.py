@@ -171,6 +171,15 @@ class Settings(BaseSettings):
         return bool(self.webhook_secrets or self.webhook_auth_header)
 
 
+class OperatorSettings(Settings):
+    """Settings of the operator commands (`alerts list`, `companies show`, …): they receive no webhooks, so
+    they need only the database (and Codat's URL and key for `sync`), not webhook authentication."""
+
+    @model_validator(mode="after")
+    def _webhook_auth_required(self) -> OperatorSettings:  # overrides the check of the serving commands
+        return self
+
+
 def _scheme_and_host(url: str) -> tuple[str, str | None]:
     try:
         parts = urlsplit(url)
@@ -191,8 +200,11 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-    """Build settings from the environment, turning every problem into one `SettingsError`."""
+def load_settings(environ: dict[str, str] | None = None, *, serving: bool = True, **overrides: object) -> Settings:
+    """Build settings from the environment, turning every problem into one `SettingsError`.
+
+    `serving=False` is for commands that receive no webhooks: webhook authentication is then not required.
+    """
     env = dict(os.environ if environ is None else environ)
     unknown = sorted(
         name
@@ -211,7 +223,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     values.update(overrides)
     try:
         # Values are passed explicitly so that tests and callers never depend on os.environ.
-        return Settings.model_validate(values)
+        return (Settings if serving else OperatorSettings).model_validate(values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
 

@@ -42,13 +42,17 @@ async def test_a_late_older_reconnection_does_not_resume_a_deleted_connection(da
         await on_connection_status(envelope("connection.reconnected", "2026-01-01T10:00:00Z"), ctx)
         async with engine.connect() as conn:
             still = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason))).one()
+        async with engine.connect() as conn:
+            deleted_at = await conn.scalar(sa.select(companies.c.connection_deleted_at))
         await on_connection_status(envelope("connection.reconnected", "2026-01-01T10:10:00Z"), ctx)
         async with engine.connect() as conn:
-            after = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason))).one()
+            after = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason,
+                                                  companies.c.connection_deleted_at))).one()
     finally:
         await engine.dispose()
-    assert tuple(still) == (True, "connection_deleted")
-    assert tuple(after) == (False, None)
+    assert tuple(still) == (True, "connection_deleted") and deleted_at is not None
+    # Reconnected: resumed, and the deletion no longer shows (the page's "connection deleted" goes away).
+    assert tuple(after) == (False, None, None)
 
 
 def with_connection(alert: Any, connection_id: str) -> Any:

@@ -14,23 +14,38 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cli.common import CommandFailed, emit, print_table, with_engine
 from service.cli.progress import ProgressBar
 from service.clock import SystemClock
-from service.companies import REPUSH_COUNTS_COLUMNS, company_view, full_repush, resume_company
+from service.companies import REPUSH_COUNTS_COLUMNS, company_view, full_repush, pause_company, resume_company
 from service.errors import NotFound
-from service.outbox import MANUAL_PAUSE, State, set_paused
+from service.health import MAX_PAGE, PROBLEM_KINDS, CompanyQuery, list_companies
+from service.outbox import MANUAL_PAUSE, State
 from service.records import DATA_TYPES, MODELS
 
+LIST_COLUMNS = ("id", "paused", "connection", "failing", "records", "problems")
 DATASET_COLUMNS = ("id", "dataType", "status", "records", "requestedAt", "completedAt", "errorMessage")
 
 
+def last_sync_text(sync: dict[str, Any]) -> str:
+    """The API's `lastSync` in words: `checkedAt` is when codat-relay last asked Codat."""
+    if sync["code"] is not None:
+        seen = f"{sync['code']} {sync['meaning'] or ''} at {sync['at']}"
+    elif sync["checkedAt"] is not None:
+        seen = "no sync yet"
+    else:
+        return "never checked"
+    checked = f", checked at {sync['checkedAt']}" if sync["checkedAt"] else ""
+    return f"{seen} (last success {sync['lastSuccessAt'] or 'never'}{checked})"
+
+
 def _show_readable(view: dict[str, Any]) -> None:
-    conn, sync = view["connection"], view["lastSync"]
+    conn = view["connection"]
     paused = f"yes ({view['pauseReason']})" if view["paused"] else "no"
     deleted = f", deleted at {conn['deletedAt']}" if conn["deletedAt"] else ""
-    last = "never checked" if sync["code"] is None else f"{sync['code']} {sync['meaning'] or ''} at {sync['at']}"
+    problems = "; ".join(p["message"] for p in view["problems"]) or "none"
     emit({"company": view["id"], "paused": paused, "connection": f"{conn['id'] or '-'} "
-          f"({conn['status'] or 'unknown'}{deleted})", "open pushes": view["openPushes"],
-          "last sync": f"{last} (last success {sync['lastSuccessAt'] or 'never'})",
-          "created": view["createdAt"], "updated": view["updatedAt"]}, argparse.Namespace())  # fmt: skip
+          f"({conn['status'] or 'unknown'}{deleted})", "failing": view["failing"], "problems": problems,
+          "open pushes": view["openPushes"], "last sync": last_sync_text(view["lastSync"]),
+          "known from": view["known"], "created": view["createdAt"], "updated": view["updatedAt"]},
+         argparse.Namespace())  # fmt: skip
     print("\nRecords by state:")
     print_table([{"dataType": t, **c} for t, c in view["records"].items()], ("dataType", *(s.value for s in State)))
     print("\nRecent datasets:")
@@ -48,8 +63,29 @@ async def companies_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_row(company: dict[str, Any]) -> dict[str, Any]:
+    counts = company["records"]
+    return {"id": company["id"], "paused": company["paused"],
+            "connection": company["connection"]["status"] or "unknown", "failing": company["failing"],
+            "records": " ".join(f"{state} {n}" for state, n in counts.items() if n) or "none",
+            "problems": "; ".join(p["message"] for p in company["problems"])}  # fmt: skip
+
+
+async def companies_list(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    query = CompanyQuery(search=args.search, paused=True if args.paused else None,
+                         failing=True if args.failing else None, problem=args.problem, limit=args.limit)  # fmt: skip
+    page = await list_companies(engine, query)
+    if args.json:
+        emit(page.answer(), args)
+        return 0
+    print_table([_list_row(c) for c in page.answer()["results"]], LIST_COLUMNS)
+    more = " (raise --limit or narrow the filters to see the rest)" if page.next_cursor else ""
+    print(f"\nshowing {len(page.results)} of {page.total}{more}")
+    return 0
+
+
 async def companies_pause(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    if not await set_paused(engine, args.id, paused=True, reason=MANUAL_PAUSE, now=SystemClock().now()):
+    if not await pause_company(engine, args.id, SystemClock().now()):
         raise CommandFailed(f"no company {args.id}")
     emit({"id": args.id, "paused": True, "pauseReason": MANUAL_PAUSE}, args)
     return 0
@@ -89,9 +125,26 @@ async def companies_repush(engine: AsyncEngine, args: argparse.Namespace) -> int
     return 0
 
 
+DEFAULT_LIST_LIMIT = 100
+
+
+def page_limit(raw: str) -> int:
+    """`--limit`: 1 to MAX_PAGE, as the API's `limit`; anything else is bad usage (exit 2)."""
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_flag: argparse.ArgumentParser) -> None:
-    companies = sub.add_parser("companies", help="a company's state: show, pause, resume, full re-push")
+    companies = sub.add_parser("companies", help="known companies: list, show, pause, resume, full re-push")
     actions = companies.add_subparsers(dest="companies_command", required=True, metavar="ACTION")
+    lst = actions.add_parser("list", parents=[json_flag], help="known companies in id order, failing ones marked")
+    lst.add_argument("--failing", action="store_true", help="only companies a person should look at")
+    lst.add_argument("--paused", action="store_true", help="only paused companies")
+    lst.add_argument("--problem", choices=PROBLEM_KINDS, help="only companies with this problem")
+    lst.add_argument("--search", help="part of the company id (any case)")
+    lst.add_argument("--limit", type=page_limit, default=DEFAULT_LIST_LIMIT, help=f"1 to {MAX_PAGE}")
+    lst.set_defaults(func=with_engine(companies_list))
     show = actions.add_parser("show", parents=[json_flag], help="connection, pause, record counts, datasets")
     show.set_defaults(func=with_engine(companies_show))
     pause = actions.add_parser("pause", parents=[json_flag], help="stop pushing (intake continues)")

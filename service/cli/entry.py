@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 failure with a one-line reason, 2 bad usage (argparse's
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -138,3 +139,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """`codat-relay alerts list --json | head`: the reader had enough. End quietly, as `git log | head` does.
+
+    stdout is pointed at /dev/null so that Python's own flush at exit does not complain about the pipe.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0

@@ -25,7 +25,7 @@ from service.errors import Rejected, RetryLater
 from service.ingest import WRITE_TIMEOUT_S, Ingestor
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from service.web import alerts_api, companies_api, jobs_api, openapi, records_api, syncs_api, ui
+from service.web import alerts_api, companies_api, docs, jobs_api, openapi, records_api, syncs_api, ui
 from service.web.auth import require
 from service.web.responses import error_response, json_response
 from service.web.webhooks import WebhookEndpoint
@@ -88,7 +88,7 @@ async def readyz(request: Request) -> Response:
     try:
         async with asyncio.timeout(3):
             async with engine.connect() as conn:
-                current = await conn.run_sync(migrate.current_revision)
+                current = await migrate.current_revision_quietly(conn)
     except Exception as exc:  # any failure to reach the database means "not ready"
         return json_response({"status": "unavailable", "reason": type(exc).__name__}, 503)
     head = request.app.state.migration_head
@@ -165,6 +165,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             *companies_api.routes(),
             *syncs_api.routes(),
             *openapi.routes(),
+            *docs.routes(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

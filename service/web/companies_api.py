@@ -1,4 +1,4 @@
-"""The company endpoints of the admin API (`RELAY_ADMIN_TOKEN`): show, pause, resume, full re-push."""
+"""The company endpoints of the admin API (`RELAY_ADMIN_TOKEN`): list, show, pause, resume, full re-push."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.companies import company_view, full_repush, resume_company
+from service.companies import company_view, full_repush, pause_company, resume_company
 from service.errors import InvalidRequest, NotFound
-from service.ids import path_id
-from service.outbox import MANUAL_PAUSE, set_paused
+from service.health import DEFAULT_PAGE, MAX_PAGE, PROBLEM_KINDS, CompanyQuery, decode_cursor, list_companies
+from service.ids import path_id, query_id
+from service.outbox import MANUAL_PAUSE
 from service.records import DATA_TYPES, MODELS
 from service.runtime import Runtime
 from service.web.auth import require
@@ -26,11 +27,50 @@ async def show_company(request: Request) -> Response:
     return json_response(view)
 
 
+BOOLEAN = {"true": True, "false": False}
+
+
+def _flag(request: Request, name: str) -> bool | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in BOOLEAN:
+        raise InvalidRequest(f"{name}: true or false")
+    return BOOLEAN[raw]
+
+
+def company_query(request: Request) -> CompanyQuery:
+    """`?search=&failing=&paused=&problem=&limit=&cursor=` of `GET /v1/companies` (the page reads the same)."""
+    params = request.query_params
+    raw_limit = params.get("limit") or str(DEFAULT_PAGE)
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise InvalidRequest(f"limit: must be a whole number from 1 to {MAX_PAGE}")
+    problem = params.get("problem") or None
+    if problem is not None and problem not in PROBLEM_KINDS:
+        raise InvalidRequest(f"problem: must be one of {', '.join(PROBLEM_KINDS)}")
+    cursor = params.get("cursor") or None
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return CompanyQuery(search=query_id(request, "search"), paused=_flag(request, "paused"),
+                        failing=_flag(request, "failing"), problem=problem, limit=int(raw_limit),
+                        cursor=cursor)  # fmt: skip
+
+
+@require("admin")
+async def list_endpoint(request: Request) -> Response:
+    """`GET /v1/companies`: known companies in id order; `nextCursor` fetches the next page, `total` counts all."""
+    page = await list_companies(request.app.state.runtime.engine, company_query(request))
+    return json_response(page.answer())
+
+
 @require("admin")
 async def pause(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     company_id = path_id(request, "company_id", "company")
-    if not await set_paused(runtime.engine, company_id, paused=True, reason=MANUAL_PAUSE, now=runtime.clock.now()):
+    if not await pause_company(runtime.engine, company_id, runtime.clock.now()):
         raise NotFound(f"no company {company_id}")
     return json_response({"id": company_id, "paused": True, "pauseReason": MANUAL_PAUSE})
 
@@ -77,6 +117,7 @@ async def repush_endpoint(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
+        Route("/v1/companies", list_endpoint, methods=["GET"]),
         Route("/v1/companies/{company_id}/pause", pause, methods=["POST"]),
         Route("/v1/companies/{company_id}/resume", resume, methods=["POST"]),
         Route("/v1/companies/{company_id}/repush", repush_endpoint, methods=["POST"]),

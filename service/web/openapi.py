@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from service.companies import REPUSH_COUNTS_COLUMNS
 from service.types import AlertKind, AlertStatus
+from service.web.openapi_models import company_list_parameters, company_schemas, record_schemas, records_body
 from service.web.responses import json_response
 
 JSON = "application/json"
@@ -93,8 +94,6 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["index", "message"],
         "properties": {"index": {"type": ["integer", "null"]}, "id": {}, "field": {"type": ["string", "null"]},
                        "message": {"type": "string"}}}}}},
-    "Company": {"type": "object", "required": ["id", "paused"],
-                "properties": {"id": {"type": "string"}, "paused": {"type": "boolean"}}},
     "PauseState": {"type": "object", "required": ["id", "paused"], "properties": {
         "id": {"type": "string"}, "paused": {"type": "boolean"}, "pauseReason": {"type": ["string", "null"]}}},
     "Job": {"type": "object", "required": ["id", "kind", "status", "attempts"], "properties": {
@@ -119,8 +118,6 @@ def paths() -> dict[str, Any]:
         {"name": "companyId", "in": "query", "schema": {"type": "string"}},
         limit,
     ]
-    records_body = {"type": "object", "required": ["records"], "additionalProperties": False,
-                    "properties": {"records": {"type": "array", "maxItems": 5000, "items": {"type": "object"}}}}
     return {
         "/v1/companies/{companyId}/records/{dataType}": {"put": operation(
             "Hand over records to push (a record with only `id` is a delete)", "apiToken",
@@ -130,7 +127,11 @@ def paths() -> dict[str, Any]:
              "422": answer("invalid records; nothing stored", {"oneOf": [ref("RecordErrors"), ref("Error")]}),
              "503": ERRORS["503"]},
             parameters=[COMPANY, path_param("dataType", "data type", enum=DATA_TYPES)],
-            requestBody=body(records_body))},
+            requestBody=records_body())},
+        "/v1/companies": {"get": operation(
+            "Known companies (any alert naming one makes it known), in id order, a page at a time", "adminToken",
+            {"200": answer("a page of companies, with how many match in all", ref("CompanyList")),
+             **errors("401", "422")}, parameters=company_list_parameters())},
         "/v1/companies/{companyId}": {"get": operation(
             "A company's state: connection, pause, record counts, recent datasets, last sync", "adminToken",
             {"200": answer("the company", ref("Company")), **errors("401", "404")}, parameters=[COMPANY])},
@@ -191,10 +192,11 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "codat-relay", "version": "1", "description":
-                 "Record intake and admin API of codat-relay. Codat's webhooks go to POST /webhooks/codat."},
+                 "Record intake and admin API of codat-relay. Codat's webhooks go to POST /webhooks/codat. "
+                 "Interactive: /docs. Intake takes Codat's Order, Payment and Transaction push schemas."},
         "paths": paths(),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **record_schemas(), **company_schemas()},
             "securitySchemes": {
                 "apiToken": {"type": "http", "scheme": "bearer", "description": "RELAY_API_TOKEN"},
                 "adminToken": {"type": "http", "scheme": "bearer", "description": "RELAY_ADMIN_TOKEN"},

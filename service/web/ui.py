@@ -16,20 +16,26 @@ import secrets
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from service import syncs
 from service.clock import iso
+from service.codat.client import CodatError
 from service.codat.models import ERROR_STATUSES
+from service.companies import full_repush, pause_company, resume_company
 from service.dispatch import replay_alert
 from service.errors import NotFound, Rejected
+from service.health import PROBLEM_KINDS
 from service.ids import path_id
+from service.records import MODELS
 from service.web import ui_data
 from service.web.auth import Endpoint, check_bearer
+from service.web.companies_api import company_query
 from service.web.jobs_api import retry_dead_job
 
 COOKIE = "relay_ui"
@@ -40,7 +46,14 @@ FLASHES = {  # fixed messages, so a crafted link cannot put words on the page
     "retried": "Dead job queued to run again.",
     "not_dead": "That job is no longer dead: nothing to retry.",
     "logged_out": "Signed out.",
+    "paused": "Company paused: intake continues, nothing is pushed until it is resumed.",
+    "resumed": "Company resumed: whatever waited is being pushed now.",
+    "repushed": "Re-push queued: every record not synced, not a conflict and not in flight goes again.",
+    "sync_requested": "Codat was asked to sync this company now.",
+    "sync_refused": "Codat refused the sync request: see the company's last sync and Codat's Portal.",
 }
+ACTIONS = ("pause", "resume", "repush", "sync-latest")  # the company page's buttons, each behind a confirmation
+REPLAYABLE = frozenset({"dead", "ignored"})  # done/pending/processing alerts gain nothing from a replay
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -63,7 +76,7 @@ def when(ts: float | None) -> str:
 
 
 templates.filters["when"] = when
-templates.globals.update(error_statuses=ERROR_STATUSES, company_of=ui_data.job_company)
+templates.globals.update(error_statuses=ERROR_STATUSES, company_of=ui_data.job_company, replayable=REPLAYABLE)
 
 
 class CsrfRefused(Rejected):
@@ -209,10 +222,17 @@ async def logout(request: Request) -> Response:
 async def overview_page(request: Request) -> Response:
     if (viewer := _viewer(request)) is None:
         return _to_login(request)
-    data = await ui_data.overview(request.app.state.runtime.engine)
+    try:
+        query = company_query(request)
+    except Rejected as exc:
+        return _error_page(exc, viewer)
+    data = await ui_data.overview(request.app.state.runtime.engine, query)
     flash = FLASHES.get(request.query_params.get("flash", ""))
-    return render("overview.html", viewer=viewer, data=data, flash=flash, here="/ui",
-                  failing=sum(c.failing for c in data.companies))  # fmt: skip
+    filters = {k: v for k, v in request.query_params.items() if k in ("search", "failing", "paused", "problem") and v}
+    here = "/ui" + (f"?{urlencode(filters)}" if filters else "")
+    next_page = f"/ui?{urlencode({**filters, 'cursor': data.next_cursor})}" if data.next_cursor else None
+    return render("overview.html", viewer=viewer, data=data, flash=flash, here=here, filters=filters,
+                  problem_kinds=PROBLEM_KINDS, next_page=next_page, failing=data.failing_total)  # fmt: skip
 
 
 async def company_page(request: Request) -> Response:
@@ -280,6 +300,51 @@ async def retry_button(request: Request) -> Response:
     return _back(form, "retried")
 
 
+async def company_action(request: Request) -> Response:
+    """A company page's button: pause, resume, full re-push or sync latest, each confirmed in its form."""
+    checked = await _button(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
+    runtime = request.app.state.runtime
+    action = request.path_params["action"]
+    try:
+        company_id = path_id(request, "company_id", "company")
+        if action not in ACTIONS:
+            raise NotFound(f"no action {action}")
+        if form.get("confirm") != "yes":
+            raise InvalidForm("tick the confirmation box to do this")
+    except Rejected as exc:
+        return _error_page(exc, viewer)
+    now = runtime.clock.now()
+    if action == "pause":
+        done, flash = await pause_company(runtime.engine, company_id, now), "paused"
+    elif action == "resume":
+        done, flash = await resume_company(runtime.engine, company_id, now), "resumed"
+    elif action == "repush":
+        try:
+            await full_repush(runtime.engine, company_id, list(MODELS), now)
+            done, flash = True, "repushed"
+        except NotFound:
+            done, flash = False, ""
+    else:
+        done, flash = True, await _sync_latest(runtime, company_id)
+    if not done:
+        return _error_page(NotFound(f"codat-relay knows no company {company_id}"), viewer)
+    runtime.wake_workers()
+    return _back(form, flash)
+
+
+async def _sync_latest(runtime: Any, company_id: str) -> str:
+    if runtime.codat is None:
+        return "sync_refused"
+    try:
+        await syncs.sync_latest(runtime.codat, company_id)
+    except CodatError:
+        return "sync_refused"
+    return "sync_requested"
+
+
 def _pages(endpoint: Endpoint) -> Endpoint:
     """Rejections on /ui read as pages, not JSON; bearer clients (curl) keep the API's JSON errors."""
 
@@ -303,5 +368,6 @@ def routes() -> list[BaseRoute]:
         Route("/ui/logout", _pages(logout), methods=["POST"]),
         Route("/ui/companies/{company_id:path}", _pages(company_page), methods=["GET"]),
         Route("/ui/alerts/{alert_id:path}/replay", _pages(replay_button), methods=["POST"]),
+        Route("/ui/actions/{action}/{company_id:path}", _pages(company_action), methods=["POST"]),
         Route("/ui/jobs/{job_id:int}/retry", _pages(retry_button), methods=["POST"]),
     ]

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -54,3 +55,43 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
     finally:
         stop(proc, signal.SIGTERM)
     assert (tmp_path / "out.log").read_text().count(secret) >= 2
+
+
+def test_a_port_someone_else_holds_stops_make_run_loudly(tmp_path: Path) -> None:
+    """The sandbox's port taken: exit 1 naming it, before serving (pushes would go to whatever holds it)."""
+    import socket
+
+    port, holder = free_port(), socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        proc = launch(tmp_path, port, taken)
+        code = proc.wait(60)
+    finally:
+        holder.close()
+    output = (tmp_path / "out.log").read_text()
+    assert code == 1
+    assert f"make run: FAILED: the sandbox's port {taken} is in use" in output and "CODAT_SANDBOX_PORT" in output
+    assert "codat-relay local instance at" not in output  # no banner for what does not run
+
+
+def test_the_file_tells_the_cli_where_the_instance_is(tmp_path: Path) -> None:
+    """After start-up the file holds the absolute database, the sandbox's URL and key, and the relay's URL."""
+    port, sandbox_port = free_port(), free_port()
+    proc = launch(tmp_path, port, sandbox_port)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        deadline = time.monotonic() + 30
+        while "CODAT_RELAY_URL" not in (tmp_path / "local.env").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        values = dict(line.split("=", 1) for line in (tmp_path / "local.env").read_text().splitlines()
+                      if "=" in line and not line.startswith("#"))
+    finally:
+        stop(proc, signal.SIGTERM)
+    assert values["CODAT_RELAY_URL"] == f"http://127.0.0.1:{port}"
+    assert values["RELAY_CODAT_BASE_URL"] == f"http://127.0.0.1:{sandbox_port}"
+    assert values["RELAY_CODAT_API_KEY"] == "sandbox-key"
+    assert values["RELAY_DATABASE_URL"] == f"sqlite+aiosqlite:///{tmp_path}/relay.db"
+    output = (tmp_path / "out.log").read_text()
+    assert f"sandbox serving at http://127.0.0.1:{sandbox_port}" in output and "/docs" in output
