@@ -129,3 +129,4 @@ def test_a_fresh_shell_beside_make_run_just_works(tmp_path: Path, sqlite_templat
     piped.stdout.close()  # the reader is gone before anything is written, like `| head -0`
     assert piped.wait(60) == 0
     assert piped.stderr.read() == b""
+    piped.stderr.close()

@@ -21,8 +21,9 @@ def launch(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.Popen[byt
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "CODAT_SANDBOX_"))}
     env.update(RELAY_LOCAL_ENV_FILE=str(tmp_path / "local.env"), RELAY_PORT=str(port),
                RELAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/relay.db", RELAY_LOG_LEVEL="warning")
-    return subprocess.Popen([sys.executable, "-m", "service.dev.local_run", "--sandbox-port", str(sandbox_port)],
-                            env=env, cwd=ROOT, stdout=(tmp_path / "out.log").open("ab"), stderr=subprocess.STDOUT)
+    with (tmp_path / "out.log").open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "service.dev.local_run", "--sandbox-port", str(sandbox_port)],
+                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
 def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path) -> None:

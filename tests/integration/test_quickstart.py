@@ -64,9 +64,9 @@ def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "CODAT_SANDBOX_"))}
     port, sandbox_port = free_port(), free_port()
     env.update(RELAY_PORT=str(port), CODAT_SANDBOX_PORT=str(sandbox_port), RELAY_LOG_LEVEL="warning")
-    log = (tmp_path / "make-run.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "service.dev.local_run"], cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    with (tmp_path / "make-run.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "service.dev.local_run"], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     shell_env = {k: v for k, v in env.items() if k not in ("RELAY_PORT", "CODAT_SANDBOX_PORT", "RELAY_LOG_LEVEL")}
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc)

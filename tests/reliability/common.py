@@ -73,11 +73,11 @@ async def until(check: Callable[[], Awaitable[T]], done: Callable[[T], bool], de
 
 def start_relay(args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`codat-relay ARGS` with the recording handler installed (tests/reliability/relay_proc.py)."""
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.relay_proc", *args],
-        env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.relay_proc", *args],
+            env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 async def wait_healthy(port: int, proc: subprocess.Popen[bytes], deadline_s: float = START_DEADLINE_S) -> None:
