@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -147,6 +148,15 @@ class Settings(BaseSettings):
                 "no webhook authentication: set RELAY_WEBHOOK_SECRETS or RELAY_WEBHOOK_AUTH_HEADER "
                 "(or RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS=true for development only)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _roles_have_their_own_tokens(self) -> Settings:
+        # The same value for two roles silently merges them: the intake client could administer.
+        if self.api_token is not None and self.admin_token is not None and hmac.compare_digest(
+            self.api_token.get_secret_value().encode(), self.admin_token.get_secret_value().encode()
+        ):
+            raise ValueError("RELAY_API_TOKEN and RELAY_ADMIN_TOKEN must differ: each role needs its own token")
         return self
 
     @model_validator(mode="after")
