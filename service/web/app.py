@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -58,6 +58,12 @@ async def unexpected(_request: Request, exc: Exception) -> Response:
     return error_response("internal_error", 500)
 
 
+async def client_disconnected(request: Request, _exc: Exception) -> Response:
+    # The client hung up mid-body: anyone on the internet can do that, so it is no error of ours.
+    log.info("client_disconnected", method=request.method, path=request.url.path)
+    return Response(status_code=499)  # never read: the client has gone
+
+
 async def codat_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CodatError)
     return syncs_api.codat_error_response(exc)
@@ -75,6 +81,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     Rejected: rejected,
     RetryLater: retry_later,
     CodatError: codat_error,
+    ClientDisconnect: client_disconnected,
     Exception: unexpected,
 }
 
