@@ -16,6 +16,10 @@ from service.errors import MalformedPayload
 from service.types import Alert, AlertKind, DataTypeStatus, Shape
 
 MAX_ID_LENGTH = 255
+# How far past its arrival an event's `generatedDate` may claim to be (clock skew between Codat and us).
+# Connection events are ordered per company by that time, so an unbounded one (2099) would make every
+# later genuine event of the company look stale: it is clamped to the receive time plus this.
+ORDERING_SKEW_S = 60.0
 
 # Keys are event names folded by `fold_type` below, so "Data Sync Status Changed To Error",
 # "DataSyncStatusChangedToError" and "data sync status changed to error " all meet in one row.
@@ -67,13 +71,29 @@ def delivery_id(obj: dict[str, Any], header_id: str | None) -> str:
     raise MalformedPayload("no delivery id (webhook-id header, id or AlertId)")
 
 
-def parse_alert(obj: dict[str, Any], body: bytes, *, header_id: str | None, signed: bool) -> Alert:
+def ordering_time(generated_at: float | None, received_at: float | None, *, signed: bool) -> float | None:
+    """The time a delivery received at `received_at` may be ordered by: its `generatedDate` only if the
+    body was signed (the legacy `Authorization` path signs nothing, so anyone holding that header could
+    claim any time), and never later than `received_at` + ORDERING_SKEW_S. None makes the event timeless,
+    checked against Codat's present. With no `received_at` (an alert built outside intake) it is as claimed."""
+    if received_at is None or generated_at is None:
+        return generated_at
+    return min(generated_at, received_at + ORDERING_SKEW_S) if signed else None
+
+
+def parse_alert(
+    obj: dict[str, Any], body: bytes, *, header_id: str | None, signed: bool, received_at: float | None = None
+) -> Alert:
+    """`received_at` bounds the event's ordering time (see `ordering_time`); None only where no delivery
+    is being received (tests building alerts, which then keep the time they claim)."""
     alert_id = delivery_id(obj, header_id)
     try:
         if "RuleType" in obj or "AlertId" in obj:
             return _parse_legacy(obj, alert_id, body, signed)
         if "eventType" in obj or ("type" in obj and "payload" in obj):
-            return _parse_envelope(obj, alert_id, body)
+            alert = _parse_envelope(obj, alert_id, body)
+            return alert.model_copy(update={"generated_at": ordering_time(alert.generated_at, received_at,
+                                                                          signed=signed)})  # fmt: skip
     except (TypeError, ValueError, AttributeError):
         pass
     raw_type = obj.get("eventType") or obj.get("type") or obj.get("RuleType")
@@ -102,10 +122,11 @@ def parsed_fields(alert: Alert) -> dict[str, Any]:
     }
 
 
-def reparse(stored_id: str, shape: str, body: bytes) -> Alert | None:
+def reparse(stored_id: str, shape: str, body: bytes, received_at: float | None = None) -> Alert | None:
     """A stored delivery parsed again by this codat-relay (its id kept); None if it no longer parses.
 
-    Whether it was signed only names the legacy shape; an `unknown` one is taken as unsigned.
+    Whether it was signed only names the legacy shape; an `unknown` one is taken as unsigned. An envelope
+    says nothing of how it was authenticated: the caller keeps the ordering time decided on arrival.
     """
     try:
         obj = json.loads(body)
@@ -115,7 +136,7 @@ def reparse(stored_id: str, shape: str, body: bytes) -> Alert | None:
         return None
     signed = shape in (Shape.LEGACY_SIGNED.value, Shape.ENVELOPE.value)
     try:
-        return parse_alert(obj, body, header_id=stored_id, signed=signed)
+        return parse_alert(obj, body, header_id=stored_id, signed=signed, received_at=received_at)
     except MalformedPayload:
         return None
 

@@ -115,8 +115,9 @@ class WebhookEndpoint:
         outcome = "error"
         try:
             body = await read_capped(request, self._limit)
-            msg_id, signed = self._auth.authenticate(body, request.headers, self._clock.now())
-            alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed)
+            now = self._clock.now()
+            msg_id, signed = self._auth.authenticate(body, request.headers, now)
+            alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed, received_at=now)
             fields = {"delivery_id": alert.delivery_id, "type": alert.type, "company_id": alert.company_id}
             answer = await self._ingestor.submit(alert)
             outcome = answer.value
