@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.errors import MalformedPayload
+from service.ids import id_problem
 from service.types import Alert, AlertKind, DataTypeStatus, Shape
 
 MAX_ID_LENGTH = 255
@@ -62,8 +63,8 @@ def delivery_id(obj: dict[str, Any], header_id: str | None) -> str:
             continue
         if isinstance(candidate, int | str):
             value = str(candidate).strip()
-            if "\x00" in value:
-                raise MalformedPayload("delivery id contains a NUL character")
+            if value and (problem := id_problem(value)) is not None:
+                raise MalformedPayload(f"delivery id {problem}")
             if value and len(value) <= MAX_ID_LENGTH:
                 return value
             if len(value) > MAX_ID_LENGTH:
@@ -149,16 +150,16 @@ def _parse_legacy(obj: dict[str, Any], alert_id: str, body: bytes, signed: bool)
     entry = DataTypeStatus(
         data_type=_text(data.get("dataType")),
         status=_text(data.get("datasetStatus") or data.get("status") or data.get("newStatus")),
-        dataset_id=_text(data.get("datasetId")),
-        connection_id=_text(data.get("dataConnectionId")),
+        dataset_id=_id(data.get("datasetId")),
+        connection_id=_id(data.get("dataConnectionId")),
     )
     return Alert(
         delivery_id=alert_id,
         kind=LEGACY_KINDS.get(fold_type(raw_type), AlertKind.OTHER),
         type=raw_type,
         shape=Shape.LEGACY_SIGNED if signed else Shape.LEGACY,
-        company_id=_text(obj.get("CompanyId")),
-        connection_id=_text(obj.get("DataConnectionId")) or entry.connection_id,
+        company_id=_id(obj.get("CompanyId")),
+        connection_id=_id(obj.get("DataConnectionId")) or entry.connection_id,
         data_types=(entry,) if any(entry.model_dump().values()) else (),
         body=body,
     )
@@ -175,21 +176,21 @@ def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
         DataTypeStatus(
             data_type=_text(item.get("dataType")),
             status=_text(item.get("status")),
-            dataset_id=_text(item.get("datasetId")),
-            connection_id=_text(item.get("connectionId")),
+            dataset_id=_id(item.get("datasetId")),
+            connection_id=_id(item.get("connectionId")),
         )
         for item in payload.get("dataTypes") or ()
     )
     kind = ENVELOPE_KINDS.get(raw_type.strip().lower())
     if kind is None:
         kind = AlertKind.PUSH_OPERATION if WRITE_EVENT.match(raw_type.strip()) else AlertKind.OTHER
-    connection_id = _text(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
+    connection_id = _id(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
     return Alert(
         delivery_id=alert_id,
         kind=kind,
         type=raw_type,
         shape=Shape.ENVELOPE,
-        company_id=_text(company.get("id")) or _text(payload.get("companyId")),
+        company_id=_id(company.get("id")) or _id(payload.get("companyId")),
         connection_id=connection_id,
         data_types=entries,
         generated_at=_timestamp(obj.get("generatedDate")),
@@ -207,6 +208,15 @@ def _text(value: Any) -> str | None:
         # Columns hold 255 characters and PostgreSQL text cannot hold NUL: keep such bodies as `other`.
         raise ValueError("string the database cannot hold as a field")
     return value.strip() or None
+
+
+def _id(value: Any) -> str | None:
+    """An id field (company, connection, dataset): a string the relay's id rule allows, else the body
+    is a shape we do not understand (kept as `other`)."""
+    text = _text(value)
+    if text is not None and id_problem(text) is not None:
+        raise ValueError("not an id")
+    return text
 
 
 def _timestamp(value: Any) -> float | None:

@@ -19,6 +19,8 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
+from service.ids import id_problem
+
 MAX_ID_CHARS = 255  # the records table's key column
 HASH_BYTES = 16
 
@@ -63,14 +65,14 @@ def _iso_datetime(value: str) -> str:
 DateTime = Annotated[StrictStr, AfterValidator(_iso_datetime)]
 
 
-def _no_nul(value: str) -> str:
-    # Ids are key columns, and PostgreSQL text cannot hold NUL: refuse it here, as the client's error.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _an_id(value: str) -> str:
+    # Ids are key columns and go into URLs: the relay's one id rule (service/ids.py), as the client's error.
+    if (problem := id_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_no_nul)]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_an_id)]
 PaymentType = Literal[
     "Unknown", "Cash", "Card", "Invoice", "OnlineCard", "Swish", "Vipps", "Mobile", "StoreCredit", "Paypal",
     "Custom", "Prepaid",

@@ -27,7 +27,7 @@ from service.clock import iso
 from service.codat.models import ERROR_STATUSES
 from service.dispatch import replay_alert
 from service.errors import NotFound, Rejected
-from service.ids import path_id
+from service.ids import path_id, path_segment
 from service.web import ui_data
 from service.web.auth import Endpoint, check_bearer
 from service.web.jobs_api import retry_dead_job
@@ -63,6 +63,9 @@ def when(ts: float | None) -> str:
 
 
 templates.filters["when"] = when
+# Ids in links and form actions, one path segment each: Jinja's `urlencode` keeps "/", so an alert id
+# `zzz/../victim` made a Replay form the browser normalised into another alert's.
+templates.filters["segment"] = path_segment
 templates.globals.update(error_statuses=ERROR_STATUSES, company_of=ui_data.job_company)
 
 
