@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./codat-relay.db"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # What a client may hold before it has authenticated (service/web/server.py).
+    max_header_bytes: int = Field(default=65_536, ge=4096, le=1_048_576)
+    max_headers: int = Field(default=100, ge=16, le=1000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    keepalive_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1000, ge=10)
 
     codat_base_url: str = "https://api.codat.io"
     codat_api_key: SecretStr | None = None
