@@ -55,6 +55,8 @@ class Settings(BaseSettings):
 
     api_token: SecretStr | None = None
     admin_token: SecretStr | None = None
+    auth_failure_limit: int = Field(default=20, ge=1)  # per client address and window (service/web/throttle.py)
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0)
 
     worker_concurrency: int = Field(default=4, ge=1, le=256)
     max_attempts: int = Field(default=10, ge=1)

@@ -28,6 +28,7 @@ from service.settings import Settings
 from service.web import alerts_api, companies_api, jobs_api, openapi, records_api, syncs_api, ui
 from service.web.auth import require
 from service.web.responses import error_response, json_response
+from service.web.throttle import FailureThrottle
 from service.web.webhooks import WebhookEndpoint
 
 log = structlog.get_logger("service.web.app")
@@ -44,7 +45,8 @@ class AppOptions:
 
 async def rejected(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Rejected)
-    return error_response(exc.code, exc.status_code, exc.detail if exc.detail != exc.code else None)
+    headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429
+    return error_response(exc.code, exc.status_code, exc.detail if exc.detail != exc.code else None, headers)
 
 
 async def retry_later(_request: Request, exc: Exception) -> Response:
@@ -178,7 +180,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
     )
     app.state.settings = settings
     app.state.migration_head = migrate.head_revision()
+    app.state.auth_throttle = auth_throttle(settings)
     return app
+
+
+def auth_throttle(settings: Settings) -> FailureThrottle:
+    return FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
 
 WorkerExited = Callable[[BaseException | None], None]
@@ -223,6 +230,7 @@ def create_worker_app(
 
     app = Starlette(routes=ops_routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.settings = settings
+    app.state.auth_throttle = auth_throttle(settings)
     app.state.migration_head = migrate.head_revision()
     return app
 
