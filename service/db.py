@@ -336,3 +336,14 @@ push_records = sa.Table(
     sa.Column("content_hash", sa.String(32)),
     sa.Index(None, "record_id"),
 )
+
+# Sign-in sessions of the Sync Health page (service/sessions.py owns it): a session is valid while its
+# row exists, so signing out ends it on the server, not only in the browser.
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # sha256 of the cookie's nonce, never the nonce
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index(None, "expires_at"),
+)

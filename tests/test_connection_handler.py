@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 import structlog
 
@@ -149,3 +150,67 @@ async def test_a_legacy_disconnection_codat_confirms_needs_a_person(database_url
         await client.aclose()
         await engine.dispose()
     assert told == ["auth_required"] and status == "unlinked"
+
+
+# -- the ordering clock cannot be pushed into the future -----------------------------------------------
+
+FORGED_AT = "2099-01-01T00:00:00Z"
+
+
+def _signed(body: dict[str, Any], msg_id: str, at: float) -> tuple[bytes, dict[str, str]]:
+    from service.signatures import decode_secret, sign
+    from tests.conftest import TEST_SECRET
+
+    raw = json.dumps(body).encode()
+    return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(at)),
+                 "webhook-signature": sign(decode_secret(TEST_SECRET), msg_id, int(at), raw)}  # fmt: skip
+
+
+def _event(event: str, at: str, connection_id: str, msg_id: str) -> dict[str, Any]:
+    body = connection_deleted_body()
+    body.update(id=msg_id, eventType=event, generatedDate=at)
+    body["payload"]["referenceCompany"]["id"] = "co-1"
+    body["payload"]["connection"]["id"] = connection_id
+    return body
+
+
+async def _process(ctx: Context, engine: Any, alert_id: str) -> None:
+    from service.db import alerts
+    from service.dispatch import alert_from_row
+
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).mappings().one()
+    alert = alert_from_row(row)
+    handler = on_connection_deleted if alert.type == "connection.deleted" else on_connection_status
+    await handler(alert, ctx)
+
+
+@pytest.mark.parametrize("path", ["signed_with_a_skewed_clock", "legacy_authorization"])
+async def test_a_forged_future_event_cannot_block_a_genuine_reconnect(database_url: str, path: str) -> None:
+    """A deletion dated 2099 (signed, or on the legacy Authorization path that signs nothing) does not make the
+    genuine, signed reconnect that follows it stale: the company ends resumed."""
+    from datetime import UTC, datetime
+
+    from service.testing import running_app
+    from tests.conftest import TEST_AUTH_HEADER
+
+    async with against_sandbox(database_url) as (ctx, sandbox, engine):
+        clock: FixedClock = ctx.clock  # type: ignore[assignment]
+        linked = (await sandbox.post("/_sandbox/companies/co-1/reconnect")).json()["connectionId"]
+        async with running_app(make_settings(database_url), clock=clock) as (_, relay):
+            forged = _event("connection.deleted", FORGED_AT, linked, "forged-1")
+            if path == "legacy_authorization":
+                raw, headers = json.dumps(forged).encode(), {"authorization": TEST_AUTH_HEADER}
+            else:
+                raw, headers = _signed(forged, "forged-1", clock.now())
+            assert (await relay.post("/webhooks/codat", content=raw, headers=headers)).status_code == 202
+            await _process(ctx, engine, "forged-1")
+            clock.advance(300)  # the merchant reconnects five minutes later; Codat says so, signed
+            at = datetime.fromtimestamp(clock.now(), UTC).isoformat().replace("+00:00", "Z")
+            raw, headers = _signed(_event("connection.reconnected", at, linked, "genuine-1"), "genuine-1", clock.now())
+            assert (await relay.post("/webhooks/codat", content=raw, headers=headers)).status_code == 202
+        await _process(ctx, engine, "genuine-1")
+        assert await paused(engine) == (False, None)
+        async with engine.connect() as conn:
+            newest = await conn.scalar(sa.select(companies.c.connection_event_at))
+        assert newest is not None and newest <= clock.now() + 60  # no event time past arrival + skew is kept

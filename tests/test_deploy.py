@@ -159,7 +159,8 @@ def interpolate(value: str, sample: dict[str, str]) -> str:
     def one(match: re.Match[str]) -> str:
         name, op, arg = match.groups()
         # A required value stands in for a real secret, so it is as long as settings demand of a token.
-        return sample.get(name) or (arg if op == "-" else "example-value")
+        # Distinct per variable: two roles given one token is refused at start-up.
+        return sample.get(name) or (arg if op == "-" else f"example-value-{name.lower()}")
 
     return INTERPOLATION.sub(one, value)
 

@@ -26,7 +26,7 @@ from service.notifications import NOTIFY_RETRY, Kind, Notification, Notifier
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.runtime import Runtime, build_runtime
-from service.senders import EmailSender, slack_text
+from service.senders import EmailSender, mail_text, one_line, slack_text
 from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
@@ -186,6 +186,32 @@ def test_slack_message_is_readable() -> None:
                        "datasetId": None, "summary": "Sync connection deleted", "details": {"connectionId": "c-1"}})
     assert text.startswith(":rotating_light: *connection_deleted*")
     assert "companyId `co-1`" in text and "connectionId: c-1" in text
+
+
+HOSTILE_NOTE = {
+    "kind": "dataset_failed", "severity": "warning", "companyId": "<!channel> co`1", "dataType": "orders",
+    "datasetId": "ds\n• fake: line", "summary": "Codat says <https://evil.example|Codat: re-authorise here>",
+    "occurredAt": "2024-01-01T00:00:00Z",
+    "details": {"error": "<@U123> & <!here>", "action": "line\r\nBcc: victim@example.com"},
+}  # fmt: skip
+
+
+def test_slack_text_escapes_mentions_links_and_line_breaks() -> None:
+    """A company id `<!channel>` or a Codat message holding `<url|label>` reaches Slack inert: no mention, no link."""
+    text = slack_text(HOSTILE_NOTE)
+    assert "<" not in text and ">" not in text  # nothing Slack could read as a mention or a link
+    assert "&lt;!channel&gt;" in text and "&lt;https://evil.example|Codat: re-authorise here&gt;" in text
+    assert "&lt;@U123&gt; &amp; &lt;!here&gt;" in text
+    assert "companyId `&lt;!channel&gt; co'1`" in text  # a backtick cannot end the code span early
+    assert len(text.splitlines()) == 4  # title, where, and one line per detail: no forged lines
+
+
+def test_mail_text_and_subject_keep_values_on_their_line() -> None:
+    """A line break in a value cannot forge lines of the mail, nor headers (the subject is one line)."""
+    text = mail_text(HOSTILE_NOTE)
+    assert "\nBcc:" not in text and "\n• fake" not in text
+    assert len(text.splitlines()) == 11
+    assert "\n" not in one_line("[codat-relay] a\r\nBcc: x")
 
 
 @pytest.mark.parametrize(("env", "problem"), [({"notify_email_to": "a@b.c"}, "go together"),

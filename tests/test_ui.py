@@ -311,7 +311,8 @@ async def test_buttons_without_this_sessions_csrf_token_are_refused(database_url
     async with seeded(database_url) as (client, engine, _, ids):
         await log_in(client)
         if csrf == "other-session":
-            async with running_app(make_settings(database_url)) as (_, other):
+            # The same clock: another clock's "now" would find this session expired and clear it.
+            async with running_app(make_settings(database_url), clock=FixedClock(NOW + 60)) as (_, other):
                 csrf = await log_in(other)
         data = {} if csrf is None else {"csrf": csrf}
         replay = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data=data)
@@ -379,3 +380,44 @@ def test_the_pages_know_every_record_state() -> None:
     """The record states the pages count are exactly the outbox's."""
     outbox = pytest.importorskip("service.outbox")
     assert list(ui_data.RECORD_STATES) == [state.value for state in outbox.State]
+
+
+async def test_logout_ends_the_session_on_the_server(database_url: str) -> None:
+    """After logging out, the same cookie (kept by an attacker, say) no longer opens any page or button."""
+    async with seeded(database_url) as (client, engine, _, _ids):
+        csrf = await log_in(client)
+        cookie = client.cookies.get("relay_ui")
+        assert cookie is not None
+        assert (await client.post("/ui/logout", data={"csrf": csrf})).status_code == 303
+        client.cookies.set("relay_ui", cookie, path="/ui")  # the cookie, replayed after logout
+        page = await client.get("/ui")
+        button = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data={"csrf": csrf})
+        state = await status_of(engine, alerts, f.DEAD_ALERT)
+    assert page.status_code == 303 and page.headers["location"].startswith("/ui/login")
+    assert button.status_code == 303 and state == "dead"
+
+
+async def test_failed_logins_and_bearer_guesses_are_throttled_per_address(database_url: str) -> None:
+    """Past RELAY_AUTH_FAILURE_LIMIT wrong tokens an address gets 429 with Retry-After, even with the right token,
+    until its window ends; webhooks are never throttled."""
+    from service.testing import legacy_body
+    from tests.conftest import TEST_AUTH_HEADER
+
+    clock = FixedClock(NOW)
+    settings = make_settings(database_url, auth_failure_limit=3, auth_failure_window_seconds=60)
+    async with running_app(settings, clock=clock) as (_, client):
+        wrong = [(await client.post("/ui/login", data={"token": "guess-1234"})).status_code for _ in range(3)]
+        login = await client.post("/ui/login", data={"token": ADMIN_TOKEN})
+        bearer = await client.get("/v1/alerts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        webhook = await client.post("/webhooks/codat", json=legacy_body(), headers={"authorization": TEST_AUTH_HEADER})
+        clock.advance(61)
+        after = await client.get("/v1/alerts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        guesses = [(await client.get("/metrics", headers={"authorization": "Bearer nope-nope"})).status_code
+                   for _ in range(4)]  # fmt: skip
+    assert wrong == [401, 401, 401]
+    assert login.status_code == 429 and login.headers["retry-after"] == "60"
+    assert (bearer.status_code, bearer.json()["error"]) == (429, "too_many_attempts")
+    assert bearer.headers["retry-after"] == "60"
+    assert webhook.status_code == 202
+    assert after.status_code == 200
+    assert guesses == [401, 401, 401, 429]

@@ -46,18 +46,9 @@ def _warn_if_unauthenticated(settings: Settings) -> None:
 
 
 def _uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
-    import uvicorn
+    from service.web.server import server_config  # the server's limits live beside the web layer
 
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
+    return server_config(app, settings)
 
 
 def _serve(args: argparse.Namespace, *, workers: bool) -> int:

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
 import httpx
 import orjson
@@ -46,6 +45,7 @@ from service.codat.models import (
     is_success,
 )
 from service.codat.retry import CodatRetryPolicy, retry_after_s, retryable
+from service.ids import path_segment
 from service.settings import CODAT_MAX_PUSH_RECORDS
 
 if TYPE_CHECKING:
@@ -322,8 +322,8 @@ def _push_key(data_type: str) -> str:
 
 
 def _seg(value: str) -> str:
-    # Ids go into the path: quoting keeps a stray "/" or "?" from addressing another resource.
-    return quote(value, safe="")
+    # Ids go into the path as one segment each: a "/", "?" or ".." must not address another resource.
+    return path_segment(value)
 
 
 def _iso(moment: datetime) -> str:

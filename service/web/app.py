@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -28,6 +28,7 @@ from service.settings import Settings
 from service.web import alerts_api, companies_api, docs, jobs_api, openapi, records_api, syncs_api, ui
 from service.web.auth import require
 from service.web.responses import error_response, json_response
+from service.web.throttle import FailureThrottle
 from service.web.webhooks import WebhookEndpoint
 
 log = structlog.get_logger("service.web.app")
@@ -44,7 +45,8 @@ class AppOptions:
 
 async def rejected(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Rejected)
-    return error_response(exc.code, exc.status_code, exc.detail if exc.detail != exc.code else None)
+    headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429
+    return error_response(exc.code, exc.status_code, exc.detail if exc.detail != exc.code else None, headers)
 
 
 async def retry_later(_request: Request, exc: Exception) -> Response:
@@ -56,6 +58,12 @@ async def unexpected(_request: Request, exc: Exception) -> Response:
     # A bug of ours, never the client's input; logged with its traceback.
     log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
     return error_response("internal_error", 500)
+
+
+async def client_disconnected(request: Request, _exc: Exception) -> Response:
+    # The client hung up mid-body: anyone on the internet can do that, so it is no error of ours.
+    log.info("client_disconnected", method=request.method, path=request.url.path)
+    return Response(status_code=499)  # never read: the client has gone
 
 
 async def codat_error(_request: Request, exc: Exception) -> Response:
@@ -75,6 +83,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     Rejected: rejected,
     RetryLater: retry_later,
     CodatError: codat_error,
+    ClientDisconnect: client_disconnected,
     Exception: unexpected,
 }
 
@@ -172,7 +181,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
     )
     app.state.settings = settings
     app.state.migration_head = migrate.head_revision()
+    app.state.auth_throttle = auth_throttle(settings)
     return app
+
+
+def auth_throttle(settings: Settings) -> FailureThrottle:
+    return FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
 
 WorkerExited = Callable[[BaseException | None], None]
@@ -217,6 +231,7 @@ def create_worker_app(
 
     app = Starlette(routes=ops_routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.settings = settings
+    app.state.auth_throttle = auth_throttle(settings)
     app.state.migration_head = migrate.head_revision()
     return app
 

@@ -16,6 +16,9 @@ from service.records import DATA_TYPES, MODELS
 from service.runtime import Runtime
 from service.web.auth import require
 from service.web.responses import json_response
+from service.web.webhooks import read_capped
+
+MAX_BODY_BYTES = 16 * 1024  # {"dataType": …}: anything longer is not a re-push request
 
 
 @require("admin")
@@ -109,7 +112,7 @@ async def repush_endpoint(request: Request) -> Response:
     """`POST /v1/companies/{companyId}/repush`: a full re-push; 202 with what goes again and what was skipped."""
     runtime = request.app.state.runtime
     company_id = path_id(request, "company_id", "company")
-    data_types = _repush_types(await request.body())
+    data_types = _repush_types(await read_capped(request, MAX_BODY_BYTES))
     result = await full_repush(runtime.engine, company_id, data_types, runtime.clock.now())
     runtime.wake_workers()
     return json_response(result.answer(), 202)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.errors import InvalidRequest, MalformedPayload, NotFound, PayloadTooLarge, StorageUnavailable
-from service.ids import MAX_ID_CHARS, could_exist
+from service.ids import check_id
 from service.outbox import IntakeResult, schedule_push, store_records
 from service.records import DATA_TYPES, validate_records
 from service.runtime import Runtime
@@ -90,8 +90,7 @@ async def put_records(request: Request) -> Response:
 async def _put_records(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     company_id, data_type = request.path_params["company_id"], _data_type(request)
-    if not could_exist(company_id):  # the id the records are stored under: invalid input, not an unknown id
-        raise InvalidRequest(f"companyId: at most {MAX_ID_CHARS} characters, and no NUL")
+    check_id(company_id, "companyId")  # the id the records are stored under: invalid input, not an unknown id
     items = _records_of(await _read_body(request))
     batch, errors = validate_records(data_type, items)
     if errors:

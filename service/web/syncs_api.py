@@ -22,7 +22,9 @@ from service.ids import path_id
 from service.syncs import sync_historic, sync_latest, sync_status
 from service.web.auth import require
 from service.web.responses import error_response, json_response
-from service.web.webhooks import parse_json_object
+from service.web.webhooks import parse_json_object, read_capped
+
+MAX_BODY_BYTES = 16 * 1024  # a sync body holds two dates; more is not a sync request
 
 
 def codat_error_response(exc: CodatError) -> Response:
@@ -42,7 +44,7 @@ def codat_error_response(exc: CodatError) -> Response:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_capped(request, MAX_BODY_BYTES)  # read uncapped, 200 MiB were read before the 422
     if not raw.strip():
         return {}
     try:

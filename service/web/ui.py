@@ -2,7 +2,9 @@
 
 A browser logs in once with the admin token and gets a session cookie: an expiry and a random nonce,
 signed with a key derived from the admin token (never the token itself), so rotating the token ends
-every session. Each session has a CSRF token (an HMAC of its nonce) that every form posts back; with
+every session. The server keeps each session (service/sessions.py): logging out deletes it, so the
+cookie is dead even if a copy of it survives. Wrong tokens are throttled per client address (429).
+Each session has a CSRF token (an HMAC of its nonce) that every form posts back; with
 the SameSite=Strict cookie, a page of another site can neither read the token nor send the cookie.
 Requests carrying `Authorization: Bearer <admin token>` (curl) need no cookie and no CSRF token:
 browsers never attach that header by themselves.
@@ -23,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import syncs
+from service import sessions, syncs
 from service.clock import iso
 from service.codat.client import CodatError
 from service.codat.models import ERROR_STATUSES
@@ -31,12 +33,13 @@ from service.companies import full_repush, pause_company, resume_company
 from service.dispatch import replay_alert
 from service.errors import NotFound, Rejected
 from service.health import PROBLEM_KINDS
-from service.ids import path_id
+from service.ids import path_id, path_segment
 from service.records import MODELS
 from service.web import ui_data
-from service.web.auth import Endpoint, check_bearer
+from service.web.auth import Endpoint, check_bearer, throttled
 from service.web.companies_api import company_query
 from service.web.jobs_api import retry_dead_job
+from service.web.throttle import TooManyAttempts
 
 COOKIE = "relay_ui"
 SESSION_TTL_S = 12 * 3600  # a working day; then the token is asked for again
@@ -76,6 +79,9 @@ def when(ts: float | None) -> str:
 
 
 templates.filters["when"] = when
+# Ids in links and form actions, one path segment each: Jinja's `urlencode` keeps "/", so an alert id
+# `zzz/../victim` made a Replay form the browser normalised into another alert's.
+templates.filters["segment"] = path_segment
 templates.globals.update(error_statuses=ERROR_STATUSES, company_of=ui_data.job_company, replayable=REPLAYABLE)
 
 
@@ -109,29 +115,43 @@ def _now(request: Request) -> float:
     return float(request.app.state.runtime.clock.now())
 
 
-def new_session(key: bytes, now: float) -> str:
-    body = f"{int(now) + SESSION_TTL_S}.{secrets.token_urlsafe(18)}"
+def new_session(key: bytes, now: float, nonce: str | None = None) -> str:
+    body = f"{int(now) + SESSION_TTL_S}.{nonce or secrets.token_urlsafe(18)}"
     return f"{body}.{_sign(key, 'session.' + body)}"
 
 
-def session_csrf(key: bytes, value: str | None, now: float) -> str | None:
-    """The CSRF token of a valid, unexpired session cookie; None otherwise."""
+def session_nonce(key: bytes, value: str | None, now: float) -> str | None:
+    """The nonce of a well-signed, unexpired session cookie; None otherwise (the server's row is not asked)."""
     expires, _, rest = (value or "").partition(".")
     nonce, _, signature = rest.partition(".")
     if not expires.isdigit() or not nonce or not signature:
         return None
     if not hmac.compare_digest(signature, _sign(key, f"session.{expires}.{nonce}")) or int(expires) <= now:
         return None
-    return _sign(key, "csrf." + nonce)
+    return nonce
 
 
-def _viewer(request: Request) -> Viewer | None:
+def session_csrf(key: bytes, value: str | None, now: float) -> str | None:
+    """The CSRF token of a well-signed, unexpired session cookie; None otherwise."""
+    nonce = session_nonce(key, value, now)
+    return None if nonce is None else _sign(key, "csrf." + nonce)
+
+
+async def _live_nonce(request: Request) -> str | None:
+    """The session's nonce if its cookie is well signed AND the server still holds it (not logged out)."""
+    key = _key(request)
+    nonce = None if key is None else session_nonce(key, request.cookies.get(COOKIE), _now(request))
+    if nonce is None or not await sessions.is_live(request.app.state.runtime.engine, nonce, _now(request)):
+        return None
+    return nonce
+
+
+async def _viewer(request: Request) -> Viewer | None:
     if "authorization" in request.headers:
         check_bearer(request, request.app.state.settings.admin_token)  # a wrong token is a 401, not a login page
         return Viewer(csrf=None)
-    key = _key(request)
-    csrf = None if key is None else session_csrf(key, request.cookies.get(COOKIE), _now(request))
-    return None if csrf is None else Viewer(csrf=csrf)
+    key, nonce = _key(request), await _live_nonce(request)
+    return None if key is None or nonce is None else Viewer(csrf=_sign(key, "csrf." + nonce))
 
 
 def _safe_next(value: str | None) -> str:
@@ -190,7 +210,7 @@ def _error_page(exc: Rejected, viewer: Viewer | None) -> HTMLResponse:
 
 
 async def login_page(request: Request) -> Response:
-    if _viewer(request) is not None:
+    if await _viewer(request) is not None:
         return RedirectResponse(_safe_next(request.query_params.get("next")), 303)
     flash = FLASHES.get(request.query_params.get("flash", ""))
     return render("login.html", viewer=None, next=_safe_next(request.query_params.get("next")), flash=flash)
@@ -201,26 +221,40 @@ async def login(request: Request) -> Response:
     target, token, key = _safe_next(form.get("next")), form.get("token", "").strip(), _key(request)
     if not token:
         return render("login.html", 422, viewer=None, next=target, error="Enter the admin token.")
+    throttle, client, now = throttled(request)
+    try:
+        if throttle is not None:
+            throttle.check(client, now)  # checked before the token: a blocked guesser learns nothing
+    except TooManyAttempts as exc:
+        page = render("login.html", 429, viewer=None, next=target, error="Too many wrong tokens: wait, then retry.")
+        page.headers.update(exc.headers)
+        return page
     expected = request.app.state.settings.admin_token
     if key is None or expected is None or not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        if throttle is not None:
+            throttle.failed(client, now)
         return render("login.html", 401, viewer=None, next=target, error="That is not the admin token.")
+    nonce = secrets.token_urlsafe(18)
+    await sessions.start(request.app.state.runtime.engine, nonce, now, float(int(now) + SESSION_TTL_S))
     response = RedirectResponse(target, 303)
-    response.set_cookie(COOKIE, new_session(key, _now(request)), max_age=SESSION_TTL_S, path="/ui",
+    response.set_cookie(COOKIE, new_session(key, now, nonce), max_age=SESSION_TTL_S, path="/ui",
                         httponly=True, samesite="strict", secure=_https(request))  # fmt: skip
     return response
 
 
 async def logout(request: Request) -> Response:
-    viewer = _viewer(request)
+    viewer = await _viewer(request)
     if viewer is not None:
         _check_csrf(viewer, await _form(request))
+        if (nonce := await _live_nonce(request)) is not None:
+            await sessions.end(request.app.state.runtime.engine, nonce)  # the cookie is dead on the server too
     response = RedirectResponse("/ui/login?flash=logged_out", 303)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=_https(request))
     return response
 
 
 async def overview_page(request: Request) -> Response:
-    if (viewer := _viewer(request)) is None:
+    if (viewer := await _viewer(request)) is None:
         return _to_login(request)
     try:
         query = company_query(request)
@@ -236,7 +270,7 @@ async def overview_page(request: Request) -> Response:
 
 
 async def company_page(request: Request) -> Response:
-    if (viewer := _viewer(request)) is None:
+    if (viewer := await _viewer(request)) is None:
         return _to_login(request)
     try:
         company_id = path_id(request, "company_id", "company")
@@ -251,7 +285,7 @@ async def company_page(request: Request) -> Response:
 
 async def _button(request: Request) -> tuple[Viewer, dict[str, str]] | Response:
     """A button's POST: the viewer (CSRF checked) and its form, or where to send a signed-out browser."""
-    if (viewer := _viewer(request)) is None:
+    if (viewer := await _viewer(request)) is None:
         # The button's own URL answers POST only: after logging in, go back to the page it was on.
         try:
             back_to = (await _form(request)).get("next") or "/ui"

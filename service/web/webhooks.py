@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.alerts import parse_alert
@@ -28,6 +28,10 @@ from service.web.responses import json_response
 log = structlog.get_logger("service.web.webhooks")
 
 ANSWER_STATUS = {Answer.ACCEPTED: 202, Answer.DUPLICATE: 200, Answer.IGNORED: 200}
+# The sender hung up before its body was complete: nothing was stored and nobody reads an answer. Not
+# an error of ours and not a failed delivery (anyone can do it): counted and logged under its own name.
+CLIENT_DISCONNECTED = "client_disconnected"
+CLIENT_CLOSED_REQUEST = 499  # nginx's name for it; never seen by the client, which has gone
 
 
 @functools.cache
@@ -111,12 +115,16 @@ class WebhookEndpoint:
         outcome = "error"
         try:
             body = await read_capped(request, self._limit)
-            msg_id, signed = self._auth.authenticate(body, request.headers, self._clock.now())
-            alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed)
+            now = self._clock.now()
+            msg_id, signed = self._auth.authenticate(body, request.headers, now)
+            alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed, received_at=now)
             fields = {"delivery_id": alert.delivery_id, "type": alert.type, "company_id": alert.company_id}
             answer = await self._ingestor.submit(alert)
             outcome = answer.value
             return json_response({"status": answer.value, "id": alert.delivery_id}, ANSWER_STATUS[answer])
+        except ClientDisconnect:
+            outcome = CLIENT_DISCONNECTED
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         except Rejected as exc:
             outcome = exc.code
             raise

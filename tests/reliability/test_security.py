@@ -82,7 +82,9 @@ def test_forged_replayed_and_unauthorised_requests_are_rejected(database_url: st
     """Stale or future timestamps, wrong secrets, missing/wrong credentials, wrong roles → 401, nothing stored."""
     clock = FixedClock(time.time())
     rejected: dict[str, int] = {}
-    with app_in_thread(make_settings(database_url, signature_tolerance_seconds=TOLERANCE_S), clock) as app:
+    # Every wrong credential below must reach its own check (401), not the failure throttle (429).
+    settings = make_settings(database_url, signature_tolerance_seconds=TOLERANCE_S, auth_failure_limit=10_000)
+    with app_in_thread(settings, clock) as app:
         body = json.dumps(legacy_body(AlertId="sec-1")).encode()
         original = signed_headers(body, "sec-1", clock.now())
         assert app.request("POST", "/webhooks/codat", content=body, headers=original).status_code == 202
