@@ -8,7 +8,6 @@ the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +16,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.codat.client import CodatNotFound, CodatRateLimited, is_success
+from service.codat.client import CodatNotFound, is_success
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
-from service.errors import RetryLater
 from service.notifications import Kind, Notification
 from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_push
 from service.queue import Job
@@ -37,7 +35,6 @@ SWEEP_KIND = "push_sweep"
 SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
 NOT_FOUND_GRACE_S = 600.0  # a dataset Codat answers 404 for this long after its push is gone
-RATE_LIMIT_WAIT_S = 30  # when Codat's 429 carries no Retry-After
 CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
 log = structlog.get_logger("service.tracking")
 
@@ -85,7 +82,8 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
     A 404 for a dataset Codat gave us its id for means the company, its data or the dataset is gone:
     once `NOT_FOUND_GRACE_S` have passed since the push it ends the dataset as `NotFound` (failed, and
     staff told once) instead of failing the job until it dies. Sooner, it may be Codat catching up with
-    itself, so the caller asks again later. A 429 waits as long as Codat said (`RetryLater`).
+    itself, so the caller asks again later. A 429 or 503 raises the client's `RetryLater`: the job waits
+    as long as Codat said.
     """
     try:
         found = await codat.get_dataset(dataset["company_id"], dataset["id"])
@@ -93,8 +91,6 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
         if now - dataset["requested_at"] < NOT_FOUND_GRACE_S:
             return None
         return Found(GONE, f"Codat answers 404 for this dataset: {exc}", None)
-    except CodatRateLimited as exc:
-        raise RetryLater("Codat rate limit", after_s=math.ceil(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
     return Found(found.status, found.error_message, _ts(found.completed))
 
 
