@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.clock import Clock
+from service.policies import poll_policy, repush_policy
 from service.settings import Settings
-from service.tracking import PollPolicy, Tracker
+from service.tracking import Tracker
 from service.types import Context
 
 
@@ -24,4 +25,4 @@ class _Deps:
 
 def tracker(ctx: Context) -> Tracker:
     deps = _Deps(ctx.store, ctx.clock, ctx.settings, ctx.codat, ctx.notifier)
-    return Tracker(deps, PollPolicy.from_settings(ctx.settings))
+    return Tracker(deps, poll_policy(ctx.settings), repush_policy(ctx.settings))

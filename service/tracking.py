@@ -9,7 +9,7 @@ the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -25,9 +25,6 @@ from service.queue import Job
 from service.records import MODELS
 from service.repush import RepushPolicy
 from service.types import Deps
-
-if TYPE_CHECKING:
-    from service.settings import Settings
 
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
@@ -50,10 +47,6 @@ class PollPolicy:
     factor: float = 2.0
     max_delay_s: float = 120.0
     max_polls: int = 20  # about 30 minutes of polling with the defaults
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PollPolicy:
-        return cls(max_polls=settings.dataset_polls)
 
     def delay(self, polls: int) -> float:
         return min(self.max_delay_s, self.first_s * self.factor ** min(polls, 64))
@@ -95,9 +88,10 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
 
 
 class Tracker:
-    def __init__(self, deps: TrackingDeps, poll: PollPolicy) -> None:
+    def __init__(self, deps: TrackingDeps, poll: PollPolicy, repush: RepushPolicy) -> None:
         self._deps = deps
         self.poll = poll
+        self.repush = repush
 
     # -- datasets ------------------------------------------------------------------------------------
 
@@ -142,8 +136,7 @@ class Tracker:
         if applied.waiting:
             await schedule_push(conn, applied.company_id, applied.data_type, now=now)
         if applied.failed and applied.changed:
-            policy = RepushPolicy(self._deps.settings.repush_max_attempts, self._deps.settings.repush_backoff_seconds)
-            await repush.after_failure(conn, applied, self._deps.notifier, policy, now)
+            await repush.after_failure(conn, applied, self._deps.notifier, self.repush, now)
         elif applied.changed:
             await repush.after_complete(conn, applied)
         log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,

@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from service.clock import FixedClock, SystemClock
 from service.db import create_engine, jobs, notifications
-from service.notifications import NOTIFY_RETRY, Kind, Notification, Notifier
+from service.notifications import NOTIFY_JOB_KIND, Kind, Notification, Notifier
+from service.policies import retry_policies
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.runtime import Runtime, build_runtime
@@ -29,7 +30,7 @@ from service.senders import EmailSender, slack_text
 from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
-from tests.queue_helpers import job_rows
+from tests.queue_helpers import eventually, job_rows
 
 
 def free_port() -> int:
@@ -218,6 +219,9 @@ class FixedRng:
         return self.value
 
 
+NOTIFY_RETRY = retry_policies(make_settings())[NOTIFY_JOB_KIND]
+
+
 @pytest.mark.parametrize(("attempt", "longest"), [(1, 5.0), (2, 10.0), (5, 80.0), (8, 640.0), (9, 900.0), (500, 900.0)])
 def test_notify_backoff_doubles_up_to_fifteen_minutes(attempt: int, longest: float) -> None:
     """A failed delivery waits up to 5 s, doubling each time, never more than 15 minutes, for 5 days."""
@@ -261,6 +265,10 @@ async def notified_and_working(settings: Settings, clock: FixedClock) -> AsyncIt
         await engine.dispose()
 
 
+async def _settled(runtime: Runtime, kind: str) -> bool:
+    return all(r["status"] in ("done", "dead") for r in await job_rows(runtime.engine, kind=kind))
+
+
 async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(database_url: str) -> None:
     """With the default RELAY_MAX_ATTEMPTS (10), a target refusing 14 times in a row still gets it, once."""
     target, clock = Target(), FixedClock()
@@ -272,6 +280,8 @@ async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(da
             await drive_clock(clock, worker, runtime, lambda: target.refusals >= 14)
             target.down = False
             await drive_clock(clock, worker, runtime, lambda: len(target.received) >= 1)
+            # The target has it; the worker records the job's end in its next round, a moment later.
+            await eventually(lambda: _settled(runtime, "notify"))
             rows = await job_rows(runtime.engine, kind="notify")
     assert [m["datasetId"] for m in target.received] == ["ds-1"]
     [webhook] = [r for r in rows if r["payload"]["sender"] == "webhook"]
