@@ -28,13 +28,11 @@ from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected
 from service.db import datasets, push_records, pushes, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
 from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, State, is_paused, lock_outbox, pause_unless_paused
-from service.policies import poll_policy, repush_policy
 from service.queue import Job, describe_error
 from service.tracking import (
     POLL_KIND,
     SWEEP_KIND,
     SYNC_KIND,
-    Tracker,
     TrackingDeps,
 )
 from service.worker import JobFunction, Periodic
@@ -58,7 +56,7 @@ class Pusher:
 
     def __init__(self, deps: TrackingDeps) -> None:
         self._deps = deps
-        self.tracker = Tracker(deps, poll_policy(deps.settings), repush_policy(deps.settings))
+        self.tracker = deps.tracker
 
     @property
     def _engine(self) -> Any:

@@ -15,12 +15,13 @@ from service.clock import Clock
 from service.codat.client import CodatClient
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
-from service.policies import job_policy, retry_policies
+from service.policies import job_policy, poll_policy, repush_policy, retry_policies
 from service.pusher import Pusher
 from service.queue import PRUNE_KIND, Job
 from service.retry import RetryPolicy
 from service.senders import Sender, build_senders
 from service.settings import Settings
+from service.tracking import Tracker
 from service.worker import JobFunction, Periodic, Worker
 
 log = structlog.get_logger("service.runtime")
@@ -36,11 +37,16 @@ class Runtime:
     notifier: Notifier
     http: httpx.AsyncClient
     senders: dict[str, Sender]
+    codat: CodatClient
     transport: httpx.AsyncBaseTransport | None = None
-    codat: CodatClient | None = None
     workers: list[Worker] = field(default_factory=list)
+    # The push pipeline's one Tracker: the pusher's jobs and the handlers (`Context.tracker`) share it.
+    tracker: Tracker = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tracker = Tracker(self, poll_policy(self.settings), repush_policy(self.settings))
 
     def build_worker(self, retry: RetryPolicy | None = None) -> Worker:
         """A worker running every job kind, each retried by its policy (`service.policies`); a `retry` given

@@ -167,8 +167,8 @@ class Tracker:
             syncs = []  # no sync has ever run
         now = self._deps.clock.now()
         dated = [s for s in syncs if s.sync_utc is not None]
-        latest = max(dated, key=lambda s: s.sync_utc, default=None)
-        success_at = max((s.sync_utc.timestamp() for s in dated if is_success(s.sync_status_code)), default=None)
+        latest = max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)  # `or`: for mypy, never None here
+        success_at = max((_ts(s.sync_utc) or 0.0 for s in dated if is_success(s.sync_status_code)), default=None)
         conflicts: dict[str, list[str]] = {}
         async with writer(self._deps.engine).begin() as conn:
             before, known = await record_sync_check(

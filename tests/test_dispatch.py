@@ -31,7 +31,7 @@ class Deps:
     clock: FixedClock
     notifier: Any = None
     codat: Any = None
-    settings: Any = None
+    tracker: Any = None
 
 
 @pytest.fixture
@@ -79,14 +79,14 @@ async def test_handler_outcome_sets_status(engine: AsyncEngine, outcome: Outcome
         return outcome
 
     await store_alert(engine)
-    deps = Deps(engine, FixedClock(T0), settings="S")
+    deps = Deps(engine, FixedClock(T0), tracker="T")
     await make_alert_job(registry(handler), deps)(alert_job(attempt=2), 2)
     [(alert, ctx, during)] = seen
     assert during == ("processing", 1, None)
     assert (alert.delivery_id, alert.company_id) == ("a1", "C1")
     assert (alert.data_type, alert.dataset_id) == ("orders", "D1")
     assert alert.body == b'{"id": "a1"}'
-    assert (ctx.attempt, ctx.clock, ctx.settings) == (2, deps.clock, "S")
+    assert (ctx.attempt, ctx.clock, ctx.tracker) == (2, deps.clock, "T")
     assert await alert_state(engine) == (status, 1, None)
 
 

@@ -84,6 +84,7 @@ async def test_the_runtimes_worker_applies_every_kinds_policy_as_built(database_
         assert worker.kinds == set(policies)
         assert all(worker.policy(kind) == policies[kind] for kind in worker.kinds)
         assert worker.policy("alert").max_attempts == 3 and worker.policy("notify").max_attempts == 1_000_000
+        assert runtime.tracker.repush == repush_policy(settings) and runtime.tracker.poll == poll_policy(settings)
         instant = RetryPolicy(base_s=0.0, cap_s=0.0, max_attempts=50)  # tests: one policy for every kind, as is
         assert all(runtime.build_worker(retry=instant).policy(kind) is instant for kind in worker.kinds)
     finally:
