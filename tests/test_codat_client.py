@@ -341,7 +341,7 @@ async def test_gives_up_when_the_time_budget_is_spent() -> None:
 
 
 async def test_a_retry_after_beyond_the_budget_raises_rate_limited_at_once() -> None:
-    """Codat asking for 120 s against a 60 s budget: no sleep; the caller gets `retry_after` to reschedule."""
+    """Codat asking for 120 s against a 60 s budget: no sleep; the caller gets `after_s` to reschedule."""
     async with Harness(fail(429, codat_error(429), **{"Retry-After": "120"})) as h:
         with pytest.raises(CodatRateLimited) as caught:
             await push(h.client)
