@@ -111,10 +111,10 @@ class AlertJob:
             store=self._deps.engine,
             codat=self._deps.codat,
             notifier=self._deps.notifier,
+            tracker=self._deps.tracker,
             clock=self._deps.clock,
             log=log.bind(company_id=alert.company_id, kind=alert.kind.value),
             attempt=attempt,
-            settings=self._deps.settings,
         )
         try:
             outcome = await handler(alert, context)

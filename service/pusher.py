@@ -28,20 +28,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import metrics, queue, record_states
-from service.codat.client import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
+from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected
 from service.db import datasets, pushes, records, writer
-from service.errors import RetryLater
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
 from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, is_paused, lock_outbox, pause_unless_paused
 from service.queue import Job, describe_error
 from service.record_states import Event
 from service.tracking import (
     POLL_KIND,
-    RATE_LIMIT_WAIT_S,
     SWEEP_KIND,
     SYNC_KIND,
-    PollPolicy,
-    Tracker,
     TrackingDeps,
 )
 from service.worker import JobFunction, Periodic
@@ -64,9 +60,9 @@ class Push:
 class Pusher:
     """The push job; dataset polling and sync checks are the `Tracker`'s."""
 
-    def __init__(self, deps: TrackingDeps, poll: PollPolicy | None = None) -> None:
+    def __init__(self, deps: TrackingDeps) -> None:
         self._deps = deps
-        self.tracker = Tracker(deps, poll or PollPolicy.from_settings(deps.settings))
+        self.tracker = deps.tracker
 
     @property
     def _engine(self) -> Any:
@@ -175,6 +171,8 @@ class Pusher:
         if decision != SEND:
             return decision == SKIP
         codat = self._deps.codat
+        # A 429 or 503 raises `RetryLater` through: the push stays open, and the job's retry (after `after_s`)
+        # resends the same bytes under the same key.
         try:
             result = await codat.push_records_json(
                 push.company_id, push.data_type, push.payload, idempotency_key=push.id
@@ -188,9 +186,6 @@ class Pusher:
         except CodatRejected as exc:
             await self._reject(push, exc)
             return True  # these records were refused; the next chunk may well be fine
-        except CodatRateLimited as exc:
-            # The push stays open: the retry resends the same bytes under the same key.
-            raise RetryLater("Codat rate limit", after_s=int(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
         await self._record(push, result.dataset_id)
         return True
 

@@ -21,6 +21,7 @@ from service.db import bookkeeper, jobs, writer
 NOTIFY_CHANNEL = "relay_jobs"
 LEASE_LOST = "lease expired: the worker running this job was lost"
 MAX_ERROR_CHARS = 4_000
+PRUNE_KIND = "prune_jobs"  # the periodic job that calls `prune`
 
 
 class JobStatus(enum.StrEnum):

@@ -37,7 +37,7 @@ async def test_a_late_older_reconnection_does_not_resume_a_deleted_connection(da
     engine = create_engine(settings)
     clock = FixedClock()
     ctx = Context(store=engine, codat=None, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)
+                  log=structlog.get_logger(), attempt=1, tracker=None)
     try:
         assert await on_connection_deleted(envelope("connection.deleted", "2026-01-01T10:05:00Z"), ctx) is Outcome.DONE
         await on_connection_status(envelope("connection.reconnected", "2026-01-01T10:00:00Z"), ctx)
@@ -76,7 +76,7 @@ async def against_sandbox(database_url: str) -> AsyncIterator[tuple[Context, htt
     async with running_sandbox() as (_app, transport):
         codat = CodatClient("http://sandbox", None, transport=transport)
         ctx = Context(store=engine, codat=codat, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                      log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                      log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
                 yield ctx, sandbox, engine
@@ -138,7 +138,7 @@ async def test_a_legacy_disconnection_codat_confirms_needs_a_person(database_url
     clock = FixedClock()
     client = CodatClient("http://codat", None, transport=httpx.MockTransport(codat))
     ctx = Context(store=engine, codat=client, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                  log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
     try:
         for _ in range(2):
             await on_connection_status(legacy("DataConnectionStatusChanged", "co-1", "conn-1",

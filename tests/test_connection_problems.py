@@ -79,7 +79,7 @@ async def relay(database_url: str, answer: Callable[[httpx.Request], Any]) -> As
     clock = FixedClock()
     runtime = await build_runtime(settings, engine, clock, transport=httpx.MockTransport(answer))
     ctx = Context(store=engine, codat=runtime.codat, notifier=runtime.notifier, clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                  log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
     try:
         for data_type, record in RECORDS.items():
             valid, errors = validate_records(data_type, [record])

@@ -134,7 +134,7 @@ async def test_a_dataset_codat_no_longer_knows_ends_failed_and_staff_hear_once(d
         alert = parse_alert(body, json.dumps(body).encode(), header_id=None, signed=False)
         runtime = relay.runtime
         ctx = Context(store=runtime.engine, codat=runtime.codat, notifier=runtime.notifier, clock=relay.clock,
-                      log=structlog.get_logger(), attempt=1, settings=runtime.settings)  # fmt: skip
+                      log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
         outcome = await on_dataset_status(alert, ctx)
         dataset = await relay.one(sa.select(datasets.c.status, datasets.c.terminal, datasets.c.error_message))
         record = await relay.one(sa.select(records.c.state, records.c.inflight))

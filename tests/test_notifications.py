@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from service.clock import FixedClock, SystemClock
 from service.db import create_engine, jobs, notifications
-from service.notifications import NOTIFY_RETRY, Kind, Notification, Notifier
+from service.notifications import NOTIFY_JOB_KIND, Kind, Notification, Notifier
+from service.policies import retry_policies
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.runtime import Runtime, build_runtime
@@ -245,6 +246,9 @@ class FixedRng:
         return self.value
 
 
+NOTIFY_RETRY = retry_policies(make_settings())[NOTIFY_JOB_KIND]
+
+
 @pytest.mark.parametrize(("attempt", "longest"), [(1, 5.0), (2, 10.0), (5, 80.0), (8, 640.0), (9, 900.0), (500, 900.0)])
 def test_notify_backoff_doubles_up_to_fifteen_minutes(attempt: int, longest: float) -> None:
     """A failed delivery waits up to 5 s, doubling each time, never more than 15 minutes, for 5 days."""
@@ -297,6 +301,10 @@ async def notified_and_working(settings: Settings, clock: FixedClock) -> AsyncIt
         await task
         await runtime.close()
         await engine.dispose()
+
+
+async def _settled(runtime: Runtime, kind: str) -> bool:
+    return all(r["status"] in ("done", "dead") for r in await job_rows(runtime.engine, kind=kind))
 
 
 async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(database_url: str) -> None:

@@ -74,7 +74,7 @@ async def accepted_orders(database_url: str) -> AsyncIterator[Relay]:
         clock = SystemClock()  # the sandbox's clock: syncs and datasets are compared in Codat's time
         runtime = await build_runtime(settings, engine, clock, transport=transport)
         ctx = Context(store=engine, codat=runtime.codat, notifier=runtime.notifier, clock=clock,
-                      log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                      log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
         try:
             valid, _ = validate_records("commerce-orders", [{"id": "o-1", "totalAmount": 1.0},
                                                             {"id": "o-2", "totalAmount": 2.0}])  # fmt: skip
@@ -158,7 +158,7 @@ async def bare(database_url: str) -> AsyncIterator[tuple[Context, Any]]:
     engine = create_engine(settings)
     clock = SystemClock()
     ctx = Context(store=engine, codat=None, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                  log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
     try:
         yield ctx, engine
     finally:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.codat.client import CodatClient, CodatError
 from service.db import create_engine
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, RetryLater
 from service.local_env import with_local_env
 from service.settings import Settings, SettingsError, load_settings
 
@@ -127,6 +127,12 @@ def with_engine(func: Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]
     return run
 
 
+def codat_failure(exc: CodatError) -> str:
+    """The one line a Codat refusal prints; a "come back later" says when, as the client translated it."""
+    line = f"Codat refused: {type(exc).__name__}: {exc.error or exc}"
+    return f"{line} (try again in {exc.after_s} s)" if isinstance(exc, RetryLater) else line
+
+
 def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]) -> Command:
     """Run `func` with a Codat client from the settings; Codat's refusals become a one-line failure."""
 
@@ -143,7 +149,7 @@ def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]
             print(f"codat-relay: {exc.detail}", file=sys.stderr)
             return 2
         except CodatError as exc:
-            raise CommandFailed(f"Codat refused: {type(exc).__name__}: {exc.error or exc}") from None
+            raise CommandFailed(codat_failure(exc)) from None
         except httpx.HTTPError as exc:
             raise CommandFailed(f"Codat unreachable: {type(exc).__name__}") from None
         return 0

@@ -44,7 +44,7 @@ from service.codat.models import (
     is_in_progress,
     is_success,
 )
-from service.codat.retry import CodatRetryPolicy, retry_after_s, retryable
+from service.codat.retry import CodatRetryPolicy, later_s, retry_after_s, retryable
 from service.ids import path_segment
 from service.settings import CODAT_MAX_PUSH_RECORDS
 
@@ -231,15 +231,15 @@ class CodatClient:
         while True:
             attempt += 1
             outcome = await self._attempt(endpoint, method, path, body, headers)
+            retry_after = retry_after_s(outcome, self._clock.now())  # parsed once per answer
             if isinstance(outcome, httpx.Response) and not retryable(outcome, attempt, method):
                 if outcome.is_success:
                     return outcome
-                raise self._error(endpoint, outcome, method)
-            retry_after = retry_after_s(outcome, self._clock.now())
+                raise self._error(endpoint, outcome, method, retry_after)
             elapsed = self._clock.now() - started
             wait = self._retry.delay(attempt, retry_after, elapsed, rand=random.random())
             if wait is None:
-                raise self._error(endpoint, outcome, method)
+                raise self._error(endpoint, outcome, method, retry_after)
             status = outcome.status_code if isinstance(outcome, httpx.Response) else NO_RESPONSE
             log.warning("codat_retry", endpoint=endpoint, status=status, attempt=attempt, delay_s=wait)
             await self._sleep(wait)
@@ -263,10 +263,16 @@ class CodatClient:
         if self._on_response is not None:
             self._on_response(endpoint, status)
 
-    def _error(self, endpoint: str, outcome: httpx.Response | httpx.TransportError, method: str) -> CodatError:
+    def _error(
+        self, endpoint: str, outcome: httpx.Response | httpx.TransportError, method: str, retry_after: float | None
+    ) -> CodatError:
+        """The error a final answer raises. Codat's "come back later" is translated here and nowhere else:
+        a `CodatRateLimited` or `CodatUnavailable` carries `after_s` (`later_s`), which callers take as it is."""
         if isinstance(outcome, httpx.TransportError):
             # The exception type only: httpx's message may quote the URL or request, never worth the risk.
-            error = CodatUnavailable(f"Codat unreachable on {endpoint}: {type(outcome).__name__}")
+            error = CodatUnavailable(
+                f"Codat unreachable on {endpoint}: {type(outcome).__name__}", after_s=later_s(None, None)
+            )
             error.__cause__ = outcome
             return error
         status = outcome.status_code
@@ -282,8 +288,8 @@ class CodatClient:
             # The caller retries later with the same key and gets the replayed answer (a rejection here
             # marked records failed while Codat went on to complete their dataset).
             cls = CodatUnavailable
-        if cls is CodatRateLimited:
-            return CodatRateLimited(message, body=body, retry_after=retry_after_s(outcome, self._clock.now()))
+        if cls is CodatRateLimited or cls is CodatUnavailable:
+            return cls(message, status_code=status, body=body, after_s=later_s(status, retry_after))
         return cls(message, status_code=status, body=body)
 
     def _redact(self, text: str) -> str:

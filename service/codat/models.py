@@ -14,7 +14,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic.alias_generators import to_camel
 
-from service.errors import RelayError
+from service.codat.retry import RATE_LIMITED_WAIT_S, UNAVAILABLE_WAIT_S
+from service.errors import RelayError, RetryLater
 
 # Dataset (pull operation) statuses, exactly the 21 of FACTS §2 / platform-current.json `PullOperation`.
 DATASET_STATUSES: tuple[str, ...] = (
@@ -191,12 +192,27 @@ class CodatRejected(CodatError):
     """Another 4xx (400, 402, 409, 422…): this request will never succeed as it stands."""
 
 
-class CodatUnavailable(CodatError):
-    """5xx, 408 or no answer, still so after the retries: try again later."""
+class CodatUnavailable(CodatError, RetryLater):
+    """5xx, 408 or no answer, still so after the retries: come back in `after_s` seconds.
+
+    `after_s` is Codat's `Retry-After` translated once, by the client (`service.codat.retry.later_s`);
+    callers take it as it is.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: CodatErrorBody | None = None,
+        after_s: int = UNAVAILABLE_WAIT_S,
+    ) -> None:
+        super().__init__(message, status_code=status_code, body=body)
+        self.after_s = after_s
 
 
-class CodatRateLimited(CodatError):
-    """429 after the retries; `retry_after` (seconds) is Codat's hint for when to come back."""
+class CodatRateLimited(CodatError, RetryLater):
+    """429 after the retries: come back in `after_s` seconds (Codat's `Retry-After`, translated once)."""
 
     def __init__(
         self,
@@ -204,10 +220,10 @@ class CodatRateLimited(CodatError):
         *,
         status_code: int | None = 429,
         body: CodatErrorBody | None = None,
-        retry_after: float | None = None,
+        after_s: int = RATE_LIMITED_WAIT_S,
     ) -> None:
         super().__init__(message, status_code=status_code, body=body)
-        self.retry_after = retry_after
+        self.after_s = after_s
 
 
 def error_class_for(status_code: int) -> type[CodatError]:

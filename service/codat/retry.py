@@ -1,13 +1,25 @@
-"""When a failed Codat call is tried again: a pure policy, and how a response asks for it."""
+"""When a failed Codat call is tried again, and how Codat's "come back later" becomes one wait.
+
+Two things live here, both pure: the retry policy inside one call (Codat's SDK schedule, cut short),
+and the one translation of Codat's `Retry-After` — seconds or an HTTP date, missing or garbage — into
+the whole seconds a caller waits (`later_s`), which `CodatRateLimited`/`CodatUnavailable` carry as the
+`RetryLater.after_s` every caller (the worker, the admin API, the CLI) takes as it is.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import math
 from dataclasses import dataclass
+from datetime import UTC
 
 import httpx
 
 RETRYABLE_STATUSES = frozenset({408, 429})  # plus every 5xx, as Codat's SDKs do
+RATE_LIMITED_WAIT_S = 30  # a 429 that does not say how long (Codat's do; a proxy's may not)
+UNAVAILABLE_WAIT_S = 5  # a 503, another 5xx, a timeout or no answer at all, that does not say
+# Codat's longest honest wait is its daily quota's reset (00:00 UTC): anything longer is garbage, capped.
+MAX_WAIT_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -52,17 +64,42 @@ def retryable(response: httpx.Response, attempt: int, method: str) -> bool:
     return status == 409 and method == "POST"
 
 
-def retry_after_s(outcome: httpx.Response | httpx.TransportError, now: float) -> float | None:
-    if not isinstance(outcome, httpx.Response):
-        return None
-    value = outcome.headers.get("Retry-After")
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """`Retry-After` in seconds from `now`: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+
+    None when missing or unreadable (negative, NaN, infinite, neither a number nor a date); a date
+    already past is 0. A decimal is taken as it is: being liberal costs nothing here.
+    """
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
-    try:  # the HTTP-date form
-        return max(email.utils.parsedate_to_datetime(value).timestamp() - now, 0.0)
-    except (TypeError, ValueError):
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    if moment.tzinfo is None:  # "-0000": UTC with no claim about the sender's zone
+        moment = moment.replace(tzinfo=UTC)
+    return max(moment.timestamp() - now, 0.0)
+
+
+def retry_after_s(outcome: httpx.Response | httpx.TransportError, now: float) -> float | None:
+    """The `Retry-After` of an answer, parsed; None for no answer or no usable header."""
+    if not isinstance(outcome, httpx.Response):
+        return None
+    return parse_retry_after(outcome.headers.get("Retry-After"), now)
+
+
+def later_s(status: int | None, retry_after: float | None) -> int:
+    """Codat's "come back later", translated once: whole seconds to wait before calling again.
+
+    What Codat said, rounded up (coming back early only fails again) and capped at a day; what it did
+    not say, the default for the answer: 30 s for a 429, 5 s for anything else (`status` None: no answer).
+    """
+    if retry_after is None:
+        return RATE_LIMITED_WAIT_S if status == 429 else UNAVAILABLE_WAIT_S
+    return min(math.ceil(retry_after), MAX_WAIT_S)

@@ -15,7 +15,6 @@ from service.codat.client import (
     CodatNotFound,
     CodatRateLimited,
     CodatRejected,
-    CodatUnavailable,
 )
 from service.errors import InvalidRequest, RetryLater
 from service.ids import path_id
@@ -34,10 +33,9 @@ def codat_error_response(exc: CodatError) -> Response:
         return error_response("codat_not_found", 404, detail)
     if isinstance(exc, CodatAuthError):
         return error_response("codat_auth_failed", 502, "Codat refused codat-relay's API key")
-    if isinstance(exc, CodatRateLimited):
-        return error_response("codat_rate_limited", 503, detail, {"Retry-After": str(int(exc.retry_after or 5))})
-    if isinstance(exc, CodatUnavailable):
-        return error_response("codat_unavailable", 503, detail, {"Retry-After": "5"})
+    if isinstance(exc, RetryLater):  # Codat's 429/503, its Retry-After translated once, by the client
+        code = "codat_rate_limited" if isinstance(exc, CodatRateLimited) else "codat_unavailable"
+        return error_response(code, 503, detail, {"Retry-After": str(exc.after_s)})
     assert isinstance(exc, CodatRejected)
     status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 502
     return error_response("codat_rejected", status, detail)
