@@ -322,6 +322,7 @@ pushes = sa.Table(
     sa.Column("finished_at", sa.Double),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("error", sa.Text),
+    sa.Column("idempotency_key", sa.String(36)),  # this attempt's key; NULL: the push's id (the first's)
     sa.Index(None, "company_id", "data_type", "started_at"),
 )
 

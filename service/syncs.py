@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,8 @@ from service.codat.client import (
     CodatClient,
 )
 from service.errors import InvalidRequest
+
+Follow = Callable[[str], Awaitable[None]]  # queues the polls of a sync just started (service.tracking.follow_sync)
 
 
 def parse_instant(field: str, value: Any) -> datetime:
@@ -31,13 +34,22 @@ def historic_range(start: Any, end: Any) -> tuple[datetime, datetime]:
     return first, last
 
 
-async def sync_latest(codat: CodatClient, company_id: str, sync_to: Any = None) -> Any:
-    return await codat.sync_latest(company_id, None if sync_to is None else parse_instant("syncTo", sync_to))
+async def sync_latest(codat: CodatClient, company_id: str, sync_to: Any = None, *, follow: Follow | None = None) -> Any:
+    """Start a latest sync; with `follow`, its status is then polled until it ends (no webhook tells us)."""
+    summary = await codat.sync_latest(company_id, None if sync_to is None else parse_instant("syncTo", sync_to))
+    if follow is not None:
+        await follow(company_id)
+    return summary
 
 
-async def sync_historic(codat: CodatClient, company_id: str, start: Any, end: Any) -> Any:
+async def sync_historic(
+    codat: CodatClient, company_id: str, start: Any, end: Any, *, follow: Follow | None = None
+) -> Any:
     first, last = historic_range(start, end)
-    return await codat.sync_historic(company_id, first, last)
+    summary = await codat.sync_historic(company_id, first, last)
+    if follow is not None:
+        await follow(company_id)
+    return summary
 
 
 async def sync_status(codat: CodatClient, company_id: str) -> Any:

@@ -33,6 +33,13 @@ SWEEP_KIND = "push_sweep"
 SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
 NOT_FOUND_GRACE_S = 600.0  # a dataset Codat answers 404 for this long after its push is gone
+# After the relay starts a sync, its status is read at +5 s, +10 s, +20 s, … (at most a minute apart) until
+# it ends: `synced` and "last sync" are right within a minute of the sync ending, webhook or none (Codat
+# sends none for Sync for Commerce today: FACTS §6).
+FOLLOW_FIRST_S = 5.0
+FOLLOW_MAX_S = 60.0
+FOLLOW_MAX_POLLS = 60  # about an hour; a sync still running then is left to the daily check
+IN_PROGRESS_CODES = frozenset({1000, 1010})
 CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
 log = structlog.get_logger("service.tracking")
 
@@ -146,8 +153,20 @@ class Tracker:
     # -- syncs ---------------------------------------------------------------------------------------
 
     async def check_sync_job(self, job: Job, attempt: int) -> None:
-        """`check_sync` job: what has Codat synced for this company? Accepted records become synced."""
-        await self.check_sync(str(job.payload["company_id"]))
+        """`check_sync` job: what has Codat synced for this company? Accepted records become synced.
+
+        A job with `follow` (a sync the relay started) asks again, with backoff, while the sync runs.
+        """
+        company_id = str(job.payload["company_id"])
+        await self.check_sync(company_id)
+        follow = job.payload.get("follow")
+        if follow is None:
+            return
+        async with self._deps.engine.connect() as conn:
+            code = await conn.scalar(sa.select(companies.c.last_sync_code).where(companies.c.id == company_id))
+        polls = int(follow) + 1
+        if code in IN_PROGRESS_CODES and polls < FOLLOW_MAX_POLLS:
+            await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls)
 
     async def guard_synced(self, company_id: str) -> None:
         """Before pushing: if Codat holds records of this company, learn whether a sync took them."""
@@ -214,6 +233,13 @@ class Tracker:
                 await queue.enqueue(conn, SYNC_KIND, {"company_id": company_id}, now=now,
                                     queueing_lock=f"check_sync:{company_id}")  # fmt: skip
         log.info("push_sweep", pushes=len(due), polls=len(stale), sync_checks=len(unchecked))
+
+
+async def follow_sync(engine: Any, company_id: str, now: float, *, polls: int = 0) -> None:
+    """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read)."""
+    delay = min(FOLLOW_MAX_S, FOLLOW_FIRST_S * 2.0**polls)
+    await queue.enqueue(engine, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
+                        queueing_lock=f"follow_sync:{company_id}", run_at=now + delay)  # fmt: skip
 
 
 async def _sync_unchecked(conn: AsyncConnection, now: float) -> list[str]:

@@ -44,7 +44,7 @@ from service.codat.models import (
     is_in_progress,
     is_success,
 )
-from service.codat.retry import CodatRetryPolicy, later_s, retry_after_s, retryable
+from service.codat.retry import CodatRetryPolicy, attempt_over, later_s, retry_after_s, retryable
 from service.ids import path_segment
 from service.settings import CODAT_MAX_PUSH_RECORDS
 
@@ -200,14 +200,14 @@ class CodatClient:
         # An empty object rather than no body: the spec's body is an object whose `syncTo` is optional.
         body: dict[str, str] = {} if sync_to is None else {"syncTo": _iso(sync_to)}
         path = f"/companies/{_seg(company_id)}/sync/commerce/latest"
-        response = await self._call("sync_latest", "POST", path, orjson.dumps(body), str(uuid.uuid4()))
+        response = await self._call("sync_latest", "POST", path, orjson.dumps(body), str(uuid.uuid4()), _new_key)
         return self._json(response)
 
     async def sync_historic(self, company_id: str, start: datetime, finish: datetime) -> Relayed:
         # The spec's `dateRange` form, not the docs' `{start, end}` (FACTS §3).
         body = {"dateRange": {"start": _iso(start), "finish": _iso(finish)}}
         path = f"/meta/companies/{_seg(company_id)}/sync/commerce/historic"
-        response = await self._call("sync_historic", "POST", path, orjson.dumps(body), str(uuid.uuid4()))
+        response = await self._call("sync_historic", "POST", path, orjson.dumps(body), str(uuid.uuid4()), _new_key)
         return self._json(response)
 
     # -- the machinery ------------------------------------------------------------------------------
@@ -219,13 +219,19 @@ class CodatClient:
         path: str,
         body: bytes | None = None,
         idempotency_key: str | None = None,
+        new_key: Callable[[], str] | None = None,
     ) -> httpx.Response:
-        """One logical call: attempts until success, a final answer, or the retry policy gives up."""
+        """One logical call: attempts until success, a final answer, or the retry policy gives up.
+
+        A keyed attempt that got an answer is over in Codat's eyes (`attempt_over`): the call is tried
+        again only under a new key from `new_key`; without one (a push, whose caller records each key
+        before it is sent) the answer is raised for the caller to decide.
+        """
         headers = {}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key  # the same on every attempt: Codat dedupes on it
+            headers["Idempotency-Key"] = idempotency_key  # kept while no attempt got an answer
         started = self._clock.now()
         attempt = 0
         while True:
@@ -236,6 +242,10 @@ class CodatClient:
                 if outcome.is_success:
                     return outcome
                 raise self._error(endpoint, outcome, method, retry_after)
+            if idempotency_key is not None and isinstance(outcome, httpx.Response) and attempt_over(outcome):
+                if new_key is None:
+                    raise self._error(endpoint, outcome, method, retry_after)
+                headers["Idempotency-Key"] = new_key()
             elapsed = self._clock.now() - started
             wait = self._retry.delay(attempt, retry_after, elapsed, rand=random.random())
             if wait is None:
@@ -310,6 +320,10 @@ class CodatClient:
         except (ValidationError, orjson.JSONDecodeError) as exc:
             # Pydantic's message may quote the body; the type and count are enough to go and look.
             raise CodatError(f"unreadable answer from Codat: {type(exc).__name__}") from exc
+
+
+def _new_key() -> str:
+    return str(uuid.uuid4())
 
 
 def _error_body(content: str) -> CodatErrorBody:

@@ -18,6 +18,7 @@ from service.sandbox.idempotency import CachedAnswer, IdempotencyStore
 from service.sandbox.state import SandboxState
 from service.sandbox.webhooks import WebhookSender
 
+RELEASED_STATUS = 429  # the one answer Codat does not cache under an Idempotency-Key: the key is released
 # Codat's documented limits, advertised on every answer like the real API (the sandbox does not enforce them).
 RATE_LIMIT = 1000
 FAULT_MESSAGES = {
@@ -71,23 +72,27 @@ def codat_endpoint(name: str, handler: Handler, *, idempotent: bool = False) -> 
     async def endpoint(request: Request) -> Response:
         sandbox: Sandbox = request.app.state.sandbox
         sandbox.tick()
-        response = _check_auth(request, sandbox.state)
-        if response is None:
-            fault = decide(
-                sandbox.state.faults.get(name) or sandbox.state.faults.get(ALL), sandbox.state.fault_rng
-            )
+        company_id = request.path_params.get("companyId")
+        counted = False
+
+        async def answer(request: Request, sandbox: Sandbox) -> Response:
+            nonlocal counted
+            fault = decide(sandbox.state.faults.get(name) or sandbox.state.faults.get(ALL), sandbox.state.fault_rng)
             if fault.status is not None:
                 # Counted before the wait: a client that gives up on a hang never sees the answer.
-                sandbox.state.count_request(name, fault.status, request.path_params.get("companyId"))
-                return _headers(await _fault(fault))
+                sandbox.state.count_request(name, fault.status, company_id)
+                counted = True
+                return await _fault(fault)
             if fault.delay_s > 0:
                 await asyncio.sleep(fault.delay_s)
-            response = (
-                await _idempotent(handler, request, sandbox)
-                if idempotent
-                else await handler(request, sandbox)
-            )
-        sandbox.state.count_request(name, response.status_code, request.path_params.get("companyId"))
+            return await handler(request, sandbox)
+
+        response = _check_auth(request, sandbox.state)
+        if response is None:
+            # An injected fault is an answer like any other: under an Idempotency-Key it is cached too.
+            response = await (_idempotent(answer, request, sandbox) if idempotent else answer(request, sandbox))
+        if not counted:
+            sandbox.state.count_request(name, response.status_code, company_id)
         return _headers(response)
 
     endpoint.__name__ = name
@@ -121,7 +126,7 @@ async def _idempotent(handler: Handler, request: Request, sandbox: Sandbox) -> R
     fingerprint = IdempotencyStore.fingerprint(request.method, request.url.path, await request.body())
     outcome = store.begin(key, fingerprint, sandbox.state.now())
     if isinstance(outcome, CachedAnswer):
-        return Response(outcome.body, outcome.status, media_type="application/json")
+        return Response(outcome.body, outcome.status, headers=_replayed(outcome.headers), media_type="application/json")
     if outcome == "mismatch":
         return codat_error(422, "This Idempotency-Key was used with a different request body")
     if outcome == "in_flight":
@@ -129,13 +134,19 @@ async def _idempotent(handler: Handler, request: Request, sandbox: Sandbox) -> R
     try:
         response = await handler(request, sandbox)
     except BaseException:
-        store.abandon(key)
+        store.abandon(key)  # no answer was given: the key stays free
         raise
-    if response.status_code >= 500:
+    if response.status_code == RELEASED_STATUS:
         store.abandon(key)
     else:
-        store.finish(key, CachedAnswer(response.status_code, bytes(response.body)))
+        # Every answer is cached, 5xx included (docs/using-the-api/write-data/idempotency.md): the same
+        # key replays it for 90 minutes, so a client must send a new key to try again after one.
+        store.finish(key, CachedAnswer(response.status_code, bytes(response.body), dict(response.headers)))
     return response
+
+
+def _replayed(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-type")}
 
 
 def _headers(response: Response) -> Response:

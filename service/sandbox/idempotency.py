@@ -1,9 +1,10 @@
-"""`Idempotency-Key` as Codat documents it: answers cached 90 minutes; other body → 422; in flight → 409."""
+"""`Idempotency-Key` as Codat documents it: answers (5xx too, not 429) cached 90 minutes; other body → 422;
+in flight → 409 (docs/using-the-api/write-data/idempotency.md)."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TTL_S = 90 * 60
 
@@ -12,6 +13,7 @@ TTL_S = 90 * 60
 class CachedAnswer:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,5 +52,5 @@ class IdempotencyStore:
             entry.answer = answer
 
     def abandon(self, key: str) -> None:
-        """Forget a key whose request failed in a way a retry may fix (5xx), so the retry is not refused."""
+        """Forget a key whose request got no answer, or a 429: Codat releases it for the retry."""
         self._entries.pop(key, None)

@@ -35,6 +35,7 @@ from service.errors import NotFound, Rejected
 from service.health import PROBLEM_KINDS
 from service.ids import path_id, path_segment
 from service.records import MODELS
+from service.tracking import follow_sync
 from service.web import ui_data
 from service.web.auth import Endpoint, check_bearer, throttled
 from service.web.companies_api import company_query
@@ -373,7 +374,8 @@ async def _sync_latest(runtime: Any, company_id: str) -> str:
     if runtime.codat is None:
         return "sync_refused"
     try:
-        await syncs.sync_latest(runtime.codat, company_id)
+        await syncs.sync_latest(runtime.codat, company_id,
+                                follow=lambda company: follow_sync(runtime.engine, company, runtime.clock.now()))
     except CodatError:
         return "sync_refused"
     return "sync_requested"

@@ -1,0 +1,47 @@
+"""Issue 13, sync tracking: after the relay starts a sync it reads the sync's status until the sync ends,
+so accepted records become `synced` within a minute with no webhook — Codat sends none for Sync for
+Commerce today (FACTS §6; codat-docs docs/using-the-api/webhooks/migrating-to-new-event-types.md).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from service import queue, syncs
+from service.db import companies
+from service.tracking import SYNC_KIND, follow_sync
+from tests import test_push_correctness
+from tests.test_push_correctness import CO, World, accepted
+
+world = test_push_correctness.world  # the relay and the sandbox (PACE_S a sync) on one fixed clock
+MINUTE_S = 60.0
+STEP_S = 1.0
+
+
+async def run_due_sync_checks(w: World) -> int:
+    """What a worker does at this moment: run every due `check_sync` job (and nothing else)."""
+    ran = 0
+    for job in await queue.claim(w.engine, "test-worker", 10, w.clock.now(), 60.0):
+        assert job.kind == SYNC_KIND, job.kind
+        await w.pusher.tracker.check_sync_job(job, 1)
+        await queue.complete(w.engine, [job], w.clock.now())
+        ran += 1
+    return ran
+
+
+async def test_sync_latest_makes_covered_records_synced_within_a_minute_with_no_webhook(world: World) -> None:
+    """`sync latest` through the relay, no webhook, no daily check: the relay polls until the sync ends."""
+    w = world
+    await accepted(w, "a", "b")
+    started = w.clock.now()
+    await syncs.sync_latest(w.runtime.codat, CO, follow=lambda company: follow_sync(w.engine, company, w.clock.now()))
+    while set((await w.states()).values()) != {"synced"}:
+        assert w.clock.now() - started <= MINUTE_S, await w.states()
+        w.clock.advance(STEP_S)
+        await run_due_sync_checks(w)
+    async with w.engine.connect() as conn:
+        code = await conn.scalar(sa.select(companies.c.last_sync_code).where(companies.c.id == CO))
+    assert code == 2000
+    while w.clock.now() - started <= 5 * MINUTE_S:  # once the sync ended, the polling stops
+        w.clock.advance(10 * STEP_S)
+        assert await run_due_sync_checks(w) == 0
