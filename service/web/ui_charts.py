@@ -151,7 +151,7 @@ def _nice_top(peak: float) -> float:
 
 
 def _number(value: float) -> str:
-    return f"{value:g}" if value < 10 else f"{value:,.0f}"
+    return f"{round(value, 1):g}" if value < 10 else f"{value:,.0f}"
 
 
 def utc(ts: float, fmt: str = "%Y-%m-%d %H:%M") -> str:

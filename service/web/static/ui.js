@@ -36,7 +36,7 @@
   // Reloading under someone ticking a confirmation or typing a search would throw their work away.
   function busy() {
     var active = document.activeElement;
-    if (active && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) { return true; }
+    if (active && active.id !== "auto-refresh" && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) { return true; }
     return document.querySelector("form input[type=checkbox][name=confirm]:checked") !== null;
   }
 
