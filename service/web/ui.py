@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -60,7 +61,8 @@ ACTIONS = ("pause", "resume", "repush", "sync-latest")  # the company page's but
 REPLAYABLE = frozenset({"dead", "ignored"})  # done/pending/processing alerts gain nothing from a replay
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    "form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
@@ -75,8 +77,13 @@ templates = Environment(
 )
 
 
-def when(ts: float | None) -> str:
-    return "—" if ts is None else f"{(iso(ts) or '').replace('T', ' ')[:19]} UTC"
+def when(ts: float | None) -> Markup | str:
+    """A `<time>` in UTC; the page's script shows it in local and relative time, UTC on hover."""
+    if ts is None:
+        return "—"
+    stamp = iso(ts) or ""
+    utc = f"{stamp.replace('T', ' ')[:19]} UTC"
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(stamp, utc, utc)
 
 
 templates.filters["when"] = when
