@@ -16,6 +16,7 @@ import structlog
 from service import migrate
 from service.cli import admin as admin_commands
 from service.cli import companies as companies_commands
+from service.cli import doctor as doctor_commands
 from service.cli import subscriptions as subscription_commands
 from service.cli.common import Command, CommandFailed, load_settings_or_fail
 from service.settings import Settings
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands.add_commands(sub, json_flag)
     companies_commands.add_commands(sub, json_flag)
     subscription_commands.add_commands(sub, json_flag)
+    doctor_commands.add_commands(sub, json_flag)
     return parser
 
 
