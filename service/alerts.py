@@ -48,6 +48,14 @@ ENVELOPE_KINDS: dict[str, AlertKind] = {
     "connection.disconnected": AlertKind.CONNECTION_STATUS,
     "connection.failed": AlertKind.CONNECTION_STATUS,
 }
+# The event types a webhook consumer of this relay subscribes to (`codat-relay subscribe`, `doctor`): every
+# envelope type above, the company and rate-limit events the parser reads (company id, quota), and nothing
+# else. Codat's consumers take exact names, no wildcards (docs/using-the-api/webhooks/event-types.md lists
+# each), so `connection.*` is spelt out. `{dataType}.write.*` answer Codat's write APIs, which the relay
+# does not call: not subscribed.
+SUBSCRIBED_EVENT_TYPES: tuple[str, ...] = (
+    *ENVELOPE_KINDS, "company.deleted", "client.rateLimit.reached", "client.rateLimit.reset",
+)  # fmt: skip
 # `{dataType}.write.successful|unsuccessful`: the data type is the event name's first part.
 WRITE_EVENT = re.compile(r"^([A-Za-z][A-Za-z-]*)\.write\.(successful|unsuccessful)$")
 COMPANY_EVENT = "company."  # company.created|deleted, company.product.*: the payload is the company itself

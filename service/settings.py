@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     codat_api_key: SecretStr | None = None
     codat_timeout_seconds: float = Field(default=30.0, gt=0)
     codat_concurrency: int = Field(default=10, ge=1, le=100)
+    # Where Codat reaches this relay from the internet (`https://relay.example.com`): `subscribe` points
+    # webhook consumers at its `/webhooks/codat`, `doctor` checks them against it.
+    public_url: str | None = None
 
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     webhook_auth_header: SecretStr | None = None
@@ -116,6 +119,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         return check_http_url(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value).rstrip("/")
 
     @field_validator("notify_webhook_url", "notify_slack_webhook_url")
     @classmethod

@@ -39,6 +39,7 @@ from service.codat.models import (
     Dataset,
     PushResult,
     SyncStatus,
+    WebhookConsumer,
     error_class_for,
     is_failure,
     is_in_progress,
@@ -209,6 +210,27 @@ class CodatClient:
         path = f"/meta/companies/{_seg(company_id)}/sync/commerce/historic"
         response = await self._call("sync_historic", "POST", path, orjson.dumps(body), str(uuid.uuid4()), _new_key)
         return self._json(response)
+
+    async def list_webhook_consumers(self) -> list[WebhookConsumer]:
+        """Every webhook consumer of this Codat client (Platform `GET /webhooks`, at most 50)."""
+        data = self._json(await self._call("list_webhook_consumers", "GET", "/webhooks"))
+        items = data.get("results") if isinstance(data, dict) else data
+        return self._parse(items or [], lambda raw: [WebhookConsumer.model_validate(item) for item in raw])
+
+    async def create_webhook_consumer(
+        self, url: str, event_types: Sequence[str], company_tags: Sequence[str] = ()
+    ) -> WebhookConsumer:
+        """`POST /webhooks`. Under one Idempotency-Key, so that a retried attempt never creates a second."""
+        body: dict[str, Any] = {"url": url, "eventTypes": list(event_types), "disabled": False}
+        if company_tags:
+            body["companyTags"] = list(company_tags)
+        response = await self._call(
+            "create_webhook_consumer", "POST", "/webhooks", orjson.dumps(body), str(uuid.uuid4())
+        )
+        return self._parse(response.content, WebhookConsumer.model_validate_json)
+
+    async def delete_webhook_consumer(self, consumer_id: str) -> None:
+        await self._call("delete_webhook_consumer", "DELETE", f"/webhooks/{_seg(consumer_id)}")
 
     # -- the machinery ------------------------------------------------------------------------------
 

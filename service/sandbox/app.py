@@ -10,7 +10,7 @@ import httpx
 from starlette.applications import Starlette
 
 from service.clock import Clock, SystemClock
-from service.sandbox import codat_api, control
+from service.sandbox import codat_api, consumers, control
 from service.sandbox.config import SandboxConfig
 from service.sandbox.edge import Sandbox
 from service.sandbox.state import SandboxState
@@ -28,7 +28,8 @@ def create_sandbox_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     state = SandboxState(config, clock or SystemClock())
-    sandbox = Sandbox(state, WebhookSender(state, transport))
+    consumer_store = consumers.ConsumerStore(config.seed)
+    sandbox = Sandbox(state, WebhookSender(state, transport, consumer_store))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -41,8 +42,10 @@ def create_sandbox_app(
                 await ticker
             await sandbox.sender.aclose()
 
-    app = Starlette(routes=[*codat_api.ROUTES, *control.ROUTES], lifespan=lifespan)
+    app = Starlette(routes=[*codat_api.ROUTES, *consumers.ROUTES, *control.ROUTES], lifespan=lifespan)
     app.state.sandbox = sandbox
+    app.state.consumers = consumer_store
+    app.state.webhook_transport = transport
     return app
 
 
