@@ -302,6 +302,9 @@ datasets = sa.Table(
     sa.Column("next_poll_at", sa.Double),
     sa.Column("repush_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("repush_of", sa.String(255)),
+    # When the last question to Codat about this dataset was sent (handlers/dataset_status.py): an alert
+    # that arrived before it is answered by it, and asks nothing again.
+    sa.Column("checked_at", sa.Double),
     sa.Index(None, "company_id", "requested_at"),
     sa.Index(None, "terminal", "next_poll_at"),
 )

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     codat_api_key: SecretStr | None = None
     codat_timeout_seconds: float = Field(default=30.0, gt=0)
     codat_concurrency: int = Field(default=10, ge=1, le=100)
+    # Codat allows 1,000 requests a minute per IP (FACTS §6); 0 leaves calls unpaced (a local sandbox).
+    codat_requests_per_minute: int = Field(default=1000, ge=0)
 
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     webhook_auth_header: SecretStr | None = None
