@@ -90,6 +90,9 @@ class Alert(BaseModel):
     generated_at: float | None = None
     rate_limit: RateLimit | None = None
     body: bytes = b""
+    # When it was stored (set on alerts loaded for a job): a question Codat answered after this answers
+    # the alert too (handlers/dataset_status.py). None for an alert built outside the store.
+    received_at: float | None = None
 
     @property
     def data_type(self) -> str | None:
