@@ -97,7 +97,7 @@ def test_a_worker_never_amends_the_policy_it_is_given() -> None:
     generous = RetryPolicy(base_s=0.05, cap_s=0.2, max_attempts=50)
     unused: Any = None  # reading a policy touches neither storage nor the dead-job notifier
     worker = Worker(unused, {"test": _nothing}, concurrency=1, lease_s=30.0, clock=FixedClock(), notifier=unused,
-                    retry=generous, policies={"old": RetryPolicy(max_attempts=2)})  # fmt: skip
+                    retry=generous, policies={"old": RetryPolicy(max_attempts=2)}, listen_via_pool=False)  # fmt: skip
     assert worker.policy("test") is generous and worker.policy("anything") is generous
     assert worker.policy("old").max_attempts == 2
 

@@ -31,7 +31,7 @@ def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, 
 ERRORS = {
     "401": answer("missing or wrong bearer token", ref("Error")),
     "404": answer("unknown id", ref("Error")),
-    "422": answer("invalid query or body, naming the field", ref("Error")),
+    "422": answer("invalid query or body, naming the field, or an id the id rule refuses", ref("Error")),
     "503": answer("storage or Codat unavailable; retry after Retry-After", ref("Error")),
 }
 
@@ -55,6 +55,9 @@ CODAT = {
 
 
 def operation(summary: str, security: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    # An id in the path can break the id rule (`.`, `..`, control characters): that is a 422 everywhere.
+    if any(p.get("in") == "path" and p.get("name") != "jobId" for p in extra.get("parameters", [])):
+        responses = {"422": ERRORS["422"], **responses}  # an operation's own 422 (its body's errors) wins
     return {"summary": summary, "security": [{security: []}], "responses": responses, **extra}
 
 
