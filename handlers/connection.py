@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import outbox
+from service import keys, outbox
 from service.codat.client import CodatNotFound
 from service.db import companies, jobs, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
@@ -107,7 +107,7 @@ async def on_connection_deleted(alert: Alert, ctx: Context) -> Outcome:
         await outbox.pause_unless_paused(conn, company, outbox.CONNECTION_DELETED, now)
         # Pushes waiting for this company (re-pushes among them) would only find it paused: drop them.
         # Exact keys, not LIKE 'push:{company}:%': a company id holding `%` or `_` would match others'.
-        locks = [outbox.push_lock(company, data_type) for data_type in MODELS]
+        locks = [keys.push_lock(company, data_type) for data_type in MODELS]
         cancelled = await conn.execute(
             jobs.delete().where(jobs.c.kind == outbox.PUSH_KIND, jobs.c.status == "waiting",
                                 jobs.c.lock_key.in_(locks))

@@ -18,8 +18,8 @@ import asyncpg
 import orjson
 import sqlalchemy as sa
 
+from service import keys
 from service.db import PGBOUNCER_QUERY, SQLITE_BUSY_TIMEOUT_MS, behind_pgbouncer
-from service.dispatch import alert_lock_key
 from service.queue import NOTIFY_CHANNEL
 
 ALERT_COLUMNS = (
@@ -39,7 +39,7 @@ class BatchWriter(Protocol):
 
 def _job_rows(rows: list[dict[str, Any]], inserted: set[str], now: float) -> list[tuple[Any, ...]]:
     return [
-        ("alert", orjson.dumps({"alert_id": row["id"]}).decode(), alert_lock_key(row["company_id"]),
+        ("alert", orjson.dumps({"alert_id": row["id"]}).decode(), keys.alert_lock(row["company_id"]),
          "waiting", 0, now, now)
         for row in rows
         if row["id"] in inserted and row["status"] == "pending"

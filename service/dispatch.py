@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
+from service import keys, queue
 from service.alerts import parsed_fields, reparse
 from service.db import alerts, bookkeeper, jobs, writer
 from service.queue import Job, describe_error
@@ -34,15 +34,10 @@ KEEP = _Keep.KEEP
 AlertDeps = Deps  # the alert job needs what every job needs
 
 
-def alert_lock_key(company_id: str | None) -> str | None:
-    """One company's alerts run one at a time, in the order received."""
-    return f"company:{company_id}" if company_id else None
-
-
 def alert_job_values(alert_id: str, company_id: str | None, now: float) -> dict[str, Any]:
     """The job row that processes one stored alert (for inserting in the caller's transaction)."""
     payload = {"alert_id": alert_id}
-    return queue.job_values(ALERT_JOB_KIND, payload, now=now, lock_key=alert_lock_key(company_id))
+    return queue.job_values(ALERT_JOB_KIND, payload, now=now, lock_key=keys.alert_lock(company_id))
 
 
 def alert_from_row(row: sa.RowMapping) -> Alert:
@@ -189,7 +184,7 @@ async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
             company_id = alert.company_id
         await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
         job_id = await queue.enqueue(
-            conn, ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=alert_lock_key(company_id)
+            conn, ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=keys.alert_lock(company_id)
         )
         await conn.execute(
             jobs.update()
