@@ -171,7 +171,7 @@ class Notifier:
         if job.kind == NOTIFY_JOB_KIND:
             await self._notification_lost(job, error)
             return
-        if job.kind != "alert":
+        if job.kind != queue.ALERT_JOB_KIND:
             return
         alert_id = str(job.payload.get("alert_id"))
         await self.notify(Notification(

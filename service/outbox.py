@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys, queue
-from service.db import companies, jobs, records, writer
+from service.db import companies, records, writer
 from service.record_states import IS_PENDING, State, intake_state, lock_outbox, write_versions
 from service.records import Record
 
@@ -61,11 +61,7 @@ async def schedule_push(
     if job_id is None:
         # The waiting job does this work; it must not run later than this caller asked (a resume or a
         # dataset's end says "now", where an intake's debounce said "in a few seconds").
-        await conn.execute(
-            jobs.update()
-            .where(jobs.c.queueing_lock == lock, jobs.c.status == "waiting", jobs.c.run_at > now + delay_s)
-            .values(run_at=now + delay_s)
-        )
+        await queue.bring_forward(conn, lock, now + delay_s)
     return job_id
 
 

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
 from service.clock import FixedClock
-from service.db import alerts, create_engine, jobs
-from service.dispatch import ALERT_JOB_KIND, make_alert_job, replay_alert
+from service.db import alerts, create_engine
+from service.dispatch import make_alert_job, replay_alert
 from service.keys import alert_lock
-from service.queue import Job
+from service.queue import ALERT_JOB_KIND, Job
 from service.retry import RetryPolicy
 from service.types import Alert, AlertKind, Context, Handler, Outcome
 from service.worker import Worker
@@ -254,8 +254,9 @@ async def test_replay_supersedes_the_dead_job(engine: AsyncEngine) -> None:
     dead-jobs list no longer shows work that is being done again."""
     await store_alert(engine)
     dead = await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock("C1"))
+    [claimed] = await queue.claim(engine, "w1", 1, T0, 30.0)
+    assert await queue.fail(engine, claimed, "boom", T0)
     async with engine.begin() as conn:
-        await conn.execute(jobs.update().where(jobs.c.id == dead).values(status="dead", last_error="boom"))
         await conn.execute(alerts.update().values(status="dead"))
     assert await replay_alert(engine, "a1", T0 + 10)
     [old, new] = await job_rows(engine)
