@@ -2,7 +2,7 @@
 
 A lock key orders jobs (one at a time per key, in id order); a queueing lock collapses a burst into one
 waiting job (service/queue.py). Whoever builds or reads a key calls these, so its spelling can change in
-one place.
+one place; `tests/test_keys.py` fails when one of these prefixes is spelled anywhere else.
 """
 
 from __future__ import annotations
