@@ -75,7 +75,7 @@ async def relay_throughput(url: str, n: int, concurrency: int) -> float:
     engine = create_engine(settings_for(url))
     rows = [queue.job_values("noop", {}, now=time.time()) for _ in range(n)]
     async with engine.begin() as conn:
-        await conn.execute(sa.insert(jobs), rows)
+        await queue.insert_many(conn, rows)
         if conn.dialect.name == "postgresql":
             await conn.execute(sa.text("ANALYZE jobs"))  # what autovacuum does on a live system
     seen = 0

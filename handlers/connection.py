@@ -17,9 +17,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import outbox
+from service import keys, outbox, queue
 from service.codat.client import CodatNotFound
-from service.db import companies, jobs, records, writer
+from service.db import companies, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
 from service.records import MODELS
 from service.types import Alert, Context, Outcome
@@ -107,17 +107,14 @@ async def on_connection_deleted(alert: Alert, ctx: Context) -> Outcome:
         await outbox.pause_unless_paused(conn, company, outbox.CONNECTION_DELETED, now)
         # Pushes waiting for this company (re-pushes among them) would only find it paused: drop them.
         # Exact keys, not LIKE 'push:{company}:%': a company id holding `%` or `_` would match others'.
-        locks = [outbox.push_lock(company, data_type) for data_type in MODELS]
-        cancelled = await conn.execute(
-            jobs.delete().where(jobs.c.kind == outbox.PUSH_KIND, jobs.c.status == "waiting",
-                                jobs.c.lock_key.in_(locks))
-        )  # fmt: skip
+        locks = [keys.push_lock(company, data_type) for data_type in MODELS]
+        cancelled = await queue.cancel_waiting(conn, outbox.PUSH_KIND, locks)
         await ctx.notifier.notify(Notification(
             Kind.CONNECTION_DELETED, "The merchant's sync connection was deleted: pushes are paused",
             company_id=company, subject=CONNECTION_SUBJECT,
             details={"connectionId": alert.connection_id, "alertId": alert.delivery_id, "action": ACTION_RECONNECT},
         ), conn)  # fmt: skip
-    ctx.log.info("company_paused", reason=outbox.CONNECTION_DELETED, cancelled_pushes=cancelled.rowcount)
+    ctx.log.info("company_paused", reason=outbox.CONNECTION_DELETED, cancelled_pushes=cancelled)
     return Outcome.DONE
 
 

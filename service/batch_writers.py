@@ -18,9 +18,8 @@ import asyncpg
 import orjson
 import sqlalchemy as sa
 
+from service import queue
 from service.db import PGBOUNCER_QUERY, SQLITE_BUSY_TIMEOUT_MS, behind_pgbouncer
-from service.dispatch import alert_lock_key
-from service.queue import NOTIFY_CHANNEL
 
 ALERT_COLUMNS = (
     "id", "kind", "type", "shape", "company_id", "connection_id", "dataset_id", "dataset_status",
@@ -37,13 +36,14 @@ class BatchWriter(Protocol):
     async def close(self) -> None: ...
 
 
-def _job_rows(rows: list[dict[str, Any]], inserted: set[str], now: float) -> list[tuple[Any, ...]]:
-    return [
-        ("alert", orjson.dumps({"alert_id": row["id"]}).decode(), alert_lock_key(row["company_id"]),
-         "waiting", 0, now, now)
-        for row in rows
-        if row["id"] in inserted and row["status"] == "pending"
-    ]  # fmt: skip
+def _job_rows(rows: list[dict[str, Any]], now: float) -> list[tuple[Any, ...]]:
+    """The job of each of these alerts, built by the queue, as its raw statements take it."""
+    return [queue.raw_job(queue.alert_job(row["id"], row["company_id"], now=now)) for row in rows]
+
+
+def _pending(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alerts that get a job: the actionable ones (an `other` alert is stored `ignored`, with none)."""
+    return [row for row in rows if row["status"] == "pending"]
 
 
 class SqliteBatchWriter:
@@ -83,13 +83,9 @@ class SqliteBatchWriter:
                 [v for row in values for v in row],
             )
             inserted = {r[0] for r in cursor.fetchall()}
-            jobs = _job_rows(rows, inserted, now)
+            jobs = _job_rows([row for row in _pending(rows) if row["id"] in inserted], now)
             if jobs:
-                conn.executemany(
-                    "INSERT INTO jobs (kind, payload, lock_key, status, attempts, run_at, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    jobs,
-                )
+                conn.executemany(queue.SQLITE_INSERT_JOBS, jobs)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -108,14 +104,17 @@ class SqliteBatchWriter:
 
 
 # Alerts, their jobs and the wake-up in ONE statement: data-modifying CTEs run exactly once, and the
-# statement is its own transaction.
+# statement is its own transaction. The jobs come built (`_job_rows`), tagged with their alert's id: only
+# those of alerts new to the table are inserted, in arrival order, so one company's alerts keep the order
+# they were received in.
+_FIRST_JOB_PARAM = len(ALERT_COLUMNS) + 1
 PG_BATCH = f"""
 WITH src AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                          $8::text[], $9::text[], $10::float8[], $11::float8[], $12::float8[], $13::text[],
                          $14::int[], $15::bytea[])
-      WITH ORDINALITY AS t(id, kind, type, shape, company_id, connection_id, dataset_id, dataset_status,
-                           data_types, generated_at, received_at, updated_at, status, attempts, body, pos)
+      AS t(id, kind, type, shape, company_id, connection_id, dataset_id, dataset_status,
+           data_types, generated_at, received_at, updated_at, status, attempts, body)
 ), ins AS (
     INSERT INTO alerts ({", ".join(ALERT_COLUMNS)})
     SELECT id, kind, type, shape, company_id, connection_id, dataset_id, dataset_status, data_types::json,
@@ -124,17 +123,10 @@ WITH src AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), queued AS (
-    -- In arrival order (pos), so one company's alerts keep the order they were received in.
-    INSERT INTO jobs (kind, payload, lock_key, status, attempts, run_at, created_at)
-    SELECT 'alert', json_build_object('alert_id', src.id),
-           CASE WHEN src.company_id IS NULL THEN NULL ELSE 'company:' || src.company_id END,
-           'waiting', 0, $16, $16
-    FROM src JOIN ins ON ins.id = src.id
-    WHERE src.status = 'pending'
-    ORDER BY src.pos
+    {queue.pg_insert_jobs(_FIRST_JOB_PARAM, where="new_jobs.tag IN (SELECT id FROM ins)")}
     RETURNING 1
 ), woke AS (
-    SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM queued)
+    SELECT pg_notify('{queue.NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM queued)
 )
 SELECT id, (SELECT count(*) FROM woke) AS woke FROM ins
 """  # noqa: S608 - the channel name is a constant
@@ -153,10 +145,13 @@ class PostgresBatchWriter:
         columns = [[row[c] for row in rows] for c in ALERT_COLUMNS]
         data_types = ALERT_COLUMNS.index("data_types")
         columns[data_types] = [orjson.dumps(v).decode() for v in columns[data_types]]
+        pending = _pending(rows)
+        # Tagged with their alerts' ids: the statement keeps the jobs of the alerts it inserted.
+        job_columns = [*queue.pg_job_arrays(_job_rows(pending, now)), [row["id"] for row in pending]]
         async with self._lock:  # one statement at a time on one connection
             conn = await self._connection()
             try:
-                result = await conn.fetch(PG_BATCH, *columns, now, timeout=10)
+                result = await conn.fetch(PG_BATCH, *columns, *job_columns, timeout=10)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
                 await self._drop()
                 raise

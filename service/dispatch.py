@@ -17,11 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
 from service.alerts import parsed_fields, reparse
-from service.db import alerts, bookkeeper, jobs, writer
+from service.db import alerts, bookkeeper, writer
 from service.queue import Job, describe_error
 from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Deps, Handler, Shape
-
-ALERT_JOB_KIND = "alert"
 
 
 class _Keep(enum.Enum):
@@ -32,17 +30,6 @@ KEEP = _Keep.KEEP
 
 
 AlertDeps = Deps  # the alert job needs what every job needs
-
-
-def alert_lock_key(company_id: str | None) -> str | None:
-    """One company's alerts run one at a time, in the order received."""
-    return f"company:{company_id}" if company_id else None
-
-
-def alert_job_values(alert_id: str, company_id: str | None, now: float) -> dict[str, Any]:
-    """The job row that processes one stored alert (for inserting in the caller's transaction)."""
-    payload = {"alert_id": alert_id}
-    return queue.job_values(ALERT_JOB_KIND, payload, now=now, lock_key=alert_lock_key(company_id))
 
 
 def alert_from_row(row: sa.RowMapping) -> Alert:
@@ -188,14 +175,6 @@ async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
                 values["generated_at"] = row.generated_at
             company_id = alert.company_id
         await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
-        job_id = await queue.enqueue(
-            conn, ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=alert_lock_key(company_id)
-        )
-        await conn.execute(
-            jobs.update()
-            .where(jobs.c.kind == ALERT_JOB_KIND, jobs.c.status == queue.JobStatus.DEAD.value,
-                   jobs.c.payload["alert_id"].as_string() == alert_id)
-            .values(status=queue.JobStatus.DONE.value, finished_at=now,
-                    last_error=sa.func.coalesce(jobs.c.last_error, "") + f" (superseded by job {job_id}: replayed)")
-        )  # fmt: skip
+        job_id = await queue.enqueue_row(conn, queue.alert_job(alert_id, company_id, now=now))
+        await queue.supersede_dead_alert(conn, alert_id, by_job=job_id, reason="replayed", now=now)
     return True

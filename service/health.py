@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import keys
 from service.clock import iso
 from service.codat.models import ERROR_STATUSES, SYNC_STATUS_MEANINGS
 from service.db import alerts, companies, datasets, jobs, records
@@ -121,12 +122,7 @@ def job_company(payload: Any, lock_key: str | None) -> str | None:
     """Which company a job works for, from its payload or its lock key (`company:ID`, `push:ID:TYPE`)."""
     if isinstance(payload, dict) and isinstance(payload.get("company_id"), str):
         return str(payload["company_id"])
-    lock = lock_key or ""
-    if lock.startswith("company:"):
-        return lock.removeprefix("company:")
-    if lock.startswith("push:"):
-        return lock.removeprefix("push:").rsplit(":", 1)[0]
-    return None
+    return keys.company_of(lock_key)
 
 
 def _scoped(query: sa.Select[Any], column: sa.ColumnElement[Any], ids: list[str] | None) -> sa.Select[Any]:

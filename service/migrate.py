@@ -7,9 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -31,11 +29,6 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-
-
-def current_revision(connection: Connection) -> str | None:
-    """For `run_sync` on a live connection."""
-    return MigrationContext.configure(connection).get_current_revision()
 
 
 async def current_revision_quietly(conn: AsyncConnection) -> str | None:

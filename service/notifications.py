@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import metrics, queue
+from service import keys, metrics, queue
 from service.clock import iso
 from service.db import notification_dedupe, notifications, writer
 from service.errors import GiveUp
@@ -171,12 +171,12 @@ class Notifier:
         if job.kind == NOTIFY_JOB_KIND:
             await self._notification_lost(job, error)
             return
-        if job.kind != "alert":
+        if job.kind != queue.ALERT_JOB_KIND:
             return
         alert_id = str(job.payload.get("alert_id"))
         await self.notify(Notification(
             Kind.ALERT_DEAD, f"Alert {alert_id} could not be processed after {job.attempts} attempts",
-            company_id=(job.lock_key or "").removeprefix("company:") or None, subject=alert_id,
+            company_id=keys.company_of(job.lock_key), subject=alert_id,
             details={"alertId": alert_id, "error": error},
         ))
 

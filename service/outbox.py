@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
-from service.db import companies, jobs, records, writer
+from service import keys, queue
+from service.db import companies, records, writer
 from service.record_states import IS_PENDING, State, intake_state, lock_outbox, write_versions
 from service.records import Record
 
@@ -49,16 +49,11 @@ class IntakeResult:
                 "conflicts": self.conflicts}  # fmt: skip
 
 
-def push_lock(company_id: str, data_type: str) -> str:
-    """One push per company and data type at a time, across every process (Codat rule 3)."""
-    return f"push:{company_id}:{data_type}"
-
-
 async def schedule_push(
     conn: AsyncConnection, company_id: str, data_type: str, *, now: float, delay_s: float = 0.0
 ) -> int | None:
     """Queue a push in the caller's transaction; None when one is already waiting (bursts collapse)."""
-    lock = push_lock(company_id, data_type)
+    lock = keys.push_lock(company_id, data_type)
     payload = {"company_id": company_id, "data_type": data_type}
     job_id = await queue.enqueue(
         conn, PUSH_KIND, payload, now=now, lock_key=lock, queueing_lock=lock, run_at=now + delay_s
@@ -66,11 +61,7 @@ async def schedule_push(
     if job_id is None:
         # The waiting job does this work; it must not run later than this caller asked (a resume or a
         # dataset's end says "now", where an intake's debounce said "in a few seconds").
-        await conn.execute(
-            jobs.update()
-            .where(jobs.c.queueing_lock == lock, jobs.c.status == "waiting", jobs.c.run_at > now + delay_s)
-            .values(run_at=now + delay_s)
-        )
+        await queue.bring_forward(conn, lock, now + delay_s)
     return job_id
 
 

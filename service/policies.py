@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from service.dispatch import ALERT_JOB_KIND
 from service.notifications import NOTIFY_JOB_KIND
 from service.outbox import PUSH_KIND
-from service.queue import PRUNE_KIND
+from service.queue import ALERT_JOB_KIND, PRUNE_KIND
 from service.repush import RepushPolicy
 from service.retry import RetryPolicy
 from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy

@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import metrics, queue, record_states
+from service import keys, metrics, queue, record_states
 from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected, CodatUnavailable
 from service.db import datasets, pushes, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
@@ -229,7 +229,7 @@ class Pusher:
             if first_poll is not None:
                 await queue.enqueue(
                     conn, POLL_KIND, {"dataset_id": dataset_id, "company_id": push.company_id}, now=now,
-                    queueing_lock=f"poll:{dataset_id}", run_at=first_poll,
+                    queueing_lock=keys.poll_lock(dataset_id), run_at=first_poll,
                 )  # fmt: skip
         log.info("push_recorded", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
                  dataset_id=dataset_id, records=push.record_count)  # fmt: skip

@@ -11,13 +11,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import keys
 from service.db import bookkeeper, jobs, writer
 
+ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
 NOTIFY_CHANNEL = "relay_jobs"
 LEASE_LOST = "lease expired: the worker running this job was lost"
 MAX_ERROR_CHARS = 4_000
@@ -29,6 +32,9 @@ class JobStatus(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     DEAD = "dead"
+
+
+_WAITING: str = JobStatus.WAITING.value  # `.value` on an enum costs about a microsecond, once per delivery
 
 
 @dataclass(frozen=True)
@@ -122,11 +128,54 @@ def job_values(
         "payload": dict(payload),
         "lock_key": lock_key,
         "queueing_lock": queueing_lock,
-        "status": JobStatus.WAITING.value,
+        "status": _WAITING,
         "attempts": 0,
         "run_at": now if run_at is None else run_at,
         "created_at": now,
     }
+
+
+def alert_job(alert_id: str, company_id: str | None, *, now: float) -> dict[str, Any]:
+    """The job row that processes one stored alert: every alert job, however it is inserted, is built here."""
+    return job_values(ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=keys.alert_lock(company_id))
+
+
+# The webhook receiver's batch writers (service/batch_writers.py) insert alert jobs through raw drivers,
+# one statement per batch, for speed; the statements they run are these, so `jobs` keeps one writer.
+RAW_JOB_COLUMNS = ("kind", "payload", "lock_key", "queueing_lock", "status", "attempts", "run_at", "created_at")
+_PG_RAW_TYPES = ("text", "text", "text", "text", "text", "int", "float8", "float8")
+SQLITE_INSERT_JOBS = (
+    f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(RAW_JOB_COLUMNS))})"  # noqa: S608 - fixed columns
+)
+
+
+def raw_job(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A `job_values` row as a raw driver takes it: RAW_JOB_COLUMNS in order, the payload as JSON text."""
+    # Spelled out rather than looped over RAW_JOB_COLUMNS: this runs once per delivery on the hot path.
+    return (
+        values["kind"], orjson.dumps(values["payload"]).decode(), values["lock_key"], values["queueing_lock"],
+        values["status"], values["attempts"], values["run_at"], values["created_at"],
+    )  # fmt: skip
+
+
+def pg_job_arrays(raw_jobs: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """`raw_job` rows column-wise, one array per RAW_JOB_COLUMNS, as `pg_insert_jobs` takes them."""
+    if not raw_jobs:
+        return [[] for _ in RAW_JOB_COLUMNS]
+    return [list(column) for column in zip(*raw_jobs, strict=True)]
+
+
+def pg_insert_jobs(first_param: int, *, where: str) -> str:
+    """asyncpg text (for a data-modifying CTE) inserting `raw_job` rows passed column-wise: one array per
+    RAW_JOB_COLUMNS from `$first_param` on, then an array of tags. Only the rows for which `where` holds
+    (it may name `new_jobs.tag`) are inserted, in the arrays' order, so ids follow it."""
+    arrays = [f"${first_param + n}::{t}[]" for n, t in enumerate((*_PG_RAW_TYPES, "text"))]
+    selected = ", ".join(f"new_jobs.{c}::json" if c == "payload" else f"new_jobs.{c}" for c in RAW_JOB_COLUMNS)
+    return (
+        f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) SELECT {selected} "  # noqa: S608 - fixed text
+        f"FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS new_jobs({', '.join(RAW_JOB_COLUMNS)}, tag, pos) "
+        f"WHERE {where} ORDER BY new_jobs.pos"
+    )
 
 
 async def notify(conn: AsyncConnection) -> None:
@@ -146,19 +195,97 @@ async def enqueue(
     run_at: float | None = None,
 ) -> int | None:
     """Add a job and return its id; None when a waiting job already holds `queueing_lock`."""
+    values = job_values(kind, payload, now=now, lock_key=lock_key, queueing_lock=queueing_lock, run_at=run_at)
     if isinstance(target, AsyncEngine):
         async with writer(target).begin() as conn:
-            return await enqueue(
-                conn, kind, payload, now=now, lock_key=lock_key, queueing_lock=queueing_lock, run_at=run_at
-            )
-    values = job_values(kind, payload, now=now, lock_key=lock_key, queueing_lock=queueing_lock, run_at=run_at)
-    insert = postgresql.insert if target.dialect.name == "postgresql" else sqlite.insert
+            return await enqueue_row(conn, values)
+    return await enqueue_row(target, values)
+
+
+async def enqueue_row(conn: AsyncConnection, values: Mapping[str, Any]) -> int | None:
+    """`enqueue` for a row already built (`job_values`, `alert_job`), in the caller's transaction."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     # No conflict target: the only unique constraint a new row can meet is the waiting queueing lock.
-    statement = insert(jobs).values(values).on_conflict_do_nothing().returning(jobs.c.id)
-    job_id: int | None = (await target.execute(statement)).scalar_one_or_none()
+    statement = insert(jobs).values(dict(values)).on_conflict_do_nothing().returning(jobs.c.id)
+    job_id: int | None = (await conn.execute(statement)).scalar_one_or_none()
     if job_id is not None:
-        await notify(target)
+        await notify(conn)
     return job_id
+
+
+async def insert_many(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Bulk-load built rows (`job_values`) in the caller's transaction (benchmarks, tests); their ids, in order.
+
+    Unlike `enqueue` it sends no NOTIFY (call `notify` to wake workers) and skips no duplicate: a row
+    whose queueing lock a waiting job holds fails the whole statement.
+    """
+    if not rows:
+        return []
+    statement = jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True)
+    return list((await conn.execute(statement, [dict(row) for row in rows])).scalars())
+
+
+async def bring_forward(conn: AsyncConnection, queueing_lock: str, run_at: float) -> bool:
+    """The waiting job holding `queueing_lock` runs no later than `run_at`; False when none waits later."""
+    result = await conn.execute(
+        jobs.update()
+        .where(jobs.c.queueing_lock == queueing_lock, jobs.c.status == JobStatus.WAITING.value,
+               jobs.c.run_at > run_at)
+        .values(run_at=run_at)
+    )  # fmt: skip
+    return bool(result.rowcount)
+
+
+async def cancel_waiting(conn: AsyncConnection, kind: str, lock_keys: Sequence[str]) -> int:
+    """Delete the waiting jobs of `kind` holding one of `lock_keys` (exact keys); returns how many.
+
+    Running jobs are left to finish: their workers hold them, and a deleted running row would let the
+    next job of its key start beside it.
+    """
+    result = await conn.execute(
+        jobs.delete().where(jobs.c.kind == kind, jobs.c.status == JobStatus.WAITING.value,
+                            jobs.c.lock_key.in_(list(lock_keys)))
+    )  # fmt: skip
+    return int(result.rowcount)
+
+
+async def supersede_dead_alert(conn: AsyncConnection, alert_id: str, *, by_job: int | None, reason: str,
+                               now: float) -> int:  # fmt: skip
+    """The dead jobs of one alert end `done`, their errors kept and noting the job that does their work now."""
+    result = await conn.execute(
+        jobs.update()
+        .where(jobs.c.kind == ALERT_JOB_KIND, jobs.c.status == JobStatus.DEAD.value,
+               jobs.c.payload["alert_id"].as_string() == alert_id)
+        .values(status=JobStatus.DONE.value, finished_at=now,
+                last_error=sa.func.coalesce(jobs.c.last_error, "") + f" (superseded by job {by_job}: {reason})")
+    )  # fmt: skip
+    return int(result.rowcount)
+
+
+async def retry_dead(conn: AsyncConnection, job_id: int, now: float) -> bool:
+    """A dead job waits again, to run now as itself (same id, payload and lock key), attempts from zero;
+    its last error is kept until the next run. False when it is not dead.
+
+    Raises IntegrityError when a waiting job holds its queueing lock: that job does the same work, and
+    the caller ends this one with `close_dead` (in a new transaction, as the failed statement ends this one).
+    """
+    result = await conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.DEAD.value)
+        .values(status=JobStatus.WAITING.value, attempts=0, run_at=now, finished_at=None, started_at=None,
+                worker_id=None, lease_expires_at=None)
+    )  # fmt: skip
+    await notify(conn)
+    return bool(result.rowcount)
+
+
+async def close_dead(conn: AsyncConnection, job_id: int, now: float) -> bool:
+    """A dead job ends `done` (a waiting job does its work, see `retry_dead`); False when it is not dead."""
+    result = await conn.execute(
+        jobs.update().where(jobs.c.id == job_id, jobs.c.status == JobStatus.DEAD.value)
+        .values(status=JobStatus.DONE.value, finished_at=now)
+    )  # fmt: skip
+    return bool(result.rowcount)
 
 
 async def ensure_scheduled(

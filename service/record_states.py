@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import keys
 from service.db import datasets, push_records, pushes, records
 
 LOOKUP_CHUNK = 1000  # ids per `IN (...)` on SQLite: well under its bound-parameter limit
@@ -190,14 +191,10 @@ def intake_state(prev: sa.RowMapping | None, content_hash: str) -> State:
 # -- the lock every transition takes -------------------------------------------------------------------
 
 
-def outbox_lock_key(company_id: str, data_type: str) -> str:
-    return f"outbox:{company_id}:{data_type}"
-
-
 async def lock_outbox(conn: AsyncConnection, company_id: str, data_type: str) -> None:
     """Serialise every move of one company's records of one data type (SQLite's writer lock already does)."""
     if conn.dialect.name == "postgresql":
-        key = outbox_lock_key(company_id, data_type)
+        key = keys.outbox_lock(company_id, data_type)
         await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
 
 

@@ -60,7 +60,7 @@ class Runtime:
         (tests) is every kind's instead, as it is."""
         pusher = Pusher(self)
         jobs: dict[str, JobFunction] = {
-            "alert": make_alert_job(REGISTRY, self),
+            queue.ALERT_JOB_KIND: make_alert_job(REGISTRY, self),
             NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders),
             **pusher.jobs(),
             PRUNE_KIND: self._prune,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import queue, repush
+from service import keys, queue, repush
 from service.codat.client import CodatNotFound, is_success
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
@@ -135,7 +135,8 @@ class Tracker:
         )
         if next_at is not None:
             payload = {"dataset_id": row["id"], "company_id": row["company_id"]}
-            await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=f"poll:{row['id']}", run_at=next_at)
+            lock = keys.poll_lock(row["id"])
+            await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=lock, run_at=next_at)
         else:
             log.warning("dataset_poll_exhausted", dataset_id=row["id"], company_id=row["company_id"], polls=polls)
 
@@ -228,10 +229,10 @@ class Tracker:
                 await schedule_push(conn, company_id, data_type, now=now)
             for dataset_id, company_id in stale:
                 payload = {"dataset_id": dataset_id, "company_id": company_id}
-                await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=f"poll:{dataset_id}")
+                await queue.enqueue(conn, POLL_KIND, payload, now=now, queueing_lock=keys.poll_lock(dataset_id))
             for company_id in unchecked:
                 await queue.enqueue(conn, SYNC_KIND, {"company_id": company_id}, now=now,
-                                    queueing_lock=f"check_sync:{company_id}")  # fmt: skip
+                                    queueing_lock=keys.sync_check_lock(company_id))  # fmt: skip
         log.info("push_sweep", pushes=len(due), polls=len(stale), sync_checks=len(unchecked))
 
 
@@ -239,7 +240,7 @@ async def follow_sync(engine: Any, company_id: str, now: float, *, polls: int = 
     """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read)."""
     delay = min(FOLLOW_MAX_S, FOLLOW_FIRST_S * 2.0**polls)
     await queue.enqueue(engine, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
-                        queueing_lock=f"follow_sync:{company_id}", run_at=now + delay)  # fmt: skip
+                        queueing_lock=keys.sync_follow_lock(company_id), run_at=now + delay)  # fmt: skip
 
 
 async def _sync_unchecked(conn: AsyncConnection, now: float) -> list[str]:

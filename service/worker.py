@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from service import metrics, queue
+from service import keys, metrics, queue
 from service.clock import Clock
 from service.db import behind_pgbouncer
 from service.dead_jobs import DeadJobObserver
@@ -80,7 +80,7 @@ class Periodic:
 
     @property
     def queueing_lock(self) -> str:
-        return f"periodic:{self.name}"
+        return keys.periodic_lock(self.name)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
 from service.clock import FixedClock
-from service.db import alerts, create_engine, jobs
-from service.dispatch import ALERT_JOB_KIND, alert_lock_key, make_alert_job, replay_alert
-from service.queue import Job
+from service.db import alerts, create_engine
+from service.dispatch import make_alert_job, replay_alert
+from service.keys import alert_lock
+from service.queue import ALERT_JOB_KIND, Job
 from service.retry import RetryPolicy
 from service.types import Alert, AlertKind, Context, Handler, Outcome
 from service.worker import Worker
@@ -121,7 +122,7 @@ async def test_worker_counts_attempts_until_dead(engine: AsyncEngine) -> None:
         raise RuntimeError(f"fail {ctx.attempt}")
 
     await store_alert(engine)
-    await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock_key("C1"))
+    await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock("C1"))
     clock = FixedClock(T0)
     job_function = make_alert_job(registry(handler), Deps(engine, clock))
     worker = Worker(
@@ -147,7 +148,7 @@ async def test_through_a_worker_the_alert_moves_with_its_job(engine: AsyncEngine
 
     for n in range(3):
         await store_alert(engine, f"a{n}")
-        await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": f"a{n}"}, now=T0, lock_key=alert_lock_key(f"C{n}"))
+        await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": f"a{n}"}, now=T0, lock_key=alert_lock(f"C{n}"))
     clock = FixedClock(T0)
     worker = Worker(
         engine, {ALERT_JOB_KIND: make_alert_job(registry(handler), Deps(engine, clock))}, concurrency=4, lease_s=30,
@@ -172,7 +173,7 @@ async def test_a_stopped_run_puts_the_alert_back_to_pending(engine: AsyncEngine)
         return Outcome.DONE
 
     await store_alert(engine)
-    await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock_key("C1"))
+    await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock("C1"))
     clock = FixedClock(T0)
     worker = Worker(
         engine, {ALERT_JOB_KIND: make_alert_job(registry(handler), Deps(engine, clock))}, concurrency=1, lease_s=30,
@@ -252,9 +253,10 @@ async def test_replay_supersedes_the_dead_job(engine: AsyncEngine) -> None:
     """Replaying a dead alert ends its dead job (kept with its error) and queues one new job: the
     dead-jobs list no longer shows work that is being done again."""
     await store_alert(engine)
-    dead = await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock_key("C1"))
+    dead = await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": "a1"}, now=T0, lock_key=alert_lock("C1"))
+    [claimed] = await queue.claim(engine, "w1", 1, T0, 30.0)
+    assert await queue.fail(engine, claimed, "boom", T0)
     async with engine.begin() as conn:
-        await conn.execute(jobs.update().where(jobs.c.id == dead).values(status="dead", last_error="boom"))
         await conn.execute(alerts.update().values(status="dead"))
     assert await replay_alert(engine, "a1", T0 + 10)
     [old, new] = await job_rows(engine)
@@ -273,10 +275,6 @@ async def test_missing_alert_finishes_quietly(engine: AsyncEngine) -> None:
     """A job for an alert that no longer exists has nothing to do."""
     await asyncio.wait_for(make_alert_job({}, Deps(engine, FixedClock(T0)))(alert_job("gone"), 1), 5)
 
-
-def test_lock_key() -> None:
-    """Alerts of one company share a key; company-less alerts run unordered."""
-    assert (alert_lock_key("C1"), alert_lock_key(None), alert_lock_key("")) == ("company:C1", None, None)
 
 
 async def _alert_is(engine: AsyncEngine, status: str) -> bool:

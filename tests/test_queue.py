@@ -8,13 +8,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
 from service.clock import FixedClock, SystemClock
 from service.db import create_engine
-from service.db import jobs as jobs_table
 from service.errors import GiveUp
 from service.queue import Job
 from service.retry import RetryPolicy
@@ -180,6 +178,65 @@ async def test_release_with_a_newer_waiting_duplicate(engine: AsyncEngine) -> No
         ("test", "waiting", 0),
         ("test", "waiting", 0),
     ]
+
+
+async def test_bring_forward_only_ever_moves_a_waiting_job_earlier(engine: AsyncEngine) -> None:
+    """A waiting job holding the lock runs no later than asked; an earlier one is left alone."""
+    await queue.enqueue(engine, "test", {}, now=T0, queueing_lock="q", run_at=T0 + 60)
+    async with engine.begin() as conn:
+        assert await queue.bring_forward(conn, "q", T0 + 10)
+        assert not await queue.bring_forward(conn, "q", T0 + 30)  # already due sooner
+        assert not await queue.bring_forward(conn, "other", T0)
+    assert [row.run_at for row in await job_rows(engine)] == [T0 + 10]
+
+
+async def test_cancel_waiting_deletes_only_waiting_jobs_of_that_kind_and_those_keys(engine: AsyncEngine) -> None:
+    """Running jobs, other kinds and other keys stay; the count says how many went."""
+    running_id = await add(engine, "k1")
+    [claimed] = await queue.claim(engine, "w1", 1, T0, LEASE_S)
+    assert claimed.id == running_id
+    await add(engine, "k1")
+    await add(engine, "k2")
+    await add(engine, "k3")
+    await queue.enqueue(engine, "other", {}, now=T0, lock_key="k2")
+    async with engine.begin() as conn:
+        assert await queue.cancel_waiting(conn, "test", ["k1", "k2"]) == 2
+    left = [(row.kind, row.lock_key, row.status) for row in await job_rows(engine)]
+    assert left == [("test", "k1", "running"), ("test", "k3", "waiting"), ("other", "k2", "waiting")]
+
+
+async def test_a_dead_job_retried_runs_as_itself_or_ends_done_when_superseded(engine: AsyncEngine) -> None:
+    """`retry_dead` puts a dead job back to waiting (attempts from zero, its error kept); `close_dead` ends
+    one done; neither touches a job that is not dead."""
+    dead_id = await add(engine)
+    [job] = await queue.claim(engine, "w1", 1, T0, LEASE_S)
+    assert await queue.fail(engine, job, "boom", T0)
+    async with engine.begin() as conn:
+        assert await queue.retry_dead(conn, dead_id, T0 + 5)
+        assert not await queue.retry_dead(conn, dead_id, T0 + 5)  # waiting now, not dead
+        assert not await queue.close_dead(conn, dead_id, T0 + 5)
+    [row] = await job_rows(engine)
+    assert (row.status, row.attempts, row.run_at, row.last_error) == ("waiting", 0, T0 + 5, "boom")
+    assert row.finished_at is None
+    [job] = await queue.claim(engine, "w1", 1, T0 + 5, LEASE_S)
+    assert await queue.fail(engine, job, "boom again", T0 + 6)
+    async with engine.begin() as conn:
+        assert await queue.close_dead(conn, dead_id, T0 + 7)
+    [row] = await job_rows(engine)
+    assert (row.status, row.finished_at) == ("done", T0 + 7)
+
+
+async def test_supersede_dead_alert_ends_only_that_alert_s_dead_jobs(engine: AsyncEngine) -> None:
+    """The replayed alert's dead job ends done, its error kept and naming its successor; another's stays dead."""
+    for alert_id in ("a1", "a2"):
+        async with engine.begin() as conn:
+            await queue.enqueue_row(conn, queue.alert_job(alert_id, "C1", now=T0))
+        [job] = await queue.claim(engine, "w1", 1, T0, LEASE_S)
+        assert await queue.fail(engine, job, "boom", T0)
+    async with engine.begin() as conn:
+        assert await queue.supersede_dead_alert(conn, "a1", by_job=99, reason="replayed", now=T0 + 1) == 1
+    rows = [(row.payload["alert_id"], row.status, row.last_error) for row in await job_rows(engine)]
+    assert rows == [("a1", "done", "boom (superseded by job 99: replayed)"), ("a2", "dead", "boom")]
 
 
 async def test_claim_and_complete_fold_work_into_their_transaction(engine: AsyncEngine) -> None:
@@ -360,9 +417,8 @@ class ClaimSpy:
 async def add_silently(engine: AsyncEngine) -> int:
     """Enqueue without NOTIFY (on PostgreSQL `queue.enqueue` would send one): only wake() can tell the worker."""
     async with engine.begin() as conn:
-        inserted = await conn.execute(sa.insert(jobs_table).returning(jobs_table.c.id),
-                                      [queue.job_values("test", {"n": 1}, now=T0)])  # fmt: skip
-        return int(inserted.scalar_one())
+        [job_id] = await queue.insert_many(conn, [queue.job_values("test", {"n": 1}, now=T0)])
+        return job_id
 
 
 # A poll interval no test outlives: a job started within WAKE_DEADLINE_S was started by a wake-up.

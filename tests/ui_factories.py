@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
+from service.keys import alert_lock
+from service.queue import ALERT_JOB_KIND
 
 FAILING = "co-failing"
 HEALTHY = "co-healthy"
@@ -68,8 +70,7 @@ def dead_alert(conn: sa.Connection, alert_id: str, company_id: str | None, at: f
     """An alert whose job died: both rows `dead`, as the worker leaves them. Returns the job id."""
     error = "RuntimeError: the handler kept failing"
     alert(conn, alert_id, company_id, "dead", at, error=error)
-    lock = f"company:{company_id}" if company_id else None
-    return job(conn, "alert", {"alert_id": alert_id}, "dead", at, lock_key=lock, error=error)
+    return job(conn, ALERT_JOB_KIND, {"alert_id": alert_id}, "dead", at, lock_key=alert_lock(company_id), error=error)
 
 
 def world(conn: sa.Connection, now: float) -> dict[str, int]:

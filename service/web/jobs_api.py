@@ -19,10 +19,9 @@ from starlette.routing import BaseRoute, Route
 from service import queue
 from service.clock import iso
 from service.db import alerts, jobs, writer
-from service.dispatch import ALERT_JOB_KIND
 from service.errors import InvalidRequest, NotFound, Rejected
 from service.ids import query_id
-from service.queue import JobStatus
+from service.queue import ALERT_JOB_KIND, JobStatus
 from service.types import AlertStatus
 from service.web.auth import require
 from service.web.responses import json_response
@@ -86,19 +85,13 @@ async def list_jobs(engine: AsyncEngine, *, status: str | None, kind: str | None
 
 async def _revive(conn: AsyncConnection, row: RowMapping, now: float) -> None:
     """Back to waiting, run now, attempts from zero; its last error is kept until the next run."""
-    await conn.execute(
-        jobs.update()
-        .where(jobs.c.id == row["id"], jobs.c.status == JobStatus.DEAD.value)
-        .values(status=JobStatus.WAITING.value, attempts=0, run_at=now, finished_at=None, started_at=None,
-                worker_id=None, lease_expires_at=None)
-    )  # fmt: skip
+    await queue.retry_dead(conn, row["id"], now)
     if row["kind"] == ALERT_JOB_KIND and (alert_id := row["payload"].get("alert_id")) is not None:
         # The alert's status follows its job (service/dispatch.py): dead with it, pending again with it.
         await conn.execute(
             alerts.update().where(alerts.c.id == str(alert_id))
             .values(status=AlertStatus.PENDING.value, updated_at=now)
         )  # fmt: skip
-    await queue.notify(conn)
 
 
 async def retry_dead_job(engine: AsyncEngine, job_id: int, now: float) -> RowMapping:
@@ -120,10 +113,7 @@ async def retry_dead_job(engine: AsyncEngine, job_id: int, now: float) -> RowMap
             await _revive(conn, row, now)
     except IntegrityError:
         async with writer(engine).begin() as conn:
-            await conn.execute(
-                jobs.update().where(jobs.c.id == job_id, jobs.c.status == JobStatus.DEAD.value)
-                .values(status=JobStatus.DONE.value, finished_at=now)
-            )  # fmt: skip
+            await queue.close_dead(conn, job_id, now)
     async with engine.connect() as conn:
         return (await conn.execute(by_id)).mappings().one()
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.codat.models import ERROR_STATUSES
 from service.db import alerts, datasets, jobs, pushes
-from service.dispatch import ALERT_JOB_KIND  # a dead alert job is already counted as its dead alert
+from service.queue import ALERT_JOB_KIND  # a dead alert job is already counted as its dead alert
 
 BAD_PUSH_OUTCOMES = ("abandoned", "rejected")
 DEAD = "dead"

@@ -17,10 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service import health
 from service.codat.models import ERROR_STATUSES
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
-from service.dispatch import ALERT_JOB_KIND
 from service.health import RECORD_STATES, CompanyHealth
 from service.notifications import NOTIFY_JOB_KIND
-from service.queue import JobStatus
+from service.queue import ALERT_JOB_KIND, JobStatus
 from service.types import AlertStatus
 
 MAX_DEAD_JOBS = 200

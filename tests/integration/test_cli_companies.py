@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from service.keys import alert_lock
 from tests.integration.e2e import stack, until
 from tests.integration.harness import ROOT, free_port, relay_env
 
@@ -131,7 +132,7 @@ def add_alert(db: Path, alert_id: str, company: str, status: str, dead_job: bool
     if dead_job:
         sql(db, "INSERT INTO jobs (kind, payload, lock_key, status, attempts, run_at, created_at, finished_at,"
                 " last_error) VALUES ('alert', ?, ?, 'dead', 10, ?, ?, ?, 'boom')",
-            json.dumps({"alert_id": alert_id}), f"company:{company}", now, now, now)  # fmt: skip
+            json.dumps({"alert_id": alert_id}), alert_lock(company), now, now, now)  # fmt: skip
 
 
 def test_bulk_replay_of_dead_alerts(env: dict[str, str], db: Path) -> None:

@@ -68,7 +68,7 @@ async def enqueue_keyed(engine: AsyncEngine) -> None:
             seq[key] += 1
             rows.append(queue.job_values("record", {"seq": seq[key]}, now=time.time(), lock_key=key))
         async with engine.begin() as conn:
-            await conn.execute(sa.insert(jobs), rows)
+            await queue.insert_many(conn, rows)
             await queue.notify(conn)
 
 

@@ -1,0 +1,82 @@
+"""The webhook receiver's batch writers: alerts and their jobs in one round trip, jobs built by the queue."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import queue
+from service.batch_writers import BatchWriter, batch_writer_for
+from service.db import alerts, create_engine, jobs
+from service.ingest import alert_row
+from service.types import Alert, AlertKind, Shape
+from tests.conftest import make_settings
+
+T0 = 1_750_000_000.0
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def batch_writer(database_url: str) -> AsyncIterator[BatchWriter]:
+    writer = batch_writer_for(database_url)
+    yield writer
+    await writer.close()
+
+
+def row(delivery_id: str, company_id: str | None, kind: AlertKind = AlertKind.DATASET_STATUS) -> dict[str, Any]:
+    alert = Alert(delivery_id=delivery_id, kind=kind, type="read.completed", shape=Shape.ENVELOPE,
+                  company_id=company_id, body=b"{}")  # fmt: skip
+    return alert_row(alert, T0)
+
+
+async def stored_jobs(engine: AsyncEngine) -> list[dict[str, Any]]:
+    columns = [jobs.c[name] for name in ("kind", "payload", "lock_key", "queueing_lock", "status", "attempts",
+                                         "run_at", "created_at")]  # fmt: skip
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(sa.select(*columns).order_by(jobs.c.id))).mappings()]
+
+
+def alert_job(alert_id: str, lock_key: str | None, at: float) -> dict[str, Any]:
+    return {"kind": "alert", "payload": {"alert_id": alert_id}, "lock_key": lock_key, "queueing_lock": None,
+            "status": "waiting", "attempts": 0, "run_at": at, "created_at": at}  # fmt: skip
+
+
+async def test_a_batch_queues_a_job_for_each_new_pending_alert_in_arrival_order(
+    engine: AsyncEngine, batch_writer: BatchWriter
+) -> None:
+    """Each new actionable alert gets its job, keyed by company, in the order received (so one company's
+    alerts run in that order); an ignored alert and an id already stored get none."""
+    assert await batch_writer.write([row("a0", "C1")], T0) == {"a0"}
+    batch = [row("a2", "C1"), row("a1", None), row("x", "C1", AlertKind.OTHER), row("a0", "C1"), row("a3", "C1")]
+    assert await batch_writer.write(batch, T0 + 1) == {"a2", "a1", "x", "a3"}
+    assert await stored_jobs(engine) == [
+        alert_job("a0", "company:C1", T0), alert_job("a2", "company:C1", T0 + 1), alert_job("a1", None, T0 + 1),
+        alert_job("a3", "company:C1", T0 + 1),
+    ]  # fmt: skip
+
+
+async def test_the_batch_job_is_the_queue_s_alert_job(engine: AsyncEngine, batch_writer: BatchWriter) -> None:
+    """The hot path's raw insert stores the very row `queue.alert_job` builds: one builder, whatever the path."""
+    await batch_writer.write([row("a1", "C1"), row("a2", None)], T0)
+    assert await stored_jobs(engine) == [queue.alert_job("a1", "C1", now=T0), queue.alert_job("a2", None, now=T0)]
+
+
+async def test_a_batch_of_known_or_ignored_alerts_queues_nothing(
+    engine: AsyncEngine, batch_writer: BatchWriter
+) -> None:
+    """No new actionable alert, no job (and the statement still stores the new ignored one)."""
+    await batch_writer.write([row("a0", "C1")], T0)
+    assert await batch_writer.write([row("a0", "C1"), row("x", "C1", AlertKind.OTHER)], T0 + 1) == {"x"}
+    assert len(await stored_jobs(engine)) == 1
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(alerts)) == 2
