@@ -10,9 +10,9 @@ import httpx
 from starlette.applications import Starlette
 
 from service.clock import Clock, SystemClock
-from service.sandbox import codat_api, control
+from service.sandbox import codat_api, codat_syncs, control
 from service.sandbox.config import SandboxConfig
-from service.sandbox.edge import Sandbox
+from service.sandbox.edge import Sandbox, not_served
 from service.sandbox.state import SandboxState
 from service.sandbox.webhooks import WebhookSender
 
@@ -41,7 +41,11 @@ def create_sandbox_app(
                 await ticker
             await sandbox.sender.aclose()
 
-    app = Starlette(routes=[*codat_api.ROUTES, *control.ROUTES], lifespan=lifespan)
+    app = Starlette(
+        routes=[*codat_api.ROUTES, *codat_syncs.ROUTES, *control.ROUTES],
+        exception_handlers={404: not_served, 405: not_served},
+        lifespan=lifespan,
+    )
     app.state.sandbox = sandbox
     return app
 
