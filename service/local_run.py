@@ -14,10 +14,18 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+
+import httpx
 
 LOCAL_ENV_FILE = Path(os.environ.get("RELAY_LOCAL_ENV_FILE", ".relay-local.env"))
 SANDBOX_PORT = 8900
+SANDBOX_START_S = 30.0
+# Codat knows no company until it is created: `make run` creates this one in the sandbox on every start,
+# the same id each time, so records stored under it by an earlier run still reach Codat.
+LOCAL_COMPANY_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "codat-relay:make-run"))
 
 
 def generated_values() -> dict[str, str]:
@@ -54,8 +62,25 @@ def banner(env: dict[str, str], sandbox: bool) -> str:
             "",
             "!! NO RELAY_CODAT_API_KEY: talking to the LOCAL CODAT SANDBOX, not to Codat !!",
             f"!! sandbox at {env['RELAY_CODAT_BASE_URL']} — it sends its webhooks to this instance   !!",
+            f"  sandbox company        : {LOCAL_COMPANY_ID} (PUT records under it; more companies:",
+            f"                           POST {env['RELAY_CODAT_BASE_URL']}/_sandbox/companies {{\"id\": …}})",
         ]
     return "\n".join([*lines, "=" * 72])
+
+
+def create_company(sandbox_url: str, sandbox: subprocess.Popen[bytes]) -> None:
+    """Wait for the sandbox, then create the local company in it (a warning, not a failure, if it cannot)."""
+    deadline = time.monotonic() + SANDBOX_START_S
+    while sandbox.poll() is None and time.monotonic() < deadline:
+        try:
+            answer = httpx.post(f"{sandbox_url}/_sandbox/companies", json={"id": LOCAL_COMPANY_ID}, timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.2)  # still starting
+            continue
+        if answer.status_code == 200:
+            return
+        break
+    print(f"warning: could not create the sandbox company {LOCAL_COMPANY_ID}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             "CODAT_SANDBOX_WEBHOOK_SECRET": env["RELAY_WEBHOOK_SECRETS"].split(",")[0],
             "CODAT_SANDBOX_WEBHOOK_SHAPE": env.get("CODAT_SANDBOX_WEBHOOK_SHAPE", "envelope"),
         }
+        sandbox_env["CODAT_SANDBOX_API_KEY"] = env["RELAY_CODAT_API_KEY"]
         cmd = [sys.executable, "-m", "service.cli", "sandbox", "--port", str(args.sandbox_port)]
         children.append(subprocess.Popen(cmd, env=sandbox_env))  # noqa: S603 - our own CLI
+        create_company(env["RELAY_CODAT_BASE_URL"], children[-1])
     print(banner(env, use_sandbox), flush=True)
     children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env))
 

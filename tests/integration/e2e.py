@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.signatures import decode_secret, sign
+from service.testing import sandbox_company
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_SECRET
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
 
@@ -100,7 +101,7 @@ class Stack:
     company: str = ""
 
     def new_company(self) -> str:
-        self.company = f"co-{uuid.uuid4().hex[:10]}"
+        self.company = sandbox_company(self.sandbox_url, f"co-{uuid.uuid4().hex[:10]}")
         return self.company
 
     def put(self, data_type: str, items: list[dict[str, Any]]) -> dict[str, Any]:

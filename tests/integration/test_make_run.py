@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from service.local_run import LOCAL_COMPANY_ID
 from service.signatures import decode_secret, sign
 from service.testing import read_completed_body
 from tests.integration.harness import ROOT, free_port, stop, wait_http
@@ -27,7 +28,8 @@ def launch(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.Popen[byt
 
 
 def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path) -> None:
-    """No configuration: secrets are generated and printed, the sandbox runs, and its webhooks are accepted."""
+    """No configuration: secrets are generated and printed, the sandbox runs with a company made for local use,
+    and its webhooks are accepted."""
     port, sandbox_port = free_port(), free_port()
     proc = launch(tmp_path, port, sandbox_port)
     try:
@@ -44,12 +46,14 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
             "webhook-id": "msg-1", "webhook-timestamp": str(now),
             "webhook-signature": sign(decode_secret(secret), "msg-1", now, body)})
         config = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/config").json()
+        companies = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/companies").json()["results"]
     finally:
         assert stop(proc, signal.SIGTERM) is not None
     output = (tmp_path / "out.log").read_text()
     assert unsigned.status_code == 401 and signed.status_code == 202
     assert config["webhookUrl"] == f"http://127.0.0.1:{port}/webhooks/codat"
     assert secret in output and "LOCAL CODAT SANDBOX" in output
+    assert [c["id"] for c in companies] == [LOCAL_COMPANY_ID] and LOCAL_COMPANY_ID in output  # Codat needs it made
 
     port = free_port()
     proc = launch(tmp_path, port, free_port())  # the second start reuses the same secrets
