@@ -42,7 +42,7 @@ ENVELOPE_KINDS: dict[str, AlertKind] = {
     "connection.disconnected": AlertKind.CONNECTION_STATUS,
     "connection.failed": AlertKind.CONNECTION_STATUS,
 }
-WRITE_EVENT = re.compile(r"^[A-Za-z]+\.write\.(successful|unsuccessful)$")
+WRITE_EVENT = re.compile(r"^(?P<data_type>[A-Za-z]+)\.write\.(successful|unsuccessful)$")
 _FOLD = re.compile(r"[^a-z0-9]")
 
 
@@ -160,15 +160,20 @@ def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
         for item in payload.get("dataTypes") or ()
     )
     kind = ENVELOPE_KINDS.get(raw_type.strip().lower())
-    if kind is None:
-        kind = AlertKind.PUSH_OPERATION if WRITE_EVENT.match(raw_type.strip()) else AlertKind.OTHER
+    write = WRITE_EVENT.match(raw_type.strip())
+    if write:  # `{dataType}.write.*`: the data type is in the event name, the rest flat in the payload
+        kind = AlertKind.PUSH_OPERATION
+        entries = (DataTypeStatus(data_type=write.group("data_type"), status=_text(payload.get("status")),
+                                  connection_id=_text(payload.get("connectionId"))),)  # fmt: skip
     connection_id = _text(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
+    # `company.*` events carry the company itself as the payload (`payload.id`), no `referenceCompany`.
+    own_company = _text(payload.get("id")) if raw_type.strip().lower().startswith("company.") else None
     return Alert(
         delivery_id=alert_id,
-        kind=kind,
+        kind=kind or AlertKind.OTHER,
         type=raw_type,
         shape=Shape.ENVELOPE,
-        company_id=_text(company.get("id")) or _text(payload.get("companyId")),
+        company_id=_text(company.get("id")) or _text(payload.get("companyId")) or own_company,
         connection_id=connection_id,
         data_types=entries,
         generated_at=_timestamp(obj.get("generatedDate")),
