@@ -13,11 +13,11 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import cli, syncs
+from service import cli, syncs, tracking
 from service.admin import MAX_LIMIT, alert_json
 from service.clock import SystemClock
 from service.codat import CodatClient, CodatError
-from service.db import alerts, create_engine
+from service.db import alerts, create_engine, writer
 from service.dispatch import replay_alert
 from service.errors import InvalidRequest
 from service.progress import ProgressBar
@@ -143,15 +143,23 @@ async def _replay_dead(engine: AsyncEngine, args: argparse.Namespace) -> int:
     return 0
 
 
-def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]) -> cli.Command:
-    """Run `func` with a Codat client from the settings; Codat's refusals become a one-line failure."""
+def with_codat(
+    func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]], *, follow: bool = False
+) -> cli.Command:
+    """Run `func` with a Codat client from the settings; Codat's refusals become a one-line failure.
+
+    `follow`: `func` started a sync, which the workers then poll until it ends (`tracking.follow_sync`).
+    """
 
     def run(args: argparse.Namespace) -> int:
         settings = cli._settings()
 
         async def go() -> Any:
             async with CodatClient.from_settings(settings) as codat:
-                return await func(codat, args)
+                answer = await func(codat, args)
+            if follow:
+                await _follow(settings, args.company, answer)
+            return answer
 
         try:
             emit(asyncio.run(go()), args)
@@ -165,6 +173,19 @@ def with_codat(func: Callable[[CodatClient, argparse.Namespace], Awaitable[Any]]
         return 0
 
     return run
+
+
+async def _follow(settings: Any, company: str, answer: Any) -> None:
+    engine = create_engine(settings)
+    try:
+        async with writer(engine).begin() as conn:
+            await tracking.follow_sync(conn, company, answer, SystemClock().now())
+    except (OSError, sa.exc.SQLAlchemyError) as exc:
+        # Codat has started the sync: say so, and that only the daily sync check will see its end.
+        print(f"codat-relay: the sync started, but following it failed (database unavailable: "
+              f"{type(exc).__name__}); the daily sync check will apply it", file=sys.stderr)  # fmt: skip
+    finally:
+        await engine.dispose()
 
 
 def list_limit(raw: str) -> int:
@@ -223,12 +244,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     latest = sync_sub.add_parser("latest", parents=[json_flag], help="sync from the last success up to --to")
     latest.add_argument("company")
     latest.add_argument("--to", help="ISO-8601 instant (default: now)")
-    latest.set_defaults(func=with_codat(lambda c, a: syncs.sync_latest(c, a.company, a.to)))
+    latest.set_defaults(func=with_codat(lambda c, a: syncs.sync_latest(c, a.company, a.to), follow=True))
     historic = sync_sub.add_parser("historic", parents=[json_flag], help="re-sync a past date range")
     historic.add_argument("company")
     historic.add_argument("--start", required=True, help="ISO-8601 instant")
     historic.add_argument("--end", required=True, help="ISO-8601 instant")
-    historic.set_defaults(func=with_codat(lambda c, a: syncs.sync_historic(c, a.company, a.start, a.end)))
+    historic.set_defaults(
+        func=with_codat(lambda c, a: syncs.sync_historic(c, a.company, a.start, a.end), follow=True)
+    )
     status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
     status.add_argument("company")
     status.set_defaults(func=with_codat(lambda c, a: syncs.sync_status(c, a.company)))

@@ -35,6 +35,7 @@ from service.tracking import (
     RATE_LIMIT_WAIT_S,
     SWEEP_KIND,
     SYNC_KIND,
+    SYNC_POLL_KIND,
     PollPolicy,
     Tracker,
     TrackingDeps,
@@ -68,8 +69,8 @@ class Pusher:
 
     def jobs(self) -> dict[str, JobFunction]:
         """The push pipeline's job kinds, for the worker's job table."""
-        return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset,
-                SYNC_KIND: self.tracker.check_sync_job, SWEEP_KIND: self.tracker.sweep}  # fmt: skip
+        return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset, SYNC_KIND: self.tracker.check_sync_job,
+                SYNC_POLL_KIND: self.tracker.poll_sync, SWEEP_KIND: self.tracker.sweep}  # fmt: skip
 
     def periodic(self) -> list[Periodic]:
         return [Periodic(SWEEP_KIND, SWEEP_KIND, self._deps.settings.push_interval_seconds)]

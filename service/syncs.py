@@ -1,4 +1,8 @@
-"""Manual Codat syncs and sync status, shared by the admin API and the CLI."""
+"""Manual Codat syncs and sync status, shared by the admin API and the CLI.
+
+A sync codat-relay starts is followed by a `poll_sync` job until it ends (`tracking.follow_sync`): Codat
+sends no webhook when a Sync for Commerce sync ends, so without it records would wait for the daily check.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service import tracking
 from service.auth import require
 from service.codat import (
     CodatAuthError,
@@ -19,6 +24,7 @@ from service.codat import (
     CodatRejected,
     CodatUnavailable,
 )
+from service.db import writer
 from service.errors import InvalidRequest, RetryLater
 from service.ids import path_id
 from service.responses import error_response, json_response
@@ -91,18 +97,26 @@ def _codat(request: Request) -> CodatClient:
     return codat
 
 
+async def _followed(request: Request, company: str, answer: Any) -> Response:
+    runtime = request.app.state.runtime
+    async with writer(runtime.engine).begin() as conn:
+        await tracking.follow_sync(conn, company, answer, runtime.clock.now())
+    return json_response(answer)
+
+
 @require("admin")
 async def latest(request: Request) -> Response:
     company = path_id(request, "company_id", "company")
     body = await _body(request)
-    return json_response(await sync_latest(_codat(request), company, body.get("syncTo")))
+    return await _followed(request, company, await sync_latest(_codat(request), company, body.get("syncTo")))
 
 
 @require("admin")
 async def historic(request: Request) -> Response:
     company = path_id(request, "company_id", "company")
     body = await _body(request)
-    return json_response(await sync_historic(_codat(request), company, body.get("start"), body.get("end")))
+    answer = await sync_historic(_codat(request), company, body.get("start"), body.get("end"))
+    return await _followed(request, company, answer)
 
 
 @require("admin")

@@ -1,9 +1,10 @@
-"""Knowing what became of every push: dataset polls, sync checks, and the periodic sweep.
+"""Knowing what became of every push: dataset polls, sync checks, sync polls, and the periodic sweep.
 
 Every pushed dataset is polled, with backoff and a bounded number of polls, until it is terminal, so a
 missed webhook never leaves it unknown (webhooks only make it faster). A dataset still unfinished after
 the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which polls it again every
-`RELAY_PUSH_INTERVAL_SECONDS`.
+`RELAY_PUSH_INTERVAL_SECONDS`. A sync codat-relay starts is polled the same way until it ends: Codat
+sends no webhook when a Sync for Commerce sync ends (FACTS §6), so polling is the only way to learn it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.codat import CodatNotFound, CodatRateLimited, is_success
+from service.codat import CodatNotFound, CodatRateLimited, SyncStatus, is_failure, is_in_progress, is_success
+from service.codat_models import SYNC_STATUS_MEANINGS
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
 from service.errors import RetryLater
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
+SYNC_POLL_KIND = "poll_sync"
+SUPERSEDED_SLACK_S = 60.0  # a sync Codat dates this close to our request may be the one we asked for
 SWEEP_KIND = "push_sweep"
 SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
@@ -64,6 +68,50 @@ class PollPolicy:
     def first_poll_at(self, now: float) -> float | None:
         """When a new dataset is first polled; None when polling is off (RELAY_DATASET_POLLS=0): the sweep's."""
         return now + self.delay(0) if self.max_polls > 0 else None
+
+
+@dataclass(frozen=True)
+class SyncPollPolicy:
+    """Sync poll n waits `first_s * factor**n`, at most `max_delay_s`: a quick sync is seen within seconds,
+    a long one every half minute, for about half an hour; after that the daily sync check takes over."""
+
+    first_s: float = 1.0
+    factor: float = 2.0
+    max_delay_s: float = 30.0
+    max_polls: int = 60
+
+    def delay(self, polls: int) -> float:
+        return min(self.max_delay_s, self.first_s * self.factor ** min(polls, 64))
+
+
+async def follow_sync(conn: AsyncConnection, company_id: str, answer: Any, now: float,
+                      policy: SyncPollPolicy = SyncPollPolicy()) -> None:  # fmt: skip
+    """After codat-relay started a sync (Codat's `SyncSummary` in `answer`): poll it until it ends."""
+    sync_id = answer.get("commerceSyncId") if isinstance(answer, dict) else None
+    payload = {"company_id": company_id, "commerce_sync_id": sync_id, "requested_at": now, "polls": 0}
+    await queue.enqueue(conn, SYNC_POLL_KIND, payload, now=now, run_at=now + policy.delay(0),
+                        queueing_lock=f"poll_sync:{company_id}:{sync_id}")  # fmt: skip
+
+
+def followed_sync(syncs: list[SyncStatus], sync_id: str | None, requested_at: float) -> SyncStatus | None:
+    """Our sync among Codat's answer; else the newest one dated from our request on (it supersedes ours)."""
+    ours = [s for s in syncs if sync_id is not None and s.commerce_sync_id == sync_id]
+    if ours:
+        return ours[0]
+    later = [s for s in syncs if s.sync_utc is not None and s.sync_utc.timestamp() >= requested_at - SUPERSEDED_SLACK_S]
+    return max(later, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)
+
+
+def sync_failed(company_id: str, status: SyncStatus) -> Notification:
+    """Staff are told of a failed sync with the meaning of its code (never its text, FACTS §3)."""
+    code = status.sync_status_code
+    meaning = SYNC_STATUS_MEANINGS.get(code, "unknown code") if code is not None else "unknown code"
+    sync_id = status.commerce_sync_id or status.sync_id
+    return Notification(
+        Kind.SYNC_FAILED, f"Codat sync failed with {code}: {meaning}", company_id=company_id,
+        subject=str(sync_id or code),
+        details={"syncStatusCode": code, "meaning": meaning, "errorMessage": status.error_message, "syncId": sync_id},
+    )  # fmt: skip
 
 
 def _ts(value: Any) -> float | None:
@@ -99,9 +147,10 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
 
 
 class Tracker:
-    def __init__(self, deps: TrackingDeps, poll: PollPolicy) -> None:
+    def __init__(self, deps: TrackingDeps, poll: PollPolicy, sync_poll: SyncPollPolicy = SyncPollPolicy()) -> None:
         self._deps = deps
         self.poll = poll
+        self.sync_poll = sync_poll
 
     # -- datasets ------------------------------------------------------------------------------------
 
@@ -170,16 +219,46 @@ class Tracker:
         if held is not None:
             await self.check_sync(company_id)
 
-    async def check_sync(self, company_id: str) -> dict[str, list[str]]:
-        """Read the company's syncs and apply the latest success; returns new conflicts by data type."""
+    async def poll_sync(self, job: Job, attempt: int) -> None:
+        """`poll_sync` job: has the sync codat-relay started ended? Then apply it (and tell staff of a failure)."""
+        company_id, polls = str(job.payload["company_id"]), int(job.payload.get("polls", 0))
+        sync_id, requested_at = job.payload.get("commerce_sync_id"), float(job.payload["requested_at"])
         try:
             syncs = await self._deps.codat.get_sync_status(company_id)
         except CodatNotFound:
-            syncs = []  # no sync has ever run
+            syncs = []  # not visible yet
+        except CodatRateLimited as exc:
+            raise RetryLater("Codat rate limit", after_s=math.ceil(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
+        found = followed_sync(syncs, sync_id, requested_at)
+        code = found.sync_status_code if found is not None else None
+        if found is None or code is None or is_in_progress(code):
+            await self._poll_sync_again(job, polls)
+            return
+        await self.check_sync(company_id, [found])
+        if is_failure(code):
+            await self._deps.notifier.notify(sync_failed(company_id, found))
+        log.info("sync_followed", company_id=company_id, sync_id=sync_id, code=code, polls=polls + 1)
+
+    async def _poll_sync_again(self, job: Job, polls: int) -> None:
+        now = self._deps.clock.now()
+        if polls + 1 >= self.sync_poll.max_polls:
+            log.warning("sync_poll_exhausted", company_id=job.payload["company_id"], polls=polls + 1)
+            return  # the daily sync check (`check_sync`) learns the outcome
+        payload = {**job.payload, "polls": polls + 1}
+        await queue.enqueue(self._deps.engine, SYNC_POLL_KIND, payload, now=now,
+                            run_at=now + self.sync_poll.delay(polls + 1))  # fmt: skip
+
+    async def check_sync(self, company_id: str, syncs: list[SyncStatus] | None = None) -> dict[str, list[str]]:
+        """Read the company's syncs (unless given) and apply the latest success; returns new conflicts by type."""
+        if syncs is None:
+            try:
+                syncs = await self._deps.codat.get_sync_status(company_id)
+            except CodatNotFound:
+                syncs = []  # no sync has ever run
         now = self._deps.clock.now()
         dated = [s for s in syncs if s.sync_utc is not None]
-        latest = max(dated, key=lambda s: s.sync_utc, default=None)
-        success_at = max((s.sync_utc.timestamp() for s in dated if is_success(s.sync_status_code)), default=None)
+        latest = max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)
+        success_at = max((_ts(s.sync_utc) or 0.0 for s in dated if is_success(s.sync_status_code)), default=None)
         conflicts: dict[str, list[str]] = {}
         async with writer(self._deps.engine).begin() as conn:
             before, known = await record_sync_check(
