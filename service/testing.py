@@ -95,14 +95,16 @@ def connection_deleted_body() -> dict[str, Any]:
     }
 
 
-def sandbox_company(sandbox_url: str, company_id: str | None = None) -> str:
+def sandbox_company(sandbox_url: str, company_id: str | None = None, *, sync_start: str | None = None) -> str:
     """Create a company in a sandbox process (Codat knows none until created); returns its id.
 
     The one way tests and benchmarks get companies into a sandbox they reach over HTTP (an in-process one
     takes `running_sandbox(companies=…)`). An id given is kept; none gets a uuid, as Codat would issue.
+    `sync_start`: the company's configured sync start date (ISO-8601; the sandbox's default is a month back).
     """
     company_id = company_id or str(uuid.uuid4())
-    answer = httpx.post(f"{sandbox_url}/_sandbox/companies", json={"id": company_id}, timeout=10)
+    body = {"id": company_id, **({"syncStartDate": sync_start} if sync_start else {})}
+    answer = httpx.post(f"{sandbox_url}/_sandbox/companies", json=body, timeout=10)
     answer.raise_for_status()
     return company_id
 

@@ -100,7 +100,8 @@ async def env(database_url: str, sandbox_url: str) -> AsyncIterator[Env]:
     async with running_app(settings, options=AppOptions(run_workers=True)) as (app, relay):
         async with httpx.AsyncClient(base_url=sandbox_url, timeout=10, headers=SANDBOX_AUTH) as sandbox:
             created = Env(relay, sandbox, app.state.runtime)
-            await asyncio.to_thread(sandbox_company, sandbox_url, created.company)
+            # Records here are dated 2025: the company's syncs must cover them (Codat syncs from its start date).
+            await asyncio.to_thread(sandbox_company, sandbox_url, created.company, sync_start="2025-01-01T00:00:00Z")
             yield created
 
 
