@@ -32,16 +32,17 @@ $(STAMP_BENCH): requirements-bench.lock $(STAMP_DEV)
 
 ## run: a complete local instance on SQLite at 127.0.0.1:8000 (generated secrets, sandbox beside it)
 run: $(STAMP_RUN)
-	$(PY) -m service.local_run
+	$(PY) -m service.dev.local_run
 
 ## demo: the whole product in two minutes: sandbox + codat-relay on SQLite, narrated in the terminal
 demo: $(STAMP_RUN)
-	$(PY) -m service.demo
+	$(PY) -m service.dev.demo
 
 ## test: install what the tests need, lint and type-check, then run the whole suite on SQLite and PostgreSQL
 test: $(STAMP_DEV)
 	$(VENV)/bin/ruff check service handlers tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV)
@@ -49,6 +50,7 @@ lint: $(STAMP_DEV)
 
 typecheck: $(STAMP_DEV)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 ## bench: every benchmark under benchmarks/, ratios against baselines measured in the same run
 bench: $(STAMP_BENCH)

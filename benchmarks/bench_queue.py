@@ -31,8 +31,9 @@ from benchmarks import common
 from service import migrate, queue
 from service.clock import SystemClock
 from service.db import create_engine, jobs
+from service.dead_jobs import LogDeadJobs
 from service.logs import configure_logging
-from service.notify import LogNotifier
+from service.retry import RetryPolicy
 from service.settings import Settings
 from service.worker import Worker
 
@@ -121,8 +122,8 @@ async def relay_latency(url: str, n: int, rate: float) -> list[float]:
 
 def relay_worker(engine: Any, function: Any, concurrency: int) -> Worker:
     return Worker(
-        engine, {"noop": function}, concurrency=concurrency, lease_s=LEASE_S, max_attempts=3,
-        clock=SystemClock(), notifier=LogNotifier(), poll_interval_s=1.0,
+        engine, {"noop": function}, concurrency=concurrency, lease_s=LEASE_S, retry=RetryPolicy(max_attempts=3),
+        clock=SystemClock(), notifier=LogDeadJobs(), poll_interval_s=1.0,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import common, report_sections
@@ -125,4 +126,5 @@ def render(ctx: Context, runs: list[Ran]) -> str:
             body.extend(report_sections.failure(ran))
         body.extend([*section.lines, ""])
     reliability = report_sections.reliability()
-    return "\n".join([*lines, *summary, "", *body, *reliability]).rstrip() + "\n"
+    notes = (Path(__file__).parent / "notes.md").read_text().rstrip().splitlines()
+    return "\n".join([*lines, *summary, "", *body, *notes, "", *reliability]).rstrip() + "\n"

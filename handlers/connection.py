@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import outbox
-from service.codat import CodatNotFound
+from service.codat.client import CodatNotFound
 from service.db import companies, jobs, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
 from service.records import MODELS
@@ -144,7 +144,8 @@ async def _resume(conn: AsyncConnection, company: str, alert: Alert, now: float)
     # Which connection is linked now, paused or not: a late event about an older one is then stale.
     await conn.execute(
         companies.update().where(companies.c.id == company)
-        .values(connection_status="linked", connection_id=_named(alert.connection_id) or companies.c.connection_id)
+        .values(connection_status="linked", connection_id=_named(alert.connection_id) or companies.c.connection_id,
+                connection_deleted_at=None)  # reconnected: the deletion is history, no longer a problem
     )  # fmt: skip
     result = await conn.execute(
         companies.update()
@@ -155,7 +156,7 @@ async def _resume(conn: AsyncConnection, company: str, alert: Alert, now: float)
         return 0
     waiting = await conn.execute(
         sa.select(records.c.data_type).distinct()
-        .where(records.c.company_id == company, records.c.state.in_(["pending", "failed"]))
+        .where(records.c.company_id == company, records.c.state.in_([outbox.State.PENDING, outbox.State.FAILED]))
     )  # fmt: skip
     data_types = list(waiting.scalars())
     for data_type in data_types:

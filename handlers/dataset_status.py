@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from handlers._deps import tracker
-from service.codat_models import TERMINAL_STATUSES
+from service.codat.models import TERMINAL_STATUSES
 from service.datasets import apply_dataset_status, load
 from service.db import datasets, reader, writer
 from service.tracking import ask_codat
@@ -51,7 +50,7 @@ async def reconcile(ctx: Context, company_id: str, dataset_id: str) -> str | Non
         applied = await apply_dataset_status(conn, row, found.status, found.message, now=now,
                                              completed_at=found.completed_at)  # fmt: skip
         if applied.terminal and applied.changed:
-            await tracker(ctx).after_terminal(conn, applied, now)
+            await ctx.tracker.after_terminal(conn, applied, now)
     return applied.status
 
 

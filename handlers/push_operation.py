@@ -9,7 +9,6 @@ alerts (rules, retries) report it.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from service.notifications import Kind, Notification
 from service.types import Alert, Context, Outcome
@@ -23,7 +22,7 @@ def operation_key(alert: Alert) -> str | None:
         body = json.loads(alert.body)
     except ValueError:
         return None
-    holder: Any = (body.get("Data") or body.get("payload")) if isinstance(body, dict) else None
+    holder: object = (body.get("Data") or body.get("payload")) if isinstance(body, dict) else None
     if not isinstance(holder, dict):
         return None
     key = holder.get("pushOperationKey") or holder.get("id")

@@ -7,8 +7,7 @@ meaning of its code — branching on the code, never on the text.
 
 from __future__ import annotations
 
-from handlers._deps import tracker
-from service.codat import CodatNotFound, is_failure
+from service.codat.client import CodatNotFound, is_failure
 from service.tracking import sync_failed
 from service.types import Alert, Context, Outcome
 
@@ -16,7 +15,7 @@ from service.types import Alert, Context, Outcome
 async def on_sync_completed(alert: Alert, ctx: Context) -> Outcome:
     if not alert.company_id:
         return Outcome.IGNORED
-    conflicts = await tracker(ctx).check_sync(alert.company_id)
+    conflicts = await ctx.tracker.check_sync(alert.company_id)
     try:
         syncs = await ctx.codat.get_sync_status(alert.company_id)
     except CodatNotFound:

@@ -13,9 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.errors import MalformedPayload
+from service.ids import id_problem
 from service.types import Alert, AlertKind, DataTypeStatus, Shape
 
 MAX_ID_LENGTH = 255
+# How far past its arrival an event's `generatedDate` may claim to be (clock skew between Codat and us).
+# Connection events are ordered per company by that time, so an unbounded one (2099) would make every
+# later genuine event of the company look stale: it is clamped to the receive time plus this.
+ORDERING_SKEW_S = 60.0
 
 # Keys are event names folded by `fold_type` below, so "Data Sync Status Changed To Error",
 # "DataSyncStatusChangedToError" and "data sync status changed to error " all meet in one row.
@@ -58,8 +63,8 @@ def delivery_id(obj: dict[str, Any], header_id: str | None) -> str:
             continue
         if isinstance(candidate, int | str):
             value = str(candidate).strip()
-            if "\x00" in value:
-                raise MalformedPayload("delivery id contains a NUL character")
+            if value and (problem := id_problem(value)) is not None:
+                raise MalformedPayload(f"delivery id {problem}")
             if value and len(value) <= MAX_ID_LENGTH:
                 return value
             if len(value) > MAX_ID_LENGTH:
@@ -67,13 +72,29 @@ def delivery_id(obj: dict[str, Any], header_id: str | None) -> str:
     raise MalformedPayload("no delivery id (webhook-id header, id or AlertId)")
 
 
-def parse_alert(obj: dict[str, Any], body: bytes, *, header_id: str | None, signed: bool) -> Alert:
+def ordering_time(generated_at: float | None, received_at: float | None, *, signed: bool) -> float | None:
+    """The time a delivery received at `received_at` may be ordered by: its `generatedDate` only if the
+    body was signed (the legacy `Authorization` path signs nothing, so anyone holding that header could
+    claim any time), and never later than `received_at` + ORDERING_SKEW_S. None makes the event timeless,
+    checked against Codat's present. With no `received_at` (an alert built outside intake) it is as claimed."""
+    if received_at is None or generated_at is None:
+        return generated_at
+    return min(generated_at, received_at + ORDERING_SKEW_S) if signed else None
+
+
+def parse_alert(
+    obj: dict[str, Any], body: bytes, *, header_id: str | None, signed: bool, received_at: float | None = None
+) -> Alert:
+    """`received_at` bounds the event's ordering time (see `ordering_time`); None only where no delivery
+    is being received (tests building alerts, which then keep the time they claim)."""
     alert_id = delivery_id(obj, header_id)
     try:
         if "RuleType" in obj or "AlertId" in obj:
             return _parse_legacy(obj, alert_id, body, signed)
         if "eventType" in obj or ("type" in obj and "payload" in obj):
-            return _parse_envelope(obj, alert_id, body)
+            alert = _parse_envelope(obj, alert_id, body)
+            return alert.model_copy(update={"generated_at": ordering_time(alert.generated_at, received_at,
+                                                                          signed=signed)})  # fmt: skip
     except (TypeError, ValueError, AttributeError):
         pass
     raw_type = obj.get("eventType") or obj.get("type") or obj.get("RuleType")
@@ -102,10 +123,11 @@ def parsed_fields(alert: Alert) -> dict[str, Any]:
     }
 
 
-def reparse(stored_id: str, shape: str, body: bytes) -> Alert | None:
+def reparse(stored_id: str, shape: str, body: bytes, received_at: float | None = None) -> Alert | None:
     """A stored delivery parsed again by this codat-relay (its id kept); None if it no longer parses.
 
-    Whether it was signed only names the legacy shape; an `unknown` one is taken as unsigned.
+    Whether it was signed only names the legacy shape; an `unknown` one is taken as unsigned. An envelope
+    says nothing of how it was authenticated: the caller keeps the ordering time decided on arrival.
     """
     try:
         obj = json.loads(body)
@@ -115,7 +137,7 @@ def reparse(stored_id: str, shape: str, body: bytes) -> Alert | None:
         return None
     signed = shape in (Shape.LEGACY_SIGNED.value, Shape.ENVELOPE.value)
     try:
-        return parse_alert(obj, body, header_id=stored_id, signed=signed)
+        return parse_alert(obj, body, header_id=stored_id, signed=signed, received_at=received_at)
     except MalformedPayload:
         return None
 
@@ -128,16 +150,16 @@ def _parse_legacy(obj: dict[str, Any], alert_id: str, body: bytes, signed: bool)
     entry = DataTypeStatus(
         data_type=_text(data.get("dataType")),
         status=_text(data.get("datasetStatus") or data.get("status") or data.get("newStatus")),
-        dataset_id=_text(data.get("datasetId")),
-        connection_id=_text(data.get("dataConnectionId")),
+        dataset_id=_id(data.get("datasetId")),
+        connection_id=_id(data.get("dataConnectionId")),
     )
     return Alert(
         delivery_id=alert_id,
         kind=LEGACY_KINDS.get(fold_type(raw_type), AlertKind.OTHER),
         type=raw_type,
         shape=Shape.LEGACY_SIGNED if signed else Shape.LEGACY,
-        company_id=_text(obj.get("CompanyId")),
-        connection_id=_text(obj.get("DataConnectionId")) or entry.connection_id,
+        company_id=_id(obj.get("CompanyId")),
+        connection_id=_id(obj.get("DataConnectionId")) or entry.connection_id,
         data_types=(entry,) if any(entry.model_dump().values()) else (),
         body=body,
     )
@@ -154,8 +176,8 @@ def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
         DataTypeStatus(
             data_type=_text(item.get("dataType")),
             status=_text(item.get("status")),
-            dataset_id=_text(item.get("datasetId")),
-            connection_id=_text(item.get("connectionId")),
+            dataset_id=_id(item.get("datasetId")),
+            connection_id=_id(item.get("connectionId")),
         )
         for item in payload.get("dataTypes") or ()
     )
@@ -164,16 +186,16 @@ def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
     if write:  # `{dataType}.write.*`: the data type is in the event name, the rest flat in the payload
         kind = AlertKind.PUSH_OPERATION
         entries = (DataTypeStatus(data_type=write.group("data_type"), status=_text(payload.get("status")),
-                                  connection_id=_text(payload.get("connectionId"))),)  # fmt: skip
-    connection_id = _text(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
+                                  connection_id=_id(payload.get("connectionId"))),)  # fmt: skip
+    connection_id = _id(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
     # `company.*` events carry the company itself as the payload (`payload.id`), no `referenceCompany`.
-    own_company = _text(payload.get("id")) if raw_type.strip().lower().startswith("company.") else None
+    own_company = _id(payload.get("id")) if raw_type.strip().lower().startswith("company.") else None
     return Alert(
         delivery_id=alert_id,
         kind=kind or AlertKind.OTHER,
         type=raw_type,
         shape=Shape.ENVELOPE,
-        company_id=_text(company.get("id")) or _text(payload.get("companyId")) or own_company,
+        company_id=_id(company.get("id")) or _id(payload.get("companyId")) or own_company,
         connection_id=connection_id,
         data_types=entries,
         generated_at=_timestamp(obj.get("generatedDate")),
@@ -191,6 +213,15 @@ def _text(value: Any) -> str | None:
         # Columns hold 255 characters and PostgreSQL text cannot hold NUL: keep such bodies as `other`.
         raise ValueError("string the database cannot hold as a field")
     return value.strip() or None
+
+
+def _id(value: Any) -> str | None:
+    """An id field (company, connection, dataset): a string the relay's id rule allows, else the body
+    is a shape we do not understand (kept as `other`)."""
+    text = _text(value)
+    if text is not None and id_problem(text) is not None:
+        raise ValueError("not an id")
+    return text
 
 
 def _timestamp(value: Any) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -31,3 +32,8 @@ class FixedClock:
 
     def set(self, value: float) -> None:
         self._now = value
+
+
+def iso(ts: float | None) -> str | None:
+    """A stored UNIX time as the API shows it: RFC 3339 in UTC with a `Z`."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

@@ -10,22 +10,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from starlette.requests import Request
-from starlette.responses import Response
 
 from service import datasets as dataset_store
-from service.admin import iso
-from service.auth import require
-from service.codat import SYNC_STATUS_MEANINGS
+from service import health, record_states
+from service.clock import iso
+from service.codat.client import SYNC_STATUS_MEANINGS
 from service.db import companies, pushes, records, writer
-from service.errors import InvalidRequest, NotFound
-from service.ids import path_id
-from service.outbox import State, lock_outbox, schedule_push, set_paused
-from service.records import DATA_TYPES, MODELS
-from service.responses import json_response
+from service.errors import NotFound
+from service.outbox import MANUAL_PAUSE, State, ensure_company, lock_outbox, schedule_push, set_paused
+from service.records import MODELS
 
 REPUSH_CHUNK = 1000  # records turned back to pending per transaction: short write locks, a moving bar
 
@@ -34,12 +29,10 @@ REPUSH_COUNTS_COLUMNS = ("requeued", "alreadyPending", "skippedSynced", "skipped
 Progress = Callable[[str, int, int], None]
 
 
-def _connection(row: sa.RowMapping) -> dict[str, Any]:
-    return {"id": row["connection_id"], "status": row["connection_status"],
-            "deletedAt": iso(row["connection_deleted_at"])}  # fmt: skip
-
-
-def _last_sync(row: sa.RowMapping) -> dict[str, Any]:
+def _last_sync(row: sa.RowMapping | None) -> dict[str, Any]:
+    """`checkedAt` is when codat-relay last asked Codat; `code` None with a `checkedAt` means no sync yet."""
+    if row is None:
+        return {"code": None, "meaning": None, "at": None, "lastSuccessAt": None, "checkedAt": None}
     code = row["last_sync_code"]
     return {"code": code, "meaning": SYNC_STATUS_MEANINGS.get(code) if code is not None else None,
             "at": iso(row["last_sync_at"]), "lastSuccessAt": iso(row["last_sync_success_at"]),
@@ -66,26 +59,45 @@ async def _counts(conn: AsyncConnection, company_id: str) -> dict[str, dict[str,
 
 
 async def company_view(engine: AsyncEngine, company_id: str) -> dict[str, Any] | None:
-    """The company's state (connection, pause, record counts, recent datasets, last sync); None if unknown."""
+    """The company's state (connection, pause, record counts, recent datasets, last sync, problems).
+
+    None if unknown. A company known only from its alerts (no records, no connection event applied yet)
+    is shown too, with nothing paused and nothing counted: Codat told us about it.
+    """
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
-        if row is None:
+        if not await health.is_known(conn, company_id):
             return None
+        (company,) = await health.health_of(conn, [company_id], [company_id])
         counts = await _counts(conn, company_id)
         recent = await dataset_store.recent(conn, company_id)
         open_pushes = await conn.scalar(
             sa.select(sa.func.count()).where(pushes.c.company_id == company_id, pushes.c.finished_at.is_(None))
         )
+    row, summary = company.row, company.summary()
     return {
-        "id": company_id, "paused": row["paused"], "pauseReason": row["pause_reason"],
-        "connection": _connection(row), "records": counts, "openPushes": int(open_pushes or 0),
+        "id": company_id, "known": summary["known"], "paused": company.paused, "pauseReason": summary["pauseReason"],
+        "connection": summary["connection"], "records": counts, "openPushes": int(open_pushes or 0),
         "recentDatasets": [_dataset(d) for d in recent], "lastSync": _last_sync(row),
-        "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
+        "failing": summary["failing"], "problems": summary["problems"], "lastAlertAt": summary["lastAlertAt"],
+        "createdAt": iso(row["created_at"]) if row else None, "updatedAt": iso(row["updated_at"]) if row else None,
     }  # fmt: skip
+
+
+async def pause_company(engine: AsyncEngine, company_id: str, now: float) -> bool:
+    """An operator's pause; False when the company is unknown. One known only from alerts gets its row."""
+    async with writer(engine).begin() as conn:
+        if not await health.is_known(conn, company_id):
+            return False
+        await ensure_company(conn, company_id, now)
+    return await set_paused(engine, company_id, paused=True, reason=MANUAL_PAUSE, now=now)
 
 
 async def resume_company(engine: AsyncEngine, company_id: str, now: float) -> bool:
     """Resume pushing and push whatever waited while paused, now; False when the company is unknown."""
+    async with writer(engine).begin() as conn:
+        if not await health.is_known(conn, company_id):
+            return False
+        await ensure_company(conn, company_id, now)
     if not await set_paused(engine, company_id, paused=False, reason=None, now=now):
         return False
     async with writer(engine).begin() as conn:
@@ -129,16 +141,13 @@ def _of(company_id: str, data_type: str) -> sa.ColumnElement[bool]:
     return sa.and_(records.c.company_id == company_id, records.c.data_type == data_type)
 
 
-# What a full re-push sends again: neither synced (nor ever in the books), nor a conflict, nor in flight.
-_REQUEUABLE = sa.and_(
-    records.c.state.notin_([State.PENDING.value, State.SYNCED.value, State.CONFLICT.value]),
-    records.c.synced_at.is_(None), records.c.inflight.is_(False),
-)  # fmt: skip
+# What a full re-push sends again: neither in the books, nor a conflict, nor in flight (the state machine's rule).
+_REQUEUABLE = record_states.REQUEUABLE
 
 
 async def _survey(conn: AsyncConnection, company_id: str, data_type: str) -> RepushCounts:
     counts = RepushCounts()
-    in_books = records.c.synced_at.is_not(None)
+    in_books = records.c.synced_hash.is_not(None)
     query = (
         sa.select(records.c.state, records.c.inflight, in_books.label("in_books"), sa.func.count())
         .where(_of(company_id, data_type))
@@ -160,25 +169,16 @@ async def _requeue_chunk(
     engine: AsyncEngine, company_id: str, data_type: str, after: str, now: float
 ) -> tuple[str, int] | None:
     """Turn the next chunk (ids after `after`) back to pending: (its last id, records moved), None when done."""
-    mine = sa.and_(_of(company_id, data_type), _REQUEUABLE)
     async with writer(engine).begin() as conn:
         await lock_outbox(conn, company_id, data_type)  # the pusher's claim and intake wait for this chunk
-        pick = sa.select(records.c.record_id).where(mine, records.c.record_id > after)
-        ids = (await conn.execute(pick.order_by(records.c.record_id).limit(REPUSH_CHUNK))).scalars().all()
-        if not ids:
-            return None
-        moved = await conn.execute(
-            records.update().where(mine, records.c.record_id > after, records.c.record_id <= ids[-1])
-            .values(state=State.PENDING.value, updated_at=now)
-        )  # fmt: skip
-    return ids[-1], int(moved.rowcount)
+        return await record_states.full_repush_chunk(conn, company_id, data_type, after, REPUSH_CHUNK, now)
 
 
 async def _survey_all(engine: AsyncEngine, company_id: str, data_types: Iterable[str]) -> tuple[RepushResult, int]:
     """What each data type holds, and how many records the re-push will turn back to pending."""
     async with engine.connect() as conn:
         paused = await conn.scalar(sa.select(companies.c.paused).where(companies.c.id == company_id))
-        if paused is None:
+        if paused is None and not await health.is_known(conn, company_id):
             raise NotFound(f"no company {company_id}")
         result, total = RepushResult(company_id, bool(paused)), 0
         for data_type in data_types:
@@ -209,32 +209,3 @@ async def full_repush(
             if counts.requeued or counts.already_pending:
                 await schedule_push(conn, company_id, data_type, now=now)
     return result
-
-
-def _repush_types(raw: bytes) -> list[str]:
-    """The body `{"dataType"?: "orders"}` (or none at all): which data types to re-push."""
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest('the body must be a JSON object: {"dataType"?: "orders"}')
-    if unknown := sorted(set(body) - {"dataType"}):
-        raise InvalidRequest(f"{unknown[0]}: unknown field; the body holds only dataType")
-    name = body.get("dataType")
-    if name is None:
-        return list(MODELS)
-    if not isinstance(name, str) or name not in DATA_TYPES:
-        raise InvalidRequest("dataType: one of orders, payments, transactions")
-    return [DATA_TYPES[name]]
-
-
-@require("admin")
-async def repush_endpoint(request: Request) -> Response:
-    """`POST /v1/companies/{companyId}/repush`: a full re-push; 202 with what goes again and what was skipped."""
-    runtime = request.app.state.runtime
-    company_id = path_id(request, "company_id", "company")
-    data_types = _repush_types(await request.body())
-    result = await full_repush(runtime.engine, company_id, data_types, runtime.clock.now())
-    runtime.wake_workers()
-    return json_response(result.answer(), 202)

@@ -8,14 +8,14 @@ records move only if they still carry the version that went into that dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.codat_models import ERROR_STATUSES, REPUSHABLE, TERMINAL_STATUSES
-from service.db import companies, datasets, records
-from service.outbox import State
+from service import record_states
+from service.codat.models import ERROR_STATUSES, REPUSHABLE, TERMINAL_STATUSES
+from service.db import companies, datasets
+from service.record_states import Event, lock_outbox
 
 COMPLETE = "Complete"
 # Not one of Codat's 21 statuses: ours for a dataset Codat answers 404 for, long after it gave us its id
@@ -59,13 +59,19 @@ async def apply_dataset_status(
 ) -> Applied:  # fmt: skip
     """Record `status` for `dataset` (a `datasets` row) and move its records accordingly.
 
-    Complete → records still carrying the pushed version become `accepted` (or `synced` when a sync
-    that started after the dataset completed has already succeeded); an error, `Cancelled` or
-    `NotSupported` → `failed`. A dataset already terminal is left as it is.
+    Complete → the pushed versions are Codat's (and the books', when a sync that started after the
+    dataset completed has already succeeded); an error, `Cancelled` or `NotSupported` → `failed`. Each
+    record of the push is then decided again (service.record_states). A dataset already terminal is
+    left as it is.
     """
     base = {"dataset_id": dataset["id"], "company_id": dataset["company_id"], "data_type": dataset["data_type"]}
     if dataset["terminal"]:
         return Applied(**base, status=dataset["status"], terminal=True, changed=False)
+    if status in TERMINAL_STATUSES or status == GONE:
+        # Its records move: first the lock the pusher's claim and intake take, so none of them is
+        # between reading its rows and writing them (a held-back row freed here must not join a push
+        # whose payload does not hold it).
+        await lock_outbox(conn, dataset["company_id"], dataset["data_type"])
     terminal = status in TERMINAL_STATUSES or status == GONE
     when = completed_at if completed_at is not None else now
     flipped = await conn.execute(
@@ -84,19 +90,11 @@ async def apply_dataset_status(
     elif status == COMPLETE:
         moved = await _accept(conn, dataset, when, now)
     else:
-        moved = await _fail(conn, dataset, now)
-    waiting = await _waiting(conn, dataset) if dataset["push_id"] is not None else 0
+        moved = await record_states.end_flight(conn, str(dataset["push_id"]), Event.FAIL, now,
+                                               dataset_id=dataset["id"])  # fmt: skip
+    waiting = await record_states.count_waiting(conn, str(dataset["push_id"])) if dataset["push_id"] is not None else 0
     return Applied(**base, status=status, terminal=True, changed=True, records=moved, waiting=waiting,
                    repush_may_clear=status in ERROR_STATUSES and repush_may_clear(status))  # fmt: skip
-
-
-def _of_push(dataset: sa.RowMapping) -> sa.ColumnElement[bool]:
-    """Records of this dataset's push that have not been pushed again since (the pusher waits for this).
-
-    By push id alone, on purpose: it has its own index, and adding the company's columns let a planner
-    with stale statistics prefer the primary key and filter every record of the company instead.
-    """
-    return records.c.push_id == str(dataset["push_id"])
 
 
 async def _accept(conn: AsyncConnection, dataset: sa.RowMapping, completed_at: float, now: float) -> int:
@@ -105,40 +103,10 @@ async def _accept(conn: AsyncConnection, dataset: sa.RowMapping, completed_at: f
     )
     # A sync that started after this dataset completed has already put these records in the books.
     in_books = synced_since is not None and completed_at <= synced_since
-    values: dict[str, Any] = {
-        "inflight": False, "accepted_version": records.c.pushed_version, "accepted_hash": records.c.pushed_hash,
-        "accepted_at": completed_at, "dataset_id": dataset["id"], "updated_at": now,
-        "state": sa.case((records.c.state == State.PUSHED, State.ACCEPTED.value), else_=records.c.state),
-    }  # fmt: skip
-    if in_books:
-        # A change that waited behind this dataset can no longer be sent: the books hold this version.
-        changed = sa.and_(records.c.state == State.PENDING, records.c.content_hash != records.c.pushed_hash)
-        values["state"] = sa.case(
-            (records.c.state == State.PUSHED, State.SYNCED.value),
-            (changed, State.CONFLICT.value),
-            else_=records.c.state,
-        )
-        values["synced_at"] = sa.func.coalesce(records.c.synced_at, synced_since)
-    result = await conn.execute(records.update().where(_of_push(dataset)).values(values))
-    return int(result.rowcount)
-
-
-async def _fail(conn: AsyncConnection, dataset: sa.RowMapping, now: float) -> int:
-    state = sa.case((records.c.state == State.PUSHED, State.FAILED.value), else_=records.c.state)
-    result = await conn.execute(
-        records.update()
-        .where(_of_push(dataset))
-        .values(state=state, inflight=False, dataset_id=dataset["id"], updated_at=now)
+    return await record_states.end_flight(
+        conn, str(dataset["push_id"]), Event.COMPLETE, now, dataset_id=dataset["id"], completed_at=completed_at,
+        books_since=synced_since if in_books else None,
     )
-    return int(result.rowcount)
-
-
-async def _waiting(conn: AsyncConnection, dataset: sa.RowMapping) -> int:
-    """Records changed while this dataset was in flight: they were held back and may go now."""
-    count = await conn.scalar(
-        sa.select(sa.func.count()).select_from(records).where(_of_push(dataset), records.c.state == State.PENDING)
-    )
-    return int(count or 0)
 
 
 async def recent(conn: AsyncConnection, company_id: str, limit: int = 20) -> list[sa.RowMapping]:

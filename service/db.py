@@ -243,7 +243,8 @@ companies = sa.Table(
 
 # The latest version of every record the merchant's platform handed us, and where it stands with Codat.
 # `body` is canonical JSON, pushed as stored. `pushed_*` is the version last sent, `accepted_*` the version
-# Codat holds (its dataset ended Complete at `accepted_at`), `synced_at` when the books first took it.
+# Codat holds (its dataset ended Complete at `accepted_at`), `synced_*` the version the books hold and
+# `synced_at` when they took it. Only service/record_states.py writes this table.
 records = sa.Table(
     "records",
     metadata,
@@ -265,6 +266,9 @@ records = sa.Table(
     sa.Column("accepted_hash", sa.String(32)),
     sa.Column("accepted_at", sa.Double),
     sa.Column("synced_at", sa.Double),
+    # The version the books hold, set once by the sync that took it: a later `accepted_*` never erases it.
+    sa.Column("synced_hash", sa.String(32)),
+    sa.Column("synced_version", sa.Integer),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     # Re-pushes of this record's failed datasets since it last reached Codat (RELAY_REPUSH_MAX_ATTEMPTS).
@@ -321,11 +325,25 @@ pushes = sa.Table(
     sa.Index(None, "company_id", "data_type", "started_at"),
 )
 
-# Which version of which record went into which push (and so into which dataset).
+# Which version (and content) of which record went into which push (and so into which dataset): a sync
+# learnt of late asks it which version Codat held when the sync started.
 push_records = sa.Table(
     "push_records",
     metadata,
     sa.Column("push_id", sa.String(36), primary_key=True),
     sa.Column("record_id", sa.String(255), primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("content_hash", sa.String(32)),
+    sa.Index(None, "record_id"),
+)
+
+# Sign-in sessions of the Sync Health page (service/sessions.py owns it): a session is valid while its
+# row exists, so signing out ends it on the server, not only in the browser.
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # sha256 of the cookie's nonce, never the nonce
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index(None, "expires_at"),
 )

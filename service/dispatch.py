@@ -111,10 +111,10 @@ class AlertJob:
             store=self._deps.engine,
             codat=self._deps.codat,
             notifier=self._deps.notifier,
+            tracker=self._deps.tracker,
             clock=self._deps.clock,
             log=log.bind(company_id=alert.company_id, kind=alert.kind.value),
             attempt=attempt,
-            settings=self._deps.settings,
         )
         try:
             outcome = await handler(alert, context)
@@ -171,16 +171,20 @@ async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
     """
     async with writer(engine).begin() as conn:
         row = (
-            await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id)
+            await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id, alerts.c.kind,
+                                         alerts.c.generated_at, alerts.c.received_at)
                                .where(alerts.c.id == alert_id))
         ).first()  # fmt: skip
         if row is None:
             return False
         values: dict[str, Any] = {"status": AlertStatus.PENDING.value, "updated_at": now}
         company_id = row.company_id
-        alert = reparse(alert_id, row.shape, bytes(row.body))
+        alert = reparse(alert_id, row.shape, bytes(row.body), row.received_at)
         if alert is not None and alert.kind is not AlertKind.OTHER:  # never trade what was understood for less
             values.update(parsed_fields(alert))
+            if row.kind != AlertKind.OTHER.value:
+                # Its ordering time was decided on arrival, knowing whether the body was signed.
+                values["generated_at"] = row.generated_at
             company_id = alert.company_id
         await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
         job_id = await queue.enqueue(

@@ -53,7 +53,12 @@ class NotFound(Rejected):
 
 
 class RetryLater(RelayError):
-    """Our fault and temporary (storage down, upstream busy): 503 with Retry-After."""
+    """Temporary: come back in `after_s` whole seconds. At the HTTP edge, 503 with that Retry-After; in a job,
+    the least the worker waits before the next attempt.
+
+    Raised for our own faults (storage down) and, by the Codat client, for Codat's "come back later"
+    (429, 503, no answer: `CodatRateLimited`, `CodatUnavailable`), its `Retry-After` translated there, once.
+    """
 
     def __init__(self, detail: str = "unavailable", after_s: int = 5) -> None:
         super().__init__(detail)

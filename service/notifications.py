@@ -5,8 +5,8 @@ and delivered by one queue job per configured sender: a Slack outage delays Slac
 never re-sends the e-mail that already went out.
 
 Delivery outlives the queue's general retry limit (RELAY_MAX_ATTEMPTS, a few minutes of backoff): notify
-jobs have their own retry policy (`NOTIFY_RETRY`, backoff to 15 minutes for 5 days, as Codat retries its
-own webhooks). Only after 5 days is one dead, and then the other senders are told what was lost.
+jobs have their own retry policy (`service.policies`: backoff to 15 minutes for 5 days, as Codat retries
+its own webhooks). Only after 5 days is one dead, and then the other senders are told what was lost.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
+from service.clock import iso
 from service.db import notification_dedupe, notifications, writer
 from service.errors import GiveUp
-from service.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from service.senders import Sender
@@ -91,7 +91,6 @@ async def forget(conn: AsyncConnection, kind: Kind, company_id: str, subject: st
 
 def payload(row: sa.RowMapping) -> dict[str, Any]:
     """The generic webhook's JSON (CONTRACT.md); Slack and e-mail render the same fields."""
-    from service.admin import iso  # late: admin imports the app's routing
 
     return {
         "kind": row["kind"],
@@ -206,13 +205,8 @@ class Notifier:
             ), conn, senders=others)  # fmt: skip
 
 
-# Notify jobs are retried for 5 days, backoff doubling from 5 s to 15 minutes: a notification survives
-# any outage someone can be expected to fix (Codat disables a webhook endpoint failing for 5 days).
-NOTIFY_RETRY = RetryPolicy(base_s=5.0, cap_s=900.0, max_attempts=1_000_000, give_up_after_s=5 * 86_400.0)
-
-
 class NotifyJob:
-    """The `notify` job: deliver one stored notification through one sender (retried by `NOTIFY_RETRY`)."""
+    """The `notify` job: deliver one stored notification through one sender (retried for 5 days: `service.policies`)."""
 
     def __init__(self, engine: AsyncEngine, senders: Mapping[str, Sender]) -> None:
         self._engine, self._senders = engine, senders

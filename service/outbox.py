@@ -1,13 +1,13 @@
-"""The outbox's storage: records as the merchant's platform hands them over, companies, and sync marks.
+"""The outbox's intake: records as the merchant's platform hands them over, companies, and sync marks.
 
 A record's `state` says where its latest version stands:
 pending → pushed (in a dataset) → accepted (dataset Complete) → synced (a sync succeeded after that),
-or failed (its dataset failed) or conflict (changed after it was synced: kept, never pushed, rule 7).
+or failed (its dataset failed) or conflict (differs from what the books hold: kept, never pushed, rule 7).
+Records move between states in service/record_states.py alone; intake hands it each new version.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
 from service.db import companies, jobs, records, writer
+from service.record_states import IS_PENDING, State, intake_state, lock_outbox, write_versions
 from service.records import Record
 
+__all__ = ["IS_PENDING", "State", "lock_outbox"]  # handed on: the push pipeline's callers import them from here
+
+MANUAL_PAUSE = "manual"  # pause_reason of an operator's pause (API, CLI, page)
 PUSH_KIND = "push"
 # Why a company is paused. The connection reasons are lifted by a reconnection; a manual one only by a person.
 CONNECTION_DELETED = "connection_deleted"  # Codat said the connection was deleted
@@ -30,20 +34,6 @@ CONNECTION_PAUSES = frozenset({CONNECTION_DELETED, CODAT_NOT_FOUND})
 LOOKUP_CHUNK = 1000  # ids per `IN (...)`: well under both backends' bound-parameter limits
 INTAKE_ATTEMPTS = 3  # a concurrent intake of the same new id, or a deadlock, costs one retry
 SYNCED_CHANGE = "already_synced"  # the conflict reason reported to the merchant's platform
-
-
-# `state = 'pending'` written as a literal: a bound parameter would hide from both planners that the
-# query matches the partial index `ix_records_pending`.
-IS_PENDING = records.c.state == sa.literal_column("'pending'")
-
-
-class State(enum.StrEnum):
-    PENDING = "pending"
-    PUSHED = "pushed"
-    ACCEPTED = "accepted"
-    SYNCED = "synced"
-    FAILED = "failed"
-    CONFLICT = "conflict"
 
 
 @dataclass
@@ -121,20 +111,16 @@ def _retryable(exc: DBAPIError) -> bool:
 # PostgreSQL: one primary-key probe per id, whatever the statistics say. As `record_id IN (…)`, a
 # planner misled by stale statistics filtered every row of the company against the list instead.
 _LOOKUP_PG = sa.text("""
-SELECT r.record_id, r.version, r.content_hash, r.state, r.inflight, r.accepted_hash, r.synced_at
+SELECT r.record_id, r.version, r.content_hash, r.state, r.inflight, r.pushed_hash, r.accepted_hash,
+       r.synced_hash
 FROM unnest(:ids) AS t(id) CROSS JOIN LATERAL (
     SELECT * FROM records
     WHERE company_id = :company_id AND data_type = :data_type AND record_id = t.id FOR UPDATE
 ) AS r
 """).bindparams(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
-_LOOKUP_COLUMNS = ("record_id", "version", "content_hash", "state", "inflight", "accepted_hash", "synced_at")
-
-
-async def lock_outbox(conn: AsyncConnection, company_id: str, data_type: str) -> None:
-    """Serialise intake and push claims of one company and data type (SQLite's writer lock already does)."""
-    if conn.dialect.name == "postgresql":
-        key = f"outbox:{company_id}:{data_type}"
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+_LOOKUP_COLUMNS = (
+    "record_id", "version", "content_hash", "state", "inflight", "pushed_hash", "accepted_hash", "synced_hash",
+)  # fmt: skip
 
 
 async def _existing(
@@ -156,15 +142,6 @@ async def _existing(
     return found
 
 
-def _next_state(record: Record, prev: sa.RowMapping) -> State:
-    if prev["synced_at"] is not None:
-        # The books hold the accepted version: only sending that same content again is harmless.
-        return State.SYNCED if record.content_hash == prev["accepted_hash"] else State.CONFLICT
-    if not prev["inflight"] and record.content_hash == prev["accepted_hash"]:
-        return State.ACCEPTED  # back to what Codat already holds: nothing to send
-    return State.PENDING
-
-
 async def _store(
     conn: AsyncConnection, company_id: str, data_type: str, batch: Sequence[Record], now: float
 ) -> IntakeResult:
@@ -182,48 +159,22 @@ async def _store(
             else:
                 result.unchanged += 1
             continue
-        state = State.PENDING if prev is None else _next_state(record, prev)
+        state = intake_state(prev, record.content_hash)
         values = {"n_version": 1 if prev is None else prev["version"] + 1, "n_hash": record.content_hash,
                   "n_body": record.body, "n_delete": record.is_delete, "n_state": state.value}  # fmt: skip
         (inserts if prev is None else updates).append({"b_id": record.id, **values})
         if state == State.CONFLICT:
             result.conflicts.append({"id": record.id, "reason": SYNCED_CHANGE})
         elif state == State.SYNCED:
-            result.unchanged += 1
+            result.unchanged += 1  # the books' own content again: a conflict resolved
         else:
             result.pending += state == State.PENDING
             if record.is_delete:
                 result.deleted += 1
             else:
                 result.accepted += 1
-    await _write(conn, company_id, data_type, now, inserts, updates)
+    await write_versions(conn, company_id, data_type, now, inserts, updates)
     return result
-
-
-_VALUES: dict[str, Any] = {
-    "version": sa.bindparam("n_version"), "content_hash": sa.bindparam("n_hash"), "body": sa.bindparam("n_body"),
-    "is_delete": sa.bindparam("n_delete"), "state": sa.bindparam("n_state"),
-}  # fmt: skip
-
-
-async def _write(
-    conn: AsyncConnection, company_id: str, data_type: str, now: float,
-    inserts: list[dict[str, Any]], updates: list[dict[str, Any]],
-) -> None:  # fmt: skip
-    common = {"company_id": company_id, "data_type": data_type, "updated_at": now}
-    if inserts:
-        insert = records.insert().values(
-            record_id=sa.bindparam("b_id"), inflight=False, created_at=now, **common, **_VALUES
-        )
-        await conn.execute(insert, inserts)
-    if updates:
-        stmt = (
-            records.update()
-            .where(records.c.company_id == company_id, records.c.data_type == data_type,
-                   records.c.record_id == sa.bindparam("b_id"))
-            .values(updated_at=now, **_VALUES)
-        )  # fmt: skip
-        await conn.execute(stmt, updates)
 
 
 async def set_paused(
@@ -280,46 +231,3 @@ async def record_sync_check(
                 last_sync_checked_at=now, updated_at=now)
     )  # fmt: skip
     return known, latest
-
-
-async def mark_synced(conn: AsyncConnection, company_id: str, data_type: str, synced_at: float,
-                      now: float) -> list[str]:  # fmt: skip
-    """A sync that started at `synced_at` succeeded: what Codat held by then is in the books.
-
-    Records accepted before then become `synced`; an unpushed change to one of them can no longer be
-    sent (rule 7) and becomes a conflict. Returns the ids of the new conflicts.
-    """
-    held = sa.and_(
-        records.c.company_id == company_id, records.c.data_type == data_type,
-        records.c.accepted_at <= synced_at,
-    )  # fmt: skip
-    conflicts = await conn.execute(
-        records.update()
-        .where(held, records.c.state.in_([State.PENDING, State.FAILED]), records.c.synced_at.is_(None))
-        .values(state=State.CONFLICT.value, synced_at=synced_at, updated_at=now)
-        .returning(records.c.record_id)
-    )
-    ids = sorted(conflicts.scalars())
-    await conn.execute(
-        records.update()
-        .where(held, records.c.state == State.ACCEPTED)
-        .values(state=State.SYNCED.value, synced_at=sa.func.coalesce(records.c.synced_at, synced_at),
-                updated_at=now)
-    )  # fmt: skip
-    # In flight again when the sync ran (a race Codat's rules leave open): the books hold the older one.
-    await conn.execute(
-        records.update().where(held, records.c.synced_at.is_(None)).values(synced_at=synced_at, updated_at=now)
-    )
-    return ids
-
-
-async def requeue_failed(conn: AsyncConnection, company_id: str, data_type: str, push_id: str,
-                         now: float) -> int:  # fmt: skip
-    """For a re-push: the failed records of one push wait to be pushed again (their latest version)."""
-    result = await conn.execute(
-        records.update()
-        # By push id alone (its own index); a push is of one company and data type anyway.
-        .where(records.c.push_id == push_id, records.c.state == State.FAILED)
-        .values(state=State.PENDING.value, updated_at=now)
-    )  # fmt: skip
-    return int(result.rowcount)

@@ -8,7 +8,11 @@ held in memory, and nothing is decoded and re-encoded.
 
 A push is written down (with its payload) before it is sent, and its id is the Idempotency-Key: if the
 process dies between Codat's answer and our record of it, the next run sends the same bytes under the
-same key, and Codat answers from its idempotency cache instead of creating a second dataset.
+same key, and Codat answers from its idempotency cache instead of creating a second dataset. An open
+push is resent only while the books hold no other version of its records (else it is dropped unsent).
+
+Every send is fenced: it goes only while this attempt of the job still holds a live lease, so a worker
+stalled past its lease stops before its next call instead of pushing beside the worker that took over.
 """
 
 from __future__ import annotations
@@ -23,25 +27,23 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import metrics, queue
-from service.codat import CodatAuthError, CodatNotFound, CodatRateLimited, CodatRejected
-from service.db import datasets, push_records, pushes, records, writer
-from service.errors import RetryLater
+from service import metrics, queue, record_states
+from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected
+from service.db import datasets, pushes, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
-from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, State, is_paused, lock_outbox, pause_unless_paused
+from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, is_paused, lock_outbox, pause_unless_paused
 from service.queue import Job, describe_error
+from service.record_states import Event
 from service.tracking import (
     POLL_KIND,
-    RATE_LIMIT_WAIT_S,
     SWEEP_KIND,
     SYNC_KIND,
     SYNC_POLL_KIND,
-    PollPolicy,
-    Tracker,
     TrackingDeps,
 )
 from service.worker import JobFunction, Periodic
 
+SEND, SKIP, STOP = "send", "skip", "stop"  # what the fence before a Codat call decides
 API_KEY_SUBJECT = "api_key"  # an auth_required about codat-relay's own key, not the merchant's connection
 log = structlog.get_logger("service.pusher")
 
@@ -59,9 +61,9 @@ class Push:
 class Pusher:
     """The push job; dataset polling and sync checks are the `Tracker`'s."""
 
-    def __init__(self, deps: TrackingDeps, poll: PollPolicy | None = None) -> None:
+    def __init__(self, deps: TrackingDeps) -> None:
         self._deps = deps
-        self.tracker = Tracker(deps, poll or PollPolicy.from_settings(deps.settings))
+        self.tracker = deps.tracker
 
     @property
     def _engine(self) -> Any:
@@ -87,15 +89,14 @@ class Pusher:
             return
         await self.tracker.guard_synced(company_id)
         for open_push in unrecorded:
-            if not await self._send(open_push):
+            if not await self._send(job, open_push, resend=True):
                 return
-        cursor = ""
-        while not await self._paused(company_id):
-            push = await self._claim(company_id, data_type, cursor, reason="push")
+        cursor: str | None = ""
+        while cursor is not None and not await self._paused(company_id):
+            push, cursor = await self._claim(company_id, data_type, cursor, reason="push")
             if push is None:
-                break
-            cursor = push.last_id
-            if not await self._send(push):
+                continue
+            if not await self._send(job, push):
                 break
             sent, count = sent + 1, count + push.record_count
         log.info("push_finished", company_id=company_id, data_type=data_type, pushes=sent, records=count,
@@ -124,46 +125,55 @@ class Pusher:
             rows = (await conn.execute(query)).all()
         return [Push(r.id, company_id, data_type, r.payload, r.record_count) for r in rows]
 
-    async def _claim(self, company_id: str, data_type: str, after: str, *, reason: str) -> Push | None:
-        """Take the next chunk of pending records (ids after `after`) into a new, written-down push."""
+    async def _claim(
+        self, company_id: str, data_type: str, after: str, *, reason: str
+    ) -> tuple[Push | None, str | None]:
+        """Take the next chunk of pending records (ids after `after`) into a new, written-down push.
+
+        Returns the push (None when nothing in the chunk could be claimed) and where the next claim
+        starts (None when no pending record is left).
+        """
         push_id, now = str(uuid.uuid4()), self._deps.clock.now()
-        mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type, IS_PENDING,
-                       records.c.inflight.is_(False))  # fmt: skip
-        pick = (
-            sa.select(records.c.record_id, records.c.body)
-            .where(mine, records.c.record_id > after)
-            .order_by(records.c.record_id)
-            .limit(self._deps.settings.max_push_records)
-        )
         async with writer(self._engine).begin() as conn:
-            await lock_outbox(conn, company_id, data_type)  # no intake can add a pending id in the range
-            rows = (await conn.execute(pick)).all()
+            await lock_outbox(conn, company_id, data_type)  # every move of these records waits for this claim
+            rows, last = await record_states.claim(
+                conn, company_id, data_type, push_id, after, self._deps.settings.max_push_records, now
+            )
+            if last == after:
+                return None, None
             if not rows:
-                return None
-            # By key range, not `record_id IN (5,000 ids)`: a range is an index condition on any plan,
-            # where the list became a per-row filter over the whole company under stale statistics.
-            await conn.execute(
-                records.update()
-                .where(mine, records.c.record_id > after, records.c.record_id <= rows[-1].record_id)
-                .values(state=State.PUSHED.value, inflight=True, push_id=push_id,
-                        pushed_version=records.c.version, pushed_hash=records.c.content_hash, updated_at=now)
-            )  # fmt: skip
+                return None, last
             payload = b"[" + b",".join(row.body for row in rows) + b"]"
             await conn.execute(pushes.insert().values(
                 id=push_id, company_id=company_id, data_type=data_type, record_count=len(rows), payload=payload,
                 reason=reason, started_at=now, outcome="open",
             ))  # fmt: skip
-            # Copied inside the database: 5,000 bound rows from Python cost more than the push itself.
-            await conn.execute(push_records.insert().from_select(
-                ["push_id", "record_id", "version"],
-                sa.select(records.c.push_id, records.c.record_id, records.c.pushed_version)
-                .where(records.c.push_id == push_id),
-            ))  # fmt: skip
-        return Push(push_id, company_id, data_type, payload, len(rows), rows[-1].record_id)
+        return Push(push_id, company_id, data_type, payload, len(rows), rows[-1].record_id), last
 
-    async def _send(self, push: Push) -> bool:
+    async def _may_send(self, job: Job, push: Push, *, resend: bool) -> str:
+        """The fence before each Codat call: this attempt still holds its lease; and an open push goes
+        again only while the books hold no other version of its records (else it is dropped unsent)."""
+        now = self._deps.clock.now()
+        async with writer(self._engine).begin() as conn:
+            if not await queue.holds_lease(conn, job, now):
+                log.warning("push_fenced", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
+                            job_id=job.id, attempt=job.attempts)  # fmt: skip
+                return STOP
+            if resend and await record_states.flight_blocked(conn, push.id):
+                await self._close(conn, push, "superseded", "the books now hold another version", Event.ABANDON)
+                log.warning("push_superseded", company_id=push.company_id, data_type=push.data_type,
+                            push_id=push.id)  # fmt: skip
+                return SKIP
+        return SEND
+
+    async def _send(self, job: Job, push: Push, *, resend: bool = False) -> bool:
         """Send one push and record what came of it; False when the job should stop pushing."""
+        decision = await self._may_send(job, push, resend=resend)
+        if decision != SEND:
+            return decision == SKIP
         codat = self._deps.codat
+        # A 429 or 503 raises `RetryLater` through: the push stays open, and the job's retry (after `after_s`)
+        # resends the same bytes under the same key.
         try:
             result = await codat.push_records_json(
                 push.company_id, push.data_type, push.payload, idempotency_key=push.id
@@ -177,9 +187,6 @@ class Pusher:
         except CodatRejected as exc:
             await self._reject(push, exc)
             return True  # these records were refused; the next chunk may well be fine
-        except CodatRateLimited as exc:
-            # The push stays open: the retry resends the same bytes under the same key.
-            raise RetryLater("Codat rate limit", after_s=int(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
         await self._record(push, result.dataset_id)
         return True
 
@@ -206,20 +213,16 @@ class Pusher:
                  dataset_id=dataset_id, records=push.record_count)  # fmt: skip
         metrics.PUSHES.labels(data_type=push.data_type, outcome="pushed").inc()
 
-    async def _close(self, conn: AsyncConnection, push: Push, outcome: str, error: str, state: State) -> None:
-        """End a push without a dataset; its records go to `state` (still `pushed` ones only)."""
+    async def _close(self, conn: AsyncConnection, push: Push, outcome: str, error: str, event: Event) -> None:
+        """End a push without a dataset; its records move by `event` (FAIL or ABANDON)."""
         now = self._deps.clock.now()
         metrics.PUSHES.labels(data_type=push.data_type, outcome=outcome).inc()
+        await lock_outbox(conn, push.company_id, push.data_type)
         await conn.execute(
             pushes.update().where(pushes.c.id == push.id)
             .values(finished_at=now, outcome=outcome, error=error, payload=None)
         )  # fmt: skip
-        await conn.execute(
-            records.update()
-            .where(records.c.push_id == push.id)  # its own index: see service.datasets
-            .values(inflight=False, updated_at=now,
-                    state=sa.case((records.c.state == State.PUSHED, state.value), else_=records.c.state))
-        )  # fmt: skip
+        await record_states.end_flight(conn, push.id, event, now)
 
     async def _abandon(self, push: Push, exc: Exception, *, pause: str | None) -> None:
         """Codat never took the push (no company or connection, or our key refused): records wait again.
@@ -232,7 +235,7 @@ class Pusher:
         now = self._deps.clock.now()
         details = {"pushId": push.id, "records": push.record_count, "error": describe_error(exc)}
         async with writer(self._engine).begin() as conn:
-            await self._close(conn, push, "abandoned", describe_error(exc), State.PENDING)
+            await self._close(conn, push, "abandoned", describe_error(exc), Event.ABANDON)
             paused = pause is not None and await pause_unless_paused(conn, push.company_id, pause, now)
             note: Notification | None = None
             if isinstance(exc, CodatAuthError):
@@ -255,7 +258,7 @@ class Pusher:
 
     async def _reject(self, push: Push, exc: CodatRejected) -> None:
         async with writer(self._engine).begin() as conn:
-            await self._close(conn, push, "rejected", describe_error(exc), State.FAILED)
+            await self._close(conn, push, "rejected", describe_error(exc), Event.FAIL)
             summary = f"Codat rejected a push of {push.record_count} records"
             await self._tell(conn, push, Kind.DATASET_FAILED, summary)
         log.warning("push_rejected", company_id=push.company_id, data_type=push.data_type, push_id=push.id,

@@ -21,6 +21,7 @@ from service.db import bookkeeper, jobs, writer
 NOTIFY_CHANNEL = "relay_jobs"
 LEASE_LOST = "lease expired: the worker running this job was lost"
 MAX_ERROR_CHARS = 4_000
+PRUNE_KIND = "prune_jobs"  # the periodic job that calls `prune`
 
 
 class JobStatus(enum.StrEnum):
@@ -333,3 +334,12 @@ async def prune(engine: AsyncEngine, finished_before: float) -> int:
             jobs.delete().where(jobs.c.status == "done", jobs.c.finished_at < finished_before)
         )
     return int(result.rowcount)
+
+
+async def holds_lease(conn: AsyncConnection, job: Job, now: float) -> bool:
+    """Whether this attempt of `job` still runs under a live lease: a job calls it before each outside call
+    it must not make beside a successor (the same `(id, attempts)` fence as completion)."""
+    found = await conn.scalar(
+        sa.select(jobs.c.id).where(_fenced([job]), jobs.c.lease_expires_at >= now)
+    )
+    return found is not None

@@ -16,10 +16,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 from pydantic import ValidationError as PydanticValidationError
 
+from service.ids import id_problem
+
 MAX_ID_CHARS = 255  # the records table's key column
+MAX_STRING_CHARS = 16_384  # any string field of a record (README): far above real data, far below abuse
 HASH_BYTES = 16
 
 # Path name → Codat's data type; the short names are the ones merchants' platforms are told to use.
@@ -60,17 +63,20 @@ def _iso_datetime(value: str) -> str:
     return value
 
 
-DateTime = Annotated[StrictStr, AfterValidator(_iso_datetime)]
+# The JSON schema says what the validator checks, so /openapi.json's record schemas carry `format: date-time`.
+DateTime = Annotated[
+    StrictStr, AfterValidator(_iso_datetime), WithJsonSchema({"type": "string", "format": "date-time"})
+]
 
 
-def _no_nul(value: str) -> str:
-    # Ids are key columns, and PostgreSQL text cannot hold NUL: refuse it here, as the client's error.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _an_id(value: str) -> str:
+    # Ids are key columns and go into URLs: the relay's one id rule (service/ids.py), as the client's error.
+    if (problem := id_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_no_nul)]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_an_id)]
 PaymentType = Literal[
     "Unknown", "Cash", "Card", "Invoice", "OnlineCard", "Swish", "Vipps", "Mobile", "StoreCredit", "Paypal",
     "Custom", "Prepaid",
@@ -85,7 +91,9 @@ ServiceChargeType = Literal["Unknown", "Generic", "Shipping", "Overpayment"]
 
 class Strict(BaseModel):
     # Field names are Codat's camelCase as sent: the models check records, they never re-serialise them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every string is capped: a record's longest real text (a note, an address) is a few KiB, and six
+    # 10 MiB strings in one request were stored and answered 202 after a 489 MiB peak.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_STRING_CHARS)
 
 
 class Ref(Strict):

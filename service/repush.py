@@ -16,11 +16,11 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import metrics
+from service import metrics, record_states
 from service.datasets import COMPLETE, Applied
 from service.db import datasets, records
 from service.notifications import CONNECTION_SUBJECT, Kind, Notification, Notifier
-from service.outbox import State, requeue_failed, schedule_push
+from service.outbox import State, schedule_push
 
 AUTH_ERRORS = frozenset({"AuthError", "PermissionsError"})
 ACTIONS = {
@@ -92,11 +92,9 @@ async def after_failure(
         ), conn)  # fmt: skip
         metrics.REPUSHES.labels(status=applied.status, decision="repush_exhausted").inc()
         return "repush_exhausted"
-    await conn.execute(
-        records.update().where(_of_push(applied, push_id), records.c.state == State.FAILED)
-        .values(repush_count=records.c.repush_count + 1)
-    )  # fmt: skip
-    requeued = await requeue_failed(conn, applied.company_id, applied.data_type, push_id, now)
+    # Each failed record is decided again: one the books now hold another version of is a conflict,
+    # one Codat holds already is accepted; only the rest go again (the same decision as every push).
+    requeued = await record_states.requeue_failed(conn, push_id, now)
     await schedule_push(conn, applied.company_id, applied.data_type, now=now, delay_s=policy.delay(attempts + 1))
     log.info("repush_scheduled", **base, attempt=attempts + 1, records=requeued)
     metrics.REPUSHES.labels(status=applied.status, decision="repushed").inc()
@@ -109,6 +107,4 @@ async def after_complete(conn: AsyncConnection, applied: Applied) -> None:
         return
     push_id, _ = await _push_of(conn, applied.dataset_id)
     if push_id is not None:
-        await conn.execute(
-            records.update().where(_of_push(applied, push_id), records.c.repush_count > 0).values(repush_count=0)
-        )
+        await record_states.reset_repush_counts(conn, push_id)

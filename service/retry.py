@@ -1,4 +1,7 @@
-"""Retry policy: exponential backoff with full jitter. Pure; the worker only applies its decisions."""
+"""Retry policy: exponential backoff with full jitter. Pure; the worker only applies its decisions.
+
+Which policy each job kind gets, built from settings, is `service.policies`'s.
+"""
 
 from __future__ import annotations
 

@@ -12,18 +12,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers import REGISTRY
 from service import metrics, queue
 from service.clock import Clock
-from service.codat import CodatClient
+from service.codat.client import CodatClient
 from service.dispatch import make_alert_job
-from service.notifications import NOTIFY_JOB_KIND, NOTIFY_RETRY, Notifier, NotifyJob
+from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
+from service.policies import job_policy, poll_policy, repush_policy, retry_policies
 from service.pusher import Pusher
-from service.queue import Job
+from service.queue import PRUNE_KIND, Job
 from service.retry import RetryPolicy
 from service.senders import Sender, build_senders
 from service.settings import Settings
+from service.tracking import Tracker
 from service.worker import JobFunction, Periodic, Worker
 
 log = structlog.get_logger("service.runtime")
-PRUNE_KIND = "prune_jobs"
 PRUNE_EVERY_S = 3600.0
 KEEP_DONE_JOBS_S = 7 * 86400.0
 
@@ -36,13 +37,20 @@ class Runtime:
     notifier: Notifier
     http: httpx.AsyncClient
     senders: dict[str, Sender]
+    codat: CodatClient
     transport: httpx.AsyncBaseTransport | None = None
-    codat: CodatClient | None = None
     workers: list[Worker] = field(default_factory=list)
+    # The push pipeline's one Tracker: the pusher's jobs and the handlers (`Context.tracker`) share it.
+    tracker: Tracker = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.tracker = Tracker(self, poll_policy(self.settings), repush_policy(self.settings))
+
     def build_worker(self, retry: RetryPolicy | None = None) -> Worker:
+        """A worker running every job kind, each retried by its policy (`service.policies`); a `retry` given
+        (tests) is every kind's instead, as it is."""
         pusher = Pusher(self)
         jobs: dict[str, JobFunction] = {
             "alert": make_alert_job(REGISTRY, self),
@@ -55,13 +63,11 @@ class Runtime:
             jobs,
             concurrency=self.settings.worker_concurrency,
             lease_s=self.settings.job_lease_seconds,
-            max_attempts=self.settings.max_attempts,
             clock=self.clock,
             notifier=self.notifier,
             grace_s=self.settings.shutdown_grace_seconds,
-            retry=retry,
-            # An explicit `retry` (tests) applies to every kind; otherwise notifications have their own.
-            policies={} if retry is not None else {NOTIFY_JOB_KIND: NOTIFY_RETRY},
+            retry=retry or job_policy(self.settings),
+            policies={} if retry is not None else retry_policies(self.settings),
             periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S)],
         )
 

@@ -24,6 +24,8 @@ class Sender(Protocol):
 
 
 class WebhookSender:
+    """The generic target gets JSON: encoding escapes every value, so nothing in one can change its shape."""
+
     def __init__(self, client: httpx.AsyncClient, url: str) -> None:
         self._client, self._url = client, url
 
@@ -32,11 +34,31 @@ class WebhookSender:
         response.raise_for_status()  # any non-2xx: the job retries with backoff
 
 
+# Slack reads `<…>` as a mention (`<!channel>`) or a link (`<https://…|label>`); its escaping rule is
+# exactly these three characters (api.slack.com "Escaping text"). Everything a notification carries
+# may come from outside (company ids, Codat's error messages), so every value goes through it.
+SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# Line breaks and other control characters would let a value start lines of its own (a fake bullet).
+_CONTROL = {code: " " for code in (*range(0x20), 0x7F, 0x2028, 0x2029)}
+
+
+def slack_escape(value: object) -> str:
+    """`value` as inert Slack text: no mention, no link, no line of its own."""
+    return str(value).translate(_CONTROL).translate(SLACK_ESCAPES)
+
+
+def _slack_code(value: object) -> str:
+    # A backtick would end the code span early; Slack has no escape for it inside one.
+    return "`" + slack_escape(value).replace("`", "'") + "`"
+
+
 def slack_text(message: dict[str, Any]) -> str:
     icon = ":rotating_light:" if message["severity"] == "critical" else ":warning:"
-    where = " · ".join(f"{k} `{message[k]}`" for k in ("companyId", "dataType", "datasetId") if message.get(k))
-    details = "\n".join(f"• {k}: {v}" for k, v in (message.get("details") or {}).items())
-    return f"{icon} *{message['kind']}* — {message['summary']}\n{where}\n{details}".strip()
+    where = " · ".join(f"{k} {_slack_code(message[k])}" for k in ("companyId", "dataType", "datasetId")
+                       if message.get(k))  # fmt: skip
+    details = "\n".join(f"• {slack_escape(k)}: {slack_escape(v)}" for k, v in (message.get("details") or {}).items())
+    kind, summary = slack_escape(message["kind"]), slack_escape(message["summary"])
+    return f"{icon} *{kind}* — {summary}\n{where}\n{details}".strip()
 
 
 class SlackSender:
@@ -48,10 +70,16 @@ class SlackSender:
         response.raise_for_status()
 
 
+def one_line(value: object) -> str:
+    """A value on one line of a plain-text mail: a line break in it cannot forge lines (or headers)."""
+    return str(value).translate(_CONTROL)
+
+
 def mail_text(message: dict[str, Any]) -> str:
-    lines = [message["summary"], ""]
-    lines += [f"{k}: {message[k]}" for k in ("kind", "severity", "companyId", "dataType", "datasetId", "occurredAt")]
-    lines += ["", *(f"{k}: {v}" for k, v in (message.get("details") or {}).items())]
+    lines = [one_line(message["summary"]), ""]
+    lines += [f"{k}: {one_line(message[k])}"
+              for k in ("kind", "severity", "companyId", "dataType", "datasetId", "occurredAt")]  # fmt: skip
+    lines += ["", *(f"{one_line(k)}: {one_line(v)}" for k, v in (message.get("details") or {}).items())]
     return "\n".join(lines)
 
 
@@ -75,7 +103,9 @@ class EmailSender:
 
     async def send(self, message: dict[str, Any]) -> None:
         mail = EmailMessage()
-        mail["Subject"] = f"[codat-relay] {message['severity']}: {message['kind']} — {message['summary']}"[:200]
+        # A line break in a header value is refused by `email` (the job would fail on every retry).
+        subject = f"[codat-relay] {message['severity']}: {message['kind']} — {message['summary']}"
+        mail["Subject"] = one_line(subject)[:200]
         mail["From"], mail["To"] = self._from, ", ".join(self._to)
         mail.set_content(mail_text(message))
         await asyncio.to_thread(self._deliver, mail)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -33,6 +34,13 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./codat-relay.db"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # What a client may hold before it has authenticated (service/web/server.py).
+    max_header_bytes: int = Field(default=65_536, ge=4096, le=1_048_576)
+    max_headers: int = Field(default=100, ge=16, le=1000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    keepalive_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1000, ge=10)
 
     codat_base_url: str = "https://api.codat.io"
     codat_api_key: SecretStr | None = None
@@ -47,6 +55,8 @@ class Settings(BaseSettings):
 
     api_token: SecretStr | None = None
     admin_token: SecretStr | None = None
+    auth_failure_limit: int = Field(default=20, ge=1)  # per client address and window (service/web/throttle.py)
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0)
 
     worker_concurrency: int = Field(default=4, ge=1, le=256)
     max_attempts: int = Field(default=10, ge=1)
@@ -150,6 +160,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _roles_have_their_own_tokens(self) -> Settings:
+        # The same value for two roles silently merges them: the intake client could administer.
+        if self.api_token is not None and self.admin_token is not None and hmac.compare_digest(
+            self.api_token.get_secret_value().encode(), self.admin_token.get_secret_value().encode()
+        ):
+            raise ValueError("RELAY_API_TOKEN and RELAY_ADMIN_TOKEN must differ: each role needs its own token")
+        return self
+
+    @model_validator(mode="after")
     def _email_needs_smtp(self) -> Settings:
         if (self.notify_email_to is not None) != (self.smtp_url is not None):
             raise ValueError("RELAY_NOTIFY_EMAIL_TO and RELAY_SMTP_URL go together: set both or neither")
@@ -169,6 +188,15 @@ class Settings(BaseSettings):
     @property
     def webhook_auth_configured(self) -> bool:
         return bool(self.webhook_secrets or self.webhook_auth_header)
+
+
+class OperatorSettings(Settings):
+    """Settings of the operator commands (`alerts list`, `companies show`, …): they receive no webhooks, so
+    they need only the database (and Codat's URL and key for `sync`), not webhook authentication."""
+
+    @model_validator(mode="after")
+    def _webhook_auth_required(self) -> OperatorSettings:  # overrides the check of the serving commands
+        return self
 
 
 def _scheme_and_host(url: str) -> tuple[str, str | None]:
@@ -191,8 +219,11 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-    """Build settings from the environment, turning every problem into one `SettingsError`."""
+def load_settings(environ: dict[str, str] | None = None, *, serving: bool = True, **overrides: object) -> Settings:
+    """Build settings from the environment, turning every problem into one `SettingsError`.
+
+    `serving=False` is for commands that receive no webhooks: webhook authentication is then not required.
+    """
     env = dict(os.environ if environ is None else environ)
     unknown = sorted(
         name
@@ -211,7 +242,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     values.update(overrides)
     try:
         # Values are passed explicitly so that tests and callers never depend on os.environ.
-        return Settings.model_validate(values)
+        return (Settings if serving else OperatorSettings).model_validate(values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
 

@@ -1,21 +1,50 @@
-"""Test doubles shipped with the service: an in-process app with its lifespan, sample deliveries."""
+"""Test doubles shipped with the service: an in-process app with its lifespan, sample deliveries, signing."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
 
 if TYPE_CHECKING:
-    from service.app import AppOptions
+    from service.web.app import AppOptions
 
 from service.clock import Clock
 from service.settings import Settings
+
+
+def signed_headers(
+    body: bytes, secret: str, *, msg_id: str | None = None, at: float | None = None, prefix: str = "webhook-"
+) -> dict[str, str]:
+    """Standard Webhooks headers for `body`, signed with `secret` (`whsec_…`) at `at` (default now).
+
+    The signature comes from the `standardwebhooks` library (a dev dependency), an oracle we did not
+    write, not from the verifier under test. The library signs text; a body that is not UTF-8 (the
+    fuzzers send such) is signed as the spec says for raw bytes: HMAC-SHA256 over `id.timestamp.body`.
+    """
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    stamp = int(time.time() if at is None else at)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        digest = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+        signature = "v1," + base64.b64encode(digest).decode()
+    else:
+        from standardwebhooks.webhooks import Webhook  # late: a dev dependency, for tests only
+
+        signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, UTC), text)
+    return {f"{prefix}id": msg_id, f"{prefix}timestamp": str(stamp), f"{prefix}signature": signature}
+
 
 COMPANY_ID = "8a210b68-6988-11ed-a1eb-0242ac120002"
 CONNECTION_ID = "2e9d2c44-1c4b-4a62-8a53-5d4e0a4f2f1c"
@@ -29,7 +58,7 @@ async def running_app(
     settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None
 ) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """The real app with its lifespan, reached in-process through `httpx.ASGITransport`."""
-    from service.app import create_app  # late: the sample factories below need no app
+    from service.web.app import create_app  # late: the sample factories below need no app
 
     app = create_app(settings, clock=clock, options=options)
     async with app.router.lifespan_context(app):

@@ -9,29 +9,25 @@ sends no webhook when a Sync for Commerce sync ends (FACTS §6), so polling is t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.codat import CodatNotFound, CodatRateLimited, SyncStatus, is_failure, is_in_progress, is_success
-from service.codat_models import SYNC_STATUS_MEANINGS
+from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_in_progress, is_success
+from service.codat.models import SYNC_STATUS_MEANINGS
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
-from service.errors import RetryLater
 from service.notifications import Kind, Notification
-from service.outbox import IS_PENDING, mark_synced, record_sync_check, schedule_push
+from service.outbox import IS_PENDING, record_sync_check, schedule_push
 from service.queue import Job
+from service.record_states import lock_outbox, mark_synced
 from service.records import MODELS
 from service.repush import RepushPolicy
 from service.types import Deps
-
-if TYPE_CHECKING:
-    from service.settings import Settings
 
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
@@ -41,7 +37,6 @@ SWEEP_KIND = "push_sweep"
 SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
 NOT_FOUND_GRACE_S = 600.0  # a dataset Codat answers 404 for this long after its push is gone
-RATE_LIMIT_WAIT_S = 30  # when Codat's 429 carries no Retry-After
 CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
 log = structlog.get_logger("service.tracking")
 
@@ -57,10 +52,6 @@ class PollPolicy:
     factor: float = 2.0
     max_delay_s: float = 120.0
     max_polls: int = 20  # about 30 minutes of polling with the defaults
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PollPolicy:
-        return cls(max_polls=settings.dataset_polls)
 
     def delay(self, polls: int) -> float:
         return min(self.max_delay_s, self.first_s * self.factor ** min(polls, 64))
@@ -133,7 +124,8 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
     A 404 for a dataset Codat gave us its id for means the company, its data or the dataset is gone:
     once `NOT_FOUND_GRACE_S` have passed since the push it ends the dataset as `NotFound` (failed, and
     staff told once) instead of failing the job until it dies. Sooner, it may be Codat catching up with
-    itself, so the caller asks again later. A 429 waits as long as Codat said (`RetryLater`).
+    itself, so the caller asks again later. A 429 or 503 raises the client's `RetryLater`: the job waits
+    as long as Codat said.
     """
     try:
         found = await codat.get_dataset(dataset["company_id"], dataset["id"])
@@ -141,15 +133,16 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
         if now - dataset["requested_at"] < NOT_FOUND_GRACE_S:
             return None
         return Found(GONE, f"Codat answers 404 for this dataset: {exc}", None)
-    except CodatRateLimited as exc:
-        raise RetryLater("Codat rate limit", after_s=math.ceil(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
     return Found(found.status, found.error_message, _ts(found.completed))
 
 
 class Tracker:
-    def __init__(self, deps: TrackingDeps, poll: PollPolicy, sync_poll: SyncPollPolicy = SyncPollPolicy()) -> None:
+    def __init__(
+        self, deps: TrackingDeps, poll: PollPolicy, repush: RepushPolicy, sync_poll: SyncPollPolicy = SyncPollPolicy()
+    ) -> None:
         self._deps = deps
         self.poll = poll
+        self.repush = repush
         self.sync_poll = sync_poll
 
     # -- datasets ------------------------------------------------------------------------------------
@@ -195,8 +188,7 @@ class Tracker:
         if applied.waiting:
             await schedule_push(conn, applied.company_id, applied.data_type, now=now)
         if applied.failed and applied.changed:
-            policy = RepushPolicy(self._deps.settings.repush_max_attempts, self._deps.settings.repush_backoff_seconds)
-            await repush.after_failure(conn, applied, self._deps.notifier, policy, now)
+            await repush.after_failure(conn, applied, self._deps.notifier, self.repush, now)
         elif applied.changed:
             await repush.after_complete(conn, applied)
         log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,
@@ -226,9 +218,7 @@ class Tracker:
         try:
             syncs = await self._deps.codat.get_sync_status(company_id)
         except CodatNotFound:
-            syncs = []  # not visible yet
-        except CodatRateLimited as exc:
-            raise RetryLater("Codat rate limit", after_s=math.ceil(exc.retry_after or RATE_LIMIT_WAIT_S)) from exc
+            syncs = []  # not visible yet (a 429/503 is the client's RetryLater: the job waits as Codat said)
         found = followed_sync(syncs, sync_id, requested_at)
         code = found.sync_status_code if found is not None else None
         if found is None or code is None or is_in_progress(code):
@@ -257,17 +247,22 @@ class Tracker:
                 syncs = []  # no sync has ever run
         now = self._deps.clock.now()
         dated = [s for s in syncs if s.sync_utc is not None]
-        latest = max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)
+        latest = max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)  # `or`: for mypy, never None here
         success_at = max((_ts(s.sync_utc) or 0.0 for s in dated if is_success(s.sync_status_code)), default=None)
         conflicts: dict[str, list[str]] = {}
         async with writer(self._deps.engine).begin() as conn:
+            # The outbox locks first, in one order, then the company row: intake and the pusher's claim
+            # take the same locks, so none of them reads "not synced" while this marks the rows they
+            # replace; and a push closing (outbox lock, then the company's pause) cannot deadlock with this.
+            for data_type in sorted(MODELS):
+                await lock_outbox(conn, company_id, data_type)
             before, known = await record_sync_check(
                 conn, company_id, code=latest.sync_status_code if latest else None,
                 at=_ts(latest.sync_utc) if latest else None, success_at=success_at, now=now,
             )  # fmt: skip
             if known is None or known == before:
                 return conflicts  # nothing new in the books since the last check
-            for data_type in MODELS:
+            for data_type in sorted(MODELS):
                 ids = await mark_synced(conn, company_id, data_type, known, now)
                 if ids:
                     conflicts[data_type] = ids

@@ -5,16 +5,19 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # real types for mypy; imported at run time they would cycle (each of these imports this)
     import structlog
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from service.clock import Clock
+    from service.codat.client import CodatClient
+    from service.notifications import Notifier
     from service.settings import Settings
+    from service.tracking import Tracker
 
 
 class AlertKind(enum.StrEnum):
@@ -89,15 +92,15 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Context:
-    """Exactly what a handler may touch."""
+    """Exactly what a handler may touch, each with its real type (mypy strict checks handlers through it)."""
 
-    store: Any
-    codat: Any
-    notifier: Any
+    store: AsyncEngine
+    codat: CodatClient
+    notifier: Notifier
+    tracker: Tracker  # the push pipeline's: what follows a dataset's end, what a sync put in the books
     clock: Clock
     log: structlog.stdlib.BoundLogger
     attempt: int
-    settings: Any = None
 
 
 Handler = Callable[[Alert, Context], Awaitable[Outcome]]
@@ -113,6 +116,8 @@ class Deps(Protocol):
     @property
     def settings(self) -> Settings: ...
     @property
-    def codat(self) -> Any: ...
+    def codat(self) -> CodatClient: ...
     @property
-    def notifier(self) -> Any: ...
+    def notifier(self) -> Notifier: ...
+    @property
+    def tracker(self) -> Tracker: ...

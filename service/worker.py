@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
 
 import asyncpg
@@ -29,8 +29,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from service import metrics, queue
 from service.clock import Clock
+from service.dead_jobs import DeadJobObserver
 from service.errors import GiveUp
-from service.notify import Notifier
 from service.queue import LEASE_LOST, NOTIFY_CHANNEL, Job, describe_error
 from service.retry import RetryPolicy, Rng
 
@@ -101,10 +101,9 @@ class Worker:
         *,
         concurrency: int,
         lease_s: float,
-        max_attempts: int,
         clock: Clock,
-        notifier: Notifier,
-        retry: RetryPolicy | None = None,
+        notifier: DeadJobObserver,
+        retry: RetryPolicy,
         policies: Mapping[str, RetryPolicy] | None = None,
         worker_id: str | None = None,
         periodic: Sequence[Periodic] = (),
@@ -119,10 +118,11 @@ class Worker:
         self._batched_kinds = {k: cast(Batched, f) for k, f in self._jobs.items() if isinstance(f, Batched)}
         self._concurrency = concurrency
         self._lease_s = lease_s
-        # One source of truth for the attempt limit: the policy decides, the lost-lease rule agrees.
-        # `policies` gives some job kinds their own (notifications outlive RELAY_MAX_ATTEMPTS).
-        self._retry = replace(retry or RetryPolicy(), max_attempts=max_attempts)
+        # Policies are applied as given, never amended (service/policies.py builds the relay's from settings):
+        # `policies` per job kind, `retry` for a kind it does not name. One source of truth for the attempt
+        # limit: the policy decides, the lost-lease rule agrees.
         self._policies = dict(policies or {})
+        self._retry = retry
         self._clock = clock
         self._notifier = notifier
         self.worker_id = worker_id or default_worker_id()
@@ -210,13 +210,19 @@ class Worker:
                 continue
             self._running[job.id] = (job, asyncio.create_task(self._execute(job)))
 
-    def _policy(self, job: Job) -> RetryPolicy:
-        return self._policies.get(job.kind, self._retry)
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The job kinds this worker runs."""
+        return frozenset(self._jobs)
+
+    def policy(self, kind: str) -> RetryPolicy:
+        """The retry policy this worker applies to jobs of `kind`."""
+        return self._policies.get(kind, self._retry)
 
     def _exhausted(self, job: Job) -> bool:
         """A job claimed again after its policy's last attempt (each lost its lease: it likely kills its
         worker) or past its policy's age is run no more; a first attempt always runs."""
-        policy = self._policy(job)
+        policy = self.policy(job.kind)
         return job.attempts > 1 and policy.gives_up(
             job.attempts - 1, RuntimeError(LEASE_LOST), self._clock.now() - job.created_at
         )
@@ -297,7 +303,7 @@ class Worker:
     async def _settle(self, finished: _Finished, now: float) -> str:
         assert finished.error is not None
         job, error_text = finished.job, describe_error(finished.error)
-        run_at = self._policy(job).decide(job.attempts, finished.error, now, self._rng, queued_at=job.created_at)
+        run_at = self.policy(job.kind).decide(job.attempts, finished.error, now, self._rng, queued_at=job.created_at)
         if run_at is not None:
             await queue.retry(self._engine, job, run_at, error_text, now)
             return "retry"
@@ -307,7 +313,7 @@ class Worker:
 
     async def _tell_dead(self, job: Job, error: str) -> None:
         function = self._jobs.get(job.kind)
-        hooks: list[DeadLetterAware | Notifier] = [self._notifier]
+        hooks: list[DeadLetterAware | DeadJobObserver] = [self._notifier]
         if isinstance(function, DeadLetterAware):
             hooks.insert(0, function)
         for hook in hooks:

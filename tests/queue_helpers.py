@@ -53,3 +53,22 @@ async def job_rows(engine: AsyncEngine, **where: Any) -> list[sa.RowMapping]:
         query = query.where(jobs.c[column] == value)
     async with engine.connect() as conn:
         return list((await conn.execute(query)).mappings().all())
+
+
+LEASE_S = 3600.0
+
+
+async def leased_job(engine: AsyncEngine, kind: str, payload: dict[str, Any], now: float,
+                     lease_s: float = LEASE_S) -> Job:  # fmt: skip
+    """A job as a worker hands it to its function: a real row, running under a live lease (attempt 1).
+
+    Job functions that call outside services fence each call on that lease, so a made-up `Job` is refused.
+    """
+    from service.queue import job_values
+
+    row = {**job_values(kind, payload, now=now), "status": "running", "attempts": 1, "started_at": now,
+           "lease_expires_at": now + lease_s, "worker_id": "test-worker"}  # fmt: skip
+    async with engine.begin() as conn:
+        job_id = await conn.scalar(jobs.insert().values(row).returning(jobs.c.id))
+    return Job(id=int(job_id), kind=kind, payload=payload, lock_key=None, queueing_lock=None, attempts=1,
+               run_at=now, created_at=now)  # fmt: skip

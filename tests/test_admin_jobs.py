@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.app import AppOptions
 from service.clock import FixedClock
 from service.db import alerts, create_engine, jobs
 from service.testing import running_app
+from service.web.app import AppOptions
 from tests import ui_factories as f
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 from tests.queue_helpers import eventually

@@ -8,8 +8,10 @@ import json
 
 import pytest
 
-from service import cli
-from service.cli_admin import alerts_list
+from service.cli import entry as cli
+from service.cli.admin import alerts_list
+from service.cli.common import codat_failure
+from service.codat.models import CodatError, CodatNotFound, CodatRateLimited, CodatUnavailable
 from service.db import create_engine
 from tests import ui_factories as f
 from tests.conftest import make_settings
@@ -52,3 +54,18 @@ def test_limit_outside_1_to_1000_is_bad_usage(bad: str) -> None:
 def test_limit_bounds_are_accepted() -> None:
     """1 and 1000 are fine; the default is 50."""
     assert (parsed("--limit", "1").limit, parsed("--limit", "1000").limit, parsed().limit) == (1, 1000, 50)
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (CodatRateLimited("Codat answered 429", after_s=120),
+         "Codat refused: CodatRateLimited: Codat answered 429 (try again in 120 s)"),
+        (CodatUnavailable("Codat unreachable", after_s=5),
+         "Codat refused: CodatUnavailable: Codat unreachable (try again in 5 s)"),
+        (CodatNotFound("Codat answered 404", status_code=404), "Codat refused: CodatNotFound: Codat answered 404"),
+    ],
+)
+def test_a_codat_refusal_is_one_line_saying_when_to_come_back(error: CodatError, line: str) -> None:
+    """`sync …` failing on Codat prints one line; a 429/503 says when to retry, the client's `after_s` as is."""
+    assert codat_failure(error) == line

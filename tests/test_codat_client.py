@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from service.clock import FixedClock
-from service.codat import (
+from service.codat.client import (
     ERROR_STATUSES,
     REPUSHABLE,
     TERMINAL_STATUSES,
@@ -31,7 +31,9 @@ from service.codat import (
     is_failure,
     is_success,
 )
-from service.codat_models import DATASET_STATUSES, SYNC_STATUS_MEANINGS
+from service.codat.models import DATASET_STATUSES, SYNC_STATUS_MEANINGS
+from service.codat.retry import MAX_WAIT_S, RATE_LIMITED_WAIT_S, UNAVAILABLE_WAIT_S
+from service.errors import RetryLater
 from tests.conftest import make_settings
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -339,12 +341,12 @@ async def test_gives_up_when_the_time_budget_is_spent() -> None:
 
 
 async def test_a_retry_after_beyond_the_budget_raises_rate_limited_at_once() -> None:
-    """Codat asking for 120 s against a 60 s budget: no sleep; the caller gets `retry_after` to reschedule."""
+    """Codat asking for 120 s against a 60 s budget: no sleep; the caller gets `after_s` to reschedule."""
     async with Harness(fail(429, codat_error(429), **{"Retry-After": "120"})) as h:
         with pytest.raises(CodatRateLimited) as caught:
             await push(h.client)
     assert h.sleeps.delays == []
-    assert caught.value.retry_after == 120.0 and caught.value.status_code == 429
+    assert caught.value.after_s == 120 and caught.value.status_code == 429
 
 
 async def test_a_retried_push_keeps_its_idempotency_key() -> None:
@@ -377,6 +379,61 @@ async def test_conflict_after_a_lost_attempt_waits_for_the_first_to_finish() -> 
         result = await push(h.client)
     assert result.dataset_id == DATASET
     assert h.sleeps.delays == [0.5, 0.75]
+
+
+# -- "come back later", translated once ----------------------------------------------------------------
+
+T0 = 1_750_000_000.0  # FixedClock's start: the HTTP dates below count from it
+
+
+def http_date(at: float, zone: str = "GMT") -> str:
+    return datetime.fromtimestamp(at, tz=UTC).strftime(f"%a, %d %b %Y %H:%M:%S {zone}")
+
+
+NO_ANSWER = -1  # the row's "status" when Codat never answered
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "error_class", "after_s"),
+    [
+        (429, "7", CodatRateLimited, 7),  # seconds, as Codat sends them
+        (429, "0", CodatRateLimited, 0),  # "now" is an answer too
+        (429, "2.2", CodatRateLimited, 3),  # a fraction rounds up: sooner only fails again
+        (429, " 7 ", CodatRateLimited, 7),
+        (429, http_date(T0 + 9), CodatRateLimited, 9),  # an HTTP date counts from the injected clock
+        (429, http_date(T0 + 9, "-0000"), CodatRateLimited, 9),  # a zoneless date is UTC
+        (429, http_date(T0 - 60), CodatRateLimited, 0),  # a date already past: now
+        (429, "99999999", CodatRateLimited, MAX_WAIT_S),  # longer than a day: capped
+        (429, None, CodatRateLimited, RATE_LIMITED_WAIT_S),  # missing: 30 s
+        (429, "", CodatRateLimited, RATE_LIMITED_WAIT_S),
+        (429, "soon", CodatRateLimited, RATE_LIMITED_WAIT_S),  # garbage
+        (429, "-3", CodatRateLimited, RATE_LIMITED_WAIT_S),
+        (429, "nan", CodatRateLimited, RATE_LIMITED_WAIT_S),
+        (429, "inf", CodatRateLimited, RATE_LIMITED_WAIT_S),
+        (429, "Wed, 99 Foo 2025 99:00:00 GMT", CodatRateLimited, RATE_LIMITED_WAIT_S),
+        (503, "7", CodatUnavailable, 7),
+        (503, http_date(T0 + 120), CodatUnavailable, 120),
+        (503, None, CodatUnavailable, UNAVAILABLE_WAIT_S),  # missing: 5 s
+        (503, "later", CodatUnavailable, UNAVAILABLE_WAIT_S),
+        (500, None, CodatUnavailable, UNAVAILABLE_WAIT_S),  # every other "unavailable" alike
+        (502, "11", CodatUnavailable, 11),
+        (408, None, CodatUnavailable, UNAVAILABLE_WAIT_S),
+        (409, None, CodatUnavailable, UNAVAILABLE_WAIT_S),  # a POST still in flight under its key
+        (NO_ANSWER, None, CodatUnavailable, UNAVAILABLE_WAIT_S),
+    ],
+)
+async def test_come_back_later_is_one_retry_later_with_whole_seconds(
+    status: int, retry_after: str | None, error_class: type[CodatError], after_s: int
+) -> None:
+    """Each row: Codat's last answer → the one error callers get, a `RetryLater` whose `after_s` they use as is."""
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    answer: Answer = connect_error() if status == NO_ANSWER else fail(status, codat_error(status), **headers)
+    async with Harness(answer, retry=CodatRetryPolicy(max_attempts=1)) as h:
+        assert h.clock.now() == T0
+        with pytest.raises(RetryLater) as caught:
+            await push(h.client)
+    assert type(caught.value) is error_class
+    assert caught.value.after_s == after_s and isinstance(caught.value.after_s, int)
 
 
 # -- errors ------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from pydantic import SecretStr
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from service.codat import CodatClient, CodatError, CodatRetryPolicy
-from service.codat_models import DATASET_STATUSES, CodatRateLimited, Dataset, SyncStatus, error_class_for
+from service.codat.client import CodatClient, CodatError, CodatRetryPolicy
+from service.codat.models import DATASET_STATUSES, CodatRateLimited, Dataset, SyncStatus, error_class_for
 from tests.specs import load_spec
 
 PUSH_SPEC = "sync-commerce-2023-03-push-beta.json"

@@ -11,17 +11,14 @@ event name and `payload.connectionId`/`payload.status`; `company.*` carry the co
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from standardwebhooks.webhooks import Webhook
 
-from service.testing import running_app
+from service.testing import running_app, signed_headers
 from tests.conftest import ADMIN_TOKEN, TEST_SECRET, make_settings
 from tests.specs import load_webhooks_spec
 
@@ -92,14 +89,6 @@ async def relay(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def signed(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    raw = json.dumps(body).encode()
-    msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
-    signature = Webhook(TEST_SECRET).sign(msg_id, now, raw.decode())
-    return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature,
-                 "content-type": "application/json"}  # fmt: skip
-
-
 def test_every_documented_event_has_an_example() -> None:
     """The oracle covers the catalogue: legacy and new shapes, every event type with an example."""
     events = {e.event for e in EXAMPLES}
@@ -112,7 +101,8 @@ async def test_documented_examples_land_as_the_right_alerts(relay: httpx.AsyncCl
     """Each example → 202 (or 200 ignored for `other`), stored with its kind, company, dataset and data type."""
     wrong = []
     for example in EXAMPLES:
-        raw, headers = signed(example.body)
+        raw = json.dumps(example.body).encode()
+        headers = signed_headers(raw, TEST_SECRET) | {"content-type": "application/json"}
         answer = await relay.post("/webhooks/codat", content=raw, headers=headers)
         assert answer.status_code in (200, 202), (example.event, example.name, answer.text)
         stored = (await relay.get(f"/v1/alerts/{headers['webhook-id']}", headers=ADMIN)).json()

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 import structlog
 from pydantic import SecretStr
@@ -16,7 +17,7 @@ from pydantic import SecretStr
 from handlers.connection import on_connection_deleted, on_connection_status
 from service.alerts import parse_alert
 from service.clock import FixedClock
-from service.codat import CodatClient
+from service.codat.client import CodatClient
 from service.db import companies, create_engine, notifications
 from service.notifications import Notifier
 from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, connection_deleted_body, legacy_body, running_sandbox
@@ -37,19 +38,23 @@ async def test_a_late_older_reconnection_does_not_resume_a_deleted_connection(da
     engine = create_engine(settings)
     clock = FixedClock()
     ctx = Context(store=engine, codat=None, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)
+                  log=structlog.get_logger(), attempt=1, tracker=None)
     try:
         assert await on_connection_deleted(envelope("connection.deleted", "2026-01-01T10:05:00Z"), ctx) is Outcome.DONE
         await on_connection_status(envelope("connection.reconnected", "2026-01-01T10:00:00Z"), ctx)
         async with engine.connect() as conn:
             still = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason))).one()
+        async with engine.connect() as conn:
+            deleted_at = await conn.scalar(sa.select(companies.c.connection_deleted_at))
         await on_connection_status(envelope("connection.reconnected", "2026-01-01T10:10:00Z"), ctx)
         async with engine.connect() as conn:
-            after = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason))).one()
+            after = (await conn.execute(sa.select(companies.c.paused, companies.c.pause_reason,
+                                                  companies.c.connection_deleted_at))).one()
     finally:
         await engine.dispose()
-    assert tuple(still) == (True, "connection_deleted")
-    assert tuple(after) == (False, None)
+    assert tuple(still) == (True, "connection_deleted") and deleted_at is not None
+    # Reconnected: resumed, and the deletion no longer shows (the page's "connection deleted" goes away).
+    assert tuple(after) == (False, None, None)
 
 
 def with_connection(alert: Any, connection_id: str) -> Any:
@@ -72,7 +77,7 @@ async def against_sandbox(database_url: str) -> AsyncIterator[tuple[Context, htt
     async with running_sandbox(companies=["co-1"]) as (_app, transport):
         codat = CodatClient("http://sandbox", SecretStr(SANDBOX_API_KEY), transport=transport)
         ctx = Context(store=engine, codat=codat, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                      log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                      log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
         try:
             sandbox_client = httpx.AsyncClient(transport=transport, base_url="http://sandbox", headers=SANDBOX_AUTH)
             async with sandbox_client as sandbox:
@@ -135,7 +140,7 @@ async def test_a_legacy_disconnection_codat_confirms_needs_a_person(database_url
     clock = FixedClock()
     client = CodatClient("http://codat", None, transport=httpx.MockTransport(codat))
     ctx = Context(store=engine, codat=client, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                  log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
     try:
         for _ in range(2):
             await on_connection_status(legacy("DataConnectionStatusChanged", "co-1", "conn-1",
@@ -147,3 +152,67 @@ async def test_a_legacy_disconnection_codat_confirms_needs_a_person(database_url
         await client.aclose()
         await engine.dispose()
     assert told == ["auth_required"] and status == "unlinked"
+
+
+# -- the ordering clock cannot be pushed into the future -----------------------------------------------
+
+FORGED_AT = "2099-01-01T00:00:00Z"
+
+
+def _signed(body: dict[str, Any], msg_id: str, at: float) -> tuple[bytes, dict[str, str]]:
+    from service.signatures import decode_secret, sign
+    from tests.conftest import TEST_SECRET
+
+    raw = json.dumps(body).encode()
+    return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(at)),
+                 "webhook-signature": sign(decode_secret(TEST_SECRET), msg_id, int(at), raw)}  # fmt: skip
+
+
+def _event(event: str, at: str, connection_id: str, msg_id: str) -> dict[str, Any]:
+    body = connection_deleted_body()
+    body.update(id=msg_id, eventType=event, generatedDate=at)
+    body["payload"]["referenceCompany"]["id"] = "co-1"
+    body["payload"]["connection"]["id"] = connection_id
+    return body
+
+
+async def _process(ctx: Context, engine: Any, alert_id: str) -> None:
+    from service.db import alerts
+    from service.dispatch import alert_from_row
+
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).mappings().one()
+    alert = alert_from_row(row)
+    handler = on_connection_deleted if alert.type == "connection.deleted" else on_connection_status
+    await handler(alert, ctx)
+
+
+@pytest.mark.parametrize("path", ["signed_with_a_skewed_clock", "legacy_authorization"])
+async def test_a_forged_future_event_cannot_block_a_genuine_reconnect(database_url: str, path: str) -> None:
+    """A deletion dated 2099 (signed, or on the legacy Authorization path that signs nothing) does not make the
+    genuine, signed reconnect that follows it stale: the company ends resumed."""
+    from datetime import UTC, datetime
+
+    from service.testing import running_app
+    from tests.conftest import TEST_AUTH_HEADER
+
+    async with against_sandbox(database_url) as (ctx, sandbox, engine):
+        clock: FixedClock = ctx.clock  # type: ignore[assignment]
+        linked = (await sandbox.post("/_sandbox/companies/co-1/reconnect")).json()["connectionId"]
+        async with running_app(make_settings(database_url), clock=clock) as (_, relay):
+            forged = _event("connection.deleted", FORGED_AT, linked, "forged-1")
+            if path == "legacy_authorization":
+                raw, headers = json.dumps(forged).encode(), {"authorization": TEST_AUTH_HEADER}
+            else:
+                raw, headers = _signed(forged, "forged-1", clock.now())
+            assert (await relay.post("/webhooks/codat", content=raw, headers=headers)).status_code == 202
+            await _process(ctx, engine, "forged-1")
+            clock.advance(300)  # the merchant reconnects five minutes later; Codat says so, signed
+            at = datetime.fromtimestamp(clock.now(), UTC).isoformat().replace("+00:00", "Z")
+            raw, headers = _signed(_event("connection.reconnected", at, linked, "genuine-1"), "genuine-1", clock.now())
+            assert (await relay.post("/webhooks/codat", content=raw, headers=headers)).status_code == 202
+        await _process(ctx, engine, "genuine-1")
+        assert await paused(engine) == (False, None)
+        async with engine.connect() as conn:
+            newest = await conn.scalar(sa.select(companies.c.connection_event_at))
+        assert newest is not None and newest <= clock.now() + 60  # no event time past arrival + skew is kept

@@ -23,15 +23,14 @@ from service.alerts import parse_alert
 from service.clock import FixedClock
 from service.datasets import Applied
 from service.db import companies, create_engine, jobs, notifications, writer
-from service.intake import MANUAL_PAUSE
-from service.outbox import store_records
+from service.outbox import MANUAL_PAUSE, store_records
 from service.pusher import Pusher
-from service.queue import Job
 from service.records import validate_records
 from service.runtime import Runtime, build_runtime
 from service.testing import connection_deleted_body
 from service.types import Context
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 COMPANY = "co-1"
 DATA_TYPES = ("commerce-orders", "commerce-payments", "commerce-transactions")
@@ -53,8 +52,8 @@ class Relay:
     ctx: Context
 
     async def push(self, data_type: str) -> None:
-        job = Job(id=0, kind="push", payload={"company_id": COMPANY, "data_type": data_type}, lock_key=None,
-                  queueing_lock=None, attempts=1, run_at=0.0, created_at=0.0)  # fmt: skip
+        job = await leased_job(self.runtime.engine, "push", {"company_id": COMPANY, "data_type": data_type},
+                               self.runtime.clock.now())  # fmt: skip
         await Pusher(self.runtime).run(job, 1)
 
     async def company(self) -> tuple[bool, str | None]:
@@ -80,7 +79,7 @@ async def relay(database_url: str, answer: Callable[[httpx.Request], Any]) -> As
     clock = FixedClock()
     runtime = await build_runtime(settings, engine, clock, transport=httpx.MockTransport(answer))
     ctx = Context(store=engine, codat=runtime.codat, notifier=runtime.notifier, clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                  log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
     try:
         for data_type, record in RECORDS.items():
             valid, errors = validate_records(data_type, [record])

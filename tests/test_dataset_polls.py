@@ -19,7 +19,7 @@ import structlog
 from handlers.dataset_status import on_dataset_status
 from service.alerts import parse_alert
 from service.clock import FixedClock
-from service.codat import CodatClient
+from service.codat.client import CodatClient
 from service.db import create_engine, datasets, jobs, notifications, records
 from service.errors import RetryLater
 from service.outbox import store_records
@@ -31,6 +31,7 @@ from service.testing import legacy_body
 from service.tracking import NOT_FOUND_GRACE_S, POLL_KIND
 from service.types import Context, Outcome
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 COMPANY, DATASET = "co-1", "ds-1"
 
@@ -82,8 +83,8 @@ async def pushed(database_url: str) -> AsyncIterator[Relay]:
         valid, _ = validate_records("commerce-orders", [{"id": "o-1", "totalAmount": 1.0}])
         await store_records(engine, COMPANY, "commerce-orders", valid, now=clock.now(), after=_nothing)
         pusher = Pusher(runtime)
-        await pusher.run(Job(id=0, kind="push", payload={"company_id": COMPANY, "data_type": "commerce-orders"},
-                             lock_key=None, queueing_lock=None, attempts=1, run_at=0.0, created_at=0.0), 1)  # fmt: skip
+        await pusher.run(await leased_job(engine, "push", {"company_id": COMPANY, "data_type": "commerce-orders"},
+                                          clock.now()), 1)  # fmt: skip
         yield Relay(runtime, clock, codat, pusher)
     finally:
         await runtime.close()
@@ -133,7 +134,7 @@ async def test_a_dataset_codat_no_longer_knows_ends_failed_and_staff_hear_once(d
         alert = parse_alert(body, json.dumps(body).encode(), header_id=None, signed=False)
         runtime = relay.runtime
         ctx = Context(store=runtime.engine, codat=runtime.codat, notifier=runtime.notifier, clock=relay.clock,
-                      log=structlog.get_logger(), attempt=1, settings=runtime.settings)  # fmt: skip
+                      log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
         outcome = await on_dataset_status(alert, ctx)
         dataset = await relay.one(sa.select(datasets.c.status, datasets.c.terminal, datasets.c.error_message))
         record = await relay.one(sa.select(records.c.state, records.c.inflight))

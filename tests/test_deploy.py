@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.app import create_app, create_worker_app
-from service.cli import build_parser
+from service.cli.entry import build_parser
 from service.sandbox.app import create_sandbox_app
 from service.sandbox.config import ENV_PREFIX as SANDBOX_PREFIX
 from service.sandbox.config import SandboxConfig
 from service.settings import ENV_PREFIX, FOREIGN_VARIABLES, Settings, SettingsError, load_settings
+from service.web.app import create_app, create_worker_app
 from tests.conftest import TEST_SECRET, make_settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -159,7 +159,8 @@ def interpolate(value: str, sample: dict[str, str]) -> str:
     def one(match: re.Match[str]) -> str:
         name, op, arg = match.groups()
         # A required value stands in for a real secret, so it is as long as settings demand of a token.
-        return sample.get(name) or (arg if op == "-" else "example-value")
+        # Distinct per variable: two roles given one token is refused at start-up.
+        return sample.get(name) or (arg if op == "-" else f"example-value-{name.lower()}")
 
     return INTERPOLATION.sub(one, value)
 
@@ -734,7 +735,7 @@ BAD: dict[str, tuple[Callable[[set[str]], Problems], str]] = {
         http_paths(broken_dockerfile("/healthz", "/health")), routes), "/health is not a route"),
     "unknown subcommand": (lambda _: command_problems([RELAY, "workers"]), "invalid choice"),
     "bad sandbox flag": (lambda _: command_problems([RELAY, "sandbox", "--prot", "8900"]), "unrecognized"),
-    "not codat-relay": (lambda _: command_problems(["uvicorn", "service.app:app"]), "does not run"),
+    "not codat-relay": (lambda _: command_problems(["uvicorn", "service.web.app:app"]), "does not run"),
     "single stage": (lambda _: dockerfile_problems(SINGLE_STAGE), "not multi-stage"),
     "root user": (lambda _: dockerfile_problems(broken_dockerfile("USER 10001:10001", "USER root")), "non-root"),
     "no healthcheck": (lambda _: dockerfile_problems(broken_dockerfile("HEALTHCHECK", "LABEL x=")), "HEALTHCHECK"),

@@ -31,7 +31,7 @@ class Deps:
     clock: FixedClock
     notifier: Any = None
     codat: Any = None
-    settings: Any = None
+    tracker: Any = None
 
 
 @pytest.fixture
@@ -79,14 +79,14 @@ async def test_handler_outcome_sets_status(engine: AsyncEngine, outcome: Outcome
         return outcome
 
     await store_alert(engine)
-    deps = Deps(engine, FixedClock(T0), settings="S")
+    deps = Deps(engine, FixedClock(T0), tracker="T")
     await make_alert_job(registry(handler), deps)(alert_job(attempt=2), 2)
     [(alert, ctx, during)] = seen
     assert during == ("processing", 1, None)
     assert (alert.delivery_id, alert.company_id) == ("a1", "C1")
     assert (alert.data_type, alert.dataset_id) == ("orders", "D1")
     assert alert.body == b'{"id": "a1"}'
-    assert (ctx.attempt, ctx.clock, ctx.settings) == (2, deps.clock, "S")
+    assert (ctx.attempt, ctx.clock, ctx.tracker) == (2, deps.clock, "T")
     assert await alert_state(engine) == (status, 1, None)
 
 
@@ -125,8 +125,8 @@ async def test_worker_counts_attempts_until_dead(engine: AsyncEngine) -> None:
     clock = FixedClock(T0)
     job_function = make_alert_job(registry(handler), Deps(engine, clock))
     worker = Worker(
-        engine, {ALERT_JOB_KIND: job_function}, concurrency=2, lease_s=30, max_attempts=3, clock=clock,
-        notifier=RecordingNotifier(), retry=RetryPolicy(base_s=0, cap_s=0), poll_interval_s=0.05,
+        engine, {ALERT_JOB_KIND: job_function}, concurrency=2, lease_s=30, clock=clock,
+        notifier=RecordingNotifier(), retry=RetryPolicy(base_s=0, cap_s=0, max_attempts=3), poll_interval_s=0.05,
     )  # fmt: skip
     async with running(worker):
         await eventually(lambda: _alert_is(engine, "dead"))
@@ -151,7 +151,7 @@ async def test_through_a_worker_the_alert_moves_with_its_job(engine: AsyncEngine
     clock = FixedClock(T0)
     worker = Worker(
         engine, {ALERT_JOB_KIND: make_alert_job(registry(handler), Deps(engine, clock))}, concurrency=4, lease_s=30,
-        max_attempts=3, clock=clock, notifier=RecordingNotifier(), poll_interval_s=0.05,
+        retry=RetryPolicy(max_attempts=3), clock=clock, notifier=RecordingNotifier(), poll_interval_s=0.05,
     )  # fmt: skip
     async with running(worker):
         await eventually(lambda: _true(len(seen) == 3))
@@ -176,7 +176,7 @@ async def test_a_stopped_run_puts_the_alert_back_to_pending(engine: AsyncEngine)
     clock = FixedClock(T0)
     worker = Worker(
         engine, {ALERT_JOB_KIND: make_alert_job(registry(handler), Deps(engine, clock))}, concurrency=1, lease_s=30,
-        max_attempts=3, clock=clock, notifier=RecordingNotifier(), poll_interval_s=0.05, grace_s=0.0,
+        retry=RetryPolicy(max_attempts=3), clock=clock, notifier=RecordingNotifier(), poll_interval_s=0.05, grace_s=0.0,
     )  # fmt: skip
     async with running(worker):
         await asyncio.wait_for(started.wait(), 15)

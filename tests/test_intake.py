@@ -9,10 +9,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service import intake
 from service.clock import FixedClock
 from service.db import jobs, notifications, records, writer
 from service.testing import running_app
+from service.web import records_api as intake
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 
 API = {"authorization": f"Bearer {API_TOKEN}"}
@@ -134,7 +134,8 @@ async def test_changes_to_synced_records_are_conflicts(relay: Relay) -> None:
     await relay.put([order("s"), order("t")])
     async with writer(relay.engine).begin() as conn:  # as if both were accepted, then synced
         await conn.execute(records.update().values(state="synced", accepted_hash=records.c.content_hash,
-                                                   accepted_version=1, accepted_at=1.0, synced_at=2.0))  # fmt: skip
+                                                   accepted_version=1, accepted_at=1.0, synced_at=2.0,
+                                                   synced_hash=records.c.content_hash, synced_version=1))  # fmt: skip
     answer = (await relay.put([order("s", 99.0), order("t"), order("u")])).json()
     assert answer == {"accepted": 1, "unchanged": 1, "deleted": 0,
                       "conflicts": [{"id": "s", "reason": "already_synced"}]}  # fmt: skip
@@ -169,3 +170,31 @@ async def test_pause_resume_and_company_view(relay: Relay) -> None:
     assert resumed.status_code == 200 and resumed.json()["paused"] is False
     due = {j["lock_key"] for j in await relay.push_jobs() if j["run_at"] <= relay.clock.now()}
     assert due == {f"push:{COMPANY}:commerce-{t}" for t in ("orders", "payments", "transactions")}
+
+
+async def test_a_string_field_over_the_cap_is_422_and_nothing_is_stored(relay: Relay) -> None:
+    """Six 1 MiB strings (the issue sent 10 MiB ones): 422 naming the field, nothing stored; 16,384 characters pass."""
+    from service.records import MAX_STRING_CHARS
+
+    huge = [{**order(f"big-{i}"), "orderNumber": "x" * 1_048_576} for i in range(6)]
+    answer = await relay.put(huge)
+    assert answer.status_code == 422
+    assert {e["field"] for e in answer.json()["errors"]} == {"orderNumber"}
+    assert await relay.rows() == {}
+    assert (await relay.put([{**order("fits"), "orderNumber": "x" * MAX_STRING_CHARS}])).status_code == 202
+
+
+@pytest.mark.parametrize("path", ["sync/latest", "sync/historic", "repush"])
+async def test_admin_bodies_are_read_capped(relay: Relay, path: str) -> None:
+    """An admin body over its cap is 413 once the cap is passed, the rest never read (it was read whole: 200 MiB)."""
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(1024):  # 64 MiB offered in 64 KiB chunks
+            pulled += 65_536
+            yield b" " * 65_536
+
+    answer = await relay.client.post(f"/v1/companies/{COMPANY}/{path}", content=body(), headers=ADMIN)
+    assert (answer.status_code, answer.json()["error"]) == (413, "payload_too_large")
+    assert pulled <= 2 * 65_536

@@ -19,12 +19,12 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics, queue
-from service.app import AppOptions
 from service.clock import FixedClock
 from service.db import records
 from service.notifications import Kind, Notification
 from service.runtime import Runtime
 from service.testing import SANDBOX_AUTH, legacy_body, running_app, running_sandbox
+from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, make_settings
 from tests.queue_helpers import eventually
 

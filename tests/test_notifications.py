@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 from aiosmtpd.controller import Controller
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,11 +22,12 @@ from starlette.routing import Route
 
 from service.clock import FixedClock, SystemClock
 from service.db import create_engine, jobs, notifications
-from service.notifications import NOTIFY_RETRY, Kind, Notification, Notifier
+from service.notifications import NOTIFY_JOB_KIND, Kind, Notification, Notifier
+from service.policies import retry_policies
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.runtime import Runtime, build_runtime
-from service.senders import EmailSender, slack_text
+from service.senders import EmailSender, mail_text, one_line, slack_text
 from service.settings import Settings
 from service.worker import Worker
 from tests.conftest import make_settings
@@ -187,6 +189,32 @@ def test_slack_message_is_readable() -> None:
     assert "companyId `co-1`" in text and "connectionId: c-1" in text
 
 
+HOSTILE_NOTE = {
+    "kind": "dataset_failed", "severity": "warning", "companyId": "<!channel> co`1", "dataType": "orders",
+    "datasetId": "ds\n• fake: line", "summary": "Codat says <https://evil.example|Codat: re-authorise here>",
+    "occurredAt": "2024-01-01T00:00:00Z",
+    "details": {"error": "<@U123> & <!here>", "action": "line\r\nBcc: victim@example.com"},
+}  # fmt: skip
+
+
+def test_slack_text_escapes_mentions_links_and_line_breaks() -> None:
+    """A company id `<!channel>` or a Codat message holding `<url|label>` reaches Slack inert: no mention, no link."""
+    text = slack_text(HOSTILE_NOTE)
+    assert "<" not in text and ">" not in text  # nothing Slack could read as a mention or a link
+    assert "&lt;!channel&gt;" in text and "&lt;https://evil.example|Codat: re-authorise here&gt;" in text
+    assert "&lt;@U123&gt; &amp; &lt;!here&gt;" in text
+    assert "companyId `&lt;!channel&gt; co'1`" in text  # a backtick cannot end the code span early
+    assert len(text.splitlines()) == 4  # title, where, and one line per detail: no forged lines
+
+
+def test_mail_text_and_subject_keep_values_on_their_line() -> None:
+    """A line break in a value cannot forge lines of the mail, nor headers (the subject is one line)."""
+    text = mail_text(HOSTILE_NOTE)
+    assert "\nBcc:" not in text and "\n• fake" not in text
+    assert len(text.splitlines()) == 11
+    assert "\n" not in one_line("[codat-relay] a\r\nBcc: x")
+
+
 @pytest.mark.parametrize(("env", "problem"), [({"notify_email_to": "a@b.c"}, "go together"),
                                               ({"smtp_url": "http://x"}, "go together")])
 def test_email_settings_are_checked(env: dict[str, str], problem: str) -> None:
@@ -218,6 +246,9 @@ class FixedRng:
         return self.value
 
 
+NOTIFY_RETRY = retry_policies(make_settings())[NOTIFY_JOB_KIND]
+
+
 @pytest.mark.parametrize(("attempt", "longest"), [(1, 5.0), (2, 10.0), (5, 80.0), (8, 640.0), (9, 900.0), (500, 900.0)])
 def test_notify_backoff_doubles_up_to_fifteen_minutes(attempt: int, longest: float) -> None:
     """A failed delivery waits up to 5 s, doubling each time, never more than 15 minutes, for 5 days."""
@@ -243,6 +274,17 @@ async def drive_clock(clock: FixedClock, worker: Worker, runtime: Runtime, done:
         await asyncio.sleep(0.01)
 
 
+async def settled_jobs(engine: AsyncEngine, *, kind: str) -> list[sa.RowMapping]:
+    """The `kind` job rows once none is waiting or running (the worker recorded every outcome)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = await job_rows(engine, kind=kind)
+        if not any(r["status"] in ("waiting", "running") for r in found):
+            return found
+        assert time.monotonic() < deadline, f"{kind} jobs never settled: {[r['status'] for r in found]}"
+        await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def notified_and_working(settings: Settings, clock: FixedClock) -> AsyncIterator[tuple[Runtime, Worker]]:
     """A runtime that has stored `failed_dataset()`, and its worker running on the injected clock."""
@@ -261,6 +303,10 @@ async def notified_and_working(settings: Settings, clock: FixedClock) -> AsyncIt
         await engine.dispose()
 
 
+async def _settled(runtime: Runtime, kind: str) -> bool:
+    return all(r["status"] in ("done", "dead") for r in await job_rows(runtime.engine, kind=kind))
+
+
 async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(database_url: str) -> None:
     """With the default RELAY_MAX_ATTEMPTS (10), a target refusing 14 times in a row still gets it, once."""
     target, clock = Target(), FixedClock()
@@ -272,7 +318,8 @@ async def test_an_outage_longer_than_the_attempt_limit_delays_but_never_loses(da
             await drive_clock(clock, worker, runtime, lambda: target.refusals >= 14)
             target.down = False
             await drive_clock(clock, worker, runtime, lambda: len(target.received) >= 1)
-            rows = await job_rows(runtime.engine, kind="notify")
+            # The target answered before the worker's next round records `done`: wait for that state.
+            rows = await settled_jobs(runtime.engine, kind="notify")
     assert [m["datasetId"] for m in target.received] == ["ds-1"]
     [webhook] = [r for r in rows if r["payload"]["sender"] == "webhook"]
     assert (webhook["status"], webhook["attempts"]) == ("done", target.refusals + 1)  # one job, never dead

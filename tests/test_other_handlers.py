@@ -33,6 +33,7 @@ from service.runtime import Runtime, build_runtime
 from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, legacy_body, running_sandbox
 from service.types import Alert, Context, Outcome
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 COMPANY = "co-sync"
 
@@ -73,13 +74,14 @@ async def accepted_orders(database_url: str, clock: Clock | None = None) -> Asyn
         engine = create_engine(settings)
         runtime = await build_runtime(settings, engine, clock, transport=transport)
         ctx = Context(store=engine, codat=runtime.codat, notifier=runtime.notifier, clock=clock,
-                      log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                      log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
         try:
             valid, _ = validate_records("commerce-orders", [{"id": "o-1", "totalAmount": 1.0},
                                                             {"id": "o-2", "totalAmount": 2.0}])  # fmt: skip
             await store_records(engine, COMPANY, "commerce-orders", valid, now=clock.now(), after=_nothing)
             pusher = Pusher(runtime)
-            await pusher.run(_job("push", {"company_id": COMPANY, "data_type": "commerce-orders"}), 1)
+            await pusher.run(await leased_job(engine, "push", {"company_id": COMPANY, "data_type": "commerce-orders"},
+                                              clock.now()), 1)  # fmt: skip
             async with engine.connect() as conn:
                 [poll] = (await conn.execute(sa.select(jobs).where(jobs.c.kind == "poll_dataset"))).mappings().all()
             await pusher.tracker.poll_dataset(_job("poll_dataset", poll["payload"]), 1)
@@ -157,7 +159,7 @@ async def bare(database_url: str) -> AsyncIterator[tuple[Context, Any]]:
     engine = create_engine(settings)
     clock = SystemClock()
     ctx = Context(store=engine, codat=None, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
-                  log=structlog.get_logger(), attempt=1, settings=settings)  # fmt: skip
+                  log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
     try:
         yield ctx, engine
     finally:

@@ -9,8 +9,8 @@ import time
 
 import httpx
 
-from service.app import AppOptions
 from service.testing import legacy_body, running_app
+from service.web.app import AppOptions
 from tests.conftest import TEST_AUTH_HEADER, _admin, make_settings
 
 HEADERS = {"authorization": TEST_AUTH_HEADER}

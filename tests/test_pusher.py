@@ -16,11 +16,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service.app import AppOptions
 from service.db import push_records
 from service.db import pushes as pushes_table
 from service.db import records as records_table
 from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, running_app, sandbox_company
+from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 from tests.integration.harness import free_port, start, stop, wait_http
 from tests.queue_helpers import eventually

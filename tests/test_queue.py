@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -33,10 +34,13 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def make_worker(engine: AsyncEngine, jobs: dict[str, JobFunction], **overrides: object) -> Worker:
+def make_worker(
+    engine: AsyncEngine, jobs: dict[str, JobFunction], *, max_attempts: int = 3, **overrides: object
+) -> Worker:
+    """A worker retrying at once (`INSTANT`), `max_attempts` times, unless `retry` says otherwise."""
     options: dict[str, object] = {
-        "concurrency": 4, "lease_s": LEASE_S, "max_attempts": 3, "clock": SystemClock(),
-        "notifier": RecordingNotifier(), "retry": INSTANT, "poll_interval_s": 0.05, "grace_s": 1.0,
+        "concurrency": 4, "lease_s": LEASE_S, "clock": SystemClock(), "notifier": RecordingNotifier(),
+        "retry": replace(INSTANT, max_attempts=max_attempts), "poll_interval_s": 0.05, "grace_s": 1.0,
     }  # fmt: skip
     options.update(overrides)
     return Worker(engine, jobs, **options)  # type: ignore[arg-type]

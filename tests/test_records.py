@@ -100,11 +100,13 @@ def test_hash_is_independent_of_key_order_and_sensitive_to_content() -> None:
 
 
 def test_record_ids_with_nul_are_refused_by_index_and_field() -> None:
-    """A NUL in an id is the client's error (PostgreSQL keys cannot hold it), reported like any other."""
+    """An id the id rule refuses (NUL, `..`, a line break) is the client's error, reported like any other."""
     from service.records import validate_records
 
-    _, errors = validate_records("commerce-orders", [{"id": "ok"}, {"id": "bad\x00id"}])
-    assert [(e["index"], e["field"], e["message"]) for e in errors] == [(1, "id", "must not contain NUL characters")]
+    _, errors = validate_records("commerce-orders", [{"id": "ok"}, {"id": "bad\x00id"}, {"id": ".."}, {"id": "a\nb"}])
+    control = "may not hold control characters (NUL, line breaks, tabs, …)"
+    assert [(e["index"], e["field"], e["message"]) for e in errors] == [
+        (1, "id", control), (2, "id", "may not be . or .. (they change the meaning of a URL path)"), (3, "id", control)]
 
 
 ACCEPTED_DATE_TIMES = [

@@ -150,3 +150,13 @@ def test_float_settings_are_finite(name: str, value: str) -> None:
     """inf and nan are refused by name (an infinite push interval would pass `> 0` and never push)."""
     with pytest.raises(SettingsError, match=name):
         load_settings({**BASE, name: value})
+
+
+def test_two_roles_sharing_one_token_are_refused() -> None:
+    """RELAY_API_TOKEN equal to RELAY_ADMIN_TOKEN would merge the roles: start-up refused, the token not echoed."""
+    token = "shared-token-value"
+    with pytest.raises(SettingsError) as info:
+        load_settings({**BASE, "RELAY_API_TOKEN": token, "RELAY_ADMIN_TOKEN": token})
+    assert "RELAY_API_TOKEN and RELAY_ADMIN_TOKEN must differ" in str(info.value)
+    assert token not in str(info.value)
+    assert load_settings({**BASE, "RELAY_API_TOKEN": token, "RELAY_ADMIN_TOKEN": token + "-admin"}) is not None

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from handlers._deps import _Deps
 from service.clock import FixedClock
 from service.db import companies, create_engine, datasets, jobs, records
 from service.outbox import store_records
 from service.pusher import Pusher
 from service.queue import Job
 from service.records import validate_records
+from service.repush import RepushPolicy
 from service.runtime import build_runtime
+from service.settings import Settings
 from service.tracking import OVERDUE_S, POLL_KIND, SYNC_CHECK_AFTER_S, SYNC_KIND, PollPolicy, Tracker
 from tests.conftest import make_settings
+from tests.queue_helpers import leased_job
 
 NOW = 1_800_000_000.0
+
+
+@dataclass(frozen=True)
+class _Deps:
+    """What the sweep touches: storage, a clock and settings (no Codat, no notifier)."""
+
+    engine: AsyncEngine
+    clock: FixedClock
+    settings: Settings
+    codat: Any = None
+    notifier: Any = None
+    tracker: Any = None
 
 
 async def test_companies_with_data_and_no_recent_sync_status_get_a_check(database_url: str) -> None:
@@ -35,7 +51,7 @@ async def test_companies_with_data_and_no_recent_sync_status_get_a_check(databas
                     await conn.execute(sa.insert(datasets).values(
                         id=f"ds-{company}", company_id=company, data_type="commerce-orders", status="Complete",
                         terminal=True, requested_at=NOW - 100, updated_at=NOW - 50, record_count=1))
-        tracker = Tracker(_Deps(engine, FixedClock(NOW), settings, None, None), PollPolicy())
+        tracker = Tracker(_Deps(engine, FixedClock(NOW), settings), PollPolicy(), RepushPolicy())
         await tracker.sweep(None, 1)  # type: ignore[arg-type]
         await tracker.sweep(None, 1)  # type: ignore[arg-type]  # a second sweep adds no duplicates
         async with engine.connect() as conn:
@@ -59,7 +75,7 @@ async def test_the_sweep_polls_overdue_and_exhausted_datasets_only(database_url:
                     id=name, company_id="co", data_type="commerce-orders", status="Complete" if name == "finished"
                     else "Processing", terminal=name == "finished", requested_at=NOW - 3600, updated_at=NOW - 60,
                     record_count=1, next_poll_at=next_poll))  # fmt: skip
-        tracker = Tracker(_Deps(engine, FixedClock(NOW), settings, None, None), PollPolicy())
+        tracker = Tracker(_Deps(engine, FixedClock(NOW), settings), PollPolicy(), RepushPolicy())
         await tracker.sweep(None, 1)  # type: ignore[arg-type]
         await tracker.sweep(None, 1)  # type: ignore[arg-type]
         async with engine.connect() as conn:
@@ -89,8 +105,7 @@ async def test_with_polling_off_the_sweep_alone_resolves_a_pushed_dataset(databa
         valid, _ = validate_records("commerce-orders", [{"id": "o-1", "totalAmount": 1.0}])
         await store_records(engine, "co", "commerce-orders", valid, now=NOW, after=_nothing)
         pusher = Pusher(runtime)
-        job = Job(id=0, kind="push", payload={"company_id": "co", "data_type": "commerce-orders"}, lock_key=None,
-                  queueing_lock=None, attempts=1, run_at=NOW, created_at=NOW)  # fmt: skip
+        job = await leased_job(engine, "push", {"company_id": "co", "data_type": "commerce-orders"}, NOW)
         await pusher.run(job, 1)
         after_push = await _polls(engine)
         clock.advance(1)

@@ -13,13 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from service import tracking
-from service.app import AppOptions
 from service.clock import FixedClock
 from service.db import jobs, writer
 from service.pusher import Pusher
 from service.queue import Job
 from service.testing import SANDBOX_API_KEY, running_app, running_sandbox
 from service.tracking import SYNC_POLL_KIND, SyncPollPolicy
+from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.test_other_handlers import COMPANY, Relay, accepted_orders
 

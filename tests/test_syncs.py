@@ -8,8 +8,8 @@ from typing import TypeAlias
 import httpx
 import pytest
 
-from service.app import AppOptions
 from service.testing import SANDBOX_API_KEY, running_app, running_sandbox
+from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 Clients: TypeAlias = tuple[httpx.AsyncClient, httpx.AsyncClient]
@@ -73,6 +73,15 @@ async def test_codat_refusals_are_relayed_with_clear_statuses(client: Clients) -
     failing = await relay.post(f"/v1/companies/{CO}/sync/latest", json={}, headers=ADMIN)
     assert (missing.status_code, missing.json()["error"]) == (404, "codat_not_found")
     assert failing.status_code == 503 and "retry-after" in failing.headers
+
+
+async def test_a_rate_limit_is_relayed_with_the_wait_codat_asked_for(client: Clients) -> None:
+    """Codat's 429 + Retry-After 120 (past the client's budget) → 503 `codat_rate_limited`, Retry-After: 120."""
+    relay, sandbox = client
+    await sandbox.put("/_sandbox/faults/sync_latest", json={"burst429": 1, "retryAfterS": 120})
+    answer = await relay.post(f"/v1/companies/{CO}/sync/latest", json={}, headers=ADMIN)
+    assert (answer.status_code, answer.json()["error"]) == (503, "codat_rate_limited")
+    assert answer.headers["retry-after"] == "120"
 
 
 async def test_sync_endpoints_need_the_admin_token(client: Clients) -> None:

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import ui, ui_data
 from service.clock import FixedClock
 from service.db import alerts, create_engine, jobs
 from service.testing import running_app
-from service.ui_data import CompanyHealth
+from service.web import ui, ui_data
+from service.web.ui_data import CompanyHealth
 from tests import ui_factories as f
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 
@@ -192,7 +192,7 @@ async def test_overview_highlights_the_failing_company_first_with_its_reasons(da
     assert page.index(f'data-company-id="{f.FAILING}"') < page.index(f'data-company-id="{f.HEALTHY}"')
     assert 'data-failing="true"' in failing and 'class="company failing"' in failing
     for reason in ("latest orders dataset ended FetchError", "1 dead alert", "2 dead jobs",
-                   "last sync 5130: data write error", "1 record(s) conflict"):  # fmt: skip
+                   "last sync 5130: data write error", "1 record conflict"):  # fmt: skip
         assert reason in failing
     assert "payments dataset" not in failing  # its error was cleared by a newer Complete dataset
     assert "5130" in failing and "FetchError 1" in failing and "pending 2" in failing
@@ -209,7 +209,9 @@ async def test_overview_lists_dead_jobs_and_recent_alerts_with_buttons(database_
     assert f'action="/ui/jobs/{ids["alert_job"]}/retry"' in page
     assert f'action="/ui/alerts/{f.DEAD_ALERT}/replay"' in page and 'data-status="dead"' in page
     assert page.index(f'data-alert-id="{f.DEAD_ALERT}"') < page.index('data-alert-id="alert-done-1"')  # newest first
-    assert page.count(f'name="csrf" value="{csrf}"') >= 5  # every form carries it
+    assert page.count(f'name="csrf" value="{csrf}"') >= 4  # every form carries it
+    # Replay where it means something: the dead alert has it, the done one not.
+    assert 'action="/ui/alerts/alert-done-1/replay"' not in page
 
 
 async def test_everything_shown_is_escaped(database_url: str) -> None:
@@ -256,7 +258,7 @@ def test_what_makes_a_company_failing(row: dict[str, object], reason: str | None
     health = CompanyHealth("co", {"last_sync_code": None, "connection_deleted_at": None, **row})  # type: ignore[arg-type]
     assert health.reasons == ([reason] if reason else [])
     health.records["failed"] = 2
-    assert health.failing and "2 record(s) failed" in health.reasons
+    assert health.failing and "2 records failed" in health.reasons
 
 
 # -- buttons ---------------------------------------------------------------------------------------------
@@ -287,9 +289,10 @@ async def test_replay_button_requeues_an_alert_that_is_not_dead(database_url: st
         response = await client.post("/ui/alerts/alert-done-1/replay", data={"csrf": csrf, "next": here})
         async with engine.connect() as conn:
             queued = (await conn.execute(sa.select(jobs.c.payload).where(jobs.c.status == "waiting"))).scalars().all()
+        status = await status_of(engine, alerts, "alert-done-1")
     assert response.headers["location"] == f"{here}?flash=replayed"
     assert queued == [{"alert_id": "alert-done-1"}]
-    assert await status_of(engine, alerts, "alert-done-1") == "pending"
+    assert status == "pending"
 
 
 async def test_retry_button_brings_a_dead_job_back(database_url: str) -> None:
@@ -308,7 +311,8 @@ async def test_buttons_without_this_sessions_csrf_token_are_refused(database_url
     async with seeded(database_url) as (client, engine, _, ids):
         await log_in(client)
         if csrf == "other-session":
-            async with running_app(make_settings(database_url)) as (_, other):
+            # The same clock: another clock's "now" would find this session expired and clear it.
+            async with running_app(make_settings(database_url), clock=FixedClock(NOW + 60)) as (_, other):
                 csrf = await log_in(other)
         data = {} if csrf is None else {"csrf": csrf}
         replay = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data=data)
@@ -375,4 +379,45 @@ async def test_pages_forbid_framing_and_caching(database_url: str) -> None:
 def test_the_pages_know_every_record_state() -> None:
     """The record states the pages count are exactly the outbox's."""
     outbox = pytest.importorskip("service.outbox")
-    assert ui_data.RECORD_STATES == [state.value for state in outbox.State]
+    assert list(ui_data.RECORD_STATES) == [state.value for state in outbox.State]
+
+
+async def test_logout_ends_the_session_on_the_server(database_url: str) -> None:
+    """After logging out, the same cookie (kept by an attacker, say) no longer opens any page or button."""
+    async with seeded(database_url) as (client, engine, _, _ids):
+        csrf = await log_in(client)
+        cookie = client.cookies.get("relay_ui")
+        assert cookie is not None
+        assert (await client.post("/ui/logout", data={"csrf": csrf})).status_code == 303
+        client.cookies.set("relay_ui", cookie, path="/ui")  # the cookie, replayed after logout
+        page = await client.get("/ui")
+        button = await client.post(f"/ui/alerts/{f.DEAD_ALERT}/replay", data={"csrf": csrf})
+        state = await status_of(engine, alerts, f.DEAD_ALERT)
+    assert page.status_code == 303 and page.headers["location"].startswith("/ui/login")
+    assert button.status_code == 303 and state == "dead"
+
+
+async def test_failed_logins_and_bearer_guesses_are_throttled_per_address(database_url: str) -> None:
+    """Past RELAY_AUTH_FAILURE_LIMIT wrong tokens an address gets 429 with Retry-After, even with the right token,
+    until its window ends; webhooks are never throttled."""
+    from service.testing import legacy_body
+    from tests.conftest import TEST_AUTH_HEADER
+
+    clock = FixedClock(NOW)
+    settings = make_settings(database_url, auth_failure_limit=3, auth_failure_window_seconds=60)
+    async with running_app(settings, clock=clock) as (_, client):
+        wrong = [(await client.post("/ui/login", data={"token": "guess-1234"})).status_code for _ in range(3)]
+        login = await client.post("/ui/login", data={"token": ADMIN_TOKEN})
+        bearer = await client.get("/v1/alerts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        webhook = await client.post("/webhooks/codat", json=legacy_body(), headers={"authorization": TEST_AUTH_HEADER})
+        clock.advance(61)
+        after = await client.get("/v1/alerts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        guesses = [(await client.get("/metrics", headers={"authorization": "Bearer nope-nope"})).status_code
+                   for _ in range(4)]  # fmt: skip
+    assert wrong == [401, 401, 401]
+    assert login.status_code == 429 and login.headers["retry-after"] == "60"
+    assert (bearer.status_code, bearer.json()["error"]) == (429, "too_many_attempts")
+    assert bearer.headers["retry-after"] == "60"
+    assert webhook.status_code == 202
+    assert after.status_code == 200
+    assert guesses == [401, 401, 401, 429]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from svix.webhooks import Webhook
 
 from service.clock import FixedClock
 from service.db import alerts, create_engine, jobs
@@ -24,6 +22,7 @@ from service.testing import (
     legacy_body,
     read_completed_body,
     running_app,
+    signed_headers,
 )
 from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET, make_settings
 
@@ -33,11 +32,8 @@ OLD_SECRET = "whsec_" + base64.b64encode(b"an-older-secret-still-in-rotation").d
 
 def svix_headers(body: bytes, *, secret: str = TEST_SECRET, msg_id: str | None = None, at: float = NOW,
                  prefix: str = "webhook-") -> dict[str, str]:
-    """Headers signed by the `svix` package: an oracle independent of our verifier."""
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(at, UTC), body.decode())
-    return {f"{prefix}id": msg_id, f"{prefix}timestamp": str(int(at)), f"{prefix}signature": signature,
-            "content-type": "application/json"}
+    """Signed headers from the one signing helper, as JSON."""
+    return {**signed_headers(body, secret, msg_id=msg_id, at=at, prefix=prefix), "content-type": "application/json"}
 
 
 async def stored(settings: Settings) -> list[dict[str, Any]]:
@@ -418,3 +414,49 @@ def test_the_receiver_refuses_an_in_memory_database() -> None:
 
     with pytest.raises(ValueError, match="SQLite file"):
         batch_writer_for("sqlite+aiosqlite:///:memory:")
+
+
+async def send_then_hang_up(app: Any, path: str, headers: list[tuple[bytes, bytes]], part: bytes) -> list[Any]:
+    """An ASGI request whose client sends `part` of a longer body, then disconnects; the messages sent back."""
+    incoming = [{"type": "http.request", "body": part, "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST" if "records" not in
+             path else "PUT", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"relay"), *headers], "client": ("127.0.0.1", 5000), "server": ("relay", 80),
+             "root_path": "", "state": {}}  # fmt: skip
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("path", "auth"),
+    [("/webhooks/codat", TEST_AUTH_HEADER), ("/v1/companies/co-1/records/orders", "Bearer test-api-token")],
+    ids=["webhook", "intake"],
+)
+async def test_a_client_hanging_up_mid_body_is_info_and_not_a_failed_delivery(
+    database_url: str, path: str, auth: str
+) -> None:
+    """A sender that disconnects mid-body logs at info, counts no `error` delivery, and stores nothing."""
+    from structlog.testing import capture_logs
+
+    from service.metrics import DELIVERIES
+
+    settings = make_settings(database_url)
+    errors_before = DELIVERIES.labels(outcome="error")._value.get()
+    headers = [(b"authorization", auth.encode()), (b"content-length", b"100000")]
+    async with running_app(settings) as (app, _):
+        with capture_logs() as logs:
+            await send_then_hang_up(app, path, headers, b'{"records": [')
+    assert [line for line in logs if line["log_level"] in ("error", "critical", "warning")] == []
+    assert {line["event"] for line in logs} & {"webhook_received", "client_disconnected"}
+    if path.startswith("/webhooks"):
+        assert [line["outcome"] for line in logs if line["event"] == "webhook_received"] == ["client_disconnected"]
+    assert DELIVERIES.labels(outcome="error")._value.get() == errors_before
+    assert await stored(settings) == []

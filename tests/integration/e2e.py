@@ -24,8 +24,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.signatures import decode_secret, sign
-from service.testing import sandbox_company
+from service.testing import sandbox_company, signed_headers
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_SECRET
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
 
@@ -130,9 +129,7 @@ class Stack:
     def deliver(self, body: dict[str, Any], msg_id: str | None = None) -> httpx.Response:
         """A signed delivery straight to the relay, as Codat's newer service would send it (a new id by default)."""
         raw = json.dumps(body).encode()
-        msg_id, now = msg_id or f"msg_{uuid.uuid4().hex}", int(time.time())
-        headers = {"webhook-id": msg_id, "webhook-timestamp": str(now),
-                   "webhook-signature": sign(decode_secret(TEST_SECRET), msg_id, now, raw)}
+        headers = signed_headers(raw, TEST_SECRET, msg_id=msg_id)
         return httpx.post(f"{self.relay_url}/webhooks/codat", content=raw, headers=headers, timeout=10)
 
     def record_states(self, data_type: str) -> dict[str, int]:

@@ -44,10 +44,10 @@ def relay_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
 
 
 def start(args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *args], env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-    )
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args], env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = START_DEADLINE_S) -> None:

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service import cli, runtime
+from service import runtime
+from service.cli import entry as cli
 from service.queue import Job
 
 

@@ -116,3 +116,28 @@ def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> Non
         "SELECT payload FROM jobs WHERE kind = 'poll_sync'").fetchall()  # fmt: skip
     assert json.loads(latest.stdout)["commerceSyncId"] in [json.loads(p)["commerce_sync_id"] for (p,) in followed]
     assert len(followed) == 2  # latest and historic
+
+
+def test_a_fresh_shell_beside_make_run_just_works(tmp_path: Path, sqlite_template: Path) -> None:
+    """No RELAY_* at all, run from a sub-folder: the file `make run` keeps gives the database; a missing
+    database is named, never created; `--json | head` ends quietly."""
+    db = tmp_path / "relay.db"
+    db.write_bytes(sqlite_template.read_bytes())
+    (tmp_path / ".relay-local.env").write_text(f"RELAY_DATABASE_URL=sqlite+aiosqlite:///{db}\n")
+    (tmp_path / "sub").mkdir()
+    bare = {k: v for k, v in relay_env("unused", 1).items() if not k.startswith("RELAY_")}
+    listed = subprocess.run([sys.executable, "-m", "service.cli", "companies", "list"], env=bare,
+                            cwd=tmp_path / "sub", capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "showing 0 of 0" in listed.stdout
+    elsewhere = subprocess.run([sys.executable, "-m", "service.cli", "alerts", "list"], env=bare,
+                               cwd=tmp_path.parent, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert elsewhere.returncode == 1 and "no database at sqlite+aiosqlite:///./codat-relay.db" in elsewhere.stderr
+    assert not (tmp_path.parent / "codat-relay.db").exists()
+    piped = subprocess.Popen([sys.executable, "-m", "service.cli", "alerts", "list", "--json"], env=bare,
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert piped.stdout is not None and piped.stderr is not None
+    piped.stdout.close()  # the reader is gone before anything is written, like `| head -0`
+    assert piped.wait(60) == 0
+    assert piped.stderr.read() == b""
+    piped.stderr.close()

@@ -75,7 +75,7 @@ def test_show_pause_resume(env: dict[str, str], db: Path) -> None:
                                                                     "pauseReason": "manual"}  # fmt: skip
     assert json.loads(run(env, "companies", "show", COMPANY, "--json").stdout)["pauseReason"] == "manual"
     resumed = run(env, "companies", "resume", COMPANY)
-    assert resumed.returncode == 0 and "paused" in resumed.stdout and "False" in resumed.stdout
+    assert resumed.returncode == 0 and "paused" in resumed.stdout and "no" in resumed.stdout.split()
     assert sql(db, "SELECT paused FROM companies") == [(0,)]
     waiting = {key for (key,) in sql(db, "SELECT lock_key FROM jobs WHERE kind = 'push' AND status = 'waiting'")}
     assert waiting == {f"push:{COMPANY}:commerce-{t}" for t in ("orders", "payments", "transactions")}

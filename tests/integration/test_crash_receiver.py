@@ -12,12 +12,10 @@ import httpx
 import sqlalchemy as sa
 
 from service.db import alerts, create_engine
-from service.signatures import decode_secret, sign
-from service.testing import legacy_body
+from service.testing import legacy_body, signed_headers
 from tests.conftest import TEST_SECRET, make_settings
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
 
-KEY = decode_secret(TEST_SECRET)
 DELIVERIES = 400
 KILL_AFTER_ACKS = 150
 CONCURRENCY = 16
@@ -26,8 +24,7 @@ CONCURRENCY = 16
 def signed(index: int, now: int) -> tuple[str, bytes, dict[str, str]]:
     msg_id = f"crash-{index:05d}"
     body = json.dumps(legacy_body(AlertId=msg_id)).encode()
-    return msg_id, body, {"webhook-id": msg_id, "webhook-timestamp": str(now),
-                          "webhook-signature": sign(KEY, msg_id, now, body)}
+    return msg_id, body, signed_headers(body, TEST_SECRET, msg_id=msg_id, at=now)
 
 
 async def send_all(url: str, ids: range, on_ack: asyncio.Event | None, acked: set[str]) -> None:

@@ -1,4 +1,4 @@
-"""`make demo` runs to completion in CI-like conditions: `python -m service.demo --pace 0.2`, with a deadline."""
+"""`make demo` runs to completion in CI-like conditions: `python -m service.dev.demo --pace 0.2`, with a deadline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DEADLINE_S = 120
 def test_demo_runs_to_completion_and_narrates_what_codat_relay_did() -> None:
     """Exit 0; the narration tells of the re-push, the pause, the resume and the staff notifications."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | {"CI": "true"}
-    result = subprocess.run([sys.executable, "-m", "service.demo", "--pace", "0.2"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "service.dev.demo", "--pace", "0.2"], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEADLINE_S)  # fmt: skip
     out = result.stdout
     assert result.returncode == 0, f"{out[-3000:]}\n{result.stderr[-3000:]}"
@@ -29,7 +29,7 @@ def test_demo_exits_1_naming_the_failed_step() -> None:
     """A step whose outcome cannot be seen in time: exit 1 with the step's expectation on stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     # No dataset ends within a 3 s deadline when each takes 600 s: the very first wait must fail.
-    result = subprocess.run([sys.executable, "-m", "service.demo", "--pace", "600", "--step-deadline", "3"],
+    result = subprocess.run([sys.executable, "-m", "service.dev.demo", "--pace", "600", "--step-deadline", "3"],
                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=DEADLINE_S)  # fmt: skip
     assert result.returncode == 1

@@ -73,9 +73,9 @@ def in_flight(database_url: str, job_id: int, started: Path, proc: subprocess.Po
 
 def start_worker(database_url: str, tmp_path: Path, grace_s: float) -> subprocess.Popen[bytes]:
     env = relay_env(database_url, free_port(), RELAY_SHUTDOWN_GRACE_SECONDS=str(grace_s), RELAY_LOG_LEVEL="info")
-    log = (tmp_path / "worker.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "tests.integration.relay_worker_proc", str(tmp_path)],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    with (tmp_path / "worker.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "tests.integration.relay_worker_proc", str(tmp_path)],
+                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def stopped_events(log: str) -> list[int]:

@@ -35,11 +35,11 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(database_url: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"worker-{len(procs)}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.worker_proc", database_url, str(tmp_path), *args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with (tmp_path / f"worker-{len(procs)}.log").open("ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.integration.worker_proc", database_url, str(tmp_path), *args],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         procs.append(proc)
         return proc
 

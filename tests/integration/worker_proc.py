@@ -24,8 +24,9 @@ import structlog
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.clock import SystemClock
-from service.notify import LogNotifier
+from service.dead_jobs import LogDeadJobs
 from service.queue import Job
+from service.retry import RetryPolicy
 from service.worker import JobFunction, Worker
 
 
@@ -59,8 +60,8 @@ async def main(args: argparse.Namespace) -> None:
     function = block_in(out) if args.mode == "block" else record_to(out)
     worker = Worker(
         engine, {"record": function},
-        concurrency=args.concurrency, lease_s=args.lease, max_attempts=5, clock=SystemClock(),
-        notifier=LogNotifier(), poll_interval_s=0.2, grace_s=2.0,
+        concurrency=args.concurrency, lease_s=args.lease, retry=RetryPolicy(max_attempts=5), clock=SystemClock(),
+        notifier=LogDeadJobs(), poll_interval_s=0.2, grace_s=2.0,
     )  # fmt: skip
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -26,15 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import alerts
-from service.signatures import decode_secret, sign
-from service.testing import CONNECTION_ID, legacy_body, read_completed_body
+from service.testing import CONNECTION_ID, legacy_body, read_completed_body, signed_headers
 from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET
 from tests.integration.harness import ROOT
 from tests.reliability.recording_handlers import processed, runs
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
 BENCH_DIR = ROOT / ".bench"
-KEY = decode_secret(TEST_SECRET)
 START_DEADLINE_S = 30.0
 MAX_TRIES_IN_STREAM = 50
 
@@ -75,11 +73,11 @@ async def until(check: Callable[[], Awaitable[T]], done: Callable[[T], bool], de
 
 def start_relay(args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`codat-relay ARGS` with the recording handler installed (tests/reliability/relay_proc.py)."""
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.relay_proc", *args],
-        env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.relay_proc", *args],
+            env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 async def wait_healthy(port: int, proc: subprocess.Popen[bytes], deadline_s: float = START_DEADLINE_S) -> None:
@@ -116,12 +114,8 @@ class Delivery:
         if self.mode == "legacy":
             return self.body, {"authorization": TEST_AUTH_HEADER, "content-type": "application/json"}
         prefix = "svix-" if self.mode == "svix" else "webhook-"
-        return self.body, {
-            "content-type": "application/json",
-            prefix + "id": self.id,
-            prefix + "timestamp": str(now),
-            prefix + "signature": sign(KEY, self.id, now, self.body),
-        }
+        headers = signed_headers(self.body, TEST_SECRET, msg_id=self.id, at=now, prefix=prefix)
+        return self.body, {"content-type": "application/json", **headers}
 
 
 def delivery(index: int, prefix: str, *, mixed: bool = False, companies: int = 50) -> Delivery:

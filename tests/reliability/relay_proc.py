@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 import handlers
-from service import cli
+from service.cli import entry as cli
 from service.types import AlertKind
 from tests.reliability.recording_handlers import record
 

@@ -23,15 +23,14 @@ from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 
 from service.db import alerts, records
-from service.signatures import decode_secret, sign
-from tests.conftest import API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
+from service.testing import signed_headers
+from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 from tests.reliability.common import backend, report, slow
 from tests.reliability.fuzz_bodies import hostile_bodies, json_values, paths, replaced, shapes
 from tests.reliability.inprocess import App, app_in_thread
 
 BODY_LIMIT = 4096  # RELAY_MAX_BODY_BYTES for these tests: oversize bodies stay cheap to generate
-KEY = decode_secret(TEST_SECRET)
-OTHER_KEY = decode_secret("whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=")
+OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
 AUTHENTIC = ("signed", "svix", "legacy")
 NOT_AUTHENTIC = ("unsigned", "wrong_secret", "wrong_authorization", "stale", "no_id_header")
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
@@ -44,10 +43,10 @@ def headers_for(mode: str, body: bytes, msg_id: str) -> dict[str, str]:
     if mode in ("signed", "svix", "wrong_secret", "stale", "no_id_header"):
         prefix = "svix-" if mode == "svix" else "webhook-"
         stamp = now - 3600 if mode == "stale" else now
-        key = OTHER_KEY if mode == "wrong_secret" else KEY
-        headers = {f"{prefix}timestamp": str(stamp), f"{prefix}signature": sign(key, msg_id, stamp, body)}
-        if mode != "no_id_header":
-            headers[f"{prefix}id"] = msg_id
+        secret = OTHER_SECRET if mode == "wrong_secret" else TEST_SECRET
+        headers = signed_headers(body, secret, msg_id=msg_id, at=stamp, prefix=prefix)
+        if mode == "no_id_header":
+            del headers[f"{prefix}id"]
         return headers
     if mode == "legacy":
         return {"authorization": TEST_AUTH_HEADER}
@@ -292,3 +291,50 @@ def test_intake_company_id_with_nul_is_not_a_5xx(database_url: str, body: dict[s
     with app_in_thread(make_settings(database_url)) as app:
         response = app.request("PUT", "/v1/companies/%00/records/orders", json=body, headers=auth)
         assert response.status_code < 500, response.text
+
+
+# -- ids and headers (issue 16) ------------------------------------------------------------------------
+
+ID_ENDPOINTS = [
+    ("GET", "/v1/companies/{}"), ("POST", "/v1/companies/{}/pause"), ("POST", "/v1/companies/{}/repush"),
+    ("GET", "/v1/alerts/{}"), ("POST", "/v1/alerts/{}/replay"), ("GET", "/v1/alerts?companyId={}"),
+    ("PUT", "/v1/companies/{}/records/orders"), ("GET", "/ui/companies/{}"),
+]  # fmt: skip
+# Raw URL text: percent-encoded bytes of any value (invalid UTF-8 included), dot segments, control characters.
+raw_ids = st.one_of(
+    st.binary(min_size=1, max_size=40).map(lambda b: quote(b, safe="")),
+    st.sampled_from([".", "..", "%2E", "%2E%2E", "a%2F..%2Fb", "%00", "%0A", "%FF", "%C3", "%E2%80%A8"]),
+    st.text(min_size=1, max_size=300).map(lambda t: quote(t, safe="")),
+)
+# Any bytes a header value can carry on the wire (no CR, LF or NUL: those end or break the line).
+header_values = st.binary(max_size=200).map(lambda b: bytes(c for c in b if c not in b"\r\n\0").strip())
+
+
+@pytest.mark.parametrize("examples", [pytest.param(100, id="fast"), pytest.param(2000, id="full", marks=slow)])
+def test_fuzzed_ids_and_headers_never_get_a_5xx(database_url: str, examples: int) -> None:
+    """Any id in any id-taking path (API and page), and any header values on the webhook: never a 5xx."""
+    seen: Counter[str] = Counter()
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    with app_in_thread(make_settings(database_url, max_body_bytes=BODY_LIMIT, auth_failure_limit=10**6)) as app:
+
+        @fuzz_settings(max_examples=examples, deadline=None, suppress_health_check=HEALTH, database=None)
+        @given(raw=raw_ids, endpoint=st.sampled_from(ID_ENDPOINTS), names=st.lists(
+            st.sampled_from(["webhook-id", "webhook-timestamp", "webhook-signature", "svix-id", "authorization",
+                             "content-type", "content-length-x", "x-forwarded-proto"]), max_size=4),
+               values=st.lists(header_values, min_size=4, max_size=4))  # fmt: skip
+        def fuzz(raw: str, endpoint: tuple[str, str], names: list[str], values: list[bytes]) -> None:
+            method, template = endpoint
+            token = {"authorization": f"Bearer {API_TOKEN}"} if "/records/" in template else admin
+            body = {"records": []} if "/records/" in template else None
+            response = app.request(method, template.format(raw), json=body, headers=token)
+            assert response.status_code < 500, (method, template, raw, response.status_code, response.text[:200])
+            seen[str(response.status_code)] += 1
+            headers = dict(zip(names, values, strict=False))
+            answer = app.request("POST", "/webhooks/codat", content=b'{"id": "x"}', headers=headers)
+            assert answer.status_code < 500, (headers, answer.status_code, answer.text[:200])
+            seen[str(answer.status_code)] += 1
+            seen["requests"] += 2
+
+        fuzz()
+    name = f"fuzz-ids-headers-{'full' if examples > 100 else 'fast'}-{backend(database_url)}"
+    report(name, {"backend": backend(database_url), "examples": examples, "answers_5xx": _5xx(seen), **seen})

@@ -24,9 +24,9 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service import testing
 from service.clock import FixedClock
 from service.db import alerts, jobs, records
-from service.signatures import decode_secret, sign
 from service.testing import legacy_body, sandbox_company
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
@@ -35,7 +35,6 @@ from tests.reliability.common import backend, delivery, report, start_relay, unt
 from tests.reliability.inprocess import App, app_in_thread
 from tests.reliability.recording_handlers import create_tables
 
-KEY = decode_secret(TEST_SECRET)
 TOLERANCE_S = 300
 WRONG_SECRET = "whsec_" + base64.b64encode(b"not-the-secret-of-this-endpoint!").decode()
 ORDER = {"id": "o-1", "orderNumber": "1", "currency": "GBP", "totalAmount": 10.0,
@@ -57,14 +56,9 @@ INTAKE = ("PUT", "/v1/companies/co-sec/records/orders", {"records": [ORDER]})
 
 
 def signed_headers(
-    body: bytes, msg_id: str, timestamp: float, key: bytes = KEY, prefix: str = "webhook-"
+    body: bytes, msg_id: str, timestamp: float, secret: str = TEST_SECRET, prefix: str = "webhook-"
 ) -> dict[str, str]:
-    stamp = int(timestamp)
-    return {
-        f"{prefix}id": msg_id,
-        f"{prefix}timestamp": str(stamp),
-        f"{prefix}signature": sign(key, msg_id, stamp, body),
-    }
+    return testing.signed_headers(body, secret, msg_id=msg_id, at=timestamp, prefix=prefix)
 
 
 def wrong_credentials(right: str, other: str) -> dict[str, dict[str, str]]:
@@ -88,7 +82,9 @@ def test_forged_replayed_and_unauthorised_requests_are_rejected(database_url: st
     """Stale or future timestamps, wrong secrets, missing/wrong credentials, wrong roles → 401, nothing stored."""
     clock = FixedClock(time.time())
     rejected: dict[str, int] = {}
-    with app_in_thread(make_settings(database_url, signature_tolerance_seconds=TOLERANCE_S), clock) as app:
+    # Every wrong credential below must reach its own check (401), not the failure throttle (429).
+    settings = make_settings(database_url, signature_tolerance_seconds=TOLERANCE_S, auth_failure_limit=10_000)
+    with app_in_thread(settings, clock) as app:
         body = json.dumps(legacy_body(AlertId="sec-1")).encode()
         original = signed_headers(body, "sec-1", clock.now())
         assert app.request("POST", "/webhooks/codat", content=body, headers=original).status_code == 202
@@ -106,7 +102,7 @@ def test_forged_replayed_and_unauthorised_requests_are_rejected(database_url: st
                 "timestamp_out_of_tolerance")  # fmt: skip
         webhook("future_timestamp", fresh, signed_headers(fresh, "sec-2", clock.now() + TOLERANCE_S + 1),
                 "timestamp_out_of_tolerance")  # fmt: skip
-        webhook("wrong_secret", fresh, signed_headers(fresh, "sec-2", clock.now(), decode_secret(WRONG_SECRET)),
+        webhook("wrong_secret", fresh, signed_headers(fresh, "sec-2", clock.now(), WRONG_SECRET),
                 "invalid_signature")  # fmt: skip
         resigned = signed_headers(fresh, "sec-2", clock.now())
         webhook("signature_of_other_body", body, resigned, "invalid_signature")
@@ -197,7 +193,7 @@ class Secrets:
 
 async def exercise(base: str, s: Secrets) -> int:
     """Everything a relay meets, failures included; the number of requests made."""
-    key = decode_secret(s.webhook_secrets[1])  # the second, rotated-in secret
+    key = s.webhook_secrets[1]  # the second, rotated-in secret
     admin = {"authorization": f"Bearer {s.admin_token}"}
     requests = 0
     async with httpx.AsyncClient(base_url=base, timeout=30.0) as client:
@@ -228,7 +224,7 @@ async def exercise(base: str, s: Secrets) -> int:
             "POST",
             "/webhooks/codat",
             content=body,
-            headers=signed_headers(body, "scan-bad", time.time(), decode_secret(s.wrong[1])),
+            headers=signed_headers(body, "scan-bad", time.time(), s.wrong[1]),
         )
         await call(
             "POST", "/webhooks/codat", content=body, headers=signed_headers(body, "scan-old", time.time() - 3600, key)

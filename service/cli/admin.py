@@ -1,0 +1,175 @@
+"""Operator commands. They use the same functions as the admin API, straight on the database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import syncs
+from service.alert_views import MAX_LIMIT, alert_json
+from service.cli.common import Command, CommandFailed, emit, load_settings_or_fail, with_codat, with_engine
+from service.cli.progress import ProgressBar
+from service.clock import SystemClock
+from service.db import alerts, create_engine
+from service.dispatch import replay_alert
+from service.sandbox.config import add_arguments as add_sandbox_arguments
+from service.types import AlertKind, AlertStatus
+
+ALERT_COLUMNS = ("id", "kind", "type", "companyId", "status", "attempts", "receivedAt")
+DEFAULT_LIST_LIMIT = 50  # a screenful; the API's default is 100
+
+
+async def alerts_list(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    # The id breaks ties as the API's list does, so alerts received in the same instant keep one order.
+    query = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(args.limit)
+    if args.status:
+        query = query.where(alerts.c.status == args.status)
+    if args.kind:
+        query = query.where(alerts.c.kind == args.kind)
+    if args.company:
+        query = query.where(alerts.c.company_id == args.company)
+    async with engine.connect() as conn:
+        rows = [alert_json(r) for r in (await conn.execute(query)).mappings()]
+    emit(rows, args, ALERT_COLUMNS)
+    return 0
+
+
+async def alerts_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(alerts).where(alerts.c.id == args.id))).mappings().first()
+    if row is None:
+        raise CommandFailed(f"no alert {args.id}")
+    emit(alert_json(row, detail=True), args)
+    return 0
+
+
+async def _replay_one(engine: AsyncEngine, alert_id: str) -> bool:
+    return await replay_alert(engine, alert_id, SystemClock().now())
+
+
+async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    if args.dead:
+        return await _replay_dead(engine, args)
+    if not await _replay_one(engine, args.id):
+        raise CommandFailed(f"no alert {args.id}")
+    emit({"status": "queued", "id": args.id}, args)
+    return 0
+
+
+def _confirmed(count: int, args: argparse.Namespace) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"{count} dead alerts would be replayed: pass --yes to confirm")
+    return input(f"Replay {count} dead alerts? [y/N] ").strip().lower() in ("y", "yes")
+
+
+async def _replay_dead(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """Every dead alert (of one company with --company), oldest first so a company's order is kept."""
+    query = sa.select(alerts.c.id).where(alerts.c.status == AlertStatus.DEAD.value).order_by(alerts.c.received_at)
+    if args.company:
+        query = query.where(alerts.c.company_id == args.company)
+    async with engine.connect() as conn:
+        ids = list((await conn.execute(query)).scalars())
+    if ids and not _confirmed(len(ids), args):
+        raise CommandFailed("not confirmed; nothing replayed")
+    bar = ProgressBar("replaying dead alerts", len(ids))
+    try:
+        for done, alert_id in enumerate(ids, 1):
+            await _replay_one(engine, alert_id)
+            bar.update(done, alert_id)
+    finally:
+        if ids:
+            bar.close()
+    emit({"status": "queued", "replayed": len(ids), "ids": ids} if args.json else
+         f"{len(ids)} dead alerts queued for processing again", args)  # fmt: skip
+    return 0
+
+
+def list_limit(raw: str) -> int:
+    """`--limit`: 1 to 1000, as the API's `limit`; anything else is bad usage (exit 2)."""
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from service.sandbox import config_from_args, run_sandbox
+
+    run_sandbox(config_from_args(args), args.host, args.port)
+    return 0
+
+
+async def _followed(company: str, started: Awaitable[Any]) -> Any:
+    """A sync the CLI started is queued to be polled by the workers until it ends (`syncs.followed`)."""
+    answer = await started
+    engine = create_engine(load_settings_or_fail(operator=True))
+    try:
+        return await syncs.followed(engine, company, answer, SystemClock().now())
+    except (OSError, sa.exc.SQLAlchemyError) as exc:
+        # Codat has started the sync: print its answer, and say that only the daily sync check will see its end.
+        print(f"codat-relay: the sync started, but following it failed (database unavailable: "
+              f"{type(exc).__name__}); the daily sync check will apply it", file=sys.stderr)  # fmt: skip
+        return answer
+    finally:
+        await engine.dispose()
+
+
+def _checked(parser: argparse.ArgumentParser, command: Command) -> Command:
+    """`alerts replay`: an ID or --dead, exactly one; a wrong mix is bad usage (exit 2, with the usage)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.dead == (args.id is not None):
+            parser.error("give an alert ID or --dead (exactly one)")
+        if not args.dead and (args.company or args.yes):
+            parser.error("--company and --yes go with --dead")
+        return command(args)
+
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_flag: argparse.ArgumentParser) -> None:
+
+    alerts_p = sub.add_parser("alerts", help="inspect and replay received alerts")
+    alerts_sub = alerts_p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    lst = alerts_sub.add_parser("list", parents=[json_flag], help="newest first")
+    lst.add_argument("--status", choices=[s.value for s in AlertStatus])
+    lst.add_argument("--kind", choices=[k.value for k in AlertKind])
+    lst.add_argument("--company", help="company id")
+    lst.add_argument("--limit", type=list_limit, default=DEFAULT_LIST_LIMIT, help=f"1 to {MAX_LIMIT}")
+    lst.set_defaults(func=with_engine(alerts_list))
+    show = alerts_sub.add_parser("show", parents=[json_flag], help="one alert with its raw body")
+    show.add_argument("id")
+    show.set_defaults(func=with_engine(alerts_show))
+    rep = alerts_sub.add_parser("replay", parents=[json_flag], help="process an alert again (or every dead one)")
+    rep.add_argument("id", nargs="?", help="alert id (or --dead)")
+    rep.add_argument("--dead", action="store_true", help="replay every dead alert, with a progress bar")
+    rep.add_argument("--company", help="with --dead: only this company's")
+    rep.add_argument("--yes", action="store_true", help="with --dead: do not ask for confirmation")
+    rep.set_defaults(func=_checked(rep, with_engine(alerts_replay)))
+
+    sync = sub.add_parser("sync", help="Codat manual syncs and sync status")
+    sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="ACTION")
+    latest = sync_sub.add_parser("latest", parents=[json_flag], help="sync from the last success up to --to")
+    latest.add_argument("company")
+    latest.add_argument("--to", help="ISO-8601 instant (default: now)")
+    latest.set_defaults(func=with_codat(lambda c, a: _followed(a.company, syncs.sync_latest(c, a.company, a.to))))
+    historic = sync_sub.add_parser("historic", parents=[json_flag], help="re-sync a past date range")
+    historic.add_argument("company")
+    historic.add_argument("--start", required=True, help="ISO-8601 instant")
+    historic.add_argument("--end", required=True, help="ISO-8601 instant")
+    historic.set_defaults(
+        func=with_codat(lambda c, a: _followed(a.company, syncs.sync_historic(c, a.company, a.start, a.end)))
+    )
+    status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
+    status.add_argument("company")
+    status.set_defaults(func=with_codat(lambda c, a: syncs.sync_status(c, a.company)))
+
+    sandbox = sub.add_parser("sandbox", help="run the local Codat sandbox (a stand-in for api.codat.io)")
+    add_sandbox_arguments(sandbox)
+    sandbox.set_defaults(func=cmd_sandbox)

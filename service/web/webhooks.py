@@ -1,0 +1,141 @@
+"""`POST /webhooks/codat`: read capped, authenticate the raw bytes, parse, store durably, answer.
+
+Codat's legacy delivery never retries a 400 or a 500, so every fault of ours must answer 503 with
+Retry-After, and only what a retry could never fix answers 4xx.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from service.alerts import parse_alert
+from service.clock import Clock
+from service.errors import MalformedPayload, PayloadTooLarge, Rejected, RelayError
+from service.ingest import Answer, Ingestor
+from service.metrics import DELIVERIES
+from service.settings import Settings
+from service.signatures import HEADER_PREFIXES, check_authorization, decode_secret, signature_headers, verify
+from service.web.responses import json_response
+
+log = structlog.get_logger("service.web.webhooks")
+
+ANSWER_STATUS = {Answer.ACCEPTED: 202, Answer.DUPLICATE: 200, Answer.IGNORED: 200}
+# The sender hung up before its body was complete: nothing was stored and nobody reads an answer. Not
+# an error of ours and not a failed delivery (anyone can do it): counted and logged under its own name.
+CLIENT_DISCONNECTED = "client_disconnected"
+CLIENT_CLOSED_REQUEST = 499  # nginx's name for it; never seen by the client, which has gone
+
+
+@functools.cache
+def _counter(outcome: str) -> Any:
+    """The labelled child, looked up once per outcome rather than per delivery."""
+    return DELIVERIES.labels(outcome=outcome)
+
+
+@dataclass(frozen=True)
+class WebhookAuth:
+    keys: tuple[bytes, ...]
+    legacy_header: str | None
+    tolerance_s: int
+    allow_unauthenticated: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookAuth:
+        header = settings.webhook_auth_header
+        return cls(
+            keys=tuple(decode_secret(s.get_secret_value()) for s in settings.webhook_secrets),
+            legacy_header=header.get_secret_value() if header is not None else None,
+            tolerance_s=settings.signature_tolerance_seconds,
+            allow_unauthenticated=settings.allow_unauthenticated_webhooks,
+        )
+
+    def authenticate(self, body: bytes, headers: Any, now: float) -> tuple[str | None, bool]:
+        """(signed message id or None, whether the delivery was signed); raises when not authentic."""
+        if self.keys and signature_headers(headers) is not None:
+            return verify(body, headers, self.keys, now, self.tolerance_s), True
+        if self.legacy_header is not None:
+            check_authorization(headers.get("authorization"), self.legacy_header)
+            return _header_id(headers), False
+        if self.keys:
+            verify(body, headers, self.keys, now, self.tolerance_s)  # raises: unsigned delivery
+        return _header_id(headers), False  # RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS (development only)
+
+
+def _header_id(headers: Any) -> str | None:
+    """An unsigned delivery's `webhook-id`/`svix-id`: still its delivery id (CONTRACT.md), if it has one."""
+    for prefix in HEADER_PREFIXES:
+        if value := headers.get(prefix + "id"):
+            return str(value)
+    return None
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it passes `limit` — the rest is never read into memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayload(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise MalformedPayload("the body is not a JSON object")
+    return obj
+
+
+class WebhookEndpoint:
+    def __init__(self, settings: Settings, ingestor: Ingestor, clock: Clock) -> None:
+        self._auth = WebhookAuth.from_settings(settings)
+        self._limit = settings.max_body_bytes
+        self._ingestor = ingestor
+        self._clock = clock
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        fields: dict[str, Any] = {}
+        outcome = "error"
+        try:
+            body = await read_capped(request, self._limit)
+            now = self._clock.now()
+            msg_id, signed = self._auth.authenticate(body, request.headers, now)
+            alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed, received_at=now)
+            fields = {"delivery_id": alert.delivery_id, "type": alert.type, "company_id": alert.company_id}
+            answer = await self._ingestor.submit(alert)
+            outcome = answer.value
+            return json_response({"status": answer.value, "id": alert.delivery_id}, ANSWER_STATUS[answer])
+        except ClientDisconnect:
+            outcome = CLIENT_DISCONNECTED
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except Rejected as exc:
+            outcome = exc.code
+            raise
+        except RelayError:
+            outcome = "unavailable"
+            raise
+        finally:
+            _counter(outcome).inc()
+            log.info(
+                "webhook_received",
+                outcome=outcome,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                **fields,
+            )
