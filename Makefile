@@ -23,6 +23,10 @@ $(STAMP_DEV): requirements-dev.lock requirements.lock pyproject.toml | $(PY)
 	command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "warning: could not install chromium: the browser test will skip (and fail under CI=true)"
+	@# The PgBouncer tests run a private Debian pgbouncer in transaction mode; skipped outside CI if absent.
+	command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || ! command -v apt-get >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null) || \
+		echo "warning: could not install pgbouncer: its tests will skip (and fail under CI=true)"
 	$(PIP) install --no-deps -e .
 	touch $@ $(STAMP_RUN)
 

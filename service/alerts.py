@@ -14,13 +14,14 @@ from typing import Any
 
 from service.errors import MalformedPayload
 from service.ids import id_problem
-from service.types import Alert, AlertKind, DataTypeStatus, Shape
+from service.types import Alert, AlertKind, DataTypeStatus, Issue, RateLimit, Shape
 
 MAX_ID_LENGTH = 255
 # How far past its arrival an event's `generatedDate` may claim to be (clock skew between Codat and us).
 # Connection events are ordered per company by that time, so an unbounded one (2099) would make every
 # later genuine event of the company look stale: it is clamped to the receive time plus this.
 ORDERING_SKEW_S = 60.0
+MAX_MESSAGE_LENGTH = 4000  # an issue's message is prose, kept in the alert's JSON, not a 255-wide column
 
 # Keys are event names folded by `fold_type` below, so "Data Sync Status Changed To Error",
 # "DataSyncStatusChangedToError" and "data sync status changed to error " all meet in one row.
@@ -47,7 +48,18 @@ ENVELOPE_KINDS: dict[str, AlertKind] = {
     "connection.disconnected": AlertKind.CONNECTION_STATUS,
     "connection.failed": AlertKind.CONNECTION_STATUS,
 }
-WRITE_EVENT = re.compile(r"^(?P<data_type>[A-Za-z]+)\.write\.(successful|unsuccessful)$")
+# The event types a webhook consumer of this relay subscribes to (`codat-relay subscribe`, `doctor`): every
+# envelope type above, the company and rate-limit events the parser reads (company id, quota), and nothing
+# else. Codat's consumers take exact names, no wildcards (docs/using-the-api/webhooks/event-types.md lists
+# each), so `connection.*` is spelt out. `{dataType}.write.*` answer Codat's write APIs, which the relay
+# does not call: not subscribed.
+SUBSCRIBED_EVENT_TYPES: tuple[str, ...] = (
+    *ENVELOPE_KINDS, "company.deleted", "client.rateLimit.reached", "client.rateLimit.reset",
+)  # fmt: skip
+# `{dataType}.write.successful|unsuccessful`: the data type is the event name's first part.
+WRITE_EVENT = re.compile(r"^([A-Za-z][A-Za-z-]*)\.write\.(successful|unsuccessful)$")
+COMPANY_EVENT = "company."  # company.created|deleted, company.product.*: the payload is the company itself
+RATE_LIMIT_EVENT = "client.ratelimit."
 _FOLD = re.compile(r"[^a-z0-9]")
 
 
@@ -167,49 +179,73 @@ def _parse_legacy(obj: dict[str, Any], alert_id: str, body: bytes, signed: bool)
 
 def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
     raw_type = _text(obj.get("eventType") or obj.get("type")) or ""
+    event = raw_type.strip().lower()
     payload = obj.get("payload") or {}
     if not isinstance(payload, dict):
         raise TypeError("payload is not an object")
     company = payload.get("referenceCompany") or {}
     connection = payload.get("connection") or {}
-    entries = tuple(
-        DataTypeStatus(
-            data_type=_text(item.get("dataType")),
-            status=_text(item.get("status")),
-            dataset_id=_id(item.get("datasetId")),
-            connection_id=_id(item.get("connectionId")),
-        )
-        for item in payload.get("dataTypes") or ()
-    )
-    kind = ENVELOPE_KINDS.get(raw_type.strip().lower())
+    entries = tuple(_data_type_entry(item) for item in payload.get("dataTypes") or ())
     write = WRITE_EVENT.match(raw_type.strip())
-    if write:  # `{dataType}.write.*`: the data type is in the event name, the rest flat in the payload
-        kind = AlertKind.PUSH_OPERATION
-        entries = (DataTypeStatus(data_type=write.group("data_type"), status=_text(payload.get("status")),
+    if write is not None:
+        # {dataType}.write.*: the data type is in the name; status and connection are the payload's own.
+        entries = (DataTypeStatus(data_type=write.group(1), status=_text(payload.get("status")),
                                   connection_id=_id(payload.get("connectionId"))),)  # fmt: skip
+    kind = ENVELOPE_KINDS.get(event)
+    if kind is None:
+        kind = AlertKind.PUSH_OPERATION if write is not None else AlertKind.OTHER
+    company_id = _id(company.get("id")) or _id(payload.get("companyId"))
+    if company_id is None and event.startswith(COMPANY_EVENT):
+        company_id = _id(payload.get("id"))  # CompanyWebhook: the payload is the company, no referenceCompany
     connection_id = _id(connection.get("id")) or next((e.connection_id for e in entries if e.connection_id), None)
-    # `company.*` events carry the company itself as the payload (`payload.id`), no `referenceCompany`.
-    own_company = _id(payload.get("id")) if raw_type.strip().lower().startswith("company.") else None
     return Alert(
         delivery_id=alert_id,
-        kind=kind or AlertKind.OTHER,
+        kind=kind,
         type=raw_type,
         shape=Shape.ENVELOPE,
-        company_id=_id(company.get("id")) or _id(payload.get("companyId")) or own_company,
+        company_id=company_id,
         connection_id=connection_id,
         data_types=entries,
         generated_at=_timestamp(obj.get("generatedDate")),
+        rate_limit=_rate_limit(payload) if event.startswith(RATE_LIMIT_EVENT) else None,
         body=body,
     )
 
 
-def _text(value: Any) -> str | None:
+def _data_type_entry(item: dict[str, Any]) -> DataTypeStatus:
+    issues = tuple(
+        Issue(type=_text(issue.get("type")), message=_text(issue.get("message"), limit=MAX_MESSAGE_LENGTH))
+        for issue in item.get("issues") or ()
+    )
+    return DataTypeStatus(
+        data_type=_text(item.get("dataType")),
+        status=_text(item.get("status")),
+        dataset_id=_id(item.get("datasetId")),
+        connection_id=_id(item.get("connectionId")),
+        issues=issues,
+    )
+
+
+def _rate_limit(payload: dict[str, Any]) -> RateLimit:
+    return RateLimit(daily_quota=_int(payload.get("dailyQuota")), quota_remaining=_int(payload.get("quotaRemaining")),
+                     expires_at=_timestamp(payload.get("expiryDate")))  # fmt: skip
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _text(value: Any, limit: int = MAX_ID_LENGTH) -> str | None:
     """A string field, or None; any other JSON type is a shape we do not understand."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError("expected a string")
-    if len(value) > MAX_ID_LENGTH or "\x00" in value:
+    if len(value) > limit or "\x00" in value:
         # Columns hold 255 characters and PostgreSQL text cannot hold NUL: keep such bodies as `other`.
         raise ValueError("string the database cannot hold as a field")
     return value.strip() or None

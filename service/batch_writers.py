@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import asyncpg
 import orjson
+import sqlalchemy as sa
 
-from service.db import SQLITE_BUSY_TIMEOUT_MS
+from service.db import PGBOUNCER_QUERY, SQLITE_BUSY_TIMEOUT_MS, behind_pgbouncer
 from service.dispatch import alert_lock_key
 from service.queue import NOTIFY_CHANNEL
 
@@ -142,8 +143,9 @@ SELECT id, (SELECT count(*) FROM woke) AS woke FROM ins
 class PostgresBatchWriter:
     """Its own asyncpg connection (reconnected after a failure), one statement per batch."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, statement_cache_size: int = 100) -> None:
         self._dsn = dsn
+        self._statement_cache_size = statement_cache_size
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -162,7 +164,9 @@ class PostgresBatchWriter:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
+            self._conn = await asyncpg.connect(
+                self._dsn, timeout=CONNECT_TIMEOUT_S, statement_cache_size=self._statement_cache_size
+            )
         return self._conn
 
     async def _drop(self) -> None:
@@ -183,4 +187,8 @@ def batch_writer_for(database_url: str, sqlite_synchronous: str = "full") -> Bat
             # The writer's own connection would open a private database that nobody else ever reads.
             raise ValueError("the webhook receiver needs an SQLite file, not an in-memory database")
         return SqliteBatchWriter(path, sqlite_synchronous)
-    return PostgresBatchWriter(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    # The engine's URL says whether PgBouncer is in between (service.db: its statement cache is off).
+    url = sa.make_url(database_url)
+    dsn = url.difference_update_query([PGBOUNCER_QUERY]).set(drivername="postgresql")
+    return PostgresBatchWriter(dsn.render_as_string(hide_password=False),
+                               statement_cache_size=0 if behind_pgbouncer(url) else 100)  # fmt: skip

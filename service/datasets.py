@@ -53,6 +53,15 @@ async def load(conn: AsyncConnection, dataset_id: str) -> sa.RowMapping | None:
     return (await conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id))).mappings().first()
 
 
+async def mark_checked(conn: AsyncConnection, dataset_id: str, asked_at: float) -> None:
+    """Codat answered a question about this dataset sent at `asked_at` (only ever moves forward)."""
+    await conn.execute(
+        datasets.update()
+        .where(datasets.c.id == dataset_id, sa.or_(datasets.c.checked_at.is_(None), datasets.c.checked_at < asked_at))
+        .values(checked_at=asked_at)
+    )
+
+
 async def apply_dataset_status(
     conn: AsyncConnection, dataset: sa.RowMapping, status: str, error_message: str | None, *,
     now: float, completed_at: float | None = None,

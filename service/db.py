@@ -6,6 +6,7 @@ backends and every clock can be injected.
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from typing import Any
 
@@ -121,6 +122,27 @@ def _json_dumps(value: Any) -> str:
 POOL_HEADROOM = 4  # connections beyond the worker concurrency: claims, completions, heartbeats, requests
 
 
+PGBOUNCER_QUERY = "prepared_statement_cache_size"  # `=0` on a database URL: PgBouncer is in between
+
+
+def behind_pgbouncer(url: str | sa.URL) -> bool:
+    """Whether a database URL goes through PgBouncer's transaction pooling (what `create_engine` makes
+    of RELAY_DATABASE_PGBOUNCER, or the URL's own `?prepared_statement_cache_size=0`)."""
+    return sa.make_url(url).query.get(PGBOUNCER_QUERY) == "0"
+
+
+def pgbouncer_connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg arguments for PgBouncer's transaction pooling (RELAY_DATABASE_PGBOUNCER).
+
+    PgBouncer 1.18 (Debian 12) hands each transaction whichever server connection is free, so a statement
+    prepared in one transaction may not exist in the next: asyncpg must not cache them, and each one gets
+    a name of its own, so two clients' statements never collide on one server connection.
+    """
+    if not (settings.database_pgbouncer or behind_pgbouncer(settings.database_url)):
+        return {}
+    return {"statement_cache_size": 0, "prepared_statement_name_func": lambda: f"__relay_{uuid.uuid4().hex}__"}
+
+
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     """The process's engine; on SQLite, WAL with `BEGIN IMMEDIATE` for write transactions."""
     # Every running job may hold a connection, and the worker's own claim/complete and the ingest writer
@@ -140,8 +162,12 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_timeout", 5)
-    kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30})
-    engine = create_async_engine(settings.database_url, **kwargs)
+    kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30, **pgbouncer_connect_args(settings)})
+    url = sa.make_url(settings.database_url)
+    if settings.database_pgbouncer:
+        # SQLAlchemy's own cache of prepared statements, per connection: off, as asyncpg's is.
+        url = url.update_query_dict({PGBOUNCER_QUERY: "0"})
+    engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -302,6 +328,9 @@ datasets = sa.Table(
     sa.Column("next_poll_at", sa.Double),
     sa.Column("repush_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("repush_of", sa.String(255)),
+    # When the last question to Codat about this dataset was sent (handlers/dataset_status.py): an alert
+    # that arrived before it is answered by it, and asks nothing again.
+    sa.Column("checked_at", sa.Double),
     sa.Index(None, "company_id", "requested_at"),
     sa.Index(None, "terminal", "next_poll_at"),
 )
@@ -322,6 +351,7 @@ pushes = sa.Table(
     sa.Column("finished_at", sa.Double),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("error", sa.Text),
+    sa.Column("idempotency_key", sa.String(36)),  # this attempt's key; NULL: the push's id (the first's)
     sa.Index(None, "company_id", "data_type", "started_at"),
 )
 

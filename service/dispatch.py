@@ -56,6 +56,7 @@ def alert_from_row(row: sa.RowMapping) -> Alert:
         data_types=tuple(DataTypeStatus.model_validate(entry) for entry in row["data_types"] or ()),
         generated_at=row["generated_at"],
         body=bytes(row["body"]),
+        received_at=row["received_at"],
     )
 
 

@@ -25,7 +25,7 @@ from service.outbox import PUSH_KIND
 from service.queue import PRUNE_KIND
 from service.repush import RepushPolicy
 from service.retry import RetryPolicy
-from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, SYNC_POLL_KIND, PollPolicy
+from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -56,7 +56,6 @@ def retry_policies(settings: Settings) -> Mapping[str, RetryPolicy]:
         PUSH_KIND: jobs,  # a push Codat did not take; the open push is resent under its key
         POLL_KIND: jobs,  # a dataset read that failed; the sweep re-polls a dataset whose poll died
         SYNC_KIND: jobs,
-        SYNC_POLL_KIND: jobs,  # a sync read that failed (its polls re-queue themselves; Codat's 429/503 waits)
         SWEEP_KIND: jobs,
         PRUNE_KIND: jobs,
         NOTIFY_JOB_KIND: notify,  # outlives RELAY_MAX_ATTEMPTS: 5 days

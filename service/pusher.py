@@ -6,10 +6,14 @@ collapses into one waiting job. Records are claimed in keyset-ordered chunks str
 database and the payload is spliced from their stored canonical bytes: nothing but one chunk is ever
 held in memory, and nothing is decoded and re-encoded.
 
-A push is written down (with its payload) before it is sent, and its id is the Idempotency-Key: if the
-process dies between Codat's answer and our record of it, the next run sends the same bytes under the
-same key, and Codat answers from its idempotency cache instead of creating a second dataset. An open
-push is resent only while the books hold no other version of its records (else it is dropped unsent).
+A push is written down (with its payload and its Idempotency-Key, first its id) before it is sent: if
+the process dies between Codat's answer and our record of it, the next run sends the same bytes under
+the same key, and Codat answers from its idempotency cache instead of creating a second dataset. Codat
+caches every answer but a 429 (docs/using-the-api/write-data/idempotency.md), so an attempt answered
+5xx is over: a new key is recorded and the next attempt sends it (a record Codat already holds, same
+`id` and `sourceModifiedDate`, is discarded, so a new key never duplicates data). No answer, a 409 (in
+flight) or a 429 keep the key. An open push is resent only while the books hold no other version of its
+records (else it is dropped unsent).
 
 Every send is fenced: it goes only while this attempt of the job still holds a live lease, so a worker
 stalled past its lease stops before its next call instead of pushing beside the worker that took over.
@@ -28,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import metrics, queue, record_states
-from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected
+from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected, CodatUnavailable
 from service.db import datasets, pushes, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
 from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, is_paused, lock_outbox, pause_unless_paused
@@ -38,7 +42,6 @@ from service.tracking import (
     POLL_KIND,
     SWEEP_KIND,
     SYNC_KIND,
-    SYNC_POLL_KIND,
     TrackingDeps,
 )
 from service.worker import JobFunction, Periodic
@@ -56,6 +59,11 @@ class Push:
     payload: bytes
     record_count: int
     last_id: str = ""
+    idempotency_key: str | None = None  # None: the push's id
+
+    @property
+    def key(self) -> str:
+        return self.idempotency_key or self.id
 
 
 class Pusher:
@@ -71,8 +79,8 @@ class Pusher:
 
     def jobs(self) -> dict[str, JobFunction]:
         """The push pipeline's job kinds, for the worker's job table."""
-        return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset, SYNC_KIND: self.tracker.check_sync_job,
-                SYNC_POLL_KIND: self.tracker.poll_sync, SWEEP_KIND: self.tracker.sweep}  # fmt: skip
+        return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset,
+                SYNC_KIND: self.tracker.check_sync_job, SWEEP_KIND: self.tracker.sweep}  # fmt: skip
 
     def periodic(self) -> list[Periodic]:
         return [Periodic(SWEEP_KIND, SWEEP_KIND, self._deps.settings.push_interval_seconds)]
@@ -116,14 +124,15 @@ class Pusher:
 
     async def _open_pushes(self, company_id: str, data_type: str) -> list[Push]:
         query = (
-            sa.select(pushes.c.id, pushes.c.payload, pushes.c.record_count)
+            sa.select(pushes.c.id, pushes.c.payload, pushes.c.record_count, pushes.c.idempotency_key)
             .where(pushes.c.company_id == company_id, pushes.c.data_type == data_type,
                    pushes.c.finished_at.is_(None))
             .order_by(pushes.c.started_at)
         )  # fmt: skip
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [Push(r.id, company_id, data_type, r.payload, r.record_count) for r in rows]
+        return [Push(r.id, company_id, data_type, r.payload, r.record_count, idempotency_key=r.idempotency_key)
+                for r in rows]  # fmt: skip
 
     async def _claim(
         self, company_id: str, data_type: str, after: str, *, reason: str
@@ -146,7 +155,7 @@ class Pusher:
             payload = b"[" + b",".join(row.body for row in rows) + b"]"
             await conn.execute(pushes.insert().values(
                 id=push_id, company_id=company_id, data_type=data_type, record_count=len(rows), payload=payload,
-                reason=reason, started_at=now, outcome="open",
+                reason=reason, started_at=now, outcome="open", idempotency_key=push_id,
             ))  # fmt: skip
         return Push(push_id, company_id, data_type, payload, len(rows), rows[-1].record_id), last
 
@@ -176,7 +185,7 @@ class Pusher:
         # resends the same bytes under the same key.
         try:
             result = await codat.push_records_json(
-                push.company_id, push.data_type, push.payload, idempotency_key=push.id
+                push.company_id, push.data_type, push.payload, idempotency_key=push.key
             )
         except CodatNotFound as exc:
             await self._abandon(push, exc, pause=CODAT_NOT_FOUND)
@@ -187,8 +196,21 @@ class Pusher:
         except CodatRejected as exc:
             await self._reject(push, exc)
             return True  # these records were refused; the next chunk may well be fine
+        except CodatUnavailable as exc:
+            if exc.status_code is not None and exc.status_code >= 500:
+                await self._new_key(push, exc)  # answered: this key would only replay the 5xx
+            raise  # the job retries with backoff; the push stays open
         await self._record(push, result.dataset_id)
         return True
+
+    async def _new_key(self, push: Push, exc: CodatUnavailable) -> None:
+        """Record the next attempt's key before it is sent (a crash then resends that key, never none)."""
+        key = str(uuid.uuid4())
+        async with writer(self._engine).begin() as conn:
+            open_push = sa.and_(pushes.c.id == push.id, pushes.c.finished_at.is_(None))
+            await conn.execute(pushes.update().where(open_push).values(idempotency_key=key))
+        log.warning("push_answered_error", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
+                    status=exc.status_code, next_key=key)  # fmt: skip
 
     async def _record(self, push: Push, dataset_id: str) -> None:
         now = self._deps.clock.now()

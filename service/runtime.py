@@ -13,6 +13,7 @@ from handlers import REGISTRY
 from service import metrics, queue
 from service.clock import Clock
 from service.codat.client import CodatClient
+from service.db import behind_pgbouncer
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
 from service.policies import job_policy, poll_policy, repush_policy, retry_policies
@@ -27,6 +28,12 @@ from service.worker import JobFunction, Periodic, Worker
 log = structlog.get_logger("service.runtime")
 PRUNE_EVERY_S = 3600.0
 KEEP_DONE_JOBS_S = 7 * 86400.0
+
+
+def listen_dsn(settings: Settings) -> str | None:
+    """The direct PostgreSQL connection workers LISTEN on (RELAY_DATABASE_LISTEN_URL), as asyncpg takes it."""
+    url = settings.database_listen_url
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1) if url is not None else None
 
 
 @dataclass
@@ -69,6 +76,8 @@ class Runtime:
             retry=retry or job_policy(self.settings),
             policies={} if retry is not None else retry_policies(self.settings),
             periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S)],
+            listen_dsn=listen_dsn(self.settings),
+            listen_via_pool=not (self.settings.database_pgbouncer or behind_pgbouncer(self.engine.url)),
         )
 
     async def _prune(self, _job: Job, _attempt: int) -> None:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False)
 
     database_url: str = "sqlite+aiosqlite:///./codat-relay.db"
+    # Behind PgBouncer in transaction pooling mode: no prepared statement outlives its transaction, and
+    # LISTEN (a session feature) needs a direct connection (`database_listen_url`) or workers poll.
+    database_pgbouncer: bool = False
+    database_listen_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # What a client may hold before it has authenticated (service/web/server.py).
@@ -46,6 +50,11 @@ class Settings(BaseSettings):
     codat_api_key: SecretStr | None = None
     codat_timeout_seconds: float = Field(default=30.0, gt=0)
     codat_concurrency: int = Field(default=10, ge=1, le=100)
+    # Where Codat reaches this relay from the internet (`https://relay.example.com`): `subscribe` points
+    # webhook consumers at its `/webhooks/codat`, `doctor` checks them against it.
+    public_url: str | None = None
+    # Codat allows 1,000 requests a minute per IP (FACTS §6); 0 leaves calls unpaced (a local sandbox).
+    codat_requests_per_minute: int = Field(default=1000, ge=0)
 
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     webhook_auth_header: SecretStr | None = None
@@ -117,6 +126,11 @@ class Settings(BaseSettings):
     def _check_base_url(cls, value: str) -> str:
         return check_http_url(value)
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value).rstrip("/")
+
     @field_validator("notify_webhook_url", "notify_slack_webhook_url")
     @classmethod
     def _check_notify_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -136,6 +150,13 @@ class Settings(BaseSettings):
             local, at, domain = address.partition("@")
             if not (at and local and domain) or "@" in domain:
                 raise ValueError(f"{address!r} is not an e-mail address (one @ with text on both sides)")
+        return value
+
+    @field_validator("database_listen_url")
+    @classmethod
+    def _check_listen_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql+asyncpg:// URL (a direct connection, not through PgBouncer)")
         return value
 
     @field_validator("database_url")

@@ -1,22 +1,17 @@
-"""Manual Codat syncs and sync status, shared by the admin API and the CLI.
-
-A sync codat-relay starts is followed by a `poll_sync` job until it ends (`followed`): Codat sends no
-webhook when a Sync for Commerce sync ends, so without it records would wait for the daily sync check.
-"""
+"""Manual Codat syncs and sync status, shared by the admin API and the CLI."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from service import tracking
 from service.codat.client import (
     CodatClient,
 )
-from service.db import writer
 from service.errors import InvalidRequest
+
+Follow = Callable[[str], Awaitable[None]]  # queues the polls of a sync just started (service.tracking.follow_sync)
 
 
 def parse_instant(field: str, value: Any) -> datetime:
@@ -39,21 +34,23 @@ def historic_range(start: Any, end: Any) -> tuple[datetime, datetime]:
     return first, last
 
 
-async def sync_latest(codat: CodatClient, company_id: str, sync_to: Any = None) -> Any:
-    return await codat.sync_latest(company_id, None if sync_to is None else parse_instant("syncTo", sync_to))
+async def sync_latest(codat: CodatClient, company_id: str, sync_to: Any = None, *, follow: Follow | None = None) -> Any:
+    """Start a latest sync; with `follow`, its status is then polled until it ends (no webhook tells us)."""
+    summary = await codat.sync_latest(company_id, None if sync_to is None else parse_instant("syncTo", sync_to))
+    if follow is not None:
+        await follow(company_id)
+    return summary
 
 
-async def sync_historic(codat: CodatClient, company_id: str, start: Any, end: Any) -> Any:
+async def sync_historic(
+    codat: CodatClient, company_id: str, start: Any, end: Any, *, follow: Follow | None = None
+) -> Any:
     first, last = historic_range(start, end)
-    return await codat.sync_historic(company_id, first, last)
+    summary = await codat.sync_historic(company_id, first, last)
+    if follow is not None:
+        await follow(company_id)
+    return summary
 
 
 async def sync_status(codat: CodatClient, company_id: str) -> Any:
     return [status.model_dump(mode="json", by_alias=True) for status in await codat.get_sync_status(company_id)]
-
-
-async def followed(engine: AsyncEngine, company_id: str, answer: Any, now: float) -> Any:
-    """Queue the polls of a sync codat-relay just started (Codat's `SyncSummary` in `answer`); returns it."""
-    async with writer(engine).begin() as conn:
-        await tracking.follow_sync(conn, company_id, answer, now)
-    return answer

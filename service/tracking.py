@@ -1,10 +1,9 @@
-"""Knowing what became of every push: dataset polls, sync checks, sync polls, and the periodic sweep.
+"""Knowing what became of every push: dataset polls, sync checks, and the periodic sweep.
 
 Every pushed dataset is polled, with backoff and a bounded number of polls, until it is terminal, so a
 missed webhook never leaves it unknown (webhooks only make it faster). A dataset still unfinished after
 the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which polls it again every
-`RELAY_PUSH_INTERVAL_SECONDS`. A sync codat-relay starts is polled the same way until it ends: Codat
-sends no webhook when a Sync for Commerce sync ends (FACTS §6), so polling is the only way to learn it.
+`RELAY_PUSH_INTERVAL_SECONDS`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import queue, repush
-from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_in_progress, is_success
+from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_success
 from service.codat.models import SYNC_STATUS_MEANINGS
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
@@ -31,12 +30,17 @@ from service.types import Deps
 
 POLL_KIND = "poll_dataset"
 SYNC_KIND = "check_sync"
-SYNC_POLL_KIND = "poll_sync"
-SUPERSEDED_SLACK_S = 60.0  # a sync Codat dates this close to our request may be the one we asked for
 SWEEP_KIND = "push_sweep"
 SYNC_CHECK_AFTER_S = 86_400.0  # a company with data in Codat and no sync status seen for a day gets a check
 OVERDUE_S = 60.0  # a poll this late was lost (its job died): the sweep schedules another
 NOT_FOUND_GRACE_S = 600.0  # a dataset Codat answers 404 for this long after its push is gone
+# After the relay starts a sync, its status is read at +5 s, +10 s, +20 s, … (at most a minute apart) until
+# it ends: `synced` and "last sync" are right within a minute of the sync ending, webhook or none (Codat
+# sends none for Sync for Commerce today: FACTS §6).
+FOLLOW_FIRST_S = 5.0
+FOLLOW_MAX_S = 60.0
+FOLLOW_MAX_POLLS = 60  # about an hour; a sync still running then is left to the daily check
+IN_PROGRESS_CODES = frozenset({1000, 1010})
 CONFLICT_IDS_TOLD = 50  # record ids listed in one notification; the count is always complete
 log = structlog.get_logger("service.tracking")
 
@@ -61,36 +65,10 @@ class PollPolicy:
         return now + self.delay(0) if self.max_polls > 0 else None
 
 
-@dataclass(frozen=True)
-class SyncPollPolicy:
-    """Sync poll n waits `first_s * factor**n`, at most `max_delay_s`: a quick sync is seen within seconds,
-    a long one every half minute, for about half an hour; after that the daily sync check takes over."""
-
-    first_s: float = 1.0
-    factor: float = 2.0
-    max_delay_s: float = 30.0
-    max_polls: int = 60
-
-    def delay(self, polls: int) -> float:
-        return min(self.max_delay_s, self.first_s * self.factor ** min(polls, 64))
-
-
-async def follow_sync(conn: AsyncConnection, company_id: str, answer: Any, now: float,
-                      policy: SyncPollPolicy = SyncPollPolicy()) -> None:  # fmt: skip
-    """After codat-relay started a sync (Codat's `SyncSummary` in `answer`): poll it until it ends."""
-    sync_id = answer.get("commerceSyncId") if isinstance(answer, dict) else None
-    payload = {"company_id": company_id, "commerce_sync_id": sync_id, "requested_at": now, "polls": 0}
-    await queue.enqueue(conn, SYNC_POLL_KIND, payload, now=now, run_at=now + policy.delay(0),
-                        queueing_lock=f"poll_sync:{company_id}:{sync_id}")  # fmt: skip
-
-
-def followed_sync(syncs: list[SyncStatus], sync_id: str | None, requested_at: float) -> SyncStatus | None:
-    """Our sync among Codat's answer; else the newest one dated from our request on (it supersedes ours)."""
-    ours = [s for s in syncs if sync_id is not None and s.commerce_sync_id == sync_id]
-    if ours:
-        return ours[0]
-    later = [s for s in syncs if s.sync_utc is not None and s.sync_utc.timestamp() >= requested_at - SUPERSEDED_SLACK_S]
-    return max(later, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)
+def _latest(syncs: list[SyncStatus]) -> SyncStatus | None:
+    """The company's newest sync Codat dates (`syncUtc`)."""
+    dated = [s for s in syncs if s.sync_utc is not None]
+    return max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)  # `or`: for mypy, never None here
 
 
 def sync_failed(company_id: str, status: SyncStatus) -> Notification:
@@ -137,13 +115,10 @@ async def ask_codat(codat: Any, dataset: sa.RowMapping, now: float) -> Found | N
 
 
 class Tracker:
-    def __init__(
-        self, deps: TrackingDeps, poll: PollPolicy, repush: RepushPolicy, sync_poll: SyncPollPolicy = SyncPollPolicy()
-    ) -> None:
+    def __init__(self, deps: TrackingDeps, poll: PollPolicy, repush: RepushPolicy) -> None:
         self._deps = deps
         self.poll = poll
         self.repush = repush
-        self.sync_poll = sync_poll
 
     # -- datasets ------------------------------------------------------------------------------------
 
@@ -197,8 +172,33 @@ class Tracker:
     # -- syncs ---------------------------------------------------------------------------------------
 
     async def check_sync_job(self, job: Job, attempt: int) -> None:
-        """`check_sync` job: what has Codat synced for this company? Accepted records become synced."""
-        await self.check_sync(str(job.payload["company_id"]))
+        """`check_sync` job: what has Codat synced for this company? Accepted records become synced.
+
+        A job with `follow` (a sync the relay started) asks again, with backoff, while the sync runs.
+        """
+        company_id = str(job.payload["company_id"])
+        follow = job.payload.get("follow")
+        if follow is None:
+            await self.check_sync(company_id)
+            return
+        syncs = await self._sync_statuses(company_id)
+        await self.check_sync(company_id, syncs)
+        latest = _latest(syncs)
+        code = latest.sync_status_code if latest is not None else None
+        polls = int(follow) + 1
+        # None: Codat shows no sync yet (it may be catching up with the one just started).
+        if (code is None or code in IN_PROGRESS_CODES) and polls < FOLLOW_MAX_POLLS:
+            await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls)
+        elif latest is not None and is_failure(code):
+            # No webhook tells a failed Sync for Commerce sync (FACTS §6): the poll is what tells staff.
+            await self._deps.notifier.notify(sync_failed(company_id, latest))
+
+    async def _sync_statuses(self, company_id: str) -> list[SyncStatus]:
+        try:
+            statuses: list[SyncStatus] = await self._deps.codat.get_sync_status(company_id)
+        except CodatNotFound:
+            return []  # no sync has ever run
+        return statuses
 
     async def guard_synced(self, company_id: str) -> None:
         """Before pushing: if Codat holds records of this company, learn whether a sync took them."""
@@ -211,43 +211,13 @@ class Tracker:
         if held is not None:
             await self.check_sync(company_id)
 
-    async def poll_sync(self, job: Job, attempt: int) -> None:
-        """`poll_sync` job: has the sync codat-relay started ended? Then apply it (and tell staff of a failure)."""
-        company_id, polls = str(job.payload["company_id"]), int(job.payload.get("polls", 0))
-        sync_id, requested_at = job.payload.get("commerce_sync_id"), float(job.payload["requested_at"])
-        try:
-            syncs = await self._deps.codat.get_sync_status(company_id)
-        except CodatNotFound:
-            syncs = []  # not visible yet (a 429/503 is the client's RetryLater: the job waits as Codat said)
-        found = followed_sync(syncs, sync_id, requested_at)
-        code = found.sync_status_code if found is not None else None
-        if found is None or code is None or is_in_progress(code):
-            await self._poll_sync_again(job, polls)
-            return
-        await self.check_sync(company_id, [found])
-        if is_failure(code):
-            await self._deps.notifier.notify(sync_failed(company_id, found))
-        log.info("sync_followed", company_id=company_id, sync_id=sync_id, code=code, polls=polls + 1)
-
-    async def _poll_sync_again(self, job: Job, polls: int) -> None:
-        now = self._deps.clock.now()
-        if polls + 1 >= self.sync_poll.max_polls:
-            log.warning("sync_poll_exhausted", company_id=job.payload["company_id"], polls=polls + 1)
-            return  # the daily sync check (`check_sync`) learns the outcome
-        payload = {**job.payload, "polls": polls + 1}
-        await queue.enqueue(self._deps.engine, SYNC_POLL_KIND, payload, now=now,
-                            run_at=now + self.sync_poll.delay(polls + 1))  # fmt: skip
-
     async def check_sync(self, company_id: str, syncs: list[SyncStatus] | None = None) -> dict[str, list[str]]:
         """Read the company's syncs (unless given) and apply the latest success; returns new conflicts by type."""
         if syncs is None:
-            try:
-                syncs = await self._deps.codat.get_sync_status(company_id)
-            except CodatNotFound:
-                syncs = []  # no sync has ever run
+            syncs = await self._sync_statuses(company_id)
         now = self._deps.clock.now()
         dated = [s for s in syncs if s.sync_utc is not None]
-        latest = max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)  # `or`: for mypy, never None here
+        latest = _latest(syncs)
         success_at = max((_ts(s.sync_utc) or 0.0 for s in dated if is_success(s.sync_status_code)), default=None)
         conflicts: dict[str, list[str]] = {}
         async with writer(self._deps.engine).begin() as conn:
@@ -293,6 +263,13 @@ class Tracker:
                 await queue.enqueue(conn, SYNC_KIND, {"company_id": company_id}, now=now,
                                     queueing_lock=f"check_sync:{company_id}")  # fmt: skip
         log.info("push_sweep", pushes=len(due), polls=len(stale), sync_checks=len(unchecked))
+
+
+async def follow_sync(engine: Any, company_id: str, now: float, *, polls: int = 0) -> None:
+    """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read)."""
+    delay = min(FOLLOW_MAX_S, FOLLOW_FIRST_S * 2.0**polls)
+    await queue.enqueue(engine, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
+                        queueing_lock=f"follow_sync:{company_id}", run_at=now + delay)  # fmt: skip
 
 
 async def _sync_unchecked(conn: AsyncConnection, now: float) -> list[str]:

@@ -44,6 +44,15 @@ class Shape(enum.StrEnum):
     UNKNOWN = "unknown"  # a JSON object with a delivery id that fits no known shape
 
 
+class Issue(BaseModel):
+    """A problem Codat met reading one data type (`read.completed` `dataTypes[].issues[]`, since 2025-06)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str | None = None
+    message: str | None = None
+
+
 class DataTypeStatus(BaseModel):
     """One data type an alert speaks of; `read.completed` carries several."""
 
@@ -53,6 +62,17 @@ class DataTypeStatus(BaseModel):
     status: str | None = None
     dataset_id: str | None = Field(default=None, serialization_alias="datasetId")
     connection_id: str | None = Field(default=None, serialization_alias="connectionId")
+    issues: tuple[Issue, ...] = ()
+
+
+class RateLimit(BaseModel):
+    """`client.rateLimit.reached|reset` (schema ClientRateLimitWebhook): the client's daily quota."""
+
+    model_config = ConfigDict(frozen=True)
+
+    daily_quota: int | None = None
+    quota_remaining: int | None = None
+    expires_at: float | None = None  # when the quota resets (`expiryDate`)
 
 
 class Alert(BaseModel):
@@ -68,7 +88,11 @@ class Alert(BaseModel):
     connection_id: str | None = None
     data_types: tuple[DataTypeStatus, ...] = ()
     generated_at: float | None = None
+    rate_limit: RateLimit | None = None
     body: bytes = b""
+    # When it was stored (set on alerts loaded for a job): a question Codat answered after this answers
+    # the alert too (handlers/dataset_status.py). None for an alert built outside the store.
+    received_at: float | None = None
 
     @property
     def data_type(self) -> str | None:

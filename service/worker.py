@@ -29,6 +29,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from service import metrics, queue
 from service.clock import Clock
+from service.db import behind_pgbouncer
 from service.dead_jobs import DeadJobObserver
 from service.errors import GiveUp
 from service.queue import LEASE_LOST, NOTIFY_CHANNEL, Job, describe_error
@@ -37,6 +38,7 @@ from service.retry import RetryPolicy, Rng
 # Storage faults the loop rides out: it logs, waits a poll interval and tries again.
 TRANSIENT = (SQLAlchemyError, OSError, ConnectionError, TimeoutError)
 HEARTBEATS_PER_LEASE = 3
+LISTEN_CONNECT_S = 5.0
 LINGER_S = 0.005  # how long a busy worker waits to complete and claim jobs in groups
 LINGER_BATCH_DIVISOR = 4  # ... for a group of a quarter of its slots
 
@@ -111,6 +113,8 @@ class Worker:
         grace_s: float = 20.0,
         log: structlog.stdlib.BoundLogger | None = None,
         rng: Rng | None = None,
+        listen_dsn: str | None = None,
+        listen_via_pool: bool | None = None,
     ) -> None:
         self._engine = engine
         self._jobs = dict(jobs)
@@ -134,7 +138,11 @@ class Worker:
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._finished: list[_Finished] = []
         self._wake = asyncio.Event()
-        self._listener: tuple[PoolProxiedConnection, asyncpg.Connection] | None = None
+        # LISTEN is a session's: on a pooled connection of the engine, or a direct one of its own
+        # (`listen_dsn`, e.g. beside PgBouncer's transaction pooling, which cannot hold one); neither: polling.
+        self._listen_dsn = listen_dsn
+        self._listen_via_pool = not behind_pgbouncer(engine.url) if listen_via_pool is None else listen_via_pool
+        self._listener: tuple[PoolProxiedConnection | None, asyncpg.Connection] | None = None
 
     def wake(self) -> None:
         """Look for work now (call after committing an enqueue in this process)."""
@@ -371,9 +379,15 @@ class Worker:
     async def _listen(self) -> None:
         if self._engine.dialect.name != "postgresql":
             return  # SQLite has no notifications: in-process `wake()` and polling cover it
+        if self._listen_dsn is None and not self._listen_via_pool:
+            return  # behind PgBouncer with no direct URL: polling every poll interval
+        raw: PoolProxiedConnection | None = None
         try:
-            raw = await self._engine.raw_connection()
-            connection: asyncpg.Connection = raw.driver_connection
+            if self._listen_dsn is not None:
+                connection: asyncpg.Connection = await asyncpg.connect(self._listen_dsn, timeout=LISTEN_CONNECT_S)
+            else:
+                raw = await self._engine.raw_connection()
+                connection = raw.driver_connection
             await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
         except TRANSIENT as exc:
             self._log.warning("listen_failed", error=describe_error(exc))
@@ -388,7 +402,8 @@ class Worker:
         if self._listener is not None and self._listener[1].is_closed():
             raw, _ = self._listener
             self._listener = None
-            await greenlet_spawn(raw.invalidate)
+            if raw is not None:
+                await greenlet_spawn(raw.invalidate)
         if self._listener is None:
             await self._listen()
 
@@ -399,5 +414,8 @@ class Worker:
         try:
             await connection.remove_listener(NOTIFY_CHANNEL, self._on_notify)
         finally:
-            # Back to the pool only with the callback gone; the pool's reset needs a greenlet.
-            await greenlet_spawn(raw.close)
+            if raw is None:
+                await connection.close()
+            else:
+                # Back to the pool only with the callback gone; the pool's reset needs a greenlet.
+                await greenlet_spawn(raw.close)

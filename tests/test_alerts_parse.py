@@ -87,3 +87,65 @@ def test_a_generated_date_without_a_zone_is_utc() -> None:
     zoned = {**body, "generatedDate": "2024-09-29T20:26:10Z"}
     stamps = [parse_alert(b, b"{}", header_id=None, signed=True).generated_at for b in (body, zoned)]
     assert stamps[0] == stamps[1] == 1727641570.0
+
+
+# -- events as Codat sends them today (FACTS §6; specs/platform-current.json, `webhooks` and schemas) ----
+
+
+def envelope(event: str, payload: dict) -> dict:  # type: ignore[type-arg]
+    return {"id": "743ae4cf-0000-4000-8000-000000000001", "eventType": event,
+            "generatedDate": "2026-06-01T10:00:00Z", "payload": payload}  # fmt: skip
+
+
+COMPANY_REF = {"id": "8a210b68-6988-11ed-a1eb-0242ac120002", "name": "Toft stores", "tags": {}}
+
+
+@pytest.mark.parametrize(("event", "data_type"), [
+    ("commerce-orders.write.unsuccessful", "commerce-orders"), ("bills.write.successful", "bills"),
+])  # fmt: skip
+def test_a_write_event_carries_its_data_type_status_and_connection(event: str, data_type: str) -> None:
+    """`{dataType}.write.*` (schema DataTypeWriteWebhook): data type from the name, `payload.status`, `connectionId`."""
+    payload = {"id": "op-1", "type": "Create", "referenceCompany": COMPANY_REF, "connectionId": "2e9d2c44-1",
+               "requestedOnDate": "2026-06-01T09:59:00Z", "status": "TimedOut", "record": None}  # fmt: skip
+    alert = parse(envelope(event, payload))
+    assert alert.kind is AlertKind.PUSH_OPERATION
+    assert (alert.company_id, alert.connection_id) == (COMPANY_REF["id"], "2e9d2c44-1")
+    assert (alert.data_type, alert.dataset_status) == (data_type, "TimedOut")
+
+
+@pytest.mark.parametrize("event", ["company.created", "company.deleted"])
+def test_a_company_event_takes_its_company_from_payload_id(event: str) -> None:
+    """`company.*` (schema CompanyWebhook): the payload is the company itself; there is no referenceCompany."""
+    alert = parse(envelope(event, {"id": COMPANY_REF["id"], "name": "Toft stores", "platform": "", "products": []}))
+    assert alert.company_id == COMPANY_REF["id"]
+
+
+def test_read_completed_keeps_each_data_types_issues() -> None:
+    """`read.completed` `dataTypes[].issues[]` (schema ReadCompletedWebhook, 2025-06): type and message per issue."""
+    issue = {"type": "warning.validation", "message": "Something doesn't look right", "links": {"logs": "https://x"}}
+    payload = {"referenceCompany": COMPANY_REF, "modifiedFromDate": None, "dataTypes": [
+        {"connectionId": "c-1", "dataType": "commerce-orders", "recordsModified": True, "status": "Complete",
+         "issues": [issue]},
+        {"connectionId": "c-1", "dataType": "commerce-payments", "recordsModified": False, "status": "FetchError",
+         "issues": None},
+    ]}  # fmt: skip
+    alert = parse(envelope("read.completed", payload))
+    orders, payments = alert.data_types
+    assert [(i.type, i.message) for i in orders.issues] == [("warning.validation", "Something doesn't look right")]
+    assert (payments.status, payments.issues) == ("FetchError", ())
+
+
+@pytest.mark.parametrize("event", ["client.rateLimit.reached", "client.rateLimit.reset"])
+def test_a_rate_limit_event_carries_quota_remaining_and_reset(event: str) -> None:
+    """`client.rateLimit.*` (schema ClientRateLimitWebhook): `dailyQuota`, `quotaRemaining`, `expiryDate`."""
+    payload = {"dailyQuota": 12000, "quotaRemaining": 0, "expiryDate": "2026-06-02T00:00:00Z"}
+    alert = parse(envelope(event, payload))
+    assert alert.rate_limit is not None
+    assert (alert.rate_limit.daily_quota, alert.rate_limit.quota_remaining) == (12000, 0)
+    assert alert.rate_limit.expires_at == datetime(2026, 6, 2, tzinfo=UTC).timestamp()
+
+
+def test_the_legacy_shapes_still_parse_beside_the_new_ones() -> None:
+    """The legacy PascalCase body and `read.completed` without issues parse as before."""
+    assert parse(legacy_body()).data_types[0].issues == ()
+    assert parse(read_completed_body()).kind is AlertKind.DATASET_STATUS

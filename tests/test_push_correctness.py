@@ -21,7 +21,7 @@ from service import queue
 from service.clock import FixedClock
 from service.codat.client import CodatError
 from service.companies import full_repush
-from service.db import create_engine, datasets, records
+from service.db import create_engine, datasets, push_records, pushes, records
 from service.outbox import IntakeResult, store_records
 from service.pusher import Pusher
 from service.records import validate_records
@@ -306,18 +306,123 @@ async def test_intake_never_reads_not_synced_while_a_sync_check_marks_its_rows(p
             await engine.dispose()
 
 
-async def _until_blocked(engine: Any, deadline_s: float = 10.0) -> None:
-    """Until another session of this database waits on a lock (polled, with a deadline)."""
+async def _until_blocked(engine: Any, deadline_s: float = 10.0, done: asyncio.Future[Any] | None = None) -> None:
+    """Until another session of this database waits on a lock, or `done` is done (polled, with a deadline)."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline_s
     query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock'")  # fmt: skip
     while loop.time() < give_up:
+        if done is not None and done.done():
+            return
         async with engine.connect() as conn:
             if await conn.scalar(query):
                 return
         await asyncio.sleep(0.01)
-    raise AssertionError("the sync check never waited on the intake")
+    raise AssertionError("the other transaction neither finished nor waited on this one")
+
+
+def before_claim_update(monkeypatch: pytest.MonkeyPatch, hook: Callable[[], Awaitable[None]]) -> None:
+    """Run `hook` once, inside the pusher's claim transaction, just before it writes `records` (its claim).
+
+    The pusher's `writer(engine).begin()` hands out a connection whose first UPDATE of `records` awaits
+    `hook` first: a deterministic seat for "another transaction commits between the claim's read and
+    its write". Works on any version of the pusher that claims through `writer(...).begin()`.
+    """
+    import service.pusher as pusher_module
+
+    real_writer, fired = pusher_module.writer, []
+
+    class Conn:
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+        async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            if not fired and isinstance(statement, sa.Update) and statement.table is records:
+                fired.append(True)
+                await hook()
+            return await self._conn.execute(statement, *args, **kwargs)
+
+    class Begin:
+        def __init__(self, context: Any) -> None:
+            self._context = context
+
+        async def __aenter__(self) -> Conn:
+            return Conn(await self._context.__aenter__())
+
+        async def __aexit__(self, *exc: Any) -> Any:
+            return await self._context.__aexit__(*exc)
+
+    class Engine:
+        def __init__(self, engine: Any) -> None:
+            self._engine = engine
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._engine, name)
+
+        def begin(self) -> Begin:
+            return Begin(self._engine.begin())
+
+    monkeypatch.setattr(pusher_module, "writer", lambda engine: Engine(real_writer(engine)))
+
+
+async def pushed_as_recorded(w: World) -> dict[str, tuple[list[str], list[str]]]:
+    """dataset id → (record ids the relay says went into its push, record ids Codat received in it)."""
+    async with w.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(pushes.c.dataset_id, push_records.c.record_id)
+            .join(push_records, push_records.c.push_id == pushes.c.id)
+            .where(pushes.c.company_id == CO, pushes.c.dataset_id.is_not(None))
+        )  # fmt: skip
+        ours: dict[str, list[str]] = {}
+        for dataset_id, record_id in rows:
+            ours.setdefault(dataset_id, []).append(record_id)
+    return {p["datasetId"]: (sorted(ours.get(p["datasetId"], [])), sorted(p["recordIds"])) for p in await w.pushes()}
+
+
+async def test_a_dataset_ending_between_claim_and_mark_never_puts_a_held_back_record_in_a_push(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: D1 (a, b, c) ends while the next claim is between reading pending rows and marking them;
+    b's held-back v2 must not join that push (whose payload holds only d), and Codat ends up holding v2."""
+    clock = FixedClock(START)
+    async with running_sandbox(companies=[CO], clock=clock, pace_seconds=PACE_S) as (_, transport):
+        settings = sandbox_settings(postgres_url)
+        engine = create_engine(settings)
+        runtime = await build_runtime(settings, engine, clock, transport=transport)
+        runtime.codat._sleep = _nothing
+        try:
+            async with sandbox_client(transport) as sandbox:
+                w = World(runtime, sandbox, clock)
+                await w.put([order(i) for i in "abc"])
+                await w.push()  # D1: a, b, c v1
+                await w.put([order("b", 2), order("d")])  # b v2 held back behind D1; d new
+                clock.advance(PACE_S + 1)
+                await sandbox.post("/_sandbox/tick")  # D1 is Complete in Codat; the relay has not polled
+                finishing: list[asyncio.Future[Any]] = []
+
+                async def d1_ends() -> None:
+                    finishing.append(asyncio.ensure_future(w.poll()))
+                    await _until_blocked(engine, done=finishing[0])  # it finishes, or waits for the claim
+
+                before_claim_update(monkeypatch, d1_ends)
+                await w.push()  # claims d; D1 ends in the middle of that claim
+                await finishing[0]
+                for _ in range(3):  # whatever waits goes, and every dataset ends
+                    await w.settle()
+                    await w.push()
+                await w.settle()
+                recorded = await pushed_as_recorded(w)
+                assert all(ours == theirs for ours, theirs in recorded.values()), recorded
+                assert await w.held() == {i: order(i) for i in "acd"} | {"b": order("b", 2)}
+                assert await w.states() == dict.fromkeys("abcd", "accepted")
+                assert await w.breaches(*BAD) == []
+        finally:
+            await runtime.close()
+            await engine.dispose()
 
 
 async def _nothing(*_: Any) -> None:

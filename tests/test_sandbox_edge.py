@@ -191,14 +191,17 @@ async def test_every_scripted_429_carries_retry_after(make_harness: MakeHarness)
 
 
 async def test_ids_differ_between_runs_with_the_same_seed(make_harness: MakeHarness) -> None:
-    """A restarted sandbox never reissues a dataset, sync or connection id (only faults follow the seed)."""
+    """A restarted sandbox never reissues a dataset, sync, connection or consumer id, nor a consumer's secret
+    (only faults follow the seed)."""
     runs = []
     for _ in range(2):
         h = await make_harness(seed=7)
         dataset = (await h.push(ORDERS, "orders", [order("o-1")])).json()["datasetId"]
         sync = (await h.client.post(f"/companies/{COMPANY}/sync/commerce/latest", json={})).json()["commerceSyncId"]
         connections = [c["id"] for c in (await h.get(f"/companies/{COMPANY}"))["dataConnections"]]
-        runs.append({dataset, sync, *connections})
+        consumer = (await h.client.post("/webhooks", json={"url": "https://r.example/h", "eventTypes": ["x"]})).json()
+        secret = (await h.get("/_sandbox/consumers"))["results"][0]["signingSecret"]
+        runs.append({dataset, sync, *connections, consumer["id"], secret})
     assert not runs[0] & runs[1]
 
 

@@ -107,6 +107,21 @@ async def test_idempotency_key_replays_refuses_other_body_and_in_flight(make_har
     assert later.status_code == 200 and later.json()["datasetId"] != first.json()["datasetId"]
 
 
+async def test_idempotency_key_replays_a_5xx_but_releases_a_429(make_harness: MakeHarness) -> None:
+    """Codat caches every keyed answer but 429 (docs/using-the-api/write-data/idempotency.md): an injected 500
+    is replayed under its key even once the fault is gone; after a 429 the same key goes through."""
+    h = await make_harness()
+    await h.client.put("/_sandbox/faults/push", json={"errorRate": 1.0, "errorStatuses": [500]})
+    assert (await h.push(ORDERS, "orders", [order("o-1")], headers={"Idempotency-Key": "k-500"})).status_code == 500
+    await h.client.delete("/_sandbox/faults")
+    assert (await h.push(ORDERS, "orders", [order("o-1")], headers={"Idempotency-Key": "k-500"})).status_code == 500
+    assert (await h.push(ORDERS, "orders", [order("o-1")], headers={"Idempotency-Key": "k-new"})).status_code == 200
+    await h.client.put("/_sandbox/faults/push", json={"burst429": 1})
+    assert (await h.push(ORDERS, "orders", [order("o-2")], headers={"Idempotency-Key": "k-429"})).status_code == 429
+    assert (await h.push(ORDERS, "orders", [order("o-2")], headers={"Idempotency-Key": "k-429"})).status_code == 200
+    assert len((await h.get("/_sandbox/pushes"))["results"]) == 2
+
+
 # -- rule breaches ---------------------------------------------------------------------------------
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +16,7 @@ from service.clock import SystemClock
 from service.db import alerts, create_engine
 from service.dispatch import replay_alert
 from service.sandbox.config import add_arguments as add_sandbox_arguments
+from service.tracking import follow_sync
 from service.types import AlertKind, AlertStatus
 
 ALERT_COLUMNS = ("id", "kind", "type", "companyId", "status", "attempts", "receivedAt")
@@ -105,17 +104,15 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _followed(company: str, started: Awaitable[Any]) -> Any:
-    """A sync the CLI started is queued to be polled by the workers until it ends (`syncs.followed`)."""
-    answer = await started
+async def _follow(company_id: str) -> None:
+    """A sync the CLI started is read by the workers until it ends (`tracking.follow_sync`): no webhook tells it."""
     engine = create_engine(load_settings_or_fail(operator=True))
     try:
-        return await syncs.followed(engine, company, answer, SystemClock().now())
+        await follow_sync(engine, company_id, SystemClock().now())
     except (OSError, sa.exc.SQLAlchemyError) as exc:
-        # Codat has started the sync: print its answer, and say that only the daily sync check will see its end.
+        # Codat has started the sync: its answer is printed; only the daily sync check will see its end.
         print(f"codat-relay: the sync started, but following it failed (database unavailable: "
               f"{type(exc).__name__}); the daily sync check will apply it", file=sys.stderr)  # fmt: skip
-        return answer
     finally:
         await engine.dispose()
 
@@ -158,13 +155,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_
     latest = sync_sub.add_parser("latest", parents=[json_flag], help="sync from the last success up to --to")
     latest.add_argument("company")
     latest.add_argument("--to", help="ISO-8601 instant (default: now)")
-    latest.set_defaults(func=with_codat(lambda c, a: _followed(a.company, syncs.sync_latest(c, a.company, a.to))))
+    latest.set_defaults(func=with_codat(lambda c, a: syncs.sync_latest(c, a.company, a.to, follow=_follow)))
     historic = sync_sub.add_parser("historic", parents=[json_flag], help="re-sync a past date range")
     historic.add_argument("company")
     historic.add_argument("--start", required=True, help="ISO-8601 instant")
     historic.add_argument("--end", required=True, help="ISO-8601 instant")
     historic.set_defaults(
-        func=with_codat(lambda c, a: _followed(a.company, syncs.sync_historic(c, a.company, a.start, a.end)))
+        func=with_codat(lambda c, a: syncs.sync_historic(c, a.company, a.start, a.end, follow=_follow))
     )
     status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
     status.add_argument("company")

@@ -16,6 +16,8 @@ import structlog
 from service import migrate
 from service.cli import admin as admin_commands
 from service.cli import companies as companies_commands
+from service.cli import doctor as doctor_commands
+from service.cli import subscriptions as subscription_commands
 from service.cli.common import Command, CommandFailed, load_settings_or_fail
 from service.settings import Settings
 
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations, then exit").set_defaults(func=cmd_migrate)
     admin_commands.add_commands(sub, json_flag)
     companies_commands.add_commands(sub, json_flag)
+    subscription_commands.add_commands(sub, json_flag)
+    doctor_commands.add_commands(sub, json_flag)
     return parser
 
 

@@ -39,12 +39,14 @@ from service.codat.models import (
     Dataset,
     PushResult,
     SyncStatus,
+    WebhookConsumer,
     error_class_for,
     is_failure,
     is_in_progress,
     is_success,
 )
-from service.codat.retry import CodatRetryPolicy, later_s, retry_after_s, retryable
+from service.codat.pacing import Pacer
+from service.codat.retry import CodatRetryPolicy, attempt_over, later_s, retry_after_s, retryable
 from service.ids import path_segment
 from service.settings import CODAT_MAX_PUSH_RECORDS
 
@@ -97,6 +99,7 @@ class CodatClient:
         clock: Clock = SYSTEM_CLOCK,
         on_response: OnResponse | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        pacer: Pacer | None = None,
     ) -> None:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         key = api_key.get_secret_value() if api_key is not None else ""
@@ -118,6 +121,7 @@ class CodatClient:
         # Requests past this wait here, not in httpcore's pool, whose cost per request grows with every
         # request queued or in flight (measured: 0.8 ms of CPU a call at 4 in flight, 1.5 ms at 16).
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._pacer = pacer or Pacer(0)
         self.rate_limit_remaining: int | None = None
 
     @classmethod
@@ -125,6 +129,7 @@ class CodatClient:
         cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
     ) -> CodatClient:
         """The client the app runs with; `kwargs` (sleep, clock, on_response, retry) pass through."""
+        kwargs.setdefault("pacer", Pacer(settings.codat_requests_per_minute, burst=settings.codat_concurrency))
         return cls(
             settings.codat_base_url,
             settings.codat_api_key,
@@ -200,15 +205,36 @@ class CodatClient:
         # An empty object rather than no body: the spec's body is an object whose `syncTo` is optional.
         body: dict[str, str] = {} if sync_to is None else {"syncTo": _iso(sync_to)}
         path = f"/companies/{_seg(company_id)}/sync/commerce/latest"
-        response = await self._call("sync_latest", "POST", path, orjson.dumps(body), str(uuid.uuid4()))
+        response = await self._call("sync_latest", "POST", path, orjson.dumps(body), str(uuid.uuid4()), _new_key)
         return self._json(response)
 
     async def sync_historic(self, company_id: str, start: datetime, finish: datetime) -> Relayed:
         # The spec's `dateRange` form, not the docs' `{start, end}` (FACTS §3).
         body = {"dateRange": {"start": _iso(start), "finish": _iso(finish)}}
         path = f"/meta/companies/{_seg(company_id)}/sync/commerce/historic"
-        response = await self._call("sync_historic", "POST", path, orjson.dumps(body), str(uuid.uuid4()))
+        response = await self._call("sync_historic", "POST", path, orjson.dumps(body), str(uuid.uuid4()), _new_key)
         return self._json(response)
+
+    async def list_webhook_consumers(self) -> list[WebhookConsumer]:
+        """Every webhook consumer of this Codat client (Platform `GET /webhooks`, at most 50)."""
+        data = self._json(await self._call("list_webhook_consumers", "GET", "/webhooks"))
+        items = data.get("results") if isinstance(data, dict) else data
+        return self._parse(items or [], lambda raw: [WebhookConsumer.model_validate(item) for item in raw])
+
+    async def create_webhook_consumer(
+        self, url: str, event_types: Sequence[str], company_tags: Sequence[str] = ()
+    ) -> WebhookConsumer:
+        """`POST /webhooks`. Under one Idempotency-Key, so that a retried attempt never creates a second."""
+        body: dict[str, Any] = {"url": url, "eventTypes": list(event_types), "disabled": False}
+        if company_tags:
+            body["companyTags"] = list(company_tags)
+        response = await self._call(
+            "create_webhook_consumer", "POST", "/webhooks", orjson.dumps(body), str(uuid.uuid4())
+        )
+        return self._parse(response.content, WebhookConsumer.model_validate_json)
+
+    async def delete_webhook_consumer(self, consumer_id: str) -> None:
+        await self._call("delete_webhook_consumer", "DELETE", f"/webhooks/{_seg(consumer_id)}")
 
     # -- the machinery ------------------------------------------------------------------------------
 
@@ -219,13 +245,19 @@ class CodatClient:
         path: str,
         body: bytes | None = None,
         idempotency_key: str | None = None,
+        new_key: Callable[[], str] | None = None,
     ) -> httpx.Response:
-        """One logical call: attempts until success, a final answer, or the retry policy gives up."""
+        """One logical call: attempts until success, a final answer, or the retry policy gives up.
+
+        A keyed attempt that got an answer is over in Codat's eyes (`attempt_over`): the call is tried
+        again only under a new key from `new_key`; without one (a push, whose caller records each key
+        before it is sent) the answer is raised for the caller to decide.
+        """
         headers = {}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key  # the same on every attempt: Codat dedupes on it
+            headers["Idempotency-Key"] = idempotency_key  # kept while no attempt got an answer
         started = self._clock.now()
         attempt = 0
         while True:
@@ -236,6 +268,10 @@ class CodatClient:
                 if outcome.is_success:
                     return outcome
                 raise self._error(endpoint, outcome, method, retry_after)
+            if idempotency_key is not None and isinstance(outcome, httpx.Response) and attempt_over(outcome):
+                if new_key is None:
+                    raise self._error(endpoint, outcome, method, retry_after)
+                headers["Idempotency-Key"] = new_key()
             elapsed = self._clock.now() - started
             wait = self._retry.delay(attempt, retry_after, elapsed, rand=random.random())
             if wait is None:
@@ -247,6 +283,7 @@ class CodatClient:
     async def _attempt(
         self, endpoint: str, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> httpx.Response | httpx.TransportError:
+        await self._pacer.wait()  # every attempt is a request Codat counts against the limit
         try:
             async with self._in_flight:
                 response = await self._http.request(method, path, content=body, headers=headers)
@@ -310,6 +347,10 @@ class CodatClient:
         except (ValidationError, orjson.JSONDecodeError) as exc:
             # Pydantic's message may quote the body; the type and count are enough to go and look.
             raise CodatError(f"unreadable answer from Codat: {type(exc).__name__}") from exc
+
+
+def _new_key() -> str:
+    return str(uuid.uuid4())
 
 
 def _error_body(content: str) -> CodatErrorBody:

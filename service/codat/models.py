@@ -239,3 +239,20 @@ def error_class_for(status_code: int) -> type[CodatError]:
     if 400 <= status_code < 500:
         return CodatRejected
     return CodatError  # 1xx/3xx: not a shape Codat answers with; a misconfigured base URL, most likely
+
+
+class WebhookConsumer(BaseModel):
+    """A webhook consumer (platform-current.json `WebhookConsumer`): where Codat sends which event types.
+    Its signing secret is shown in the Portal only, never by the API."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
+
+    id: str
+    url: str
+    event_types: tuple[str, ...] = ()
+    disabled: bool | None = False
+    company_tags: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "url": self.url, "eventTypes": list(self.event_types),
+                "disabled": bool(self.disabled), "companyTags": list(self.company_tags or ())}  # fmt: skip

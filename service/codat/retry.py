@@ -64,6 +64,18 @@ def retryable(response: httpx.Response, attempt: int, method: str) -> bool:
     return status == 409 and method == "POST"
 
 
+# Answers Codat does not treat as the end of a keyed attempt: 409 (that key is still in flight), 429 (the
+# key is released; retry it after Retry-After) and 408 (the request timed out before Codat answered it).
+KEY_KEPT_STATUSES = frozenset({408, 409, 429})
+
+
+def attempt_over(response: httpx.Response) -> bool:
+    """Whether Codat's answer ends a keyed attempt: it caches every answer but these for 90 minutes
+    (docs/using-the-api/write-data/idempotency.md), so the same key would only replay it; the next
+    attempt needs a new key. No answer at all (a timeout, a reset) keeps the key."""
+    return response.status_code >= 400 and response.status_code not in KEY_KEPT_STATUSES
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """`Retry-After` in seconds from `now`: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
 

@@ -4,6 +4,10 @@ Generates a `whsec_` signing secret and admin/API tokens once, keeps them in a g
 reuses them; with no RELAY_CODAT_API_KEY it starts the sandbox beside the service and points the
 service at it. Whatever RELAY_* variables are set in the environment win.
 
+Webhooks are wired the way a user wires them against Codat, never by a shortcut: `codat-relay subscribe`
+creates the relay's webhook consumers in the sandbox, and each consumer's signing secret, read from the
+sandbox's Portal view (`/_sandbox/consumers`), is added to the relay's RELAY_WEBHOOK_SECRETS.
+
 Both processes must really be serving before the banner is printed: a port another program holds
 stops `make run` with exit 1 and a line naming the port, instead of serving beside a stranger (pushes
 would go to whatever holds the sandbox's port). The file also records where this instance serves
@@ -145,10 +149,21 @@ def _sandbox_port(argv_port: int | None) -> int:
     return int(raw)
 
 
+def _subscribe(env: dict[str, str]) -> list[str]:
+    """Run `codat-relay subscribe` against the sandbox, as a user would; the consumers' signing secrets."""
+    relay_env = {k: v for k, v in env.items() if k != SANDBOX_PORT_VARIABLE}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "subscribe"], env=relay_env, check=False)
+    if done.returncode != 0:
+        raise StartFailed(f"`codat-relay subscribe` against the sandbox exited with status {done.returncode}")
+    portal = httpx.get(f"{env['RELAY_CODAT_BASE_URL']}/_sandbox/consumers", timeout=10.0).json()["results"]
+    return [c["signingSecret"] for c in portal if c["url"].startswith(env["RELAY_PUBLIC_URL"])]
+
+
 def _start(env: dict[str, str], sandbox_port: int | None, children: list[subprocess.Popen[bytes]]) -> bool:
     """Start the sandbox (if wanted) and the service; True when the sandbox runs. StartFailed if either cannot."""
     use_sandbox = not os.environ.get("RELAY_CODAT_API_KEY")
     host, port = env.get("RELAY_HOST", "127.0.0.1"), int(env.get("RELAY_PORT", "8000"))
+    env.setdefault("RELAY_PUBLIC_URL", f"http://{host}:{port}")
     if use_sandbox:
         if not port_free("127.0.0.1", sandbox_port or 0):
             raise StartFailed(f"the sandbox's port {sandbox_port} is in use: stop whatever holds it, or choose "
@@ -158,9 +173,10 @@ def _start(env: dict[str, str], sandbox_port: int | None, children: list[subproc
     if not port_free(host, port):
         raise StartFailed(f"port {port} on {host} is in use: stop whatever holds it, or set RELAY_PORT")
     if use_sandbox:
+        # No CODAT_SANDBOX_WEBHOOK_URL: deliveries go to the consumers `subscribe` creates below. The secret
+        # only satisfies the sandbox's config check for signed shapes; each consumer signs with its own.
         sandbox_env = {
             **{k: v for k, v in env.items() if k != SANDBOX_PORT_VARIABLE},
-            "CODAT_SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{port}/webhooks/codat",
             "CODAT_SANDBOX_WEBHOOK_SECRET": env["RELAY_WEBHOOK_SECRETS"].split(",")[0],
             "CODAT_SANDBOX_WEBHOOK_SHAPE": env.get("CODAT_SANDBOX_WEBHOOK_SHAPE", "envelope"),
             "CODAT_SANDBOX_API_KEY": SANDBOX_KEY,  # the sandbox checks the key the relay sends
@@ -169,6 +185,7 @@ def _start(env: dict[str, str], sandbox_port: int | None, children: list[subproc
         children.append(subprocess.Popen(cmd, env=sandbox_env))  # noqa: S603 - our own CLI
         wait_serving("the sandbox", f"{env['RELAY_CODAT_BASE_URL']}/_sandbox/config", children[-1])
         create_company(env["RELAY_CODAT_BASE_URL"])
+        env["RELAY_WEBHOOK_SECRETS"] = ",".join([env["RELAY_WEBHOOK_SECRETS"], *_subscribe(env)])
     relay_env = {k: v for k, v in env.items() if k != SANDBOX_PORT_VARIABLE}
     children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=relay_env))
     wait_serving("codat-relay", f"http://{host}:{port}/readyz", children[-1])
@@ -203,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host, port = env.get("RELAY_HOST", "127.0.0.1"), env.get("RELAY_PORT", "8000")
     # CODAT_RELAY_URL is no setting (no RELAY_ prefix): the quickstart's commands read it from the file.
-    instance = {"CODAT_RELAY_URL": f"http://{host}:{port}", "RELAY_DATABASE_URL": env["RELAY_DATABASE_URL"]}
+    instance = {"CODAT_RELAY_URL": f"http://{host}:{port}", "RELAY_DATABASE_URL": env["RELAY_DATABASE_URL"],
+                "RELAY_PUBLIC_URL": env["RELAY_PUBLIC_URL"]}  # fmt: skip
     if use_sandbox:  # so that `codat-relay sync status` in another shell asks this sandbox, not api.codat.io
         instance.update(RELAY_CODAT_BASE_URL=env["RELAY_CODAT_BASE_URL"], RELAY_CODAT_API_KEY=SANDBOX_KEY)
     local_env.write(LOCAL_ENV_FILE, generated, instance)

@@ -10,7 +10,7 @@ import httpx
 from starlette.applications import Starlette
 
 from service.clock import Clock, SystemClock
-from service.sandbox import codat_api, codat_syncs, control
+from service.sandbox import codat_api, codat_syncs, consumers, control
 from service.sandbox.config import SandboxConfig
 from service.sandbox.edge import Sandbox, not_served
 from service.sandbox.state import SandboxState
@@ -28,7 +28,8 @@ def create_sandbox_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     state = SandboxState(config, clock or SystemClock())
-    sandbox = Sandbox(state, WebhookSender(state, transport))
+    consumer_store = consumers.ConsumerStore()
+    sandbox = Sandbox(state, WebhookSender(state, transport, consumer_store))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -42,11 +43,13 @@ def create_sandbox_app(
             await sandbox.sender.aclose()
 
     app = Starlette(
-        routes=[*codat_api.ROUTES, *codat_syncs.ROUTES, *control.ROUTES],
+        routes=[*codat_api.ROUTES, *codat_syncs.ROUTES, *consumers.ROUTES, *control.ROUTES],
         exception_handlers={404: not_served, 405: not_served},
         lifespan=lifespan,
     )
     app.state.sandbox = sandbox
+    app.state.consumers = consumer_store
+    app.state.webhook_transport = transport
     return app
 
 

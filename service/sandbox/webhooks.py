@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -19,6 +19,9 @@ from service.sandbox.faults import shuffled
 from service.sandbox.model import iso
 from service.sandbox.state import Event, SandboxState
 from service.signatures import decode_secret, sign
+
+if TYPE_CHECKING:
+    from service.sandbox.consumers import ConsumerStore
 
 # Codat's legacy service retries exactly these (FACTS §4a); any other non-2xx loses the alert.
 RETRY_STATUSES = frozenset({408, 420, 429, 460, 502, 503, 504, 522, 524})
@@ -57,6 +60,8 @@ class Delivery:
     headers: dict[str, str] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     outcome: str = "pending"  # pending | delivered | failed | no_url
+    consumer_id: str | None = None  # a webhook consumer's delivery, signed with that consumer's secret
+    secret: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,12 +75,19 @@ class Delivery:
             "headers": self.headers,
             "attempts": [a.to_json() for a in self.attempts],
             "outcome": self.outcome,
+            "consumerId": self.consumer_id,
         }
 
 
 class WebhookSender:
-    def __init__(self, state: SandboxState, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        state: SandboxState,
+        transport: httpx.AsyncBaseTransport | None = None,
+        consumers: ConsumerStore | None = None,
+    ) -> None:
         self.state = state
+        self.consumers = consumers
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -145,12 +157,21 @@ class WebhookSender:
         config = self.state.config
         raw = orjson.dumps(item.body)
         copies = [
-            Delivery(len(self.deliveries) + n, item.message_id, item.event_type, config.webhook_shape,
-                     config.webhook_url, item.body, raw, copy=n)
-            for n in range(self.state.webhook_faults.duplicates)
+            Delivery(len(self.deliveries) + i, item.message_id, item.event_type, config.webhook_shape,
+                     url, item.body, raw, copy=n, consumer_id=consumer_id, secret=secret)
+            for i, (n, (url, consumer_id, secret)) in enumerate(
+                (n, target) for target in self._targets(item.event_type)
+                for n in range(self.state.webhook_faults.duplicates))
         ]  # fmt: skip
         self.deliveries.extend(copies)
         await asyncio.gather(*(self._deliver(d) for d in copies))
+
+    def _targets(self, event_type: str) -> list[tuple[str | None, str | None, str | None]]:
+        """(url, consumer id, secret) per receiver: the consumers subscribed to `event_type` once any consumer
+        exists (none subscribed: no delivery), else the configured `webhook_url`."""
+        if self.consumers is not None and self.consumers.consumers:
+            return [(c.url, c.id, c.secret) for c in self.consumers.for_event(event_type)]
+        return [(self.state.config.webhook_url, None, None)]
 
     async def _deliver(self, delivery: Delivery) -> None:
         if delivery.url is None:
@@ -186,13 +207,15 @@ class WebhookSender:
     def _headers(self, delivery: Delivery, timestamp: int) -> dict[str, str]:
         config = self.state.config
         headers = {"content-type": "application/json", "x-codat-clientid": config.client_id}
-        if delivery.shape == "legacy":
+        if delivery.shape == "legacy" and delivery.secret is None:
             if config.legacy_auth_header:
                 headers["authorization"] = config.legacy_auth_header
             return headers
-        assert config.webhook_secret is not None  # SandboxConfig refuses signed shapes without one
+        # A consumer's deliveries are signed with its own secret (Codat's Svix service signs every one).
+        secret = delivery.secret or config.webhook_secret
+        assert secret is not None  # SandboxConfig refuses signed shapes without one
         prefix = "svix-" if config.svix_headers else "webhook-"
-        signature = sign(decode_secret(config.webhook_secret), delivery.message_id, timestamp, delivery.raw)
+        signature = sign(decode_secret(secret), delivery.message_id, timestamp, delivery.raw)
         headers[prefix + "id"] = delivery.message_id
         headers[prefix + "timestamp"] = str(timestamp)
         headers[prefix + "signature"] = signature

@@ -18,7 +18,8 @@ from service.codat.client import (
 )
 from service.errors import InvalidRequest, RetryLater
 from service.ids import path_id
-from service.syncs import followed, sync_historic, sync_latest, sync_status
+from service.syncs import Follow, sync_historic, sync_latest, sync_status
+from service.tracking import follow_sync
 from service.web.auth import require
 from service.web.responses import error_response, json_response
 from service.web.webhooks import parse_json_object, read_capped
@@ -58,25 +59,28 @@ def _codat(request: Request) -> CodatClient:
     return codat
 
 
-async def _followed(request: Request, company: str, answer: Any) -> Response:
-    """Codat's answer relayed, once the sync's polls are queued (Codat sends no webhook when it ends)."""
+def _follow(request: Request) -> Follow:
     runtime = request.app.state.runtime
-    return json_response(await followed(runtime.engine, company, answer, runtime.clock.now()))
+
+    async def follow(company_id: str) -> None:
+        await follow_sync(runtime.engine, company_id, runtime.clock.now())
+
+    return follow
 
 
 @require("admin")
 async def latest(request: Request) -> Response:
     company = path_id(request, "company_id", "company")
     body = await _body(request)
-    return await _followed(request, company, await sync_latest(_codat(request), company, body.get("syncTo")))
+    return json_response(await sync_latest(_codat(request), company, body.get("syncTo"), follow=_follow(request)))
 
 
 @require("admin")
 async def historic(request: Request) -> Response:
     company = path_id(request, "company_id", "company")
     body = await _body(request)
-    answer = await sync_historic(_codat(request), company, body.get("start"), body.get("end"))
-    return await _followed(request, company, answer)
+    codat, follow = _codat(request), _follow(request)
+    return json_response(await sync_historic(codat, company, body.get("start"), body.get("end"), follow=follow))
 
 
 @require("admin")

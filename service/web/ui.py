@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -35,6 +36,7 @@ from service.errors import NotFound, Rejected
 from service.health import PROBLEM_KINDS
 from service.ids import path_id, path_segment
 from service.records import MODELS
+from service.tracking import follow_sync
 from service.web import ui_data
 from service.web.auth import Endpoint, check_bearer, throttled
 from service.web.companies_api import company_query
@@ -59,7 +61,8 @@ ACTIONS = ("pause", "resume", "repush", "sync-latest")  # the company page's but
 REPLAYABLE = frozenset({"dead", "ignored"})  # done/pending/processing alerts gain nothing from a replay
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    "form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
@@ -74,8 +77,13 @@ templates = Environment(
 )
 
 
-def when(ts: float | None) -> str:
-    return "—" if ts is None else f"{(iso(ts) or '').replace('T', ' ')[:19]} UTC"
+def when(ts: float | None) -> Markup | str:
+    """A `<time>` in UTC; the page's script shows it in local and relative time, UTC on hover."""
+    if ts is None:
+        return "—"
+    stamp = iso(ts) or ""
+    utc = f"{stamp.replace('T', ' ')[:19]} UTC"
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(stamp, utc, utc)
 
 
 templates.filters["when"] = when
@@ -373,7 +381,8 @@ async def _sync_latest(runtime: Any, company_id: str) -> str:
     if runtime.codat is None:
         return "sync_refused"
     try:
-        await syncs.sync_latest(runtime.codat, company_id)
+        await syncs.sync_latest(runtime.codat, company_id,
+                                follow=lambda company: follow_sync(runtime.engine, company, runtime.clock.now()))
     except CodatError:
         return "sync_refused"
     return "sync_requested"

@@ -5,6 +5,7 @@ What makes a company *failing* is service/health.py's, shared with the admin API
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service import health
 from service.codat.models import ERROR_STATUSES
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
+from service.dispatch import ALERT_JOB_KIND
 from service.health import RECORD_STATES, CompanyHealth
+from service.notifications import NOTIFY_JOB_KIND
 from service.queue import JobStatus
 from service.types import AlertStatus
 
@@ -153,3 +156,111 @@ async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | No
         return None
     timeline.sort(key=lambda e: e.at, reverse=True)
     return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline, bad_records)
+
+
+# -- an alert's page ---------------------------------------------------------------------------------------
+
+NOTIFICATIONS_PER_PAGE = 50
+# What each alert status means for the operator reading the page (service/types.AlertStatus's values).
+OUTCOMES = {
+    "pending": "Waiting for a worker: it runs as soon as the earlier alerts of its company are done.",
+    "processing": "A worker is running its handler now.",
+    "done": "Its handler ran to the end and applied what Codat said.",
+    "ignored": "Nothing to do: no handler acts on this kind, or the handler found nothing to act on. "
+    "It is kept; Replay runs it again (e.g. after an upgrade that understands it).",
+    "dead": "Its handler failed on every attempt. Fix the cause (the last error says it), then Replay.",
+}
+
+
+@dataclass
+class AlertPage:
+    row: RowMapping
+    body: str  # pretty-printed when it is JSON, else as received
+    jobs: list[RowMapping]  # every job that ran it, newest first (a replay adds one)
+    notifications: list[RowMapping]  # staff told about this alert (alert_dead)
+
+
+def pretty_body(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+async def alert_page(engine: AsyncEngine, alert_id: str) -> AlertPage | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).mappings().first()
+        if row is None:
+            return None
+        ran = sa.select(jobs).where(jobs.c.kind == ALERT_JOB_KIND, jobs.c.payload["alert_id"].as_string() == alert_id)
+        its_jobs = list((await conn.execute(ran.order_by(jobs.c.id.desc()))).mappings().all())
+        told = sa.select(notifications).where(notifications.c.details["alertId"].as_string() == alert_id)
+        notes = list((await conn.execute(told.order_by(notifications.c.occurred_at.desc()))).mappings().all())
+    return AlertPage(row, pretty_body(bytes(row["body"])), its_jobs, notes)
+
+
+# -- notifications ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NotificationsPage:
+    rows: list[RowMapping]
+    deliveries: dict[str, list[tuple[str, str]]]  # notification id → (sender, its notify job's status)
+    total: int
+    next_before: str | None  # the cursor of the next (older) page
+
+
+@dataclass(frozen=True)
+class NotificationQuery:
+    kind: str | None = None
+    severity: str | None = None
+    company: str | None = None  # exact company id
+    before: tuple[float, str] | None = None  # (occurred_at, id) of the last row of the previous page
+    limit: int = NOTIFICATIONS_PER_PAGE
+
+
+def encode_before(occurred_at: float, note_id: str) -> str:
+    return f"{occurred_at!r}_{note_id}"
+
+
+def decode_before(value: str) -> tuple[float, str]:
+    """ValueError for anything encode_before did not make."""
+    at, sep, note_id = value.partition("_")
+    if not sep or not note_id:
+        raise ValueError("before: not a cursor this page handed out")
+    return float(at), note_id
+
+
+async def notifications_page(engine: AsyncEngine, query: NotificationQuery) -> NotificationsPage:
+    """Newest first; the filters combine with AND. A notification's delivery is its notify jobs' state
+    (done jobs are pruned after a week: then nothing is shown)."""
+    where = []
+    if query.kind:
+        where.append(notifications.c.kind == query.kind)
+    if query.severity:
+        where.append(notifications.c.severity == query.severity)
+    if query.company:
+        where.append(notifications.c.company_id == query.company)
+    async with engine.connect() as conn:
+        total = int(await conn.scalar(sa.select(sa.func.count()).select_from(notifications).where(*where)) or 0)
+        page = sa.select(notifications).where(*where)
+        if query.before is not None:
+            at, note_id = query.before
+            older = sa.or_(notifications.c.occurred_at < at,
+                           sa.and_(notifications.c.occurred_at == at, notifications.c.id < note_id))  # fmt: skip
+            page = page.where(older)
+        page = page.order_by(notifications.c.occurred_at.desc(), notifications.c.id.desc()).limit(query.limit + 1)
+        rows = list((await conn.execute(page)).mappings().all())
+        ids = [r["id"] for r in rows[: query.limit]]
+        note_of = jobs.c.payload["notification_id"].as_string()
+        sent = sa.select(note_of, jobs.c.payload["sender"].as_string(), jobs.c.status).where(
+            jobs.c.kind == NOTIFY_JOB_KIND, note_of.in_(ids)
+        )
+        deliveries: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for note_id, sender, status in (await conn.execute(sent.order_by(jobs.c.id))) if ids else []:
+            deliveries[note_id].append((sender, status))
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = encode_before(rows[-1]["occurred_at"], rows[-1]["id"]) if more else None
+    return NotificationsPage(rows, dict(deliveries), total, cursor)

@@ -88,7 +88,7 @@ def notification_target() -> Iterator[tuple[str, Target]]:
         yield f"http://127.0.0.1:{server.server_address[1]}/hook", target
     finally:
         server.shutdown()
-        server.server_close()  # else its listening socket is left to the collector: a ResourceWarning, an error
+        server.server_close()  # the listening socket; left to the collector it warns (an error here)
 
 
 @dataclass

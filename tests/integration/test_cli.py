@@ -88,7 +88,8 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(env: dict[str, str]
 def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> None:
     """sync latest / historic / status against the real sandbox process; bad dates exit 2; Codat errors exit 1.
 
-    A sync started from the CLI is followed: a `poll_sync` job for it waits in the database for the workers.
+    A sync started from the CLI is followed: a `check_sync` job that follows it waits in the database for the
+    workers (one per company at a time: the historic sync's follow-up joins the one already waiting).
     """
     port = free_port()
     sandbox = start(["sandbox", "--port", str(port), "--pace-seconds", "0"], env, tmp_path / "sandbox.log")
@@ -113,9 +114,8 @@ def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> Non
     assert status.returncode == 0 and json.loads(status.stdout)[0]["companyId"] == "co-cli"
     assert backwards.returncode == 2 and "end: must be after start" in backwards.stderr
     followed = sqlite3.connect(env["RELAY_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///")).execute(
-        "SELECT payload FROM jobs WHERE kind = 'poll_sync'").fetchall()  # fmt: skip
-    assert json.loads(latest.stdout)["commerceSyncId"] in [json.loads(p)["commerce_sync_id"] for (p,) in followed]
-    assert len(followed) == 2  # latest and historic
+        "SELECT payload FROM jobs WHERE kind = 'check_sync'").fetchall()  # fmt: skip
+    assert [json.loads(p) for (p,) in followed] == [{"company_id": "co-cli", "follow": 0}]
 
 
 def test_a_fresh_shell_beside_make_run_just_works(tmp_path: Path, sqlite_template: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from service.alerts import SUBSCRIBED_EVENT_TYPES
 from service.dev.local_run import LOCAL_COMPANY_ID
 from service.testing import read_completed_body, signed_headers
 from tests.integration.harness import ROOT, free_port, stop, wait_http
@@ -43,13 +44,18 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
         body = json.dumps(read_completed_body(("commerce-orders", "FetchError"))).encode()
         signed = httpx.post(f"http://127.0.0.1:{port}/webhooks/codat", content=body,
                             headers=signed_headers(body, secret, msg_id="msg-1"))
-        config = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/config").json()
+        portal = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/consumers").json()["results"]
+        tests = [httpx.post(f"http://127.0.0.1:{sandbox_port}/_sandbox/consumers/{c['id']}/test", timeout=20).json()
+                 for c in portal]  # fmt: skip
         companies = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/companies").json()["results"]
     finally:
         assert stop(proc, signal.SIGTERM) is not None
     output = (tmp_path / "out.log").read_text()
     assert unsigned.status_code == 401 and signed.status_code == 202
-    assert config["webhookUrl"] == f"http://127.0.0.1:{port}/webhooks/codat"
+    # Wired by `codat-relay subscribe`: one consumer per needed type at the relay, each one's secret accepted.
+    assert sorted(t for c in portal for t in c["eventTypes"]) == sorted(SUBSCRIBED_EVENT_TYPES)
+    assert {c["url"] for c in portal} == {f"http://127.0.0.1:{port}/webhooks/codat"}
+    assert all(t["status"] in (200, 202) for t in tests), tests
     assert secret in output and "LOCAL CODAT SANDBOX" in output
     assert [c["id"] for c in companies] == [LOCAL_COMPANY_ID] and LOCAL_COMPANY_ID in output  # Codat needs it made
 

@@ -229,17 +229,7 @@ def run(database_url: str, tmp_path: Path, size: Size) -> None:
     assert len(held) == size.records and sum(r["versions"] for r in held) == sent, figures
 
 
-# Issue 13: the sandbox now caches every answer to a keyed POST, 5xx included, for 90 minutes, as Codat
-# documents (docs/using-the-api/write-data/idempotency.md). The relay retries a push that got a 5xx under
-# the SAME Idempotency-Key, so it gets the cached 5xx back until the key expires. The fix (a new key once an
-# attempt got an answer, FACTS §6) belongs to the push/outbox rework; strict, so this fails once it lands.
-RELAY_REUSES_ANSWERED_KEYS = pytest.mark.xfail(
-    strict=True, reason="the relay retries an answered (5xx) push under the same Idempotency-Key; Codat replays it"
-)
-
-
 @pytest.mark.parametrize("size", [pytest.param(FAST, id="fast"), pytest.param(FULL, id="full", marks=slow)])
-@RELAY_REUSES_ANSWERED_KEYS
 def test_codat_faults_end_complete_with_no_breach(database_url: str, tmp_path: Path, size: Size) -> None:
     """20 % 5xx, 429 bursts, 2 s latency, hangs past the timeout → all accepted, all Complete, 0 breaches."""
     run(database_url, tmp_path, size)
