@@ -174,7 +174,7 @@ def run_target(name: str, tmp: Path, args: argparse.Namespace) -> Outcome:
         relay = e2e_setup.start_relay(tmp, f"relay-{name}", database_url,
                                       sandbox.base_url if sandbox else e2e_setup.NO_CODAT, extra)  # fmt: skip
         relay.wait_ready()
-        datasets = e2e_setup.seed_datasets(relay, database_url) if work else None
+        datasets = e2e_setup.seed_datasets(relay, database_url, sandbox.base_url) if sandbox else None
         ids, raws = e2e_setup.deliveries(count, datasets)
         sent, outcome, cpu0 = paced_run(relay, raws, args)
         finish(outcome, database_url, ids, sent, args)

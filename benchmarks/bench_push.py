@@ -39,6 +39,7 @@ from benchmarks.common import (
     python,
     run_checked,
 )  # fmt: skip
+from service.testing import SANDBOX_API_KEY, sandbox_company
 
 COMPANY = "bench-company"
 PER_REQUEST = 5_000
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     env = clean_env({
         "RELAY_DATABASE_URL": database_url, "RELAY_PORT": str(web_port), "RELAY_API_TOKEN": API_TOKEN,
         "RELAY_ALLOW_UNAUTHENTICATED_WEBHOOKS": "true", "RELAY_CODAT_BASE_URL": sandbox_url,
+        "RELAY_CODAT_API_KEY": SANDBOX_API_KEY,
         "RELAY_LOG_LEVEL": "warning", "RELAY_LOG_FORMAT": "json", "RELAY_PUSH_DEBOUNCE_SECONDS": "0",
     })  # fmt: skip
     sandbox = subprocess.Popen(
@@ -208,6 +210,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         run_checked([python(), "-m", "service.cli", "migrate"], env)
         wait_for(f"{sandbox_url}/_sandbox/config", sandbox)
+        sandbox_company(sandbox_url, COMPANY)
         web = Server("web", [python(), "-m", "service.cli", "web"], env, web_port, tmp / "web.log")
         web.wait_ready()
         spied = spy(web.proc.pid, tmp / "web.spy") if args.profile else None

@@ -24,7 +24,7 @@ import httpx
 
 from benchmarks import common, loadgen
 from service.signatures import decode_secret, sign
-from service.testing import legacy_body
+from service.testing import SANDBOX_API_KEY, legacy_body, sandbox_company
 
 SECRET = "whsec_" + "YmVuY2htYXJrLW9ubHktc2VjcmV0LWtleS0zMmI="  # base64 of a benchmark-only key
 API_TOKEN = "bench-api-token"  # noqa: S105 -- a throw-away token of a throw-away process
@@ -82,6 +82,7 @@ def start_relay(
     env = common.clean_env({**(extra or {}),
         "RELAY_DATABASE_URL": database_url, "RELAY_PORT": str(port), "RELAY_WEBHOOK_SECRETS": SECRET,
         "RELAY_API_TOKEN": API_TOKEN, "RELAY_ADMIN_TOKEN": "bench-admin-token", "RELAY_CODAT_BASE_URL": codat_url,
+        "RELAY_CODAT_API_KEY": SANDBOX_API_KEY,
         "RELAY_PUSH_DEBOUNCE_SECONDS": "0", "RELAY_LOG_LEVEL": "warning", "RELAY_LOG_FORMAT": "json",
         # The sandbox has no rate limit: unpaced, the reconcile variant measures the relay, not 1,000/min.
         "RELAY_CODAT_REQUESTS_PER_MINUTE": "0",
@@ -108,11 +109,12 @@ def start_sandbox(tmp: Path) -> common.Server:
     raise RuntimeError("sandbox not ready")
 
 
-def seed_datasets(relay: common.Server, database_url: str) -> list[tuple[str, str]]:
+def seed_datasets(relay: common.Server, database_url: str, sandbox_url: str) -> list[tuple[str, str]]:
     """One pushed order per company through the intake API; returns (company, dataset) once Codat has them."""
     headers = {"authorization": f"Bearer {API_TOKEN}"}
     companies = loadgen.company_ids()[:SEED_COMPANIES]
     for n, company in enumerate(companies):
+        sandbox_company(sandbox_url, company)  # Codat has no company until it is created
         order = {"id": f"o-{n}", "orderNumber": str(n), "currency": "GBP", "totalAmount": 10.0,
                  "createdDate": "2026-01-01T09:00:00Z", "sourceModifiedDate": "2026-01-01T10:00:00Z"}  # fmt: skip
         answer = httpx.put(f"{relay.base_url}/v1/companies/{company}/records/orders", json={"records": [order]},

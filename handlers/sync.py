@@ -8,8 +8,7 @@ meaning of its code — branching on the code, never on the text.
 from __future__ import annotations
 
 from service.codat.client import CodatNotFound, is_failure
-from service.codat.models import SYNC_STATUS_MEANINGS
-from service.notifications import Kind, Notification
+from service.tracking import sync_failed
 from service.types import Alert, Context, Outcome
 
 
@@ -24,13 +23,7 @@ async def on_sync_completed(alert: Alert, ctx: Context) -> Outcome:
     dated = [s for s in syncs if s.sync_utc is not None] or syncs
     latest = max(dated, key=lambda s: s.sync_utc.timestamp() if s.sync_utc else 0.0, default=None)
     if latest is not None and latest.sync_status_code is not None and is_failure(latest.sync_status_code):
-        code = latest.sync_status_code
-        await ctx.notifier.notify(Notification(
-            Kind.SYNC_FAILED, f"Codat sync failed with {code}: {SYNC_STATUS_MEANINGS.get(code, 'unknown code')}",
-            company_id=alert.company_id, subject=str(latest.commerce_sync_id or latest.sync_id or code),
-            details={"syncStatusCode": code, "meaning": SYNC_STATUS_MEANINGS.get(code, "unknown code"),
-                     "errorMessage": latest.error_message, "syncId": latest.commerce_sync_id or latest.sync_id},
-        ))  # fmt: skip
+        await ctx.notifier.notify(sync_failed(alert.company_id, latest))
     ctx.log.info("sync_checked", code=latest.sync_status_code if latest else None,
                  conflicts=sum(map(len, conflicts.values())))  # fmt: skip
     return Outcome.DONE

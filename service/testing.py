@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,9 @@ def signed_headers(
 
 COMPANY_ID = "8a210b68-6988-11ed-a1eb-0242ac120002"
 CONNECTION_ID = "2e9d2c44-1c4b-4a62-8a53-5d4e0a4f2f1c"
+# The Codat API key tests give codat-relay; a sandbox without `--api-key` takes any key, but needs one.
+SANDBOX_API_KEY = "sandbox-test-key-5e0c"
+SANDBOX_AUTH = {"Authorization": "Basic " + base64.b64encode(SANDBOX_API_KEY.encode()).decode()}
 
 
 @asynccontextmanager
@@ -121,13 +124,34 @@ def connection_deleted_body() -> dict[str, Any]:
     }
 
 
+def sandbox_company(sandbox_url: str, company_id: str | None = None, *, sync_start: str | None = None) -> str:
+    """Create a company in a sandbox process (Codat knows none until created); returns its id.
+
+    The one way tests and benchmarks get companies into a sandbox they reach over HTTP (an in-process one
+    takes `running_sandbox(companies=…)`). An id given is kept; none gets a uuid, as Codat would issue.
+    `sync_start`: the company's configured sync start date (ISO-8601; the sandbox's default is a month back).
+    """
+    company_id = company_id or str(uuid.uuid4())
+    body = {"id": company_id, **({"syncStartDate": sync_start} if sync_start else {})}
+    answer = httpx.post(f"{sandbox_url}/_sandbox/companies", json=body, timeout=10)
+    answer.raise_for_status()
+    return company_id
+
+
 @asynccontextmanager
-async def running_sandbox(**config: Any) -> AsyncIterator[tuple[Starlette, httpx.AsyncBaseTransport]]:
-    """The Codat sandbox in-process with its lifespan; pass the transport to codat-relay's Codat client."""
+async def running_sandbox(
+    *, companies: Iterable[str] = (), clock: Clock | None = None, **config: Any
+) -> AsyncIterator[tuple[Starlette, httpx.AsyncBaseTransport]]:
+    """The Codat sandbox in-process with its lifespan; pass the transport to codat-relay's Codat client.
+
+    Codat knows no company until it is created: `companies` are created (linked) before it is handed over.
+    """
     from service.sandbox import SandboxConfig, create_sandbox_app
 
     config.setdefault("pace_seconds", 0.0)
     config.setdefault("push_processing_seconds", 0.0)
-    app = create_sandbox_app(SandboxConfig(**config))
+    app = create_sandbox_app(SandboxConfig(**config), clock=clock)
     async with app.router.lifespan_context(app):
+        for company_id in companies:
+            app.state.sandbox.state.create_company(company_id)
         yield app, httpx.ASGITransport(app=app)

@@ -16,7 +16,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import keys, queue, repush
-from service.codat.client import CodatNotFound, is_success
+from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_success
+from service.codat.models import SYNC_STATUS_MEANINGS
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
 from service.notifications import Kind, Notification
@@ -62,6 +63,24 @@ class PollPolicy:
     def first_poll_at(self, now: float) -> float | None:
         """When a new dataset is first polled; None when polling is off (RELAY_DATASET_POLLS=0): the sweep's."""
         return now + self.delay(0) if self.max_polls > 0 else None
+
+
+def _latest(syncs: list[SyncStatus]) -> SyncStatus | None:
+    """The company's newest sync Codat dates (`syncUtc`)."""
+    dated = [s for s in syncs if s.sync_utc is not None]
+    return max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)  # `or`: for mypy, never None here
+
+
+def sync_failed(company_id: str, status: SyncStatus) -> Notification:
+    """Staff are told of a failed sync with the meaning of its code (never its text, FACTS §3)."""
+    code = status.sync_status_code
+    meaning = SYNC_STATUS_MEANINGS.get(code, "unknown code") if code is not None else "unknown code"
+    sync_id = status.commerce_sync_id or status.sync_id
+    return Notification(
+        Kind.SYNC_FAILED, f"Codat sync failed with {code}: {meaning}", company_id=company_id,
+        subject=str(sync_id or code),
+        details={"syncStatusCode": code, "meaning": meaning, "errorMessage": status.error_message, "syncId": sync_id},
+    )  # fmt: skip
 
 
 def _ts(value: Any) -> float | None:
@@ -159,15 +178,28 @@ class Tracker:
         A job with `follow` (a sync the relay started) asks again, with backoff, while the sync runs.
         """
         company_id = str(job.payload["company_id"])
-        await self.check_sync(company_id)
         follow = job.payload.get("follow")
         if follow is None:
+            await self.check_sync(company_id)
             return
-        async with self._deps.engine.connect() as conn:
-            code = await conn.scalar(sa.select(companies.c.last_sync_code).where(companies.c.id == company_id))
+        syncs = await self._sync_statuses(company_id)
+        await self.check_sync(company_id, syncs)
+        latest = _latest(syncs)
+        code = latest.sync_status_code if latest is not None else None
         polls = int(follow) + 1
-        if code in IN_PROGRESS_CODES and polls < FOLLOW_MAX_POLLS:
+        # None: Codat shows no sync yet (it may be catching up with the one just started).
+        if (code is None or code in IN_PROGRESS_CODES) and polls < FOLLOW_MAX_POLLS:
             await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls)
+        elif latest is not None and is_failure(code):
+            # No webhook tells a failed Sync for Commerce sync (FACTS §6): the poll is what tells staff.
+            await self._deps.notifier.notify(sync_failed(company_id, latest))
+
+    async def _sync_statuses(self, company_id: str) -> list[SyncStatus]:
+        try:
+            statuses: list[SyncStatus] = await self._deps.codat.get_sync_status(company_id)
+        except CodatNotFound:
+            return []  # no sync has ever run
+        return statuses
 
     async def guard_synced(self, company_id: str) -> None:
         """Before pushing: if Codat holds records of this company, learn whether a sync took them."""
@@ -180,15 +212,13 @@ class Tracker:
         if held is not None:
             await self.check_sync(company_id)
 
-    async def check_sync(self, company_id: str) -> dict[str, list[str]]:
-        """Read the company's syncs and apply the latest success; returns new conflicts by data type."""
-        try:
-            syncs = await self._deps.codat.get_sync_status(company_id)
-        except CodatNotFound:
-            syncs = []  # no sync has ever run
+    async def check_sync(self, company_id: str, syncs: list[SyncStatus] | None = None) -> dict[str, list[str]]:
+        """Read the company's syncs (unless given) and apply the latest success; returns new conflicts by type."""
+        if syncs is None:
+            syncs = await self._sync_statuses(company_id)
         now = self._deps.clock.now()
         dated = [s for s in syncs if s.sync_utc is not None]
-        latest = max(dated, key=lambda s: _ts(s.sync_utc) or 0.0, default=None)  # `or`: for mypy, never None here
+        latest = _latest(syncs)
         success_at = max((_ts(s.sync_utc) or 0.0 for s in dated if is_success(s.sync_status_code)), default=None)
         conflicts: dict[str, list[str]] = {}
         async with writer(self._deps.engine).begin() as conn:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import structlog
+from pydantic import SecretStr
 
 from handlers.connection import on_connection_deleted, on_connection_status
 from service.alerts import parse_alert
@@ -19,7 +20,7 @@ from service.clock import FixedClock
 from service.codat.client import CodatClient
 from service.db import companies, create_engine, notifications
 from service.notifications import Notifier
-from service.testing import connection_deleted_body, legacy_body, running_sandbox
+from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, connection_deleted_body, legacy_body, running_sandbox
 from service.types import Context, Outcome
 from tests.conftest import make_settings
 
@@ -73,12 +74,13 @@ async def against_sandbox(database_url: str) -> AsyncIterator[tuple[Context, htt
     settings = make_settings(database_url)
     engine = create_engine(settings)
     clock = FixedClock(1_900_000_000.0)  # processing happens after the timed events' 2026 dates
-    async with running_sandbox() as (_app, transport):
-        codat = CodatClient("http://sandbox", None, transport=transport)
+    async with running_sandbox(companies=["co-1"]) as (_app, transport):
+        codat = CodatClient("http://sandbox", SecretStr(SANDBOX_API_KEY), transport=transport)
         ctx = Context(store=engine, codat=codat, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
                       log=structlog.get_logger(), attempt=1, tracker=None)  # fmt: skip
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
+            sandbox_client = httpx.AsyncClient(transport=transport, base_url="http://sandbox", headers=SANDBOX_AUTH)
+            async with sandbox_client as sandbox:
                 yield ctx, sandbox, engine
         finally:
             await codat.aclose()

@@ -22,7 +22,7 @@ from handlers.connection import on_connection_status
 from handlers.push_operation import on_push_operation
 from handlers.sync import on_sync_completed
 from service.alerts import parse_alert
-from service.clock import SystemClock
+from service.clock import Clock, SystemClock
 from service.db import companies, create_engine, jobs, notifications, records, writer
 from service.notifications import Notifier
 from service.outbox import store_records
@@ -30,7 +30,7 @@ from service.pusher import Pusher
 from service.queue import Job
 from service.records import validate_records
 from service.runtime import Runtime, build_runtime
-from service.testing import legacy_body, running_sandbox
+from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, legacy_body, running_sandbox
 from service.types import Alert, Context, Outcome
 from tests.conftest import make_settings
 from tests.queue_helpers import leased_job
@@ -66,12 +66,12 @@ class Relay:
 
 
 @asynccontextmanager
-async def accepted_orders(database_url: str) -> AsyncIterator[Relay]:
+async def accepted_orders(database_url: str, clock: Clock | None = None) -> AsyncIterator[Relay]:
     """Two orders pushed to the sandbox and accepted (their dataset Complete), ready for a sync."""
-    async with running_sandbox() as (_app, transport):
-        settings = make_settings(database_url, codat_base_url="http://sandbox")
+    clock = clock or SystemClock()  # the sandbox's clock too: syncs and datasets are compared in Codat's time
+    async with running_sandbox(companies=[COMPANY], clock=clock) as (_app, transport):
+        settings = make_settings(database_url, codat_base_url="http://sandbox", codat_api_key=SANDBOX_API_KEY)
         engine = create_engine(settings)
-        clock = SystemClock()  # the sandbox's clock: syncs and datasets are compared in Codat's time
         runtime = await build_runtime(settings, engine, clock, transport=transport)
         ctx = Context(store=engine, codat=runtime.codat, notifier=runtime.notifier, clock=clock,
                       log=structlog.get_logger(), attempt=1, tracker=runtime.tracker)  # fmt: skip
@@ -85,7 +85,8 @@ async def accepted_orders(database_url: str) -> AsyncIterator[Relay]:
             async with engine.connect() as conn:
                 [poll] = (await conn.execute(sa.select(jobs).where(jobs.c.kind == "poll_dataset"))).mappings().all()
             await pusher.tracker.poll_dataset(_job("poll_dataset", poll["payload"]), 1)
-            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
+            codat = httpx.AsyncClient(transport=transport, base_url="http://sandbox", headers=SANDBOX_AUTH)
+            async with codat as sandbox:
                 relay = Relay(runtime, ctx, sandbox)
                 assert await relay.states() == {"o-1": "accepted", "o-2": "accepted"}
                 yield relay

@@ -26,7 +26,7 @@ from service.outbox import IntakeResult, store_records
 from service.pusher import Pusher
 from service.records import validate_records
 from service.runtime import build_runtime
-from service.sandbox import SandboxConfig, create_sandbox_app
+from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, running_sandbox
 from service.tracking import POLL_KIND
 from tests.conftest import make_settings
 from tests.queue_helpers import leased_job
@@ -102,18 +102,27 @@ class World:
 BAD = ("update_after_sync", "concurrent_push", "duplicate_record")
 
 
+def sandbox_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
+    """A client of the in-process sandbox, for its `/_sandbox/` API and Codat's endpoints alike."""
+    return httpx.AsyncClient(transport=transport, base_url="http://sandbox", headers=SANDBOX_AUTH)
+
+
+def sandbox_settings(database_url: str, **overrides: Any) -> Any:
+    """The relay's settings against the in-process sandbox (which needs a Codat key)."""
+    return make_settings(database_url, codat_base_url="http://sandbox", codat_api_key=SANDBOX_API_KEY,
+                         dataset_polls=0, **overrides)  # fmt: skip
+
+
 @pytest.fixture
 async def world(database_url: str) -> AsyncIterator[World]:
     clock = FixedClock(START)
-    app = create_sandbox_app(SandboxConfig(pace_seconds=PACE_S, push_processing_seconds=0.0), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        settings = make_settings(database_url, codat_base_url="http://sandbox", dataset_polls=0)
+    async with running_sandbox(companies=[CO], clock=clock, pace_seconds=PACE_S) as (_, transport):
+        settings = sandbox_settings(database_url)
         engine = create_engine(settings)
         runtime = await build_runtime(settings, engine, clock, transport=transport)
         runtime.codat._sleep = _nothing  # Codat client retries without waiting (the clock is fixed anyway)
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
+            async with sandbox_client(transport) as sandbox:
                 yield World(runtime, sandbox, clock)
         finally:
             await runtime.close()
@@ -230,11 +239,10 @@ async def test_a_delete_repeated_while_an_undelete_is_in_flight_is_not_sent_agai
 async def test_a_push_job_that_lost_its_lease_stops_before_its_next_codat_call(database_url: str) -> None:
     """The first chunk is sent, then the lease runs out and another worker takes the job: no second chunk."""
     clock = FixedClock(START)
-    app = create_sandbox_app(SandboxConfig(pace_seconds=PACE_S, push_processing_seconds=0.0), clock=clock)
-    sandbox_transport = httpx.ASGITransport(app=app)
-    settings = make_settings(database_url, codat_base_url="http://sandbox", dataset_polls=0, max_push_records=2)
+    settings = sandbox_settings(database_url, max_push_records=2)
     engine = create_engine(settings)
     runtime = None
+    inner: list[httpx.AsyncBaseTransport] = []  # the sandbox's own transport, once it runs
 
     class Stalling(httpx.AsyncBaseTransport):
         """After the first push answer, this worker stalls past its lease and a successor claims the job."""
@@ -242,7 +250,7 @@ async def test_a_push_job_that_lost_its_lease_stops_before_its_next_codat_call(d
         sent = 0
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            response = await sandbox_transport.handle_async_request(request)
+            response = await inner[0].handle_async_request(request)
             if request.method == "POST" and "/sync/commerce-" in request.url.path:
                 Stalling.sent += 1
                 if Stalling.sent == 1:
@@ -250,10 +258,12 @@ async def test_a_push_job_that_lost_its_lease_stops_before_its_next_codat_call(d
                     assert [j.id for j in await queue.claim(engine, "successor", 1, clock.now(), 30.0)] == [job.id]
             return response
 
-    async with app.router.lifespan_context(app):
+    async with running_sandbox(companies=[CO], clock=clock, pace_seconds=PACE_S) as (_, sandbox_transport):
+        inner.append(sandbox_transport)
         runtime = await build_runtime(settings, engine, clock, transport=Stalling())
         try:
-            w = World(runtime, httpx.AsyncClient(transport=sandbox_transport, base_url="http://sandbox"), clock)
+            sandbox = sandbox_client(inner[0])
+            w = World(runtime, sandbox, clock)
             await w.put([order(i) for i in "abcd"])
             job = await leased_job(engine, "push", {"company_id": CO, "data_type": ORDERS}, clock.now(), lease_s=2.0)
             await w.pusher.run(job, 1)
@@ -268,14 +278,12 @@ async def test_a_push_job_that_lost_its_lease_stops_before_its_next_codat_call(d
 async def test_intake_never_reads_not_synced_while_a_sync_check_marks_its_rows(postgres_url: str) -> None:
     """PostgreSQL: a sync check starts while an intake of v2 holds its rows: the v2s are conflicts, none pushed."""
     clock = FixedClock(START)
-    app = create_sandbox_app(SandboxConfig(pace_seconds=PACE_S, push_processing_seconds=0.0), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        settings = make_settings(postgres_url, codat_base_url="http://sandbox", dataset_polls=0)
+    async with running_sandbox(companies=[CO], clock=clock, pace_seconds=PACE_S) as (_, transport):
+        settings = sandbox_settings(postgres_url)
         engine = create_engine(settings)
         runtime = await build_runtime(settings, engine, clock, transport=transport)
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
+            async with sandbox_client(transport) as sandbox:
                 w = World(runtime, sandbox, clock)
                 ids = [f"r-{i:03d}" for i in range(50)]
                 await accepted(w, *ids)
@@ -381,15 +389,13 @@ async def test_a_dataset_ending_between_claim_and_mark_never_puts_a_held_back_re
     """PostgreSQL: D1 (a, b, c) ends while the next claim is between reading pending rows and marking them;
     b's held-back v2 must not join that push (whose payload holds only d), and Codat ends up holding v2."""
     clock = FixedClock(START)
-    app = create_sandbox_app(SandboxConfig(pace_seconds=PACE_S, push_processing_seconds=0.0), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        settings = make_settings(postgres_url, codat_base_url="http://sandbox", dataset_polls=0)
+    async with running_sandbox(companies=[CO], clock=clock, pace_seconds=PACE_S) as (_, transport):
+        settings = sandbox_settings(postgres_url)
         engine = create_engine(settings)
         runtime = await build_runtime(settings, engine, clock, transport=transport)
         runtime.codat._sleep = _nothing
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as sandbox:
+            async with sandbox_client(transport) as sandbox:
                 w = World(runtime, sandbox, clock)
                 await w.put([order(i) for i in "abc"])
                 await w.push()  # D1: a, b, c v1

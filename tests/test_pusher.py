@@ -6,6 +6,7 @@ Each test uses its own company id, so one sandbox serves the module.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from service.db import push_records
 from service.db import pushes as pushes_table
 from service.db import records as records_table
-from service.testing import running_app
+from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, running_app, sandbox_company
 from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, make_settings
 from tests.integration.harness import free_port, start, stop, wait_http
@@ -94,10 +95,14 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 @pytest.fixture
 async def env(database_url: str, sandbox_url: str) -> AsyncIterator[Env]:
-    settings = make_settings(database_url, codat_base_url=sandbox_url, push_debounce_seconds=0)
+    settings = make_settings(database_url, codat_base_url=sandbox_url, codat_api_key=SANDBOX_API_KEY,
+                             push_debounce_seconds=0)  # fmt: skip
     async with running_app(settings, options=AppOptions(run_workers=True)) as (app, relay):
-        async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox:
-            yield Env(relay, sandbox, app.state.runtime)
+        async with httpx.AsyncClient(base_url=sandbox_url, timeout=10, headers=SANDBOX_AUTH) as sandbox:
+            created = Env(relay, sandbox, app.state.runtime)
+            # Records here are dated 2025: the company's syncs must cover them (Codat syncs from its start date).
+            await asyncio.to_thread(sandbox_company, sandbox_url, created.company, sync_start="2025-01-01T00:00:00Z")
+            yield created
 
 
 async def test_first_push_sends_all_then_only_changes(env: Env) -> None:

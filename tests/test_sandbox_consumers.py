@@ -25,7 +25,7 @@ URL_B = "http://b.test/webhooks/codat"
 
 async def _create(h: Harness, url: str, *types: str, **extra: Any) -> dict[str, Any]:
     response = await h.client.post("/webhooks", json={"url": url, "eventTypes": list(types), **extra})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 201, response.text  # create-webhook-consumer answers 201 (platform spec)
     body: dict[str, Any] = response.json()
     return body
 

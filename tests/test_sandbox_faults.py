@@ -156,7 +156,7 @@ async def test_record_level_breaches(make_harness: MakeHarness) -> None:
     """Non-sparse delete, unchanged re-push and a changed record with the same sourceModifiedDate."""
     h = await make_harness()
     await h.push(ORDERS, "orders", [order("o-1"), order("o-2")])
-    await h.push(ORDERS, "orders", [{"id": "o-1", "currency": None, "totalAmount": None}])
+    await h.push(ORDERS, "orders", [{"id": "o-1", "currency": None, "orderNumber": None}])  # nullable fields
     await h.push(ORDERS, "orders", [order("o-2")])
     await h.push(ORDERS, "orders", [order("o-2", amount=99.0)])
     await h.push(ORDERS, "orders", [{"id": "o-2"}])  # a proper sparse delete is no breach
@@ -257,14 +257,16 @@ async def test_without_a_webhook_url_events_are_recorded_not_sent(make_harness: 
 
 
 async def test_reset_forgets_everything(make_harness: MakeHarness) -> None:
-    """POST /_sandbox/reset empties pushes, datasets, records, breaches, webhooks and faults."""
+    """POST /_sandbox/reset empties companies, pushes, datasets, records, breaches, webhooks and faults."""
     h = await make_harness()
     await h.push(ORDERS, "orders", [order("o-1"), order("o-1")])
     await h.client.put("/_sandbox/faults/push", json={"burst429": 5})
     await h.settle()
     await h.client.post("/_sandbox/reset")
-    for what in ("pushes", "datasets", "records", "breaches", "webhooks"):
+    for what in ("companies", "pushes", "datasets", "records", "breaches", "webhooks"):
         assert (await h.get(f"/_sandbox/{what}"))["results"] == [], what
+    assert (await h.push(ORDERS, "orders", [order("o-1")])).status_code == 404  # the company went too
+    await h.client.post("/_sandbox/companies", json={"id": COMPANY})
     assert (await h.push(ORDERS, "orders", [order("o-1")])).status_code == 200
 
 

@@ -7,8 +7,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
+from pydantic import SecretStr
 
 from service.alerts import SUBSCRIBED_EVENT_TYPES
 from service.cli.common import CommandFailed
@@ -16,9 +16,9 @@ from service.cli.entry import build_parser
 from service.cli.subscriptions import subscribe, subscriptions_delete, subscriptions_list
 from service.codat.client import CodatClient
 from service.codat.models import WebhookConsumer
-from service.sandbox import SandboxConfig, create_sandbox_app
 from service.settings import Settings
 from service.subscriptions import NEXT_STEP, TooManyConsumers, missing_types, plan, webhook_url
+from service.testing import SANDBOX_API_KEY, running_sandbox
 
 PUBLIC = "https://relay.example.com"
 URL = PUBLIC + "/webhooks/codat"
@@ -92,9 +92,8 @@ def test_public_url_is_a_setting_and_gives_the_webhook_url() -> None:
 
 @pytest.fixture
 async def codat() -> AsyncIterator[CodatClient]:
-    app = create_sandbox_app(SandboxConfig())
-    async with app.router.lifespan_context(app):
-        async with CodatClient("http://sandbox.test", None, transport=httpx.ASGITransport(app=app)) as client:
+    async with running_sandbox() as (_, transport):  # consumers need no company; Codat's endpoints need a key
+        async with CodatClient("http://sandbox.test", SecretStr(SANDBOX_API_KEY), transport=transport) as client:
             yield client
 
 

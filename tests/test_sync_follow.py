@@ -5,10 +5,12 @@ Commerce today (FACTS §6; codat-docs docs/using-the-api/webhooks/migrating-to-n
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from service import queue, syncs
-from service.db import companies
+from service.db import companies, notifications
 from service.tracking import SYNC_KIND, follow_sync
 from tests import test_push_correctness
 from tests.test_push_correctness import CO, World, accepted
@@ -45,3 +47,26 @@ async def test_sync_latest_makes_covered_records_synced_within_a_minute_with_no_
     while w.clock.now() - started <= 5 * MINUTE_S:  # once the sync ended, the polling stops
         w.clock.advance(10 * STEP_S)
         assert await run_due_sync_checks(w) == 0
+
+
+async def told(w: World, kind: str) -> list[dict[str, Any]]:
+    async with w.engine.connect() as conn:
+        rows = await conn.execute(sa.select(notifications).where(notifications.c.kind == kind))
+        return [dict(row) for row in rows.mappings()]
+
+
+async def test_a_failed_sync_learned_by_polling_is_told_to_staff(world: World) -> None:
+    """A 4200 sync the relay started: no webhook says so; the poll reads it and staff get `sync_failed` with the
+    code's meaning and Codat's message (FACTS §3), once; the records stay accepted."""
+    w = world
+    await accepted(w, "a")
+    await w.sandbox.post("/_sandbox/script/sync", json={"companyId": CO, "code": 4200, "errorMessage": "no account"})
+    started = w.clock.now()
+    await syncs.sync_latest(w.runtime.codat, CO, follow=lambda company: follow_sync(w.engine, company, w.clock.now()))
+    while not await told(w, "sync_failed"):
+        assert w.clock.now() - started <= MINUTE_S, await w.states()
+        w.clock.advance(STEP_S)
+        await run_due_sync_checks(w)
+    [note] = await told(w, "sync_failed")
+    assert (note["details"]["syncStatusCode"], note["details"]["meaning"]) == (4200, "map error")
+    assert note["details"]["errorMessage"] == "no account" and set((await w.states()).values()) == {"accepted"}

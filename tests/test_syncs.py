@@ -8,7 +8,7 @@ from typing import TypeAlias
 import httpx
 import pytest
 
-from service.testing import running_app, running_sandbox
+from service.testing import SANDBOX_API_KEY, running_app, running_sandbox
 from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, make_settings
 
@@ -20,8 +20,8 @@ CO = "co-sync-1"
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """(relay client, sandbox client): codat-relay's Codat client talks to the in-process sandbox."""
-    async with running_sandbox() as (_, transport):
-        settings = make_settings(database_url, codat_base_url="http://sandbox.test")
+    async with running_sandbox(companies=[CO]) as (_, transport):
+        settings = make_settings(database_url, codat_base_url="http://sandbox.test", codat_api_key=SANDBOX_API_KEY)
         async with running_app(settings, options=AppOptions(transport=transport)) as (_, relay):
             async with httpx.AsyncClient(transport=transport, base_url="http://sandbox.test") as sandbox:
                 yield relay, sandbox
@@ -30,7 +30,7 @@ async def client(database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, ht
 async def test_sync_latest_relays_codat_and_status_follows(client: Clients) -> None:
     """`sync/latest` answers Codat's SyncSummary; `sync/status` then shows that sync."""
     relay, sandbox = client
-    latest = await relay.post(f"/v1/companies/{CO}/sync/latest", json={"syncTo": "2026-11-01T00:00:00Z"}, headers=ADMIN)
+    latest = await relay.post(f"/v1/companies/{CO}/sync/latest", json={"syncTo": "2030-11-01T00:00:00Z"}, headers=ADMIN)
     await sandbox.post("/_sandbox/tick")
     status = await relay.get(f"/v1/companies/{CO}/sync/status", headers=ADMIN)
     assert latest.status_code == 200, latest.text

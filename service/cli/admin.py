@@ -10,12 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import syncs
 from service.alert_views import MAX_LIMIT, alert_json
-from service.cli.common import Command, CommandFailed, emit, with_codat, with_engine
+from service.cli.common import Command, CommandFailed, emit, load_settings_or_fail, with_codat, with_engine
 from service.cli.progress import ProgressBar
 from service.clock import SystemClock
-from service.db import alerts
+from service.db import alerts, create_engine
 from service.dispatch import replay_alert
 from service.sandbox.config import add_arguments as add_sandbox_arguments
+from service.tracking import follow_sync
 from service.types import AlertKind, AlertStatus
 
 ALERT_COLUMNS = ("id", "kind", "type", "companyId", "status", "attempts", "receivedAt")
@@ -103,6 +104,19 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _follow(company_id: str) -> None:
+    """A sync the CLI started is read by the workers until it ends (`tracking.follow_sync`): no webhook tells it."""
+    engine = create_engine(load_settings_or_fail(operator=True))
+    try:
+        await follow_sync(engine, company_id, SystemClock().now())
+    except (OSError, sa.exc.SQLAlchemyError) as exc:
+        # Codat has started the sync: its answer is printed; only the daily sync check will see its end.
+        print(f"codat-relay: the sync started, but following it failed (database unavailable: "
+              f"{type(exc).__name__}); the daily sync check will apply it", file=sys.stderr)  # fmt: skip
+    finally:
+        await engine.dispose()
+
+
 def _checked(parser: argparse.ArgumentParser, command: Command) -> Command:
     """`alerts replay`: an ID or --dead, exactly one; a wrong mix is bad usage (exit 2, with the usage)."""
 
@@ -141,12 +155,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_
     latest = sync_sub.add_parser("latest", parents=[json_flag], help="sync from the last success up to --to")
     latest.add_argument("company")
     latest.add_argument("--to", help="ISO-8601 instant (default: now)")
-    latest.set_defaults(func=with_codat(lambda c, a: syncs.sync_latest(c, a.company, a.to)))
+    latest.set_defaults(func=with_codat(lambda c, a: syncs.sync_latest(c, a.company, a.to, follow=_follow)))
     historic = sync_sub.add_parser("historic", parents=[json_flag], help="re-sync a past date range")
     historic.add_argument("company")
     historic.add_argument("--start", required=True, help="ISO-8601 instant")
     historic.add_argument("--end", required=True, help="ISO-8601 instant")
-    historic.set_defaults(func=with_codat(lambda c, a: syncs.sync_historic(c, a.company, a.start, a.end)))
+    historic.set_defaults(
+        func=with_codat(lambda c, a: syncs.sync_historic(c, a.company, a.start, a.end, follow=_follow))
+    )
     status = sync_sub.add_parser("status", parents=[json_flag], help="Codat's sync status of a company")
     status.add_argument("company")
     status.set_defaults(func=with_codat(lambda c, a: syncs.sync_status(c, a.company)))

@@ -1,9 +1,10 @@
 """`make demo`: the whole of codat-relay in two minutes, narrated in the terminal.
 
 Starts the Codat sandbox and codat-relay (`serve`, on a throw-away SQLite file, generated secrets) and
-a staff-notification receiver that prints what it gets; feeds orders, payments and transactions; makes
-the sandbox fail one dataset with an error a re-push clears and one that needs a person; deletes the
-merchant's connection, feeds more, reconnects. After each step it reads codat-relay's API and the
+a staff-notification receiver that prints what it gets; creates the merchant's company in Codat (Codat
+knows none until then); feeds orders, payments and transactions; makes the sandbox fail one dataset with
+an error a re-push clears and one that needs a person; deletes the merchant's connection, feeds more,
+reconnects. After each step it reads codat-relay's API and the
 sandbox to show what codat-relay did, and waits (with a deadline) for what should happen: exit 0 only
 when every step's outcome was seen, else exit 1 naming the step.
 """
@@ -11,6 +12,7 @@ when every step's outcome was seen, else exit 1 naming the step.
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 import tempfile
 import textwrap
@@ -24,7 +26,7 @@ import httpx
 from service.dev.demo_stack import Inbox, StepFailed, environment, free_port, process
 
 T = TypeVar("T")
-COMPANY = "demo-coffee-shop"
+COMPANY_NAME = "Demo coffee shop"
 ORDERS, PAYMENTS, TRANSACTIONS = "commerce-orders", "commerce-payments", "commerce-transactions"
 DAY = "2026-03-02T"
 
@@ -57,25 +59,35 @@ class Demo:
         self.api = {"authorization": f"Bearer {env['RELAY_API_TOKEN']}"}
         self.admin = {"authorization": f"Bearer {env['RELAY_ADMIN_TOKEN']}"}
         self.http = httpx.Client(timeout=10)
+        self.codat_auth = {"authorization": "Basic " + base64.b64encode(env["RELAY_CODAT_API_KEY"].encode()).decode()}
+        self.company = ""
+
+    def create_company(self, name: str) -> str:
+        """Codat's own `POST /companies`: Codat (here the sandbox) issues the company's id."""
+        answer = self.http.post(f"{self.sandbox}/companies", json={"name": name}, headers=self.codat_auth)
+        if answer.status_code != 200:
+            raise StepFailed(f"POST /companies answered {answer.status_code}: {answer.text}")
+        self.company = str(answer.json()["id"])
+        return self.company
 
     def put(self, data_type: str, items: list[dict[str, Any]]) -> dict[str, Any]:
         short = data_type.removeprefix("commerce-")
-        answer = self.http.put(f"{self.relay}/v1/companies/{COMPANY}/records/{short}", json={"records": items},
+        answer = self.http.put(f"{self.relay}/v1/companies/{self.company}/records/{short}", json={"records": items},
                                headers=self.api)  # fmt: skip
         if answer.status_code != 202:
             raise StepFailed(f"intake of {short} answered {answer.status_code}: {answer.text}")
-        print(f"   PUT /v1/companies/{COMPANY}/records/{short} ({len(items)}) -> 202 {answer.text}", flush=True)
+        print(f"   PUT /v1/companies/{self.company}/records/{short} ({len(items)}) -> 202 {answer.text}", flush=True)
         return dict(answer.json())
 
     def view(self) -> dict[str, Any]:
-        answer = self.http.get(f"{self.relay}/v1/companies/{COMPANY}", headers=self.admin)
+        answer = self.http.get(f"{self.relay}/v1/companies/{self.company}", headers=self.admin)
         return dict(answer.json()) if answer.status_code == 200 else {}
 
     def states(self, data_type: str) -> dict[str, int]:
         return {k: v for k, v in self.view().get("records", {}).get(data_type, {}).items() if v}
 
     def alerts(self) -> list[dict[str, Any]]:
-        answer = self.http.get(f"{self.relay}/v1/alerts", params={"companyId": COMPANY}, headers=self.admin)
+        answer = self.http.get(f"{self.relay}/v1/alerts", params={"companyId": self.company}, headers=self.admin)
         return list(answer.json()["results"])
 
     def sandbox_call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -84,7 +96,7 @@ class Demo:
         return answer.json()
 
     def pushes(self, data_type: str) -> list[dict[str, Any]]:
-        params = {"companyId": COMPANY, "dataType": data_type}
+        params = {"companyId": self.company, "dataType": data_type}
         return list(self.sandbox_call("GET", "/pushes", params=params)["results"])
 
     def wait(self, what: str, fetch: Callable[[], T], done: Callable[[T], bool]) -> T:
@@ -128,7 +140,7 @@ def feed_and_push(demo: Demo) -> None:
 
 def repushable_failure(demo: Demo) -> None:
     step("2. Codat fails a dataset with FetchError (a re-push can clear it)")
-    demo.sandbox_call("POST", "/script/dataset", json={"companyId": COMPANY, "dataType": ORDERS,
+    demo.sandbox_call("POST", "/script/dataset", json={"companyId": demo.company, "dataType": ORDERS,
                                                        "status": "FetchError", "times": 1})  # fmt: skip
     demo.put(ORDERS, [order(n, 6.0) for n in (1004, 1005)])
     demo.wait("a FetchError dataset", lambda: [d["status"] for d in demo.datasets(ORDERS)],
@@ -147,8 +159,8 @@ def repushable_failure(demo: Demo) -> None:
 def person_needed_failure(demo: Demo) -> None:
     step("3. Codat fails a dataset with ValidationError (a person must fix the data)")
     message = "Payment 'payment-3': currency 'XYZ' is not a valid ISO 4217 currency code"
-    demo.sandbox_call("POST", "/script/dataset", json={
-        "companyId": COMPANY, "dataType": PAYMENTS, "status": "ValidationError", "errorMessage": message})  # fmt: skip
+    script = {"companyId": demo.company, "dataType": PAYMENTS, "status": "ValidationError", "errorMessage": message}
+    demo.sandbox_call("POST", "/script/dataset", json=script)
     demo.put(PAYMENTS, [payment(3, 12.0, currency="XYZ")])
     demo.wait("a dataset_failed notification", demo.inbox.kinds, lambda k: "dataset_failed" in k)
     demo.settled(PAYMENTS, accepted=2, failed=1)
@@ -160,10 +172,10 @@ def person_needed_failure(demo: Demo) -> None:
 def connection_deleted(demo: Demo) -> None:
     step("4. The merchant's connection is deleted in Codat")
     before = len(demo.pushes(ORDERS)) + len(demo.pushes(TRANSACTIONS))
-    demo.sandbox_call("POST", f"/companies/{COMPANY}/delete-connection")
+    demo.sandbox_call("POST", f"/companies/{demo.company}/delete-connection")
     view = demo.wait("the company to be paused", demo.view, lambda v: v.get("paused") is True)
     demo.wait("a connection_deleted notification", demo.inbox.kinds, lambda k: "connection_deleted" in k)
-    say(f"PAUSE: codat-relay paused pushing for {COMPANY} (reason: {view['pauseReason']}) and told staff. "
+    say(f"PAUSE: codat-relay paused pushing for {demo.company} (reason: {view['pauseReason']}) and told staff. "
         "The shop keeps trading; new records are accepted and wait:")  # fmt: skip
     demo.put(ORDERS, [order(n, 8.0) for n in (1006, 1007)])
     demo.put(TRANSACTIONS, [transaction(3, 12.0)])
@@ -176,7 +188,7 @@ def connection_deleted(demo: Demo) -> None:
 
 def reconnect(demo: Demo) -> None:
     step("5. The merchant reconnects")
-    demo.sandbox_call("POST", f"/companies/{COMPANY}/reconnect")
+    demo.sandbox_call("POST", f"/companies/{demo.company}/reconnect")
     demo.wait("the company to be resumed", demo.view, lambda v: v.get("paused") is False)
     demo.settled(ORDERS, accepted=7)
     demo.settled(TRANSACTIONS, accepted=3)
@@ -189,13 +201,14 @@ def summary(demo: Demo) -> None:
     # The backlog's own alerts may still be in flight: wait for them rather than report a half-done state.
     alerts = demo.wait("every alert to be processed", demo.alerts,
                        lambda found: all(a["status"] in ("done", "ignored") for a in found))  # fmt: skip
-    say(f"GET /v1/alerts?companyId={COMPANY}: {len(alerts)} Codat alerts received and processed:")
+    say(f"GET /v1/alerts?companyId={demo.company}: {len(alerts)} Codat alerts received and processed:")
     for a in reversed(alerts):
         print(f"   {a['receivedAt']}  {a['kind']:<20} {a['type']:<40} {a['status']}")
     if any(a["status"] == "ignored" for a in alerts):
-        say("(ignored: codat-relay already knew that dataset's end from polling Codat; nothing left to do.)")
+        say("(ignored: an event codat-relay does not act on, like company.created, or a dataset's end it already "
+            "knew from polling Codat: nothing left to do.)")
     say(f"Staff notifications: {', '.join(demo.inbox.kinds())}.")
-    say(f"GET /v1/companies/{COMPANY}: records by state: "
+    say(f"GET /v1/companies/{demo.company}: records by state: "
         + "; ".join(f"{t}: {demo.states(t)}" for t in (ORDERS, PAYMENTS, TRANSACTIONS)))  # fmt: skip
     breaches = demo.sandbox_call("GET", "/breaches")["results"]
     if breaches:
@@ -210,13 +223,15 @@ def run(pace: float, tmp: Path, step_deadline_s: float | None = None) -> None:
     step("0. Starting the Codat sandbox and codat-relay")
     sandbox_args = ["sandbox", "--port", str(sandbox_port), "--pace-seconds", str(pace), "--webhook-shape",
                     "envelope", "--webhook-url", f"{relay}/webhooks/codat", "--webhook-secret",
-                    env["RELAY_WEBHOOK_SECRETS"]]  # fmt: skip
+                    env["RELAY_WEBHOOK_SECRETS"], "--api-key", env["RELAY_CODAT_API_KEY"]]  # fmt: skip
     with process(sandbox_args, env, tmp / "sandbox.log", f"{sandbox}/_sandbox/config"), \
             process(["serve"], env, tmp / "relay.log", f"{relay}/readyz"):  # fmt: skip
         say(f"Codat sandbox (a local stand-in for api.codat.io) at {sandbox}; each dataset takes {pace:g} s.")
         say(f"codat-relay at {relay} on a throw-away SQLite database ({tmp / 'relay.db'}); "
             f"staff notifications go to a receiver in this terminal ({inbox.url}).")  # fmt: skip
         demo = Demo(relay, sandbox, env, inbox, deadline_s=step_deadline_s or 20 + 20 * pace)
+        say(f"POST {sandbox}/companies {{\"name\": \"{COMPANY_NAME}\"}}: Codat knows a merchant only once it is "
+            f"created; its company id is {demo.create_company(COMPANY_NAME)}.")  # fmt: skip
         for act in (feed_and_push, repushable_failure, person_needed_failure, connection_deleted, reconnect,
                     summary):  # fmt: skip
             act(demo)

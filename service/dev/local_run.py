@@ -32,6 +32,7 @@ import httpx
 
 from service import local_env
 from service.dev.quickstart import quickstart_text
+from service.samples import SAMPLE_COMPANY
 from service.sandbox.config import DEFAULT_PORT as SANDBOX_PORT
 
 LOCAL_ENV_FILE = Path(os.environ.get(local_env.PATH_VARIABLE, local_env.FILE_NAME))
@@ -39,6 +40,12 @@ SANDBOX_PORT_VARIABLE = "CODAT_SANDBOX_PORT"  # the sandbox's namespace: the rel
 SANDBOX_KEY = "sandbox-key"
 DEFAULT_DATABASE = "sqlite+aiosqlite:///./codat-relay.db"
 START_DEADLINE_S = 60.0  # a first start migrates a fresh database; a slow shared machine takes a while
+# Codat knows no company until it is created: `make run` creates the quickstart's company in the sandbox
+# on every start (the sandbox keeps nothing), so records stored under it by an earlier run still reach Codat.
+LOCAL_COMPANY_ID = SAMPLE_COMPANY
+# Its configured sync start date (Codat's, set when a merchant onboards): before the samples' 2025 dates,
+# so that "Sync latest" takes them (the sandbox syncs records dated from that start).
+LOCAL_COMPANY_SYNC_START = "2025-01-01T00:00:00Z"
 
 
 class StartFailed(Exception):
@@ -114,11 +121,23 @@ def banner(env: Mapping[str, str], sandbox: bool) -> str:
             "!! NO RELAY_CODAT_API_KEY: talking to the LOCAL CODAT SANDBOX, not to Codat !!",
             f"!! sandbox serving at {env['RELAY_CODAT_BASE_URL']} ({SANDBOX_PORT_VARIABLE} or --sandbox-port moves it)",
             "!! it sends its webhooks to this instance",
+            f"!! Codat knows only companies created in it: {LOCAL_COMPANY_ID} is; add others with",
+            f"!!   curl -X POST {env['RELAY_CODAT_BASE_URL']}/_sandbox/companies -d '{{\"id\": \"…\"}}'",
         ]
     else:
         lines += ["", f"Codat API: {env.get('RELAY_CODAT_BASE_URL', 'https://api.codat.io')} (no sandbox started)"]
     lines += ["", quickstart_text(sandbox=sandbox)]
     return "\n".join([*lines, "=" * 72])
+
+
+def create_company(sandbox_url: str) -> None:
+    """The quickstart's company, created in the sandbox (Codat answers 404 for a company never created)."""
+    try:
+        body = {"id": LOCAL_COMPANY_ID, "syncStartDate": LOCAL_COMPANY_SYNC_START}
+        answer = httpx.post(f"{sandbox_url}/_sandbox/companies", json=body, timeout=5)
+        answer.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise StartFailed(f"the sandbox did not create the company {LOCAL_COMPANY_ID}: {exc}") from None
 
 
 def _sandbox_port(argv_port: int | None) -> int:
@@ -160,10 +179,12 @@ def _start(env: dict[str, str], sandbox_port: int | None, children: list[subproc
             **{k: v for k, v in env.items() if k != SANDBOX_PORT_VARIABLE},
             "CODAT_SANDBOX_WEBHOOK_SECRET": env["RELAY_WEBHOOK_SECRETS"].split(",")[0],
             "CODAT_SANDBOX_WEBHOOK_SHAPE": env.get("CODAT_SANDBOX_WEBHOOK_SHAPE", "envelope"),
+            "CODAT_SANDBOX_API_KEY": SANDBOX_KEY,  # the sandbox checks the key the relay sends
         }
         cmd = [sys.executable, "-m", "service.cli", "sandbox", "--port", str(sandbox_port)]
         children.append(subprocess.Popen(cmd, env=sandbox_env))  # noqa: S603 - our own CLI
         wait_serving("the sandbox", f"{env['RELAY_CODAT_BASE_URL']}/_sandbox/config", children[-1])
+        create_company(env["RELAY_CODAT_BASE_URL"])
         env["RELAY_WEBHOOK_SECRETS"] = ",".join([env["RELAY_WEBHOOK_SECRETS"], *_subscribe(env)])
     relay_env = {k: v for k, v in env.items() if k != SANDBOX_PORT_VARIABLE}
     children.append(subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=relay_env))

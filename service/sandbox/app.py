@@ -10,9 +10,9 @@ import httpx
 from starlette.applications import Starlette
 
 from service.clock import Clock, SystemClock
-from service.sandbox import codat_api, consumers, control
+from service.sandbox import codat_api, codat_syncs, consumers, control
 from service.sandbox.config import SandboxConfig
-from service.sandbox.edge import Sandbox
+from service.sandbox.edge import Sandbox, not_served
 from service.sandbox.state import SandboxState
 from service.sandbox.webhooks import WebhookSender
 
@@ -28,7 +28,7 @@ def create_sandbox_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     state = SandboxState(config, clock or SystemClock())
-    consumer_store = consumers.ConsumerStore(config.seed)
+    consumer_store = consumers.ConsumerStore()
     sandbox = Sandbox(state, WebhookSender(state, transport, consumer_store))
 
     @contextlib.asynccontextmanager
@@ -42,7 +42,11 @@ def create_sandbox_app(
                 await ticker
             await sandbox.sender.aclose()
 
-    app = Starlette(routes=[*codat_api.ROUTES, *consumers.ROUTES, *control.ROUTES], lifespan=lifespan)
+    app = Starlette(
+        routes=[*codat_api.ROUTES, *codat_syncs.ROUTES, *consumers.ROUTES, *control.ROUTES],
+        exception_handlers={404: not_served, 405: not_served},
+        lifespan=lifespan,
+    )
     app.state.sandbox = sandbox
     app.state.consumers = consumer_store
     app.state.webhook_transport = transport

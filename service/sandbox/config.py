@@ -32,8 +32,12 @@ class SandboxConfig:
     # Older Svix deliveries used `svix-*` header names; receivers must take both.
     svix_headers: bool = False
     pace_seconds: float = 5.0
+    # Codat endpoints need `Authorization: Basic base64(key)`: this key exactly, or any non-empty key when None.
     api_key: str | None = None
+    # Seeds injected faults only (which request fails, webhook order): ids are random on every run.
     seed: int = 0
+    # Requests a day; None is Codat's formula, 1,000 x (1 + companies with a linked connection).
+    daily_quota: int | None = None
     # Pushes are "being handled" this long, so two overlapping pushes are observable as concurrent.
     push_processing_seconds: float = 0.05
     client_id: str = DEFAULT_CLIENT_ID
@@ -51,6 +55,8 @@ class SandboxConfig:
             decode_secret(self.webhook_secret)
         if self.pace_seconds < 0 or self.push_processing_seconds < 0:
             raise ValueError("pace_seconds and push_processing_seconds must not be negative")
+        if self.daily_quota is not None and self.daily_quota < 0:
+            raise ValueError("daily_quota must not be negative")
 
     def replace(self, **changes: Any) -> SandboxConfig:
         return dataclasses.replace(self, **changes)
@@ -81,7 +87,7 @@ _BOOL_FALSE = {"0", "false", "no", "off", ""}
 def _parse(key: str, raw: str) -> Any:
     if key in {"pace_seconds", "push_processing_seconds", "webhook_timeout_seconds"}:
         return float(raw)
-    if key == "seed":
+    if key in {"seed", "daily_quota"}:
         return int(raw)
     if key == "svix_headers":
         if raw.lower() not in _BOOL_TRUE | _BOOL_FALSE:
@@ -103,8 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, listen: bool = True) -> No
     parser.add_argument("--legacy-auth-header", help="Authorization value sent on unsigned legacy webhooks")
     parser.add_argument("--svix-headers", action="store_true", default=None, help="sign with svix-* headers")
     parser.add_argument("--pace-seconds", type=float, help="time a dataset takes to reach its final status")
-    parser.add_argument("--api-key", help="require Authorization: Basic base64(key)")
-    parser.add_argument("--seed", type=int, help="seed for ids and injected faults")
+    parser.add_argument("--api-key", help="require Authorization: Basic base64(key) (default: any non-empty key)")
+    parser.add_argument("--seed", type=int, help="seed for injected faults (ids are random on every run)")
+    parser.add_argument("--daily-quota", type=int, help="requests a day (default: 1,000 x (1 + linked companies))")
     parser.add_argument("--push-processing-seconds", type=float, help="time each push is 'being handled'")
 
 

@@ -15,7 +15,7 @@ The sandbox's companies carry no tags, so `companyTags` are stored and shown but
 from __future__ import annotations
 
 import base64
-import random
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.sandbox.edge import Sandbox, codat_endpoint, codat_error
+from service.sandbox.edge import Operation, Sandbox, codat_error, codat_route
 from service.sandbox.model import iso
 from service.signatures import decode_secret, sign
 
@@ -58,15 +58,12 @@ class Consumer:
 
 @dataclass
 class ConsumerStore:
-    seed: int = 0
     consumers: dict[str, Consumer] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._rng = random.Random(f"consumers-{self.seed}")
-
     def add(self, url: str, event_types: list[str], disabled: bool, company_tags: list[str] | None) -> Consumer:
-        consumer_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-        secret = "whsec_" + base64.b64encode(self._rng.randbytes(SECRET_BYTES)).decode()
+        # Random on every run, as every id the sandbox issues: a restarted sandbox reissues none.
+        consumer_id = str(uuid.uuid4())
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
         consumer = Consumer(consumer_id, url, event_types, disabled, company_tags, secret)
         self.consumers[consumer_id] = consumer
         return consumer
@@ -115,7 +112,7 @@ async def create_consumer(request: Request, sandbox: Sandbox) -> Response:
     if len(store.consumers) >= MAX_CONSUMERS:
         return codat_error(400, f"The number of webhook consumers is limited to {MAX_CONSUMERS}")
     consumer = store.add(body["url"], list(body["eventTypes"]), bool(body.get("disabled")), body.get("companyTags"))
-    return JSONResponse(consumer.to_json())
+    return JSONResponse(consumer.to_json(), status_code=201)  # create-webhook-consumer: "201 Created"
 
 
 async def delete_consumer(request: Request, sandbox: Sandbox) -> Response:
@@ -151,10 +148,9 @@ async def send_example(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/webhooks", codat_endpoint("list_webhook_consumers", list_consumers), methods=["GET"]),
-    Route("/webhooks", codat_endpoint("create_webhook_consumer", create_consumer, idempotent=True),
-          methods=["POST"]),
-    Route("/webhooks/{webhookId}", codat_endpoint("delete_webhook_consumer", delete_consumer), methods=["DELETE"]),
+    codat_route("/webhooks", {"GET": Operation("list_webhook_consumers", list_consumers),
+                              "POST": Operation("create_webhook_consumer", create_consumer)}),
+    codat_route("/webhooks/{webhookId}", {"DELETE": Operation("delete_webhook_consumer", delete_consumer)}),
     Route("/_sandbox/consumers", portal, methods=["GET"]),
     Route("/_sandbox/consumers/{webhookId}/test", send_example, methods=["POST"]),
 ]  # fmt: skip

@@ -18,17 +18,21 @@ from starlette.routing import Route
 from service.sandbox.config import SandboxConfig
 from service.sandbox.edge import Sandbox
 from service.sandbox.faults import ALL, ENDPOINTS, EndpointFaults, WebhookFaults
-from service.sandbox.model import DATA_TYPES, FINAL_STATUSES, SYNC_STATUS_TEXT
+from service.sandbox.model import DATA_TYPES, FINAL_STATUSES, SYNC_STATUS_TEXT, parse_iso
 
 # Settings that may change while the sandbox runs; api_key and seed are fixed for a run.
 RUNTIME_FIELDS = (
     "webhook_url", "webhook_secret", "webhook_shape", "legacy_auth_header", "svix_headers", "pace_seconds",
-    "push_processing_seconds", "webhook_retry_delays", "client_name",
+    "push_processing_seconds", "webhook_retry_delays", "client_name", "daily_quota",
 )  # fmt: skip
 SECRET_FIELDS = {"webhook_secret", "api_key", "legacy_auth_header"}
 
 
 class Invalid(Exception):
+    pass
+
+
+class Unknown(Exception):
     pass
 
 
@@ -65,6 +69,8 @@ def handle(fn: Callable[[Request, Sandbox], Awaitable[Any]]) -> Callable[[Reques
             result = await fn(request, sandbox)
         except (Invalid, ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        except Unknown as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
         return result if isinstance(result, Response) else JSONResponse(result)
 
     return endpoint
@@ -152,18 +158,26 @@ async def tick(request: Request, sandbox: Sandbox) -> Any:
     return {"events": sandbox.tick()}
 
 
+def _known_company(request: Request, sandbox: Sandbox) -> str:
+    company_id: str = request.path_params["companyId"]
+    if sandbox.state.find_company(company_id) is None:
+        raise Unknown(f"no company {company_id}: create it first (POST /_sandbox/companies)")
+    return company_id
+
+
 async def delete_connection(request: Request, sandbox: Sandbox) -> Any:
-    event = sandbox.state.delete_connection(request.path_params["companyId"])
+    event = sandbox.state.delete_connection(_known_company(request, sandbox))
     assert event is not None and event.connection is not None
-    sandbox.sender.emit([event])
+    sandbox.emit([event])
     return {"connectionId": event.connection.id}
 
 
 async def reconnect(request: Request, sandbox: Sandbox) -> Any:
-    event = sandbox.state.reconnect(request.path_params["companyId"])
-    assert event.connection is not None
-    sandbox.sender.emit([event])
-    return {"connectionId": event.connection.id}
+    """The merchant links again: a new connection (its id differs from the deleted one's)."""
+    events = sandbox.state.reconnect(_known_company(request, sandbox))
+    assert events[-1].connection is not None
+    sandbox.emit(events)
+    return {"connectionId": events[-1].connection.id}
 
 
 async def companies(request: Request, sandbox: Sandbox) -> Any:
@@ -171,6 +185,28 @@ async def companies(request: Request, sandbox: Sandbox) -> Any:
     return {
         "results": [{"id": c.id, "connections": state.connections_json(c)} for c in state.companies.values()]
     }
+
+
+async def create_company(request: Request, sandbox: Sandbox) -> Any:
+    """`{id?, name?, syncStartDate?}`: a company as if created and linked before; sends no webhook.
+
+    Codat's own `POST /companies` issues the id (and sends `company.created`); tests that need an id of
+    their choosing seed it here. An id that exists already is left as it is (200, `created: false`).
+    """
+    body = await _body(request)
+    state, company_id = sandbox.state, body.get("id")
+    if company_id is not None and (not isinstance(company_id, str) or not company_id.strip()):
+        raise Invalid("id must be a non-empty string")
+    found = state.find_company(company_id)
+    if found is None:
+        start = body.get("syncStartDate")
+        found, _events = state.create_company(
+            company_id, body.get("name"), sync_start=None if start is None else parse_iso(str(start))
+        )
+        created = True
+    else:
+        created = False
+    return {"id": found.id, "created": created, "connections": state.connections_json(found)}
 
 
 def _matches(item: dict[str, Any], request: Request) -> bool:
@@ -232,6 +268,7 @@ ROUTES = [
     _r("/webhooks/flush", flush_webhooks, "POST"),
     _r("/tick", tick, "POST"),
     _r("/companies", companies),
+    _r("/companies", create_company, "POST"),
     _r("/companies/{companyId}/delete-connection", delete_connection, "POST"),
     _r("/companies/{companyId}/reconnect", reconnect, "POST"),
     _r("/pushes", pushes),

@@ -12,6 +12,7 @@ from typing import Any
 
 ENDPOINTS = (
     "push", "dataset", "sync_status", "sync_latest", "sync_historic", "delete_connection", "get_connection",
+    "create_company", "get_company", "list_syncs", "get_sync",
 )  # fmt: skip
 ALL = "*"
 DEFAULT_HANG_S = 30.0
@@ -70,7 +71,8 @@ def decide(faults: EndpointFaults | None, rng: random.Random) -> FaultAnswer:
         return FaultAnswer(faults.latency_s, 429, faults.retry_after_s, "injected rate limit")
     if faults.error_rate > 0 and rng.random() < faults.error_rate:
         status = rng.choice(faults.error_statuses)
-        return FaultAnswer(faults.latency_s, status, None, "injected error")
+        retry_after = faults.retry_after_s if status == 429 else None  # every 429 of Codat's says when
+        return FaultAnswer(faults.latency_s, status, retry_after, "injected error")
     return FaultAnswer(delay_s=faults.latency_s)
 
 

@@ -28,6 +28,7 @@ ERROR_STATUSES = frozenset(
 FINAL_STATUSES = ERROR_STATUSES | {"Complete", "Cancelled", "NotSupported"}
 
 SYNC_IN_PROGRESS = 1000
+SYNC_SUCCESS = frozenset({2000, 2040})
 SYNC_STATUS_TEXT = {
     1000: "InProgress", 1010: "InProgress", 2000: "Complete", 2040: "Complete",
     4000: "ConfigurationError", 4040: "CompanyDeleted", 4200: "MapCoreError", 4220: "Deauthorized",
@@ -46,8 +47,12 @@ def iso(ts: float) -> str:
 
 
 def parse_iso(value: str) -> float:
-    """Seconds since the epoch of an ISO-8601 string; naive values are UTC, as Codat reads them."""
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """Seconds since the epoch of an ISO-8601 string; a date alone or a zoneless time is read as UTC.
+
+    Codat reads a zoneless time as local to the business (the spec's "Date time"); the sandbox knows no
+    business's zone, so it takes UTC and says so in the README.
+    """
+    parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
@@ -61,6 +66,7 @@ class Connection:
     platform_name: str = "Sandbox Commerce"
     integration_key: str = "sbxc"
     source_type: str = "Commerce"
+    status: str = "Linked"  # PendingAuth while a new connection waits for the merchant
     deleted: bool = False
 
     def to_json(self, integration_id: str, source_id: str, last_sync: float | None) -> dict[str, Any]:
@@ -71,7 +77,7 @@ class Connection:
             "sourceId": source_id,
             "platformName": self.platform_name,
             "linkUrl": f"https://link-api.codat.io/companies/{self.company_id}/connections/{self.id}/start",
-            "status": "Unlinked" if self.deleted else "Linked",
+            "status": "Unlinked" if self.deleted else self.status,
             "lastSync": iso(last_sync) if last_sync is not None else None,
             "created": iso(self.created),
             "sourceType": self.source_type,
@@ -82,10 +88,40 @@ class Connection:
 @dataclass
 class Company:
     id: str
+    name: str
     created: float
     commerce: Connection
     accounting: Connection
+    # Codat's "configured start date": a `latest` sync with no successful sync before it starts here.
+    sync_start: float
+    # The end of the furthest range a successful sync has covered; `latest` syncs start from it.
     last_successful_finish: float | None = None
+    description: str = ""
+
+    @property
+    def connections(self) -> tuple[Connection, Connection]:
+        return (self.commerce, self.accounting)
+
+    @property
+    def active(self) -> bool:
+        """An "active connected company" (ACC) of Codat's rate-limit formula: one linked connection at least."""
+        return any(not c.deleted for c in self.connections)
+
+    def to_json(self, connections: list[dict[str, Any]]) -> dict[str, Any]:
+        """Codat's `Company` (platform-current.json, sync-commerce-current.json)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "platform": "",
+            "redirect": f"https://link.codat.io/company/{self.id}",
+            "lastSync": iso(self.last_successful_finish) if self.last_successful_finish is not None else None,
+            "created": iso(self.created),
+            "createdByUserName": None,
+            "products": ["commerce"],
+            "tags": {},
+            "dataConnections": connections,
+        }
 
 
 @dataclass
@@ -164,7 +200,10 @@ class HeldRecord:
 
 @dataclass
 class Sync:
-    id: str
+    # The spec's SyncStatus example carries two different ids: `commerceSyncId` (the only one SyncSummary
+    # has) and `syncId` (the only one CompanySyncStatus has, and get-sync-by-id's path parameter).
+    commerce_sync_id: str
+    sync_id: str
     company_id: str
     started: float
     pace: float
@@ -173,7 +212,7 @@ class Sync:
     final_code: int
     error_message: str | None
     record_keys: list[tuple[str, str, str]]
-    notified: bool = False
+    finished: bool = False
     # What each record held when the sync started: what the books get, whatever is pushed meanwhile.
     record_data: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
@@ -183,29 +222,36 @@ class Sync:
     def code(self, now: float) -> int:
         return self.final_code if self.is_terminal(now) else SYNC_IN_PROGRESS
 
-    def summary(self, now: float, connections: list[dict[str, Any]]) -> dict[str, Any]:
-        """Codat's `SyncSummary` (answer of sync latest/historic)."""
+    def succeeded(self, now: float) -> bool:
+        return self.is_terminal(now) and self.final_code in SYNC_SUCCESS
+
+    def _outcome(self, now: float) -> dict[str, Any]:
         code = self.code(now)
         failed = code >= 4000
         return {
-            "syncDateRangeUtc": {"start": iso(self.range_start), "finish": iso(self.range_finish)},
             "companyId": self.company_id,
-            "commerceSyncId": self.id,
             "syncStatusCode": code,
             "syncStatus": SYNC_STATUS_TEXT.get(code, "Unknown"),
             "errorMessage": (self.error_message or "") if failed else "",
             "syncExceptionMessage": (self.error_message or "") if failed else "",
             "syncUtc": iso(self.started),
-            "dataConnections": connections,
             "dataPushed": code == 2000,
         }
 
+    def summary(self, now: float, connections: list[dict[str, Any]]) -> dict[str, Any]:
+        """Codat's `SyncSummary` (answer of sync latest/historic): the range it covers and `commerceSyncId`."""
+        range_utc = {"start": iso(self.range_start), "finish": iso(self.range_finish)}
+        return {"syncDateRangeUtc": range_utc, "commerceSyncId": self.commerce_sync_id,
+                **self._outcome(now), "dataConnections": connections}  # fmt: skip
+
     def status(self, now: float, connections: list[dict[str, Any]]) -> dict[str, Any]:
-        """Codat's `SyncStatus` (answer of sync/commerce/status)."""
-        body = self.summary(now, connections)
-        del body["syncDateRangeUtc"]
-        body["syncId"] = self.id
-        return body
+        """Codat's `SyncStatus` (answer of meta/.../sync/commerce/status): both ids, no range."""
+        return {"commerceSyncId": self.commerce_sync_id, "syncId": self.sync_id, **self._outcome(now),
+                "dataConnections": connections}  # fmt: skip
+
+    def company_status(self, now: float) -> dict[str, Any]:
+        """Codat's `CompanySyncStatus` (the `syncs/...` endpoints): `syncId`, no connections, no range."""
+        return {"syncId": self.sync_id, **self._outcome(now)}
 
 
 @dataclass

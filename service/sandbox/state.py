@@ -25,8 +25,9 @@ from service.sandbox.model import (
     Sync,
     stable_id,
 )
+from service.sandbox.ratelimit import DailyQuota, codat_quota
 
-# A company's "configured start date" for its first sync: the sandbox has none, so a month back.
+# A company's "configured start date" when none is given: the sandbox has no sync flow, so a month back.
 FIRST_SYNC_LOOKBACK_S = 30 * 24 * 3600
 RecordKey = tuple[str, str, str]
 
@@ -39,12 +40,15 @@ class Scripted:
 
 @dataclass(frozen=True)
 class Event:
-    """Something Codat would send a webhook about; `webhooks.py` turns it into a body per shape."""
+    """Something Codat would send a webhook about; `bodies.py` turns it into a body per shape.
 
-    kind: str  # dataset_terminal | sync_finished | connection_deleted | connection_reconnected
+    kind: dataset_terminal | connection_deleted | connection_created | connection_connected | company_created.
+    A finished sync is no event: Codat sends no Sync for Commerce sync webhook (FACTS §6).
+    """
+
+    kind: str
     company_id: str
     dataset: Dataset | None = None
-    sync: Sync | None = None
     connection: Connection | None = None
 
 
@@ -56,9 +60,9 @@ class SandboxState:
     def reset(self, config: SandboxConfig | None = None) -> None:
         if config is not None:
             self.config = config
-        self.ids = random.Random(self.config.seed)
-        # Faults draw from their own generator, so turning a fault on never changes the ids handed out.
-        self.fault_rng = random.Random(self.config.seed + 1)
+        # Only faults are seeded: ids come from uuid4, so a restarted sandbox never reissues an id a
+        # client has stored (a dataset id, a sync id, a connection id) — as Codat never would.
+        self.fault_rng = random.Random(self.config.seed)
         self.companies: dict[str, Company] = {}
         self.datasets: dict[str, Dataset] = {}
         self.records: dict[RecordKey, HeldRecord] = {}
@@ -71,40 +75,58 @@ class SandboxState:
         self.faults: dict[str, EndpointFaults] = {}
         self.webhook_faults = WebhookFaults()
         self.idempotency = IdempotencyStore()
+        self.quota = DailyQuota()
         self.in_flight: Counter[tuple[str, str]] = Counter()
 
     def count_request(self, endpoint: str, status: int, company_id: str | None) -> None:
         self.request_counts[(endpoint, status, company_id)] += 1
 
     def new_id(self) -> str:
-        return str(uuid.UUID(int=self.ids.getrandbits(128), version=4))
+        return str(uuid.uuid4())
 
     def now(self) -> float:
         return self.clock.now()
 
+    def daily_quota(self) -> int:
+        if self.config.daily_quota is not None:
+            return self.config.daily_quota
+        return codat_quota(sum(1 for c in self.companies.values() if c.active))
+
     # -- companies and connections ----------------------------------------------------------------
 
+    def create_company(
+        self, company_id: str | None = None, name: str | None = None, *, description: str = "",
+        sync_start: float | None = None,
+    ) -> tuple[Company, list[Event]]:  # fmt: skip
+        """A new company, its commerce and accounting connections linked (the sandbox has no Link flow)."""
+        company_id = company_id or self.new_id()
+        if company_id in self.companies:
+            raise ValueError(f"company {company_id} exists already")
+        now = self.now()
+        company = Company(
+            id=company_id,
+            name=name or f"Sandbox company {company_id[:8]}",
+            created=now,
+            commerce=Connection(self.new_id(), company_id, now),
+            accounting=Connection(self.new_id(), company_id, now, "Sandbox Accounting", "sbxa", "Accounting"),
+            sync_start=now - FIRST_SYNC_LOOKBACK_S if sync_start is None else sync_start,
+            description=description,
+        )
+        self.companies[company_id] = company
+        return company, [Event("company_created", company_id)]
+
+    def find_company(self, company_id: str | None) -> Company | None:
+        return self.companies.get(company_id) if company_id is not None else None
+
     def company(self, company_id: str) -> Company:
-        """Any company id exists on first use: the sandbox has no onboarding to go through."""
-        found = self.companies.get(company_id)
-        if found is None:
-            now = self.now()
-            found = Company(
-                id=company_id,
-                created=now,
-                commerce=Connection(self.new_id(), company_id, now),
-                accounting=Connection(
-                    self.new_id(), company_id, now, "Sandbox Accounting", "sbxa", "Accounting"
-                ),
-            )
-            self.companies[company_id] = found
-        return found
+        """A company the caller has checked exists (Codat endpoints answer 404 before getting here)."""
+        return self.companies[company_id]
 
     def connections_json(self, company: Company) -> list[dict[str, Any]]:
         last = company.last_successful_finish
         return [
             c.to_json(stable_id(c.integration_key), stable_id(c.platform_name), last)
-            for c in (company.commerce, company.accounting)
+            for c in company.connections
             if not c.deleted
         ]
 
@@ -118,10 +140,15 @@ class SandboxState:
         conn.deleted = True
         return Event("connection_deleted", company_id, connection=conn)
 
-    def reconnect(self, company_id: str) -> Event:
+    def reconnect(self, company_id: str) -> list[Event]:
+        """The merchant links commerce again: a NEW connection, created (PendingAuth), then connected."""
         company = self.company(company_id)
-        company.commerce = Connection(self.new_id(), company_id, self.now())
-        return Event("connection_reconnected", company_id, connection=company.commerce)
+        created = Connection(self.new_id(), company_id, self.now(), status="PendingAuth")
+        pending = Connection(created.id, company_id, created.created, status="PendingAuth")
+        created.status = "Linked"
+        company.commerce = created
+        return [Event("connection_created", company_id, connection=pending),
+                Event("connection_connected", company_id, connection=created)]  # fmt: skip
 
     # -- breaches ---------------------------------------------------------------------------------
 
@@ -206,7 +233,12 @@ class SandboxState:
         queue = self.scripted_syncs.setdefault(company_id, deque())
         queue.extend(Scripted(code, message) for _ in range(times))
 
-    def start_sync(self, company_id: str, start: float | None, finish: float) -> Sync:
+    def latest_range_start(self, company: Company) -> float:
+        """`sync/commerce/latest` starts at the last successful sync, else at the configured start date."""
+        return company.last_successful_finish if company.last_successful_finish is not None else company.sync_start
+
+    def start_sync(self, company_id: str, start: float, finish: float) -> Sync:
+        """A sync of the records Codat holds (Complete at the start) whose date lies in [start, finish)."""
         company = self.company(company_id)
         now = self.now()
         due = [
@@ -215,23 +247,27 @@ class SandboxState:
             if rec.company_id == company_id
             and self.datasets[rec.dataset_id].status(now) == "Complete"
             and (not rec.synced or rec.data != rec.synced_data)
+            and rules.covered(rec.data, start, finish)
         ]
-        queue = self.scripted_syncs.get(company_id) or self.scripted_syncs.get("*")
-        if queue:
-            scripted = queue.popleft()
-            code, message = int(scripted.outcome), scripted.error_message
-        elif company.commerce.deleted:
-            code, message = 4220, "The commerce connection has been deleted"
-        else:
-            code, message = (2000 if due else 2040), None
-        if start is None:
-            start = company.last_successful_finish or company.created - FIRST_SYNC_LOOKBACK_S
+        code, message = self._sync_outcome(company, due)
         sync = Sync(
-            self.new_id(), company_id, now, self.config.pace_seconds, start, finish, code, message, due,
-            record_data={key: self.records[key].data for key in due},
-        )
+            self.new_id(), self.new_id(), company_id, now, self.config.pace_seconds, start, finish, code, message,
+            due, record_data={key: self.records[key].data for key in due},
+        )  # fmt: skip
         self.syncs.append(sync)
         return sync
+
+    def _sync_outcome(self, company: Company, due: list[RecordKey]) -> tuple[int, str | None]:
+        queue = self.scripted_syncs.get(company.id) or self.scripted_syncs.get("*")
+        if queue:
+            scripted = queue.popleft()
+            return int(scripted.outcome), scripted.error_message
+        if company.commerce.deleted:
+            return 4220, "The commerce connection has been deleted"
+        return (2000 if due else 2040), None
+
+    def company_syncs(self, company_id: str) -> list[Sync]:
+        return [s for s in self.syncs if s.company_id == company_id]
 
     def latest_sync(self, company_id: str) -> Sync | None:
         return next((s for s in reversed(self.syncs) if s.company_id == company_id), None)
@@ -247,10 +283,9 @@ class SandboxState:
                 dataset.notified = True
                 events.append(Event("dataset_terminal", dataset.company_id, dataset=dataset))
         for sync in self.syncs:
-            if not sync.notified and sync.is_terminal(now):
-                sync.notified = True
+            if not sync.finished and sync.is_terminal(now):
+                sync.finished = True
                 self._finish_sync(sync)
-                events.append(Event("sync_finished", sync.company_id, sync=sync))
         return events
 
     def _finish_sync(self, sync: Sync) -> None:
@@ -261,7 +296,10 @@ class SandboxState:
             # is a change after the sync, and pushing it again is an update of synced data).
             held = self.records[key]
             held.synced, held.synced_data = True, sync.record_data[key]
-        self.companies[sync.company_id].last_successful_finish = sync.range_finish
+        company = self.companies[sync.company_id]
+        # A historic sync of an old range never moves "last sync" back (the next `latest` would re-cover it).
+        last = company.last_successful_finish
+        company.last_successful_finish = sync.range_finish if last is None else max(last, sync.range_finish)
 
 
 def data_key(data_type: str) -> str:

@@ -24,7 +24,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.testing import signed_headers
+from service.testing import sandbox_company, signed_headers
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_SECRET
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
 
@@ -101,7 +101,7 @@ class Stack:
     company: str = ""
 
     def new_company(self) -> str:
-        self.company = f"co-{uuid.uuid4().hex[:10]}"
+        self.company = sandbox_company(self.sandbox_url, f"co-{uuid.uuid4().hex[:10]}")
         return self.company
 
     def put(self, data_type: str, items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from service.testing import legacy_body
+from service.testing import legacy_body, sandbox_company
 from tests.conftest import TEST_AUTH_HEADER
 from tests.integration.harness import ROOT, free_port, relay, relay_env, start, stop, wait_http
 
@@ -85,14 +86,20 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(env: dict[str, str]
 
 
 def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> None:
-    """sync latest / historic / status against the real sandbox process; bad dates exit 2; Codat errors exit 1."""
+    """sync latest / historic / status against the real sandbox process; bad dates exit 2; Codat errors exit 1.
+
+    A sync started from the CLI is followed: a `check_sync` job that follows it waits in the database for the
+    workers (one per company at a time: the historic sync's follow-up joins the one already waiting).
+    """
     port = free_port()
     sandbox = start(["sandbox", "--port", str(port), "--pace-seconds", "0"], env, tmp_path / "sandbox.log")
     env = {**env, "RELAY_CODAT_BASE_URL": f"http://127.0.0.1:{port}", "RELAY_CODAT_API_KEY": "k"}
     try:
         wait_http(f"http://127.0.0.1:{port}/_sandbox/config", sandbox)
+        unknown = run(env, "sync", "status", "co-cli")
+        sandbox_company(f"http://127.0.0.1:{port}", "co-cli")
         none_yet = run(env, "sync", "status", "co-cli")
-        latest = run(env, "sync", "latest", "co-cli", "--to", "2026-11-01T00:00:00Z", "--json")
+        latest = run(env, "sync", "latest", "co-cli", "--to", "2030-11-01T00:00:00Z", "--json")
         historic = run(env, "sync", "historic", "co-cli", "--start", "2026-01-01T00:00:00Z",
                        "--end", "2026-02-01T00:00:00Z")
         status = run(env, "sync", "status", "co-cli", "--json")
@@ -100,11 +107,15 @@ def test_sync_commands_talk_to_codat(env: dict[str, str], tmp_path: Path) -> Non
                         "--end", "2026-01-01T00:00:00Z")
     finally:
         stop(sandbox)
-    assert none_yet.returncode == 1 and "CodatNotFound" in none_yet.stderr
+    assert unknown.returncode == 1 and "CodatNotFound" in unknown.stderr  # Codat knows no such company
+    assert none_yet.returncode == 1 and "CodatNotFound" in none_yet.stderr  # nor a sync of it yet
     assert latest.returncode == 0 and "commerceSyncId" in json.loads(latest.stdout)
     assert historic.returncode == 0 and "syncDateRangeUtc" in historic.stdout
     assert status.returncode == 0 and json.loads(status.stdout)[0]["companyId"] == "co-cli"
     assert backwards.returncode == 2 and "end: must be after start" in backwards.stderr
+    followed = sqlite3.connect(env["RELAY_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///")).execute(
+        "SELECT payload FROM jobs WHERE kind = 'check_sync'").fetchall()  # fmt: skip
+    assert [json.loads(p) for (p,) in followed] == [{"company_id": "co-cli", "follow": 0}]
 
 
 def test_a_fresh_shell_beside_make_run_just_works(tmp_path: Path, sqlite_template: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from service.alerts import SUBSCRIBED_EVENT_TYPES
+from service.dev.local_run import LOCAL_COMPANY_ID
 from service.testing import read_completed_body, signed_headers
 from tests.integration.harness import ROOT, free_port, stop, wait_http
 
@@ -28,7 +29,8 @@ def launch(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.Popen[byt
 
 
 def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path) -> None:
-    """No configuration: secrets are generated and printed, the sandbox runs, and its webhooks are accepted."""
+    """No configuration: secrets are generated and printed, the sandbox runs with a company made for local use,
+    and its webhooks are accepted."""
     port, sandbox_port = free_port(), free_port()
     proc = launch(tmp_path, port, sandbox_port)
     try:
@@ -45,6 +47,7 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
         portal = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/consumers").json()["results"]
         tests = [httpx.post(f"http://127.0.0.1:{sandbox_port}/_sandbox/consumers/{c['id']}/test", timeout=20).json()
                  for c in portal]  # fmt: skip
+        companies = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/companies").json()["results"]
     finally:
         assert stop(proc, signal.SIGTERM) is not None
     output = (tmp_path / "out.log").read_text()
@@ -54,6 +57,7 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
     assert {c["url"] for c in portal} == {f"http://127.0.0.1:{port}/webhooks/codat"}
     assert all(t["status"] in (200, 202) for t in tests), tests
     assert secret in output and "LOCAL CODAT SANDBOX" in output
+    assert [c["id"] for c in companies] == [LOCAL_COMPANY_ID] and LOCAL_COMPANY_ID in output  # Codat needs it made
 
     port = free_port()
     proc = launch(tmp_path, port, free_port())  # the second start reuses the same secrets

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import jobs, records
+from service.testing import SANDBOX_API_KEY, sandbox_company
 from tests.conftest import API_TOKEN
 from tests.integration.harness import free_port, relay, relay_env, start, stop, wait_http
 
@@ -69,13 +70,15 @@ def test_two_workers_never_push_one_company_and_data_type_at_once(tmp_path: Path
     # One job at a time per worker: a worker busy pushing one data type leaves the other data type's push
     # to the other worker. With more, the first to wake claims both (on SQLite, with no NOTIFY to wake the
     # other, it would run nearly every push alone and the test would prove little).
-    env = relay_env(shared_database, web_port, RELAY_CODAT_BASE_URL=base, RELAY_PUSH_DEBOUNCE_SECONDS="0",
+    env = relay_env(shared_database, web_port, RELAY_CODAT_BASE_URL=base, RELAY_CODAT_API_KEY=SANDBOX_API_KEY,
+                    RELAY_PUSH_DEBOUNCE_SECONDS="0",
                     RELAY_MAX_PUSH_RECORDS="250", RELAY_LOG_LEVEL="info", RELAY_WORKER_CONCURRENCY="1")  # fmt: skip
     # Each process its own port: a worker may serve /healthz and /metrics too.
     workers = [start(["worker"], {**env, "RELAY_PORT": str(free_port())}, tmp_path / f"worker-{i}.log")
                for i in range(2)]  # fmt: skip
     try:
         wait_http(f"{base}/_sandbox/config", sandbox)
+        sandbox_company(base, COMPANY)
         with relay(["web"], env, tmp_path / "web.log"), httpx.Client(timeout=30) as client:
             for start_at in range(0, PER_TYPE, PER_REQUEST):
                 for data_type in ("orders", "payments"):

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.testing import SANDBOX_AUTH, sandbox_company
 from tests.conftest import ADMIN_TOKEN, TEST_AUTH_HEADER, TEST_SECRET
 from tests.integration.harness import free_port, relay, relay_env, start, stop, wait_http
 
@@ -45,7 +46,9 @@ def test_sandbox_webhooks_are_accepted_in_every_shape(
     base = f"http://127.0.0.1:{sandbox_port}"
     try:
         wait_http(f"{base}/_sandbox/config", sandbox)
-        with relay(["serve"], env, tmp_path / "relay.log"), httpx.Client(base_url=base, timeout=5) as sb:
+        sandbox_company(base, COMPANY)
+        with relay(["serve"], env, tmp_path / "relay.log"), \
+                httpx.Client(base_url=base, timeout=5, headers=SANDBOX_AUTH) as sb:
             sb.post("/_sandbox/config", json={
                 "webhookUrl": f"http://127.0.0.1:{relay_port}/webhooks/codat", "webhookShape": shape,
                 "webhookSecret": TEST_SECRET, "legacyAuthHeader": TEST_AUTH_HEADER, "svixHeaders": svix_headers,

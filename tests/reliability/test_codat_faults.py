@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.testing import sandbox_company
 from tests.integration.e2e import ADMIN, Stack, stack, until
 from tests.reliability.common import backend, report, slow
 
@@ -160,7 +161,7 @@ def run(database_url: str, tmp_path: Path, size: Size) -> None:
         for endpoint in ("dataset", "sync_status"):
             s.sandbox("PUT", f"/_sandbox/faults/{endpoint}", json=configured[endpoint])
         s.sandbox("POST", "/_sandbox/config", json={"pushProcessingSeconds": SLOW_PUSH_S})
-        companies = [f"co-faults-{i}" for i in range(size.companies)]
+        companies = [sandbox_company(s.sandbox_url, f"co-faults-{i}") for i in range(size.companies)]
         started = time.monotonic()
         sent = intake(s, size, companies, first=True)
         # The first pushes are slow inside Codat: the relay times out, retries under the same key (409

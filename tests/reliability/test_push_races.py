@@ -23,7 +23,7 @@ from service.db import create_engine, jobs, records
 from service.outbox import store_records
 from service.records import validate_records
 from service.runtime import build_runtime
-from service.sandbox import SandboxConfig, create_sandbox_app
+from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, running_sandbox
 from tests.conftest import make_settings
 from tests.queue_helpers import running
 from tests.reliability.common import FULL, backend, report
@@ -56,14 +56,13 @@ async def _quiet(engine: Any) -> bool:
 async def test_bursts_of_versions_across_two_workers_lose_nothing_and_breach_nothing(database_url: str) -> None:
     """Every latest version reaches Codat exactly as sent; 0 breaches of rules 3 and 7, 0 duplicates."""
     rng = random.Random(12)
-    app = create_sandbox_app(SandboxConfig(pace_seconds=0.3, push_processing_seconds=0.02))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        settings = make_settings(database_url, codat_base_url="http://sandbox", push_debounce_seconds=0,
-                                 max_push_records=7, worker_concurrency=2, repush_backoff_seconds=0.2)  # fmt: skip
+    async with running_sandbox(companies=[CO], pace_seconds=0.3, push_processing_seconds=0.02) as (_, transport):
+        settings = make_settings(database_url, codat_base_url="http://sandbox", codat_api_key=SANDBOX_API_KEY,
+                                 push_debounce_seconds=0, max_push_records=7, worker_concurrency=2,
+                                 repush_backoff_seconds=0.2)  # fmt: skip
         engines = [create_engine(settings) for _ in range(2)]
         runtimes = [await build_runtime(settings, e, SystemClock(), transport=transport) for e in engines]
-        sandbox = httpx.AsyncClient(transport=transport, base_url="http://sandbox")
+        sandbox = httpx.AsyncClient(transport=transport, base_url="http://sandbox", headers=SANDBOX_AUTH)
         latest: dict[str, dict[str, Any]] = {}
         versions = 0
         try:

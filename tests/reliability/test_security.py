@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service import testing
 from service.clock import FixedClock
 from service.db import alerts, jobs, records
-from service.testing import legacy_body
+from service.testing import legacy_body, sandbox_company
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 from tests.integration.harness import free_port, relay_env, start, stop, wait_http
 from tests.reliability import logscan
@@ -276,6 +276,7 @@ async def test_no_secret_reaches_the_logs_of_a_real_server_at_debug_level(
     proc = start_relay(["serve"], env, log_path)
     try:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{sandbox_port}/_sandbox/config", sandbox)
+        await asyncio.to_thread(sandbox_company, f"http://127.0.0.1:{sandbox_port}", "co-sec")  # INTAKE's
         await wait_healthy(port, proc)
         requests = await exercise(f"http://127.0.0.1:{port}", s)
         await until(lambda: notified(database_url), bool, 30, "the failing alert dead and its notification tried")
