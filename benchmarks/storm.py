@@ -37,7 +37,7 @@ from service import migrate
 from service.clock import SystemClock
 from service.db import alerts, create_engine, datasets
 from service.settings import Settings
-from service.testing import legacy_body, running_app, running_sandbox
+from service.testing import SANDBOX_API_KEY, legacy_body, running_app, running_sandbox
 from service.web.app import AppOptions
 
 AUTH = "Bearer storm-legacy-header-0001"
@@ -78,13 +78,18 @@ def storm_order(dataset_ids: list[str], per_dataset: int) -> list[str]:
     return order
 
 
+def company_of(dataset_number: int) -> str:
+    """The company that owns the storm's dataset number `dataset_number` (Codat knows it once created)."""
+    return f"storm-co-{dataset_number // DATASETS_PER_COMPANY:05d}"
+
+
 async def _seed(sandbox: Any, engine: Any, count: int, now: float) -> dict[str, str]:
     """`count` datasets pushed to Codat and known to the relay; returns dataset id → company id."""
     state = sandbox.state.sandbox.state
     owners: dict[str, str] = {}
     rows = []
     for n in range(count):
-        company = f"storm-co-{n // DATASETS_PER_COMPANY:05d}"
+        company = company_of(n)
         found = state.record_push(company, DATA_TYPE, [{"id": f"o-{n}", "totalAmount": 1.0}], None)
         owners[found.id] = company
         rows.append({"id": found.id, "company_id": company, "data_type": DATA_TYPE, "record_count": 1,
@@ -126,13 +131,15 @@ async def run_storm(
     storm waits in the queue, so the call count no longer depends on how fast the workers keep up)."""
     settings = Settings.model_validate({
         "database_url": database_url, "webhook_auth_header": AUTH, "codat_base_url": "http://sandbox",
+        "codat_api_key": SANDBOX_API_KEY,
         "codat_requests_per_minute": rate_per_minute, "worker_concurrency": concurrency,
         "dataset_polls": 0, "push_interval_seconds": 86_400, "api_token": "storm-api-token",
         "admin_token": "storm-admin-token", "log_format": "json", "log_level": "warning",
     })  # fmt: skip
     clock = SystemClock()
     per_dataset = alert_count // dataset_count
-    async with running_sandbox(pace_seconds=86_400.0) as (sandbox, transport):
+    companies = [company_of(n) for n in range(0, dataset_count, DATASETS_PER_COMPANY)]
+    async with running_sandbox(companies=companies, pace_seconds=86_400.0) as (sandbox, transport):
         engine = create_engine(settings)
         try:
             owners = await _seed(sandbox, engine, dataset_count, clock.now())
