@@ -16,6 +16,8 @@ from service.dev.local_run import LOCAL_COMPANY_ID
 from service.testing import read_completed_body, signed_headers
 from tests.integration.harness import ROOT, free_port, stop, wait_http
 
+BANNER_DEADLINE_S = 120.0
+
 
 def launch(tmp_path: Path, port: int, sandbox_port: int) -> subprocess.Popen[bytes]:
     import os
@@ -62,7 +64,11 @@ def test_local_instance_is_authenticated_and_wired_to_the_sandbox(tmp_path: Path
     port = free_port()
     proc = launch(tmp_path, port, free_port())  # the second start reuses the same secrets
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        # Its banner, not its /readyz: make run prints the banner a moment after the relay answers.
+        deadline = time.monotonic() + BANNER_DEADLINE_S
+        while (tmp_path / "out.log").read_text().count(secret) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the second start printed no banner"
+            time.sleep(0.2)
     finally:
         stop(proc, signal.SIGTERM)
     assert (tmp_path / "out.log").read_text().count(secret) >= 2
