@@ -60,10 +60,21 @@ typecheck: $(STAMP_DEV)
 bench: $(STAMP_BENCH)
 	$(PY) -m benchmarks.run_all
 
+# Issue 16's reproductions that live beside the code they pin (they run in `make test` too).
+HARDENING_TESTS := tests/test_ids.py tests/test_settings.py::test_two_roles_sharing_one_token_are_refused \
+	tests/test_connection_handler.py::test_a_forged_future_event_cannot_block_a_genuine_reconnect \
+	tests/test_notifications.py::test_slack_text_escapes_mentions_links_and_line_breaks \
+	tests/test_notifications.py::test_mail_text_and_subject_keep_values_on_their_line \
+	tests/test_ui.py::test_logout_ends_the_session_on_the_server \
+	tests/test_ui.py::test_failed_logins_and_bearer_guesses_are_throttled_per_address \
+	tests/test_webhooks.py::test_a_client_hanging_up_mid_body_is_info_and_not_a_failed_delivery \
+	tests/test_intake.py::test_a_string_field_over_the_cap_is_422_and_nothing_is_stored \
+	tests/test_intake.py::test_admin_bodies_are_read_capped
+
 ## reliability: the reliability suite at full size (crash, duplicates, outage, fuzzing, security); figures in .bench/
 reliability: $(STAMP_DEV)
 	rm -f .bench/reliability-*.json
-	RELIABILITY_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/reliability $(PYTEST_ARGS)
+	RELIABILITY_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/reliability $(HARDENING_TESTS) $(PYTEST_ARGS)
 	@$(PY) -c 'import json, pathlib; [print(p.stem, json.loads(p.read_text())) for p in sorted(pathlib.Path(".bench").glob("reliability-*.json"))]'
 
 ## lock: re-resolve the locked versions from requirements*.in (each in a clean venv)
