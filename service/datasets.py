@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import record_states
+from service import coverage, record_states
 from service.codat.models import ERROR_STATUSES, REPUSHABLE, TERMINAL_STATUSES
-from service.db import companies, datasets
+from service.db import datasets
 from service.record_states import Event, lock_outbox
 
 COMPLETE = "Complete"
@@ -107,14 +107,13 @@ async def apply_dataset_status(
 
 
 async def _accept(conn: AsyncConnection, dataset: sa.RowMapping, completed_at: float, now: float) -> int:
-    synced_since = await conn.scalar(
-        sa.select(companies.c.last_sync_success_at).where(companies.c.id == dataset["company_id"])
-    )
-    # A sync that started after this dataset completed has already put these records in the books.
-    in_books = synced_since is not None and completed_at <= synced_since
+    # A sync that started after this dataset completed has already put in the books the records its
+    # range covers (service/coverage.py); the others wait for a sync that covers them.
+    later = await coverage.since(conn, dataset["company_id"], completed_at)
     return await record_states.end_flight(
         conn, str(dataset["push_id"]), Event.COMPLETE, now, dataset_id=dataset["id"], completed_at=completed_at,
-        books_since=synced_since if in_books else None,
+        books_since=min(c.at for c in later) if later else None,
+        books_cover=sa.or_(*(c.covers_sql() for c in later)) if later else None,
     )
 
 

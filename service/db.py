@@ -263,8 +263,29 @@ companies = sa.Table(
     # When the latest *successful* sync started: records Codat held before then are in the books.
     sa.Column("last_sync_success_at", sa.Double),
     sa.Column("last_sync_checked_at", sa.Double),
+    # Where the company's syncs reach: the latest `finish` of every successful sync (Codat's "last
+    # successful sync" a `latest` sync starts from). A record dated before it that no sync covered is late.
+    sa.Column("synced_through", sa.Double),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# Every sync the relay knows of, with the date range it covers (service/coverage.py). A sync the relay
+# started has the range of Codat's `SyncSummary.syncDateRangeUtc`; one it learnt of from sync status (a
+# scheduled sync) covers from the previous successful sync's end to its `syncUtc`. `start` NULL: unbounded.
+syncs = sa.Table(
+    "syncs",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),  # Codat's commerceSyncId (or syncId)
+    sa.Column("company_id", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # latest | historic | scheduled (not started by us)
+    sa.Column("range_start", sa.Double),
+    sa.Column("range_finish", sa.Double, nullable=False),
+    sa.Column("sync_utc", sa.Double),
+    sa.Column("code", sa.Integer),
+    sa.Column("requested_at", sa.Double, nullable=False),
+    sa.Column("applied_at", sa.Double),  # its records were marked synced (once, on success)
+    sa.Index(None, "company_id", "sync_utc"),
 )
 
 # The latest version of every record the merchant's platform handed us, and where it stands with Codat.
@@ -299,12 +320,23 @@ records = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     # Re-pushes of this record's failed datasets since it last reached Codat (RELAY_REPUSH_MAX_ATTEMPTS).
     sa.Column("repush_count", sa.Integer, nullable=False, server_default="0"),
+    # The `createdDate` of the latest version (Unix seconds), the date a sync's range is matched on;
+    # NULL (no createdDate, or stored before migration 0011) counts as covered by every sync.
+    sa.Column("record_date", sa.Double),
+    # When staff were told this record reached Codat too late for any `latest` sync (told once).
+    sa.Column("late_told_at", sa.Double),
     # Serves the pusher's keyset scan: pending records of one company and data type, by id. Partial, so
     # it stays small and a lookup by id never uses it: with `record_id IN (…)` as a filter over all of a
     # company's rows, PostgreSQL's generic plans turned each intake into a scan (seconds per 5,000).
     sa.Index(
         "ix_records_pending", "company_id", "data_type", "record_id",
         postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'"),
+    ),
+    # Records the books hold no version of, by date: what a sync may cover, and what is late. Partial,
+    # so a sync's marking reads the few records not yet in the books, never all of a company's.
+    sa.Index(
+        "ix_records_unbooked", "company_id", "data_type", "record_date",
+        postgresql_where=sa.text("synced_hash IS NULL"), sqlite_where=sa.text("synced_hash IS NULL"),
     ),
     # A push's records, found by the push alone: every per-dataset update is index-driven at any size.
     sa.Index(None, "push_id"),

@@ -43,6 +43,7 @@ class Kind(enum.StrEnum):
     CONNECTION_DELETED = "connection_deleted"
     SYNC_FAILED = "sync_failed"
     UPDATE_CONFLICT = "update_conflict"
+    LATE_RECORDS = "late_records"  # Codat holds records dated before the last sync's end that no sync took
     AUTH_REQUIRED = "auth_required"
     ALERT_DEAD = "alert_dead"
 

@@ -152,7 +152,8 @@ async def _store(
             continue
         state = intake_state(prev, record.content_hash)
         values = {"n_version": 1 if prev is None else prev["version"] + 1, "n_hash": record.content_hash,
-                  "n_body": record.body, "n_delete": record.is_delete, "n_state": state.value}  # fmt: skip
+                  "n_body": record.body, "n_delete": record.is_delete, "n_state": state.value,
+                  "n_date": record.record_date}  # fmt: skip
         (inserts if prev is None else updates).append({"b_id": record.id, **values})
         if state == State.CONFLICT:
             result.conflicts.append({"id": record.id, "reason": SYNCED_CHANGE})

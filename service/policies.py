@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from service.late_records import HISTORIC_KIND
 from service.notifications import NOTIFY_JOB_KIND
 from service.outbox import PUSH_KIND
 from service.queue import ALERT_JOB_KIND, PRUNE_KIND
@@ -55,6 +56,7 @@ def retry_policies(settings: Settings) -> Mapping[str, RetryPolicy]:
         PUSH_KIND: jobs,  # a push Codat did not take; the open push is resent under its key
         POLL_KIND: jobs,  # a dataset read that failed; the sweep re-polls a dataset whose poll died
         SYNC_KIND: jobs,
+        HISTORIC_KIND: jobs,  # a historic sync of late records Codat did not start; retried, then dead (logged)
         SWEEP_KIND: jobs,
         PRUNE_KIND: jobs,
         NOTIFY_JOB_KIND: notify,  # outlives RELAY_MAX_ATTEMPTS: 5 days

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import keys, metrics, queue, record_states
 from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected, CodatUnavailable
 from service.db import datasets, pushes, records, writer
+from service.late_records import HISTORIC_KIND
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification
 from service.outbox import CODAT_NOT_FOUND, IS_PENDING, PUSH_KIND, is_paused, lock_outbox, pause_unless_paused
 from service.queue import Job, describe_error
@@ -80,7 +81,8 @@ class Pusher:
     def jobs(self) -> dict[str, JobFunction]:
         """The push pipeline's job kinds, for the worker's job table."""
         return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset,
-                SYNC_KIND: self.tracker.check_sync_job, SWEEP_KIND: self.tracker.sweep}  # fmt: skip
+                SYNC_KIND: self.tracker.check_sync_job, SWEEP_KIND: self.tracker.sweep,
+                HISTORIC_KIND: self.tracker.historic_sync_job}  # fmt: skip
 
     def periodic(self) -> list[Periodic]:
         return [Periodic(SWEEP_KIND, SWEEP_KIND, self._deps.settings.push_interval_seconds)]

@@ -205,7 +205,7 @@ async def lock_outbox(conn: AsyncConnection, company_id: str, data_type: str) ->
 IS_PENDING = records.c.state == sa.literal_column("'pending'")
 _VALUES: dict[str, Any] = {
     "version": sa.bindparam("n_version"), "content_hash": sa.bindparam("n_hash"), "body": sa.bindparam("n_body"),
-    "is_delete": sa.bindparam("n_delete"), "state": sa.bindparam("n_state"),
+    "is_delete": sa.bindparam("n_delete"), "state": sa.bindparam("n_state"), "record_date": sa.bindparam("n_date"),
 }  # fmt: skip
 
 
@@ -280,12 +280,14 @@ def _id_chunks(conn: AsyncConnection, ids: Sequence[str]) -> list[sa.ColumnEleme
 async def end_flight(
     conn: AsyncConnection, push_id: str, event: Event, now: float, *, dataset_id: str | None = None,
     completed_at: float | None = None, books_since: float | None = None,
+    books_cover: sa.ColumnElement[bool] | None = None,
 ) -> int:  # fmt: skip
     """COMPLETE / FAIL / ABANDON for the records of one push still in flight in it; returns rows moved.
 
     COMPLETE makes the pushed version Codat's (`accepted_*`); with `books_since` (a sync that started
-    after this dataset completed has succeeded) the books hold it too. Every row is then decided again:
-    a version held back behind this flight may go, or is already what Codat holds, or is a conflict.
+    after this dataset completed has succeeded) the books hold it too — of the records that sync's range
+    `books_cover`s (None: all). Every row is then decided again: a version held back behind this flight
+    may go, or is already what Codat holds, or is a conflict.
     """
     assert event in (Event.COMPLETE, Event.FAIL, Event.ABANDON)
     values: dict[str, Any] = {"inflight": False, "updated_at": now}
@@ -298,9 +300,18 @@ async def end_flight(
         cols = Columns(in_flight=sa.false(), codat=records.c.pushed_hash)
         if books_since is not None:
             # Set once: a version the books already hold stays the books' version.
-            books = sa.func.coalesce(records.c.synced_hash, records.c.pushed_hash)
-            values.update(synced_hash=books, synced_at=sa.func.coalesce(records.c.synced_at, books_since),
-                          synced_version=sa.func.coalesce(records.c.synced_version, records.c.pushed_version))
+            cover = sa.true() if books_cover is None else books_cover
+
+            def if_covered(taken: Any, kept: Any) -> sa.ColumnElement[Any]:
+                return sa.case((cover, taken), else_=kept)
+
+            books = if_covered(sa.func.coalesce(records.c.synced_hash, records.c.pushed_hash), records.c.synced_hash)
+            values.update(
+                synced_hash=books,
+                synced_at=if_covered(sa.func.coalesce(records.c.synced_at, books_since), records.c.synced_at),
+                synced_version=if_covered(sa.func.coalesce(records.c.synced_version, records.c.pushed_version),
+                                          records.c.synced_version),
+            )  # fmt: skip
             cols = Columns(in_flight=sa.false(), codat=records.c.pushed_hash, books=books)
     allowed, target = _move(event, cols)
     # By push id alone, on purpose: it has its own index, and adding the company's columns let a planner
@@ -370,24 +381,27 @@ async def full_repush_chunk(
 
 
 async def mark_synced(
-    conn: AsyncConnection, company_id: str, data_type: str, synced_at: float, now: float
-) -> list[str]:
+    conn: AsyncConnection, company_id: str, data_type: str, synced_at: float, now: float,
+    covers: sa.ColumnElement[bool] | None = None,
+) -> list[str]:  # fmt: skip
     """Event.SYNC: a sync that started at `synced_at` succeeded; returns the ids of new conflicts.
 
-    The books now hold, of each record the books held nothing of, the version Codat held at
-    `synced_at`: the accepted one if it was accepted by then, else the one the latest dataset Complete
-    by then carried (a newer one accepted while the sync ran must not hide it). Each such record is then
-    decided again: content other than the books' is a conflict, the books' own content never is.
+    The books now hold, of each record the books held nothing of and the sync's range `covers`
+    (service/coverage.py: by `record_date`; None: every record), the version Codat held at `synced_at`:
+    the accepted one if it was accepted by then, else the one the latest dataset Complete by then carried
+    (a newer one accepted while the sync ran must not hide it). Each such record is then decided again:
+    content other than the books' is a conflict, the books' own content never is. Every query reads the
+    partial index of records not in the books (`ix_records_unbooked`), never all of a company's.
     """
     await lock_outbox(conn, company_id, data_type)
     mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type,
-                   records.c.synced_hash.is_(None))  # fmt: skip
+                   records.c.synced_hash.is_(None), sa.true() if covers is None else covers)  # fmt: skip
     await conn.execute(
         records.update().where(mine, records.c.accepted_at <= synced_at)
         .values(synced_hash=records.c.accepted_hash, synced_version=records.c.accepted_version,
                 synced_at=synced_at, updated_at=now)
     )  # fmt: skip
-    for record_id, version, content in await _held_at(conn, company_id, data_type, synced_at):
+    for record_id, version, content in await _held_at(conn, mine, company_id, data_type, synced_at):
         await conn.execute(
             records.update().where(mine, records.c.record_id == record_id)
             .values(synced_hash=content, synced_version=version, synced_at=synced_at, updated_at=now)
@@ -403,13 +417,14 @@ async def mark_synced(
     return sorted(record_id for record_id, state in settled if state == State.CONFLICT)
 
 
-async def _held_at(conn: AsyncConnection, company_id: str, data_type: str, at: float) -> list[tuple[str, int, str]]:
-    """(record, version, content) Codat held at `at`, for records not in the books whose latest acceptance
-    came later: the newest push of each whose dataset was Complete by `at`."""
+async def _held_at(
+    conn: AsyncConnection, mine: sa.ColumnElement[bool], company_id: str, data_type: str, at: float
+) -> list[tuple[str, int, str]]:
+    """(record, version, content) Codat held at `at`, for records `mine` (not in the books, covered) whose
+    latest acceptance came later: the newest push of each whose dataset was Complete by `at`."""
     later = sa.select(records.c.record_id).where(
-        records.c.company_id == company_id, records.c.data_type == data_type, records.c.synced_hash.is_(None),
-        sa.or_(records.c.accepted_at.is_(None), records.c.accepted_at > at),
-    )  # fmt: skip
+        mine, sa.or_(records.c.accepted_at.is_(None), records.c.accepted_at > at)
+    )
     query = (
         sa.select(push_records.c.record_id, push_records.c.version, push_records.c.content_hash,
                   datasets.c.completed_at)
@@ -424,3 +439,12 @@ async def _held_at(conn: AsyncConnection, company_id: str, data_type: str, at: f
         if record_id not in newest or (completed, version) > newest[record_id][:2]:
             newest[record_id] = (completed, version, content)
     return [(record_id, version, content) for record_id, (_, version, content) in sorted(newest.items())]
+
+
+async def mark_late_told(conn: AsyncConnection, company_id: str, ids: dict[str, list[str]], now: float) -> None:
+    """Staff were told these records reached Codat too late for any `latest` sync (told once: a fact, no move)."""
+    for data_type, record_ids in ids.items():
+        await lock_outbox(conn, company_id, data_type)
+        mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type)
+        for chunk in _id_chunks(conn, record_ids):
+            await conn.execute(records.update().where(mine, chunk).values(late_told_at=now))

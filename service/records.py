@@ -215,6 +215,15 @@ class Record:
     body: bytes
     content_hash: str
     is_delete: bool
+    record_date: float | None = None  # `createdDate` in Unix seconds: what a sync's date range is matched on
+
+
+def record_date(record: dict[str, Any]) -> float | None:
+    """A record's `createdDate` as Unix seconds (already checked RFC 3339, so always with a zone), or None."""
+    created = record.get("createdDate")
+    if not isinstance(created, str):
+        return None
+    return datetime.fromisoformat(created).timestamp()
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -277,5 +286,5 @@ def validate_records(data_type: str, raw: Sequence[Any]) -> tuple[list[Record], 
             continue
         seen.add(record_id)
         body = canonical(item)
-        records.append(Record(record_id, body, content_hash(body), is_delete(item)))
+        records.append(Record(record_id, body, content_hash(body), is_delete(item), record_date(item)))
     return records, errors

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     dataset_polls: int = Field(default=20, ge=0, le=1000)
     repush_max_attempts: int = Field(default=3, ge=0)
     repush_backoff_seconds: float = Field(default=30.0, ge=0)
+    # Late records (pushed dated before the last successful sync's end): request a historic sync of them.
+    auto_historic_sync: bool = False
 
     notify_webhook_url: SecretStr | None = None  # a generic webhook URL may carry a token
     notify_slack_webhook_url: SecretStr | None = None

@@ -9,9 +9,12 @@ from typing import Any
 from service.codat.client import (
     CodatClient,
 )
+from service.coverage import HISTORIC, LATEST
 from service.errors import InvalidRequest
 
-Follow = Callable[[str], Awaitable[None]]  # queues the polls of a sync just started (service.tracking.follow_sync)
+# Keeps a sync just started — (company, kind, Codat's `SyncSummary`): its range is what it covers — and
+# queues the reads of its status until it ends (service.tracking.follow_sync).
+Follow = Callable[[str, str, Any], Awaitable[None]]
 
 
 def parse_instant(field: str, value: Any) -> datetime:
@@ -38,7 +41,7 @@ async def sync_latest(codat: CodatClient, company_id: str, sync_to: Any = None, 
     """Start a latest sync; with `follow`, its status is then polled until it ends (no webhook tells us)."""
     summary = await codat.sync_latest(company_id, None if sync_to is None else parse_instant("syncTo", sync_to))
     if follow is not None:
-        await follow(company_id)
+        await follow(company_id, LATEST, summary)
     return summary
 
 
@@ -48,7 +51,7 @@ async def sync_historic(
     first, last = historic_range(start, end)
     summary = await codat.sync_historic(company_id, first, last)
     if follow is not None:
-        await follow(company_id)
+        await follow(company_id, HISTORIC, summary)
     return summary
 
 

@@ -9,15 +9,17 @@ the last poll (`RELAY_DATASET_POLLS`; none when 0) is left to the sweep, which p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import keys, queue, repush
+from service import coverage, keys, late_records, queue, repush
 from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_success
 from service.codat.models import SYNC_STATUS_MEANINGS
+from service.coverage import HISTORIC
 from service.datasets import GONE, Applied, apply_dataset_status, load
 from service.db import companies, datasets, pushes, records, writer
 from service.notifications import Kind, Notification
@@ -167,6 +169,9 @@ class Tracker:
             await repush.after_failure(conn, applied, self._deps.notifier, self.repush, now)
         elif applied.changed:
             await repush.after_complete(conn, applied)
+            # Records dated before where the syncs reach are in no future `latest` sync: told now, not a day later.
+            await late_records.notice(conn, self._deps.notifier, applied.company_id, [applied.data_type], now,
+                                      auto=self._deps.settings.auto_historic_sync)  # fmt: skip
         log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,
                  data_type=applied.data_type, status=applied.status, records=applied.records)  # fmt: skip
 
@@ -213,33 +218,55 @@ class Tracker:
             await self.check_sync(company_id)
 
     async def check_sync(self, company_id: str, syncs: list[SyncStatus] | None = None) -> dict[str, list[str]]:
-        """Read the company's syncs (unless given) and apply the latest success; returns new conflicts by type."""
+        """Read the company's syncs (unless given) and apply each success not yet applied, with its range
+        (service/coverage.py); then tell staff of records too late for any `latest` sync. Returns new
+        conflicts by data type."""
         if syncs is None:
             syncs = await self._sync_statuses(company_id)
         now = self._deps.clock.now()
-        dated = [s for s in syncs if s.sync_utc is not None]
         latest = _latest(syncs)
-        success_at = max((_ts(s.sync_utc) or 0.0 for s in dated if is_success(s.sync_status_code)), default=None)
+        successes = sorted((s for s in syncs if s.sync_utc is not None and is_success(s.sync_status_code)),
+                           key=lambda s: _ts(s.sync_utc) or 0.0)  # fmt: skip
+        success_at = max((_ts(s.sync_utc) or 0.0 for s in successes), default=None)
         conflicts: dict[str, list[str]] = {}
+        data_types = sorted(MODELS)
         async with writer(self._deps.engine).begin() as conn:
             # The outbox locks first, in one order, then the company row: intake and the pusher's claim
             # take the same locks, so none of them reads "not synced" while this marks the rows they
             # replace; and a push closing (outbox lock, then the company's pause) cannot deadlock with this.
-            for data_type in sorted(MODELS):
+            for data_type in data_types:
                 await lock_outbox(conn, company_id, data_type)
             before, known = await record_sync_check(
                 conn, company_id, code=latest.sync_status_code if latest else None,
                 at=_ts(latest.sync_utc) if latest else None, success_at=success_at, now=now,
             )  # fmt: skip
-            if known is None or known == before:
-                return conflicts  # nothing new in the books since the last check
-            for data_type in sorted(MODELS):
-                ids = await mark_synced(conn, company_id, data_type, known, now)
-                if ids:
-                    conflicts[data_type] = ids
-                    await tell_conflicts(self._deps.notifier, conn, company_id, data_type, ids)
-        log.info("sync_checked", company_id=company_id, synced_at=known, conflicts=sum(map(len, conflicts.values())))
+            applied = 0
+            for status in successes:
+                cover = await coverage.learn_success(conn, company_id, status, before=before, now=now)
+                if cover is None:
+                    continue  # applied before (or older than what was)
+                for data_type in data_types:
+                    ids = await mark_synced(conn, company_id, data_type, cover.at, now, cover.covers_sql())
+                    conflicts.setdefault(data_type, []).extend(ids)
+                await coverage.applied(conn, cover, company_id, now)
+                applied += 1
+            if not applied:
+                return {}  # nothing new in the books since the last check
+            conflicts = {data_type: sorted(ids) for data_type, ids in conflicts.items() if ids}
+            for data_type, ids in conflicts.items():
+                await tell_conflicts(self._deps.notifier, conn, company_id, data_type, ids)
+            await late_records.notice(conn, self._deps.notifier, company_id, data_types, now,
+                                      auto=self._deps.settings.auto_historic_sync)  # fmt: skip
+        log.info("sync_checked", company_id=company_id, synced_at=known, syncs_applied=applied,
+                 conflicts=sum(map(len, conflicts.values())))  # fmt: skip
         return conflicts
+
+    async def historic_sync_job(self, job: Job, attempt: int) -> None:
+        """`historic_sync` job: late records' range (service/late_records.py) synced, then followed to its end."""
+        company_id = str(job.payload["company_id"])
+        start, finish = (datetime.fromtimestamp(float(job.payload[k]), UTC) for k in ("start", "finish"))
+        summary = await self._deps.codat.sync_historic(company_id, start, finish)
+        await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), started=(HISTORIC, summary))
 
     # -- the sweep -----------------------------------------------------------------------------------
 
@@ -266,11 +293,19 @@ class Tracker:
         log.info("push_sweep", pushes=len(due), polls=len(stale), sync_checks=len(unchecked))
 
 
-async def follow_sync(engine: Any, company_id: str, now: float, *, polls: int = 0) -> None:
-    """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read)."""
+async def follow_sync(
+    engine: Any, company_id: str, now: float, *, polls: int = 0, started: tuple[str, Any] | None = None
+) -> None:
+    """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read).
+
+    `started`: (kind, Codat's `SyncSummary`) of a sync just started, whose range is kept to apply it with.
+    """
     delay = min(FOLLOW_MAX_S, FOLLOW_FIRST_S * 2.0**polls)
-    await queue.enqueue(engine, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
-                        queueing_lock=keys.sync_follow_lock(company_id), run_at=now + delay)  # fmt: skip
+    async with writer(engine).begin() as conn:
+        if started is not None:
+            await coverage.record_started(conn, company_id, started[0], started[1], now)
+        await queue.enqueue(conn, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
+                            queueing_lock=keys.sync_follow_lock(company_id), run_at=now + delay)  # fmt: skip
 
 
 async def _sync_unchecked(conn: AsyncConnection, now: float) -> list[str]:

@@ -31,12 +31,21 @@ async def run_due_sync_checks(w: World) -> int:
     return ran
 
 
+def following(w: World) -> syncs.Follow:
+    """What the API and the CLI pass: keep the sync just started (its range), then follow it to its end."""
+
+    async def follow(company_id: str, kind: str, summary: Any) -> None:
+        await follow_sync(w.engine, company_id, w.clock.now(), started=(kind, summary))
+
+    return follow
+
+
 async def test_sync_latest_makes_covered_records_synced_within_a_minute_with_no_webhook(world: World) -> None:
     """`sync latest` through the relay, no webhook, no daily check: the relay polls until the sync ends."""
     w = world
     await accepted(w, "a", "b")
     started = w.clock.now()
-    await syncs.sync_latest(w.runtime.codat, CO, follow=lambda company: follow_sync(w.engine, company, w.clock.now()))
+    await syncs.sync_latest(w.runtime.codat, CO, follow=following(w))
     while set((await w.states()).values()) != {"synced"}:
         assert w.clock.now() - started <= MINUTE_S, await w.states()
         w.clock.advance(STEP_S)
@@ -62,7 +71,7 @@ async def test_a_failed_sync_learned_by_polling_is_told_to_staff(world: World) -
     await accepted(w, "a")
     await w.sandbox.post("/_sandbox/script/sync", json={"companyId": CO, "code": 4200, "errorMessage": "no account"})
     started = w.clock.now()
-    await syncs.sync_latest(w.runtime.codat, CO, follow=lambda company: follow_sync(w.engine, company, w.clock.now()))
+    await syncs.sync_latest(w.runtime.codat, CO, follow=following(w))
     while not await told(w, "sync_failed"):
         assert w.clock.now() - started <= MINUTE_S, await w.states()
         w.clock.advance(STEP_S)

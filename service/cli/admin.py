@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -104,11 +105,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _follow(company_id: str) -> None:
-    """A sync the CLI started is read by the workers until it ends (`tracking.follow_sync`): no webhook tells it."""
+async def _follow(company_id: str, kind: str, summary: Any) -> None:
+    """A sync the CLI started is kept with its range and read by the workers until it ends
+    (`tracking.follow_sync`): no webhook tells it."""
     engine = create_engine(load_settings_or_fail(operator=True))
     try:
-        await follow_sync(engine, company_id, SystemClock().now())
+        await follow_sync(engine, company_id, SystemClock().now(), started=(kind, summary))
     except (OSError, sa.exc.SQLAlchemyError) as exc:
         # Codat has started the sync: its answer is printed; only the daily sync check will see its end.
         print(f"codat-relay: the sync started, but following it failed (database unavailable: "

@@ -62,8 +62,8 @@ def _codat(request: Request) -> CodatClient:
 def _follow(request: Request) -> Follow:
     runtime = request.app.state.runtime
 
-    async def follow(company_id: str) -> None:
-        await follow_sync(runtime.engine, company_id, runtime.clock.now())
+    async def follow(company_id: str, kind: str, summary: Any) -> None:
+        await follow_sync(runtime.engine, company_id, runtime.clock.now(), started=(kind, summary))
 
     return follow
 

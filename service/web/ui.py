@@ -382,7 +382,8 @@ async def _sync_latest(runtime: Any, company_id: str) -> str:
         return "sync_refused"
     try:
         await syncs.sync_latest(runtime.codat, company_id,
-                                follow=lambda company: follow_sync(runtime.engine, company, runtime.clock.now()))
+                                follow=lambda company, kind, summary: follow_sync(
+                                    runtime.engine, company, runtime.clock.now(), started=(kind, summary)))
     except CodatError:
         return "sync_refused"
     return "sync_requested"
