@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service import queue, syncs
+from service import coverage, queue, syncs
 from service.clock import FixedClock
-from service.db import create_engine, jobs, notifications, syncs as syncs_table
+from service.db import create_engine, jobs, notifications, records
+from service.db import syncs as syncs_table
 from service.late_records import HISTORIC_KIND
 from service.runtime import build_runtime
 from service.testing import running_sandbox
@@ -233,3 +234,30 @@ async def test_with_auto_historic_sync_a_late_record_is_synced_by_a_historic_syn
                                     .order_by(syncs_table.c.requested_at))).all()  # fmt: skip
     assert kinds[-1] == ("historic", 1799582400.0)
     assert len(await told(w, "late_records")) == 1
+
+
+async def test_a_syncs_marking_and_the_late_query_read_the_index_of_records_not_in_the_books(
+    database_url: str,
+) -> None:
+    """Marking a sync's records and finding late ones read `ix_records_unbooked` (records the books hold no
+    version of), never every record of the company (PostgreSQL asked to avoid sequential scans, as at scale)."""
+    engine = create_engine(sandbox_settings(database_url))
+    mine = sa.and_(records.c.company_id == CO, records.c.data_type == "commerce-orders",
+                   records.c.synced_hash.is_(None), coverage.covered_sql(START - 86_400, START))  # fmt: skip
+    marking = sa.select(records.c.record_id).where(mine, records.c.accepted_at <= START)
+    late = sa.select(records.c.record_id).where(
+        records.c.company_id == CO, records.c.data_type.in_(["commerce-orders"]), records.c.synced_hash.is_(None),
+        records.c.record_date < START, records.c.accepted_hash.is_not(None), records.c.late_told_at.is_(None),
+    )  # fmt: skip
+    try:
+        async with engine.connect() as conn:
+            for query in (marking, late):
+                sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(sa.text("SET enable_seqscan = off"))
+                    plan = "\n".join((await conn.execute(sa.text(f"EXPLAIN {sql}"))).scalars())
+                else:
+                    plan = str((await conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}"))).all())
+                assert "ix_records_unbooked" in plan, plan
+    finally:
+        await engine.dispose()
