@@ -190,6 +190,38 @@ async def test_a_sync_the_relay_did_not_start_covers_from_the_last_end_to_its_sy
     await w.pusher.tracker.check_sync(CO)
     assert await w.states() == {"first": "synced", "between": "synced", "before": "accepted"}
     assert await books(w) == {"first", "between"}
+    assert [n["details"]["recordIds"] for n in await told(w, "late_records")] == [["commerce-orders:before"]]
+
+
+async def test_a_record_dated_before_the_first_syncs_start_is_told_late_at_the_sync_check(world: World) -> None:
+    """Codat's first `latest` sync starts at the configured start date (the sandbox's: a month back): a record
+    dated earlier is not taken, and the sync check tells staff it is late, with its range."""
+    w = world
+    await accepted(w, dated("ancient", "2026-11-01T00:00:00Z"), dated("today", TODAY))
+    assert await told(w, "late_records") == []  # no sync yet: nothing says where the syncs reach
+    await synced_by_relay_sync(w, "today")
+    assert (await w.states())["ancient"] == "accepted" and await books(w) == {"today"}
+    [note] = await told(w, "late_records")
+    assert (note["details"]["recordIds"], note["details"]["dateRange"]) == (
+        ["commerce-orders:ancient"], {"start": "2026-11-01T00:00:00Z", "finish": "2026-11-01T00:00:01Z"})  # fmt: skip
+
+
+async def test_a_dataset_learnt_of_after_a_sync_is_synced_only_where_that_sync_covers_it(world: World) -> None:
+    """A dataset Complete before a sync started, its end learnt only after the sync was applied: the records
+    the sync's range covers are in the books at once; the others stay accepted (as the sandbox's books say)."""
+    w = world
+    await w.put([dated("in-range", "2027-01-13T09:00:00Z"), dated("after", TODAY)])
+    await w.push()
+    w.clock.advance(PACE_S + 1)
+    await w.sandbox.post("/_sandbox/tick")  # Complete in Codat; the relay has not polled it
+    await syncs.sync_latest(w.runtime.codat, CO, "2027-01-14T00:00:00Z", follow=following(w))
+    w.clock.advance(PACE_S + 1)
+    await w.sandbox.post("/_sandbox/tick")
+    await w.pusher.tracker.check_sync(CO)  # applied while both records are still `pushed` for the relay
+    assert set((await w.states()).values()) == {"pushed"}
+    await w.poll()
+    assert await w.states() == {"in-range": "synced", "after": "accepted"}
+    assert await books(w) == {"in-range"}
 
 
 async def test_a_record_pushed_late_is_told_once_with_its_range(world: World) -> None:
