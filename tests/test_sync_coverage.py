@@ -25,6 +25,7 @@ from service.clock import FixedClock
 from service.db import create_engine, jobs, notifications, records
 from service.db import syncs as syncs_table
 from service.late_records import HISTORIC_KIND
+from service.records import validate_records
 from service.runtime import build_runtime
 from service.testing import running_sandbox
 from service.tracking import follow_sync
@@ -293,3 +294,12 @@ async def test_a_syncs_marking_and_the_late_query_read_the_index_of_records_not_
                 assert "ix_records_unbooked" in plan, plan
     finally:
         await engine.dispose()
+
+
+def test_the_date_matched_is_created_date_in_utc_and_a_delete_has_none() -> None:
+    """`record_date` is the record's `createdDate` as an instant (its offset applied); no createdDate: None."""
+    valid, errors = validate_records("commerce-orders", [
+        dated("offset", "2027-01-10T17:30:00.123+05:30"), dated("undated", None), {"id": "gone"},
+    ])  # fmt: skip
+    assert errors == []
+    assert [r.record_date for r in valid] == [1799582400.123, None, None]
