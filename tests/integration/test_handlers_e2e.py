@@ -8,8 +8,10 @@ The sweeper's own test runs on a stack of its own.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,14 @@ ORDERS, PAYMENTS = "commerce-orders", "commerce-payments"
 WEBHOOKS_ONLY = {"RELAY_DATASET_POLLS": "0", "RELAY_PUSH_INTERVAL_SECONDS": "86400"}
 
 
-def order(i: int, amount: float = 10.0) -> dict[str, Any]:
+def order(i: int, amount: float = 10.0, created: str = "2026-01-01T09:00:00Z") -> dict[str, Any]:
     return {"id": f"o-{i}", "orderNumber": str(i), "currency": "GBP", "totalAmount": amount,
-            "createdDate": "2026-01-01T09:00:00Z", "sourceModifiedDate": "2026-01-01T10:00:00Z"}
+            "createdDate": created, "sourceModifiedDate": "2026-01-01T10:00:00Z"}
+
+
+def an_hour_ago() -> str:
+    """A `createdDate` a sync started now covers (the sandbox's first `latest` starts a month back)."""
+    return datetime.fromtimestamp(time.time() - 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def payment(i: int) -> dict[str, Any]:
@@ -233,7 +240,8 @@ def test_a_sync_is_learned_by_polling_with_no_webhook(s: Stack, shape: str) -> N
     minute, a 4200 one is told as sync_failed (map error) — learned by polling sync status, in every shape."""
     s.sandbox("POST", "/_sandbox/config", json={"webhookShape": shape, "legacyAuthHeader": TEST_AUTH_HEADER})
     try:
-        s.put("orders", [order(1), order(2)])
+        # Dated within the sync's range: a sync takes only the records its range covers (sync-commerce-current.json).
+        s.put("orders", [order(1, created=an_hour_ago()), order(2, created=an_hour_ago())])
         settled(s, ORDERS, "accepted", 2)
         s.sandbox("POST", "/_sandbox/script/sync", json={"companyId": s.company, "code": 2000})
         start_sync(s)
