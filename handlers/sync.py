@@ -1,8 +1,9 @@
 """Sync alerts (*Sync Completed*, *Sync Failed*, *New company synchronised*): ask Codat what happened.
 
 A successful sync (2000/2040) puts in the books the accepted records its date range covers
-(service/coverage.py: they become `synced`, and later changes to them become conflicts instead of pushes); a failed one (4xxx/5xxx) is told to staff with the
-meaning of its code — branching on the code, never on the text.
+(service/coverage.py: they become `synced`, and later changes to them become conflicts instead of
+pushes); a failed one (4xxx/5xxx) is told to staff with the meaning of its code — branching on the
+code, never on the text.
 """
 
 from __future__ import annotations

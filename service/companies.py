@@ -32,11 +32,12 @@ Progress = Callable[[str, int, int], None]
 def _last_sync(row: sa.RowMapping | None) -> dict[str, Any]:
     """`checkedAt` is when codat-relay last asked Codat; `code` None with a `checkedAt` means no sync yet."""
     if row is None:
-        return {"code": None, "meaning": None, "at": None, "lastSuccessAt": None, "checkedAt": None}
+        return {"code": None, "meaning": None, "at": None, "lastSuccessAt": None, "syncedThrough": None,
+                "checkedAt": None}
     code = row["last_sync_code"]
     return {"code": code, "meaning": SYNC_STATUS_MEANINGS.get(code) if code is not None else None,
             "at": iso(row["last_sync_at"]), "lastSuccessAt": iso(row["last_sync_success_at"]),
-            "checkedAt": iso(row["last_sync_checked_at"])}  # fmt: skip
+            "syncedThrough": iso(row["synced_through"]), "checkedAt": iso(row["last_sync_checked_at"])}  # fmt: skip
 
 
 def _dataset(row: sa.RowMapping) -> dict[str, Any]:

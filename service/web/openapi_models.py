@@ -76,6 +76,8 @@ CONNECTION = {"type": "object", "required": ["id", "status", "deletedAt"], "prop
 LAST_SYNC = {"type": "object", "required": ["code", "meaning", "at", "checkedAt"], "properties": {
     "code": {"type": ["integer", "null"], "description": "Codat's sync status code; null: no sync seen"},
     "meaning": NULLABLE_STRING, "at": INSTANT, "lastSuccessAt": INSTANT,
+    "syncedThrough": {**INSTANT, "description": "where the successful syncs reach (the end of the latest range): "
+                      "a `latest` sync starts here, and a record dated earlier that no sync took is late"},
     "checkedAt": {**INSTANT, "description": "when codat-relay last asked Codat (null: never)"}}}
 PROBLEM = {"type": "object", "required": ["kind", "message"],
            "properties": {"kind": {"enum": list(PROBLEM_KINDS)}, "message": {"type": "string"}}}
@@ -115,7 +117,8 @@ def company_schemas() -> dict[str, Any]:
                           "connection": {"id": "5b7b1d4e-0c1f-4a53-9f1e-0d2b7c9a1e11", "status": "linked",
                                          "deletedAt": None},
                           "lastSync": {"code": 2000, "meaning": "success", "at": "2025-06-02T10:00:00Z",
-                                       "lastSuccessAt": "2025-06-02T10:00:00Z", "checkedAt": "2025-06-02T10:01:00Z"},
+                                       "lastSuccessAt": "2025-06-02T10:00:00Z", "syncedThrough": "2025-06-02T10:00:00Z",
+                                       "checkedAt": "2025-06-02T10:01:00Z"},
                           "records": {"commerce-orders": dict.fromkeys(RECORD_STATES, 0) | {"synced": 1}},
                           "failing": False, "problems": [], "lastAlertAt": "2025-06-02T10:00:05Z", "openPushes": 0,
                           "recentDatasets": [], "createdAt": "2025-06-02T09:15:01Z",
