@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TypeAlias
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from service.db import syncs
 from service.testing import SANDBOX_API_KEY, running_app, running_sandbox
 from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, make_settings
@@ -88,3 +91,19 @@ async def test_sync_endpoints_need_the_admin_token(client: Clients) -> None:
     relay, _ = client
     assert (await relay.get(f"/v1/companies/{CO}/sync/status")).status_code == 401
     assert (await relay.post(f"/v1/companies/{CO}/sync/latest", json={})).status_code == 401
+
+
+async def test_a_sync_started_through_the_api_is_kept_with_the_range_of_codats_answer(database_url: str) -> None:
+    """`sync/historic` keeps the sync with the range of Codat's `SyncSummary.syncDateRangeUtc`
+    (sync-commerce-current.json): what it covers when it succeeds (service/coverage.py)."""
+    async with running_sandbox(companies=[CO]) as (_, transport):
+        settings = make_settings(database_url, codat_base_url="http://sandbox.test", codat_api_key=SANDBOX_API_KEY)
+        async with running_app(settings, options=AppOptions(transport=transport)) as (app, relay):
+            january = {"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00Z"}
+            answer = await relay.post(f"/v1/companies/{CO}/sync/historic", headers=ADMIN, json=january)
+            assert answer.status_code == 200, answer.text
+            async with app.state.runtime.engine.connect() as conn:
+                kept = (await conn.execute(sa.select(syncs))).mappings().one()
+    assert (kept["id"], kept["company_id"], kept["kind"]) == (answer.json()["commerceSyncId"], CO, "historic")
+    assert (kept["range_start"], kept["range_finish"]) == (
+        datetime(2026, 1, 1, tzinfo=UTC).timestamp(), datetime(2026, 2, 1, tzinfo=UTC).timestamp())  # fmt: skip
