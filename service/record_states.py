@@ -396,25 +396,31 @@ async def mark_synced(
     await lock_outbox(conn, company_id, data_type)
     mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type,
                    records.c.synced_hash.is_(None), sa.true() if covers is None else covers)  # fmt: skip
-    await conn.execute(
+    marked = list((await conn.execute(
         records.update().where(mine, records.c.accepted_at <= synced_at)
         .values(synced_hash=records.c.accepted_hash, synced_version=records.c.accepted_version,
                 synced_at=synced_at, updated_at=now)
-    )  # fmt: skip
+        .returning(records.c.record_id)
+    )).scalars())  # fmt: skip
     for record_id, version, content in await _held_at(conn, mine, company_id, data_type, synced_at):
-        await conn.execute(
+        result = await conn.execute(
             records.update().where(mine, records.c.record_id == record_id)
             .values(synced_hash=content, synced_version=version, synced_at=synced_at, updated_at=now)
         )  # fmt: skip
+        if result.rowcount:
+            marked.append(record_id)
+    # Only the rows just marked are decided again, found by key: never a scan of the company's records.
     allowed, target = _move(Event.SYNC)
-    settled = await conn.execute(
-        records.update()
-        .where(records.c.company_id == company_id, records.c.data_type == data_type,
-               records.c.synced_at == synced_at, allowed)
-        .values(state=target)
-        .returning(records.c.record_id, records.c.state)
-    )  # fmt: skip
-    return sorted(record_id for record_id, state in settled if state == State.CONFLICT)
+    conflicts: list[str] = []
+    for chunk in _id_chunks(conn, sorted(marked)) if marked else []:
+        settled = await conn.execute(
+            records.update()
+            .where(records.c.company_id == company_id, records.c.data_type == data_type, chunk, allowed)
+            .values(state=target)
+            .returning(records.c.record_id, records.c.state)
+        )  # fmt: skip
+        conflicts.extend(record_id for record_id, state in settled if state == State.CONFLICT)
+    return sorted(conflicts)
 
 
 async def _held_at(
