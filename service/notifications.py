@@ -45,6 +45,7 @@ class Kind(enum.StrEnum):
     UPDATE_CONFLICT = "update_conflict"
     AUTH_REQUIRED = "auth_required"
     ALERT_DEAD = "alert_dead"
+    SYNC_AT_RISK = "sync_at_risk"
 
 
 # The subject of problems with a company's accounting connection (deleted, needs re-authorising): one

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     dataset_polls: int = Field(default=20, ge=0, le=1000)
     repush_max_attempts: int = Field(default=3, ge=0)
     repush_backoff_seconds: float = Field(default=30.0, ge=0)
+    # Pushed data must be Complete this long before each company's scheduled Codat sync (service/schedules.py).
+    sync_margin_minutes: float = Field(default=30.0, ge=0, le=720)
 
     notify_webhook_url: SecretStr | None = None  # a generic webhook URL may carry a token
     notify_slack_webhook_url: SecretStr | None = None

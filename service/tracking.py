@@ -185,11 +185,15 @@ class Tracker:
         syncs = await self._sync_statuses(company_id)
         await self.check_sync(company_id, syncs)
         latest = _latest(syncs)
+        since = job.payload.get("since")
+        if latest is not None and since is not None and (_ts(latest.sync_utc) or 0.0) < float(since):
+            latest = None  # the sync before the scheduled one we wait for
         code = latest.sync_status_code if latest is not None else None
         polls = int(follow) + 1
         # None: Codat shows no sync yet (it may be catching up with the one just started).
         if (code is None or code in IN_PROGRESS_CODES) and polls < FOLLOW_MAX_POLLS:
-            await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls)
+            await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls,
+                              since=None if since is None else float(since))  # fmt: skip
         elif latest is not None and is_failure(code):
             # No webhook tells a failed Sync for Commerce sync (FACTS §6): the poll is what tells staff.
             await self._deps.notifier.notify(sync_failed(company_id, latest))
@@ -266,10 +270,17 @@ class Tracker:
         log.info("push_sweep", pushes=len(due), polls=len(stale), sync_checks=len(unchecked))
 
 
-async def follow_sync(engine: Any, company_id: str, now: float, *, polls: int = 0) -> None:
-    """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read)."""
+async def follow_sync(engine: Any, company_id: str, now: float, *, polls: int = 0, since: float | None = None) -> None:
+    """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read).
+
+    `since`: a sync Codat starts by itself at that time (its schedule, service/schedules.py): a latest sync
+    dated before it is the previous one, so the reads go on until Codat shows the new one ended.
+    """
     delay = min(FOLLOW_MAX_S, FOLLOW_FIRST_S * 2.0**polls)
-    await queue.enqueue(engine, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
+    payload: dict[str, Any] = {"company_id": company_id, "follow": polls}
+    if since is not None:
+        payload["since"] = since
+    await queue.enqueue(engine, SYNC_KIND, payload, now=now,
                         queueing_lock=keys.sync_follow_lock(company_id), run_at=now + delay)  # fmt: skip
 
 
