@@ -59,6 +59,8 @@ def _instant(value: Any) -> float | None:
 
 def parse_schedule(configuration: Any) -> Schedule:
     """Codat's `Configuration` → a Schedule; InvalidSchedule saying what is missing or wrong."""
+    if isinstance(configuration, dict) and False in (configuration.get("configured"), configuration.get("enable")):
+        raise InvalidSchedule("Sync for Commerce is not configured or not enabled for this company: no scheduled sync")
     schedule = configuration.get("schedule") if isinstance(configuration, dict) else None
     if not isinstance(schedule, dict):
         raise InvalidSchedule("Codat's configuration has no schedule")
