@@ -26,6 +26,10 @@ FREQUENCIES = ("Daily", "Monthly")
 SEARCH_DAYS = 800  # a start date this far ahead is as good as none
 
 
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
 class InvalidSchedule(ValueError):
     """Codat's schedule could not be read: no time zone we know, no hour, an unknown frequency."""
 
@@ -42,9 +46,8 @@ class Schedule:
         return ZoneInfo(self.time_zone)
 
     def as_json(self) -> dict[str, Any]:
-        start = None if self.start_date is None else datetime.fromtimestamp(self.start_date, UTC)
         return {"frequency": self.frequency, "syncHour": self.sync_hour, "timeZone": self.time_zone,
-                "startDate": None if start is None else start.isoformat().replace("+00:00", "Z")}  # fmt: skip
+                "startDate": _iso(self.start_date)}  # fmt: skip
 
 
 def _instant(value: Any) -> float | None:
@@ -107,3 +110,19 @@ def next_sync_at(schedule: Schedule, after: float) -> float | None:
             return at
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return None
+
+
+def stored_schedule(row: Any) -> Schedule | None:
+    """The schedule a `companies` row holds, or None when Codat's has not been read (or was unreadable)."""
+    if row is None or row["sync_frequency"] is None or row["sync_hour"] is None or not row["sync_time_zone"]:
+        return None
+    return Schedule(row["sync_frequency"], row["sync_hour"], row["sync_time_zone"], row["sync_start_date"])
+
+
+def schedule_view(row: Any) -> dict[str, Any] | None:
+    """`syncSchedule` as the API, the CLI and the page show it; None until Codat's has been asked for."""
+    if row is None or row["schedule_fetched_at"] is None:
+        return None
+    schedule = stored_schedule(row)
+    shown = schedule.as_json() if schedule else dict.fromkeys(("frequency", "syncHour", "timeZone", "startDate"))
+    return {**shown, "fetchedAt": _iso(row["schedule_fetched_at"]), "error": row["schedule_error"]}

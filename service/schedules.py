@@ -34,7 +34,7 @@ from service.notifications import Kind, Notification
 from service.outbox import State, schedule_push
 from service.queue import Job
 from service.records import MODELS
-from service.schedule_time import InvalidSchedule, Schedule, next_sync_at, parse_schedule
+from service.schedule_time import InvalidSchedule, Schedule, next_sync_at, parse_schedule, stored_schedule
 from service.tracking import follow_sync
 from service.types import Deps
 
@@ -48,23 +48,6 @@ PUSH_LEAD_S = 900.0
 FOLLOW_AFTER_S = 60.0  # the sync's status is first read this long after the sync hour
 LATE_ITEMS_TOLD = 20  # unfinished datasets listed in one sync_at_risk (the counts are complete)
 log = structlog.get_logger("service.schedules")
-
-
-def stored_schedule(row: Any) -> Schedule | None:
-    """The schedule a `companies` row holds, or None when Codat's has not been read (or was unreadable)."""
-    if row is None or row["sync_frequency"] is None or row["sync_hour"] is None or not row["sync_time_zone"]:
-        return None
-    return Schedule(row["sync_frequency"], row["sync_hour"], row["sync_time_zone"], row["sync_start_date"])
-
-
-def schedule_view(row: Any) -> dict[str, Any] | None:
-    """`syncSchedule` as the API, the CLI and the page show it."""
-    schedule = stored_schedule(row)
-    if schedule is None:
-        if row is None or row["schedule_error"] is None:
-            return None
-        return {"error": row["schedule_error"], "fetchedAt": iso(row["schedule_fetched_at"])}
-    return {**schedule.as_json(), "fetchedAt": iso(row["schedule_fetched_at"]), "error": row["schedule_error"]}
 
 
 async def queue_refresh(target: AsyncConnection | AsyncEngine, company_id: str, now: float) -> None:
