@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys, queue
 from service.clock import iso
-from service.codat.client import CodatNotFound
+from service.codat.client import CodatError, CodatNotFound
 from service.db import companies, datasets, records, writer
+from service.errors import RetryLater
 from service.notifications import Kind, Notification
 from service.outbox import State, schedule_push
 from service.queue import Job
@@ -98,19 +99,29 @@ class Scheduler:
             await self._follow(company_id, sync_at)
 
     async def refresh(self, company_id: str) -> Schedule | None:
-        """Read Codat's schedule and name for the company, store them, and plan its next sync."""
+        """Read Codat's schedule and name for the company, store them, and plan its next sync.
+
+        Codat's refusal (404: no Sync for Commerce configuration; 401/403; a schedule we cannot read) is
+        stored as the reason there is no next sync, not retried until the job dies: the sweep reads it again
+        tomorrow. A 429/503 (`RetryLater`) or no answer is retried as any job is.
+        """
         codat, now = self._deps.codat, self._deps.clock.now()
-        schedule, error, name = None, None, None
+        schedule, error = None, None
+        name = await self._name(company_id)
         try:
-            company = await codat.get_company(company_id)
-            name = company.get("name") if isinstance(company, dict) else None
             schedule = parse_schedule(await codat.get_sync_configuration(company_id))
         except CodatNotFound as exc:
             error = f"Codat has no Sync for Commerce configuration for this company: {exc}"
         except InvalidSchedule as exc:
             error = str(exc)
+        except RetryLater:
+            raise
+        except CodatError as exc:
+            if exc.status_code is None:
+                raise  # no answer: try again
+            error = f"Codat refused the configuration read ({exc.status_code}): {exc}"
         values: dict[str, Any] = {"schedule_fetched_at": now, "schedule_error": error}
-        if isinstance(name, str) and name:
+        if name is not None:
             values["name"] = name[:255]
         if schedule is not None or error is not None:
             values.update(sync_frequency=schedule.frequency if schedule else None,
@@ -125,6 +136,19 @@ class Scheduler:
         log.info("schedule_read", company_id=company_id, schedule=schedule.as_json() if schedule else None,
                  error=error)  # fmt: skip
         return schedule
+
+    async def _name(self, company_id: str) -> str | None:
+        """Codat's name of the company (`GET /companies/{id}`), or None when Codat will not say."""
+        try:
+            company = await self._deps.codat.get_company(company_id)
+        except RetryLater:
+            raise
+        except CodatError as exc:
+            if exc.status_code is None:
+                raise
+            return None
+        name = company.get("name") if isinstance(company, dict) else None
+        return name if isinstance(name, str) and name else None
 
     async def _push(self, company_id: str) -> None:
         now = self._deps.clock.now()

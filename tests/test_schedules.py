@@ -195,3 +195,66 @@ async def test_a_stuck_dataset_at_the_margin_gets_exactly_one_sync_at_risk(datab
 def test_the_next_sync_is_stored_in_utc_for_the_zone_given() -> None:
     """The fixture's own arithmetic: 02:00 New York in June is 06:00 UTC (EDT)."""
     assert datetime.fromtimestamp(local("2027-06-10T02:00"), UTC).hour == 6
+
+
+# -- reading the schedule: when, and what Codat's refusals leave ------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def fake_codat(database_url: str, answers: dict[str, httpx.Response]) -> AsyncIterator[tuple[Relay, list[str]]]:
+    """The relay against a Codat whose answers are given per path (recorded, in order); no sandbox."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return answers.get(request.url.path, httpx.Response(404, json={"statusCode": 404, "error": "Not Found"}))
+
+    clock = FixedClock(local("2027-06-09T20:00"))
+    settings = make_settings(database_url, codat_base_url="http://codat.test", codat_api_key="k" * 8)
+    engine = create_engine(settings)
+    runtime = await build_runtime(settings, engine, clock, transport=httpx.MockTransport(handler))
+    try:
+        async with httpx.AsyncClient(base_url="http://unused.test") as unused:
+            yield Relay(runtime, unused, clock), asked
+    finally:
+        await runtime.close()
+        await engine.dispose()
+
+
+async def test_the_sweep_reads_schedules_never_read_or_a_day_old_and_no_others(database_url: str) -> None:
+    """A company first seen (its first records) is read by the next sweep; read again only a day later."""
+    config = {"configured": True, "enable": True, "schedule": DAILY_2AM}
+    answers = {f"/config/companies/{CO}/sync/commerce": httpx.Response(200, json=config),
+               f"/companies/{CO}": httpx.Response(200, json={"id": CO, "name": "Bodega Uno"})}  # fmt: skip
+    async with fake_codat(database_url, answers) as (r, asked):
+        await r.intake("o-1")
+        for _ in range(2):
+            await r.scheduler.sweep(None, 1)  # type: ignore[arg-type]  # the periodic job reads no payload
+            await r.run_due()
+        assert asked.count(f"/config/companies/{CO}/sync/commerce") == 1
+        assert (await r.company())["next_sync_at"] == local("2027-06-10T02:00")
+        r.clock.advance(86_400 + 60)
+        await r.scheduler.sweep(None, 1)  # type: ignore[arg-type]
+        await r.run_due()
+        assert asked.count(f"/config/companies/{CO}/sync/commerce") == 2
+
+
+@pytest.mark.parametrize(("status", "config", "reason"), [
+    (404, None, "no Sync for Commerce configuration"),
+    (403, None, "refused the configuration read (403)"),
+    (200, {"configured": False, "enable": False, "schedule": DAILY_2AM}, "not configured"),
+    (200, {"schedule": {"selectedFrequency": "Daily", "syncHour": 2, "timeZone": "Mars/Olympus"}}, "Mars/Olympus"),
+])  # fmt: skip
+async def test_a_schedule_codat_will_not_give_is_a_stored_reason_not_a_dead_job(
+    database_url: str, status: int, config: dict[str, Any] | None, reason: str
+) -> None:
+    """No next sync, the reason shown (`syncSchedule.error`), the job done: the sweep asks again tomorrow."""
+    body = config if config is not None else {"statusCode": status, "error": "no"}
+    answers = {f"/config/companies/{CO}/sync/commerce": httpx.Response(status, json=body)}
+    async with fake_codat(database_url, answers) as (r, _):
+        await r.intake("o-1")
+        await queue_refresh(r.engine, CO, r.clock.now())
+        await r.run_due()  # raises if the job failed
+        row = await r.company()
+        assert row["next_sync_at"] is None and row["sync_hour"] is None
+        assert reason in row["schedule_error"] and row["schedule_fetched_at"] == r.clock.now()
