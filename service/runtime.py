@@ -21,6 +21,7 @@ from service.pusher import Pusher
 from service.queue import PRUNE_KIND, Job
 from service.retry import RetryPolicy
 from service.schedules import SCHEDULE_KIND, Scheduler
+from service.schedules import SWEEP_EVERY_S as SCHEDULE_SWEEP_EVERY_S
 from service.schedules import SWEEP_KIND as SCHEDULE_SWEEP_KIND
 from service.senders import Sender, build_senders
 from service.settings import Settings
@@ -80,8 +81,8 @@ class Runtime:
             retry=retry or job_policy(self.settings),
             policies={} if retry is not None else retry_policies(self.settings),
             periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S),
-                      # schedules of companies never read, or not read for a day
-                      Periodic(SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_KIND, self.settings.push_interval_seconds)],
+                      # schedules of companies first seen since (read within a minute), or not read for a day
+                      Periodic(SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_EVERY_S)],
             listen_dsn=listen_dsn(self.settings),
             listen_via_pool=not (self.settings.database_pgbouncer or behind_pgbouncer(self.engine.url)),
         )

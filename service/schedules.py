@@ -6,7 +6,8 @@ merchant's configured sync time" (FACTS §6). So, per company, four steps are qu
 jobs, one waiting job per step (`keys.schedule_lock`):
 
 - `refresh`: read the schedule and the company's name from Codat, store them, plan the next sync. Queued
-  when a company is first seen or a connection event arrives, and by the sweep once a day;
+  by the sweep (every minute) for a company first seen and again once a day, and when a connection event
+  arrives;
 - `push`: at next sync - `RELAY_SYNC_MARGIN_MINUTES` - `PUSH_LEAD_S`, push whatever is pending, so its
   datasets end `Complete` before the margin (the periodic push is still there for everything else);
 - `check`: at next sync - the margin, anything still pending or in an unfinished dataset is late: staff
@@ -40,10 +41,14 @@ from service.tracking import follow_sync
 from service.types import Deps
 
 SCHEDULE_KIND = "sync_schedule"
+__all__ = ["SCHEDULE_KIND", "SWEEP_EVERY_S", "SWEEP_KIND", "Scheduler", "queue_refresh"]
 SWEEP_KIND = "schedule_sweep"
 REFRESH, PUSH, CHECK, FOLLOW = "refresh", "push", "check", "follow"
 PLANNED = (PUSH, CHECK, FOLLOW)
 REFRESH_EVERY_S = 86_400.0  # Codat's schedule is read again daily (and on every connection event)
+# The sweep runs this often: a company first seen (its row made by intake or an event) is read within it.
+# A periodic job rather than a job queued by whoever makes the row: intake's transaction stays as it was.
+SWEEP_EVERY_S = 60.0
 # A push, Codat's processing of its datasets and a poll or two fit in this, ahead of the margin.
 PUSH_LEAD_S = 900.0
 FOLLOW_AFTER_S = 60.0  # the sync's status is first read this long after the sync hour
