@@ -113,6 +113,8 @@ CALLS = [
     Call("set-configuration", "POST", "/config/companies/{company}/sync/commerce", 200, CURRENT,
          "/config/companies/{companyId}/sync/commerce",
          body={"schedule": {"selectedFrequency": "Daily", "syncHour": 2, "timeZone": "America/New_York"}}),
+    Call("set-configuration without a body (as the SDK sends it)", "POST", "/config/companies/{company}/sync/commerce",
+         200, CURRENT, "/config/companies/{companyId}/sync/commerce"),
     Call("set-configuration bad", "POST", "/config/companies/{company}/sync/commerce", 400, CURRENT,
          "/config/companies/{companyId}/sync/commerce", body={"schedule": {"syncHour": 25}}),
     Call("create-webhook-consumer", "POST", "/webhooks", 201, PLATFORM, "/webhooks",

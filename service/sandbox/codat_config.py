@@ -16,16 +16,18 @@ async def get_configuration(request: Request, sandbox: Sandbox) -> Response:
 
 
 async def set_configuration(request: Request, sandbox: Sandbox) -> Response:
-    """The spec documents no request body: the sandbox takes a `Configuration` and applies its `schedule`."""
+    """The spec documents no request body, and Codat's SDK (codat-sync-for-commerce 6.1.0) sends none: an
+    empty body changes nothing and answers the configuration; a `Configuration` body's `schedule` is applied."""
     company = sandbox.state.company(request.path_params["companyId"])
     try:
-        body = await json_body(request)
+        body = await json_body(request, optional=True)
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a Configuration object")
-        schedule = body.get("schedule", {})
-        if not isinstance(schedule, dict):
+        schedule = body.get("schedule")
+        if schedule is not None and not isinstance(schedule, dict):
             raise BadRequest("'schedule' must be an object")
-        apply_schedule(company, schedule, sandbox.state.now())
+        if schedule is not None:
+            apply_schedule(company, schedule, sandbox.state.now())
     except BadSchedule as exc:
         return BadRequest(str(exc)).response()
     except BadRequest as exc:
