@@ -228,6 +228,8 @@ async def _late(conn: AsyncConnection, company_id: str, sync_at: float, now: flo
     )).all()  # fmt: skip
     if not pending_by_type and not unfinished:
         return None
+    pause = sa.select(companies.c.paused, companies.c.pause_reason).where(companies.c.id == company_id)
+    paused = (await conn.execute(pause)).first()
     pending_count = sum(n for n, _ in pending_by_type.values())
     minutes_left = round((sync_at - now) / 60.0, 1)
     oldest = min([t for _, t in pending_by_type.values()] + [d.requested_at for d in unfinished])
@@ -242,6 +244,8 @@ async def _late(conn: AsyncConnection, company_id: str, sync_at: float, now: flo
         "unfinishedDatasets": [{"id": d.id, "dataType": d.data_type, "status": d.status,
                                 "ageMinutes": round((now - d.requested_at) / 60.0, 1)}
                                for d in unfinished[:LATE_ITEMS_TOLD]],
+        # a paused company pushes nothing: its pause (e.g. a deleted connection) is why its data is late
+        "paused": bool(paused and paused.paused), "pauseReason": paused.pause_reason if paused else None,
         "action": "Check why these records are not in Codat (the company's page lists them) before the sync hour",
     }  # fmt: skip
     return Notification(Kind.SYNC_AT_RISK, summary, company_id=company_id, subject=iso(sync_at) or "", details=details)

@@ -25,7 +25,7 @@ import uvicorn
 
 from service import queue
 from service.clock import FixedClock
-from service.db import companies, create_engine, notifications, records
+from service.db import companies, create_engine, jobs, notifications, records
 from service.notifications import NOTIFY_JOB_KIND, NotifyJob
 from service.outbox import store_records
 from service.pusher import Pusher
@@ -186,7 +186,7 @@ async def test_a_stuck_dataset_at_the_margin_gets_exactly_one_sync_at_risk(datab
         assert details["counts"] == {"pendingRecords": 1, "unfinishedDatasets": 1}
         assert details["syncAt"] == "2027-06-10T06:00:00Z"
         assert details["unfinishedDatasets"][0]["ageMinutes"] == pytest.approx(15.0, abs=STEP_S / 60)
-        assert details["pendingRecords"][ORDERS]["count"] == 1
+        assert details["pendingRecords"][ORDERS]["count"] == 1 and details["paused"] is False
         await queue_refresh(r.engine, CO, r.clock.now())  # a connection event re-plans the same sync
         await r.step_until(local("2027-06-10T02:10"))
         assert len(await r.told("sync_at_risk")) == 1
@@ -258,3 +258,21 @@ async def test_a_schedule_codat_will_not_give_is_a_stored_reason_not_a_dead_job(
         row = await r.company()
         assert row["next_sync_at"] is None and row["sync_hour"] is None
         assert reason in row["schedule_error"] and row["schedule_fetched_at"] == r.clock.now()
+
+
+async def test_a_changed_schedule_replans_the_steps_of_the_next_sync(database_url: str) -> None:
+    """Codat's hour moves from 02:00 to 05:00: the steps planned for 02:00 are replaced, one per step."""
+    path = f"/config/companies/{CO}/sync/commerce"
+    answers = {path: httpx.Response(200, json={"schedule": DAILY_2AM})}
+    async with fake_codat(database_url, answers) as (r, _):
+        await r.intake("o-1")
+        await r.scheduler.refresh(CO)
+        answers[path] = httpx.Response(200, json={"schedule": {**DAILY_2AM, "syncHour": 5}})
+        await r.scheduler.refresh(CO)
+        async with r.engine.connect() as conn:
+            steps = (await conn.execute(sa.select(jobs.c.payload, jobs.c.run_at).where(
+                jobs.c.kind == SCHEDULE_KIND, jobs.c.status == "waiting"))).all()  # fmt: skip
+        sync = local("2027-06-10T05:00")
+        assert sorted((p["phase"], p["sync_at"], run_at) for p, run_at in steps) == [
+            ("check", sync, sync - 1800), ("follow", sync, sync + 60), ("push", sync, sync - 2700)]
+        assert (await r.company())["next_sync_at"] == sync
