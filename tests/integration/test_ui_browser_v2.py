@@ -44,6 +44,7 @@ def test_search_filter_and_act_on_a_company_at_desktop_and_phone_widths(server: 
             row = page.locator(f'tr[data-company-id="{f.HEALTHY}"]')
             assert f.HEALTHY_NAME in row.inner_text()
             assert "Daily at 02:00 America/New_York" in row.locator('td[data-label="Next sync"]').inner_text()
+            page.screenshot(path=str(SHOTS / "ui-v2-search-by-name.png"), full_page=True)
             page.select_option("select[name=failing]", "true")
             page.fill("input[name=search]", "")
             page.click("form.filters button[type=submit]")
