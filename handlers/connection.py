@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import keys, outbox, queue
+from service import keys, outbox, queue, schedules
 from service.codat.client import CodatNotFound
 from service.db import companies, records, writer
 from service.notifications import ACTION_RECONNECT, CONNECTION_SUBJECT, Kind, Notification, forget
@@ -173,6 +173,8 @@ async def on_connection_status(alert: Alert, ctx: Context) -> Outcome:
     async with writer(ctx.store).begin() as conn:
         if not await _fresh(conn, company, alert, ctx, now):
             return Outcome.DONE
+        # A new or changed connection may come with a new sync schedule (and name): read them again.
+        await schedules.queue_refresh(conn, company, now)
         if direction == RESUME:
             resumed = await _resume(conn, company, alert, now)
             ctx.log.info("connection_linked", resumed=bool(resumed))

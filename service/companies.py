@@ -76,9 +76,11 @@ async def company_view(engine: AsyncEngine, company_id: str) -> dict[str, Any] |
         )
     row, summary = company.row, company.summary()
     return {
-        "id": company_id, "known": summary["known"], "paused": company.paused, "pauseReason": summary["pauseReason"],
+        "id": company_id, "name": summary["name"],
+        "known": summary["known"], "paused": company.paused, "pauseReason": summary["pauseReason"],
         "connection": summary["connection"], "records": counts, "openPushes": int(open_pushes or 0),
         "recentDatasets": [_dataset(d) for d in recent], "lastSync": _last_sync(row),
+        "nextSyncAt": summary["nextSyncAt"], "syncSchedule": summary["syncSchedule"],
         "failing": summary["failing"], "problems": summary["problems"], "lastAlertAt": summary["lastAlertAt"],
         "createdAt": iso(row["created_at"]) if row else None, "updatedAt": iso(row["updated_at"]) if row else None,
     }  # fmt: skip

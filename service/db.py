@@ -268,6 +268,17 @@ companies = sa.Table(
     sa.Column("synced_through", sa.Double),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+    # Codat's name of the company and its Sync for Commerce schedule (service/schedules.py writes these):
+    # `next_sync_at` is when Codat will next sync it, `at_risk_sync_at` the sync staff were told was at risk.
+    sa.Column("name", sa.String(255)),
+    sa.Column("sync_frequency", sa.String(16)),
+    sa.Column("sync_hour", sa.Integer),
+    sa.Column("sync_time_zone", sa.String(64)),
+    sa.Column("sync_start_date", sa.Double),
+    sa.Column("schedule_fetched_at", sa.Double),
+    sa.Column("schedule_error", sa.Text),
+    sa.Column("next_sync_at", sa.Double),
+    sa.Column("at_risk_sync_at", sa.Double),
 )
 
 # Every sync the relay knows of, with the date range it covers (service/coverage.py). A sync the relay

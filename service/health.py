@@ -26,6 +26,7 @@ from service import keys
 from service.clock import iso
 from service.codat.models import ERROR_STATUSES, SYNC_STATUS_MEANINGS
 from service.db import alerts, companies, datasets, jobs, records
+from service.schedule_time import schedule_view
 
 FAILING_SYNC_CODE = 4000
 # The values of service/outbox.State in pipeline order, spelt out: this module only reads the column.
@@ -106,7 +107,7 @@ class CompanyHealth:
     def summary(self) -> dict[str, Any]:
         """One company of `GET /v1/companies` and `codat-relay companies list --json`."""
         return {
-            "id": self.id, "known": "outbox" if self.row is not None else "alerts",
+            "id": self.id, "name": self.get("name"), "known": "outbox" if self.row is not None else "alerts",
             "paused": self.paused, "pauseReason": self.get("pause_reason"),
             "connection": {"id": self.get("connection_id"), "status": self.get("connection_status"),
                            "deletedAt": iso(self.get("connection_deleted_at"))},
@@ -114,6 +115,7 @@ class CompanyHealth:
                          "at": iso(self.get("last_sync_at")), "checkedAt": iso(self.get("last_sync_checked_at"))},
             "records": dict(self.records), "failing": self.failing,
             "problems": [{"kind": p.kind, "message": p.message} for p in self.problems],
+            "nextSyncAt": iso(self.get("next_sync_at")), "syncSchedule": schedule_view(self.row),
             "lastAlertAt": iso(self.last_alert_at), "updatedAt": iso(self.get("updated_at")),
         }  # fmt: skip
 
@@ -193,7 +195,9 @@ async def _ids(conn: AsyncConnection, query: sa.Select[Any] | sa.CompoundSelect[
     known = query.subquery()
     select = sa.select(known.c.id)
     if search:
-        select = select.where(sa.func.lower(known.c.id).like(_like(search), escape="\\"))
+        # The id or Codat's name of the company (service/schedules.py stores it), any case.
+        named = sa.select(companies.c.id).where(sa.func.lower(companies.c.name).like(_like(search), escape="\\"))
+        select = select.where(sa.or_(sa.func.lower(known.c.id).like(_like(search), escape="\\"), known.c.id.in_(named)))
     # Sorted here, not by the database: PostgreSQL's collation and Python's `>` (the cursor) must agree.
     return sorted(str(i) for i in (await conn.execute(select)).scalars())
 
@@ -202,7 +206,7 @@ async def _ids(conn: AsyncConnection, query: sa.Select[Any] | sa.CompoundSelect[
 class CompanyQuery:
     """`GET /v1/companies`' filters: all optional, combined with AND."""
 
-    search: str | None = None  # part of the id, any case
+    search: str | None = None  # part of the id or of the name, any case
     paused: bool | None = None
     failing: bool | None = None
     problem: str | None = None  # one of PROBLEM_KINDS

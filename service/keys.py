@@ -36,6 +36,11 @@ def sync_follow_lock(company_id: str) -> str:
     return f"follow_sync:{company_id}"
 
 
+def schedule_lock(company_id: str, phase: str) -> str:
+    """One waiting step of a company's sync schedule per phase (refresh, push, check, follow)."""
+    return f"schedule:{company_id}:{phase}"
+
+
 def periodic_lock(name: str) -> str:
     """One waiting run of a periodic job, whichever worker scheduled it."""
     return f"periodic:{name}"

@@ -46,6 +46,7 @@ class Kind(enum.StrEnum):
     LATE_RECORDS = "late_records"  # Codat holds records dated before the last sync's end that no sync took
     AUTH_REQUIRED = "auth_required"
     ALERT_DEAD = "alert_dead"
+    SYNC_AT_RISK = "sync_at_risk"
 
 
 # The subject of problems with a company's accounting connection (deleted, needs re-authorising): one

@@ -25,6 +25,8 @@ from service.outbox import PUSH_KIND
 from service.queue import ALERT_JOB_KIND, PRUNE_KIND
 from service.repush import RepushPolicy
 from service.retry import RetryPolicy
+from service.schedules import SCHEDULE_KIND
+from service.schedules import SWEEP_KIND as SCHEDULE_SWEEP_KIND
 from service.tracking import POLL_KIND, SWEEP_KIND, SYNC_KIND, PollPolicy
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ def retry_policies(settings: Settings) -> Mapping[str, RetryPolicy]:
         HISTORIC_KIND: jobs,  # a historic sync of late records Codat did not start; retried, then dead (logged)
         SWEEP_KIND: jobs,
         PRUNE_KIND: jobs,
+        SCHEDULE_KIND: jobs,  # a schedule read or step that failed; the sweep reads a stale schedule again
+        SCHEDULE_SWEEP_KIND: jobs,
         NOTIFY_JOB_KIND: notify,  # outlives RELAY_MAX_ATTEMPTS: 5 days
     })  # fmt: skip
 

@@ -20,6 +20,9 @@ from service.policies import job_policy, poll_policy, repush_policy, retry_polic
 from service.pusher import Pusher
 from service.queue import PRUNE_KIND, Job
 from service.retry import RetryPolicy
+from service.schedules import SCHEDULE_KIND, Scheduler
+from service.schedules import SWEEP_EVERY_S as SCHEDULE_SWEEP_EVERY_S
+from service.schedules import SWEEP_KIND as SCHEDULE_SWEEP_KIND
 from service.senders import Sender, build_senders
 from service.settings import Settings
 from service.tracking import Tracker
@@ -58,11 +61,13 @@ class Runtime:
     def build_worker(self, retry: RetryPolicy | None = None) -> Worker:
         """A worker running every job kind, each retried by its policy (`service.policies`); a `retry` given
         (tests) is every kind's instead, as it is."""
-        pusher = Pusher(self)
+        pusher, scheduler = Pusher(self), Scheduler(self)
         jobs: dict[str, JobFunction] = {
             queue.ALERT_JOB_KIND: make_alert_job(REGISTRY, self),
             NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders),
             **pusher.jobs(),
+            SCHEDULE_KIND: scheduler.run,
+            SCHEDULE_SWEEP_KIND: scheduler.sweep,
             PRUNE_KIND: self._prune,
         }
         return Worker(
@@ -75,7 +80,9 @@ class Runtime:
             grace_s=self.settings.shutdown_grace_seconds,
             retry=retry or job_policy(self.settings),
             policies={} if retry is not None else retry_policies(self.settings),
-            periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S)],
+            periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S),
+                      # schedules of companies first seen since (read within a minute), or not read for a day
+                      Periodic(SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_EVERY_S)],
             listen_dsn=listen_dsn(self.settings),
             listen_via_pool=not (self.settings.database_pgbouncer or behind_pgbouncer(self.engine.url)),
         )

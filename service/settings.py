@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     repush_backoff_seconds: float = Field(default=30.0, ge=0)
     # Late records (pushed dated before the last successful sync's end): request a historic sync of them.
     auto_historic_sync: bool = False
+    # Pushed data must be Complete this long before each company's scheduled Codat sync (service/schedules.py).
+    sync_margin_minutes: float = Field(default=30.0, ge=0, le=720)
 
     notify_webhook_url: SecretStr | None = None  # a generic webhook URL may carry a token
     notify_slack_webhook_url: SecretStr | None = None

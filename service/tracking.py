@@ -190,11 +190,15 @@ class Tracker:
         syncs = await self._sync_statuses(company_id)
         await self.check_sync(company_id, syncs)
         latest = _latest(syncs)
+        since = job.payload.get("since")
+        if latest is not None and since is not None and (_ts(latest.sync_utc) or 0.0) < float(since):
+            latest = None  # the sync before the scheduled one we wait for
         code = latest.sync_status_code if latest is not None else None
         polls = int(follow) + 1
         # None: Codat shows no sync yet (it may be catching up with the one just started).
         if (code is None or code in IN_PROGRESS_CODES) and polls < FOLLOW_MAX_POLLS:
-            await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls)
+            await follow_sync(self._deps.engine, company_id, self._deps.clock.now(), polls=polls,
+                              since=None if since is None else float(since))  # fmt: skip
         elif latest is not None and is_failure(code):
             # No webhook tells a failed Sync for Commerce sync (FACTS §6): the poll is what tells staff.
             await self._deps.notifier.notify(sync_failed(company_id, latest))
@@ -294,17 +298,23 @@ class Tracker:
 
 
 async def follow_sync(
-    engine: Any, company_id: str, now: float, *, polls: int = 0, started: tuple[str, Any] | None = None
+    engine: Any, company_id: str, now: float, *, polls: int = 0, started: tuple[str, Any] | None = None,
+    since: float | None = None,
 ) -> None:
     """Read a sync's status until it ends: queued after the relay starts one (and by each in-progress read).
 
     `started`: (kind, Codat's `SyncSummary`) of a sync just started, whose range is kept to apply it with.
+    `since`: a sync Codat starts by itself at that time (its schedule, service/schedules.py): a latest sync
+    dated before it is the previous one, so the reads go on until Codat shows the new one ended.
     """
     delay = min(FOLLOW_MAX_S, FOLLOW_FIRST_S * 2.0**polls)
+    payload: dict[str, Any] = {"company_id": company_id, "follow": polls}
+    if since is not None:
+        payload["since"] = since
     async with writer(engine).begin() as conn:
         if started is not None:
             await coverage.record_started(conn, company_id, started[0], started[1], now)
-        await queue.enqueue(conn, SYNC_KIND, {"company_id": company_id, "follow": polls}, now=now,
+        await queue.enqueue(conn, SYNC_KIND, payload, now=now,
                             queueing_lock=keys.sync_follow_lock(company_id), run_at=now + delay)  # fmt: skip
 
 

@@ -61,9 +61,11 @@ async def test_every_known_company_is_listed_in_id_order(client: httpx.AsyncClie
     ("?search=co-", [ALERTS_ONLY, f.FAILING, f.HEALTHY, "co-paused"]),
     ("?search=%25", []),  # a literal %, not a wildcard
     ("?search=alerts&failing=false", [ALERTS_ONLY]),
+    ("?search=harbour%20BAK", [f.HEALTHY]),  # Codat's name of the company, any case (issue 15)
+    ("?search=bakery&failing=true", []),
 ])  # fmt: skip
 async def test_filters_and_search(client: httpx.AsyncClient, query: str, expected: list[str]) -> None:
-    """Each filter narrows the list; search matches part of the id in any case, its `%` and `_` literally."""
+    """Each filter narrows the list; search matches part of the id or the name in any case, `%` and `_` literally."""
     assert await ids(client, query) == expected
 
 
@@ -105,3 +107,16 @@ async def test_a_company_known_only_from_alerts_is_shown_and_can_be_paused(clien
     assert (await client.post(f"/v1/companies/{ALERTS_ONLY}/resume", headers=ADMIN)).status_code == 200
     assert (await client.get("/v1/companies/never-heard-of", headers=ADMIN)).status_code == 404
     assert (await client.post("/v1/companies/never-heard-of/pause", headers=ADMIN)).status_code == 404
+
+
+async def test_the_name_and_next_sync_are_in_the_list_and_the_company(client: httpx.AsyncClient) -> None:
+    """Codat's name, the next scheduled sync and the schedule it comes from (issue 14), list and detail alike."""
+    [listed] = [c for c in (await client.get("/v1/companies", headers=ADMIN)).json()["results"] if c["id"] == f.HEALTHY]
+    detail = (await client.get(f"/v1/companies/{f.HEALTHY}", headers=ADMIN)).json()
+    for shown in (listed, detail):
+        assert shown["name"] == f.HEALTHY_NAME
+        assert shown["nextSyncAt"] == "2025-10-09T11:53:20Z"  # NOW + 3 h
+        assert shown["syncSchedule"] == {"frequency": "Daily", "syncHour": 2, "timeZone": "America/New_York",
+                                         "startDate": None, "fetchedAt": "2025-10-09T07:53:20Z", "error": None}
+    unread = (await client.get(f"/v1/companies/{f.FAILING}", headers=ADMIN)).json()
+    assert (unread["name"], unread["nextSyncAt"], unread["syncSchedule"]) == (None, None, None)

@@ -216,3 +216,27 @@ async def test_a_forged_future_event_cannot_block_a_genuine_reconnect(database_u
         async with engine.connect() as conn:
             newest = await conn.scalar(sa.select(companies.c.connection_event_at))
         assert newest is not None and newest <= clock.now() + 60  # no event time past arrival + skew is kept
+
+
+@pytest.mark.parametrize("event", ["connection.connected", "connection.reconnected", "connection.disconnected"])
+async def test_a_connection_event_queues_a_read_of_the_companys_sync_schedule(database_url: str, event: str) -> None:
+    """Issue 14: a new or changed connection may come with a new schedule and name: one refresh is queued,
+    however many events arrive before it runs."""
+    from service.db import jobs
+    from service.keys import schedule_lock
+    from service.schedules import SCHEDULE_KIND
+
+    engine = create_engine(make_settings(database_url))
+    clock = FixedClock()
+    ctx = Context(store=engine, codat=None, notifier=Notifier(engine, ["log"], 3600, clock), clock=clock,
+                  log=structlog.get_logger(), attempt=1, tracker=None)
+    try:
+        await on_connection_status(envelope(event, "2026-01-01T10:00:00Z"), ctx)
+        await on_connection_status(envelope(event, "2026-01-01T10:01:00Z"), ctx)
+        async with engine.connect() as conn:
+            queued = (await conn.execute(sa.select(jobs.c.kind, jobs.c.lock_key, jobs.c.payload).where(
+                jobs.c.kind == SCHEDULE_KIND))).all()  # fmt: skip
+    finally:
+        await engine.dispose()
+    assert [(k, lock, p["phase"]) for k, lock, p in queued] == [(SCHEDULE_KIND, schedule_lock("co-1", "refresh"),
+                                                                 "refresh")]

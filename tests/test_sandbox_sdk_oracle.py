@@ -122,6 +122,20 @@ def test_sync_for_commerce_sdk_starts_syncs_and_reads_their_status(oracle: Oracl
     assert succeeded is not None and succeeded.sync_status_code in (2000, 2040)
 
 
+def test_sync_for_commerce_sdk_reads_and_sets_the_sync_configuration(oracle: Oracle) -> None:
+    """codat-sync-for-commerce: get-configuration deserialises the schedule codat-relay reads (syncHour,
+    timeZone, selectedFrequency); set-configuration, which the SDK sends with no body, answers it too."""
+    s = oracle.commerce
+    company = s.advanced_controls.create_company(request={"name": "Toft stores"})
+    assert company is not None
+    config = s.advanced_controls.get_configuration(request={"company_id": company.id})
+    assert config is not None and config.company_id == company.id and config.schedule is not None
+    assert (config.schedule.selected_frequency, config.schedule.sync_hour, config.schedule.time_zone) == (
+        commerce.SyncFrequency.DAILY, 0, "Europe/London")
+    same = s.advanced_controls.set_configuration(request={"company_id": company.id})
+    assert same is not None and same.schedule is not None and same.schedule.sync_hour == 0
+
+
 def test_sync_for_commerce_sdk_reads_codats_error_answers(oracle: Oracle) -> None:
     """An unknown company's sync status (404) and a bad range (400) become the SDK's ErrorMessage."""
     s = oracle.commerce

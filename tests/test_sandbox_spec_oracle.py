@@ -106,6 +106,17 @@ CALLS = [
          "/companies/{companyId}/connections/{connectionId}"),
     Call("delete-connection unknown", "DELETE", f"/companies/{{company}}/connections/{uuid.uuid4()}", 404, PLATFORM,
          "/companies/{companyId}/connections/{connectionId}"),
+    Call("get-configuration", "GET", "/config/companies/{company}/sync/commerce", 200, CURRENT,
+         "/config/companies/{companyId}/sync/commerce"),
+    Call("get-configuration unknown company", "GET", f"/config/companies/{uuid.uuid4()}/sync/commerce", 404, CURRENT,
+         "/config/companies/{companyId}/sync/commerce"),
+    Call("set-configuration", "POST", "/config/companies/{company}/sync/commerce", 200, CURRENT,
+         "/config/companies/{companyId}/sync/commerce",
+         body={"schedule": {"selectedFrequency": "Daily", "syncHour": 2, "timeZone": "America/New_York"}}),
+    Call("set-configuration without a body (as the SDK sends it)", "POST", "/config/companies/{company}/sync/commerce",
+         200, CURRENT, "/config/companies/{companyId}/sync/commerce"),
+    Call("set-configuration bad", "POST", "/config/companies/{company}/sync/commerce", 400, CURRENT,
+         "/config/companies/{companyId}/sync/commerce", body={"schedule": {"syncHour": 25}}),
     Call("create-webhook-consumer", "POST", "/webhooks", 201, PLATFORM, "/webhooks",
          body={"url": "https://relay.example/webhooks/codat", "eventTypes": ["read.completed"]}),
     Call("create-webhook-consumer bad", "POST", "/webhooks", 400, PLATFORM, "/webhooks", body={"url": "ftp://x"}),
@@ -153,9 +164,9 @@ async def test_the_answer_fits_the_operations_documented_schema(
 
 def test_every_codat_route_of_the_sandbox_is_in_the_table() -> None:
     """Adding an endpoint to the sandbox without an oracle row fails here."""
-    from service.sandbox import codat_api, codat_syncs, consumers
+    from service.sandbox import codat_api, codat_config, codat_syncs, consumers
 
-    served = {route.path for route in [*codat_api.ROUTES, *codat_syncs.ROUTES, *consumers.ROUTES]
+    served = {route.path for route in [*codat_api.ROUTES, *codat_syncs.ROUTES, *codat_config.ROUTES, *consumers.ROUTES]
               if not route.path.startswith("/_sandbox/")}  # fmt: skip
     templates = {c.template for c in CALLS} | {"/data/companies/{companyId}/sync/{dataType}",
                                               "/meta/companies/{companyId}/pull/history/{datasetId}"}  # fmt: skip

@@ -421,3 +421,24 @@ async def test_failed_logins_and_bearer_guesses_are_throttled_per_address(databa
     assert webhook.status_code == 202
     assert after.status_code == 200
     assert guesses == [401, 401, 401, 429]
+
+
+# -- the next scheduled sync and the company's name (issues 14 and 15) ---------------------------------
+
+
+async def test_the_page_shows_the_name_and_next_sync_and_searches_by_name(database_url: str) -> None:
+    """The companies table and the company page show Codat's name and the next sync with its schedule;
+    the search box matches the name in any case; a company whose schedule is unread says so."""
+    async with seeded(database_url) as (client, _, _, _):
+        await log_in(client)
+        overview = (await client.get("/ui")).text
+        row = company_row(overview, f.HEALTHY)
+        assert f.HEALTHY_NAME in row and "Daily at 02:00 America/New_York" in row
+        assert 'datetime="2025-06-15T18:06:40Z"' in row  # NOW + 3 h, a <time> the page's script makes local
+        assert "not read yet" in company_row(overview, f.FAILING)
+        found = (await client.get("/ui", params={"search": "harbour bak"})).text
+        assert f'data-company-id="{f.HEALTHY}"' in found and f'data-company-id="{f.FAILING}"' not in found
+        page = (await client.get(f"/ui/companies/{f.HEALTHY}")).text
+        assert f'<p class="company-name">{f.HEALTHY_NAME}</p>' in page
+        cell = re.search(r'data-testid="next-sync">(.*?)</td>', page, re.S)
+        assert cell is not None and "2025-06-15T18:06:40Z" in cell.group(1) and "America/New_York" in cell.group(1)

@@ -73,11 +73,15 @@ def dead_alert(conn: sa.Connection, alert_id: str, company_id: str | None, at: f
     return job(conn, ALERT_JOB_KIND, {"alert_id": alert_id}, "dead", at, lock_key=alert_lock(company_id), error=error)
 
 
+HEALTHY_NAME = "Harbour Bakery"  # the healthy company's name in Codat (searchable)
+
+
 def world(conn: sa.Connection, now: float) -> dict[str, int]:
     """A failing and a healthy company with everything the pages show; returns the dead jobs' ids."""
     company(conn, FAILING, now - 5 * HOUR, last_sync_code=5130, last_sync_at=now - HOUR)
     company(conn, HEALTHY, now - 5 * HOUR, last_sync_code=2000, last_sync_at=now - HOUR,
-            last_sync_success_at=now - HOUR)  # fmt: skip
+            last_sync_success_at=now - HOUR, name=HEALTHY_NAME, sync_frequency="Daily", sync_hour=2,
+            sync_time_zone="America/New_York", schedule_fetched_at=now - HOUR, next_sync_at=now + 3 * HOUR)  # fmt: skip
     for i, state in enumerate(["pending", "pending", "conflict", "synced"]):
         record(conn, FAILING, f"f{i}", state, now)
     for i in range(3):

@@ -20,7 +20,7 @@ from service.health import MAX_PAGE, PROBLEM_KINDS, CompanyQuery, list_companies
 from service.outbox import MANUAL_PAUSE, State
 from service.records import DATA_TYPES, MODELS
 
-LIST_COLUMNS = ("id", "paused", "connection", "failing", "records", "problems")
+LIST_COLUMNS = ("id", "name", "paused", "connection", "failing", "next sync", "records", "problems")
 DATASET_COLUMNS = ("id", "dataType", "status", "records", "requestedAt", "completedAt", "errorMessage")
 
 
@@ -36,14 +36,24 @@ def last_sync_text(sync: dict[str, Any]) -> str:
     return f"{seen} (last success {sync['lastSuccessAt'] or 'never'}{checked})"
 
 
+def schedule_text(schedule: dict[str, Any] | None) -> str:
+    """The API's `syncSchedule` in words: `Daily at 02:00 America/New_York`, or why there is none."""
+    if schedule is None:
+        return "not read from Codat yet"
+    if schedule["frequency"] is None:
+        return f"none ({schedule['error']})"
+    return f"{schedule['frequency']} at {schedule['syncHour']:02d}:00 {schedule['timeZone']}"
+
+
 def _show_readable(view: dict[str, Any]) -> None:
     conn = view["connection"]
     paused = f"yes ({view['pauseReason']})" if view["paused"] else "no"
     deleted = f", deleted at {conn['deletedAt']}" if conn["deletedAt"] else ""
     problems = "; ".join(p["message"] for p in view["problems"]) or "none"
-    emit({"company": view["id"], "paused": paused, "connection": f"{conn['id'] or '-'} "
+    emit({"company": view["id"], "name": view["name"] or "-", "paused": paused, "connection": f"{conn['id'] or '-'} "
           f"({conn['status'] or 'unknown'}{deleted})", "failing": view["failing"], "problems": problems,
           "open pushes": view["openPushes"], "last sync": last_sync_text(view["lastSync"]),
+          "next sync": view["nextSyncAt"] or "unknown", "sync schedule": schedule_text(view["syncSchedule"]),
           "known from": view["known"], "created": view["createdAt"], "updated": view["updatedAt"]},
          argparse.Namespace())  # fmt: skip
     print("\nRecords by state:")
@@ -65,7 +75,8 @@ async def companies_show(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 def _list_row(company: dict[str, Any]) -> dict[str, Any]:
     counts = company["records"]
-    return {"id": company["id"], "paused": company["paused"],
+    return {"id": company["id"], "name": company["name"] or "", "paused": company["paused"],
+            "next sync": company["nextSyncAt"] or "",
             "connection": company["connection"]["status"] or "unknown", "failing": company["failing"],
             "records": " ".join(f"{state} {n}" for state, n in counts.items() if n) or "none",
             "problems": "; ".join(p["message"] for p in company["problems"])}  # fmt: skip
@@ -142,7 +153,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_
     lst.add_argument("--failing", action="store_true", help="only companies a person should look at")
     lst.add_argument("--paused", action="store_true", help="only paused companies")
     lst.add_argument("--problem", choices=PROBLEM_KINDS, help="only companies with this problem")
-    lst.add_argument("--search", help="part of the company id (any case)")
+    lst.add_argument("--search", help="part of the company id or of its name in Codat (any case)")
     lst.add_argument("--limit", type=page_limit, default=DEFAULT_LIST_LIMIT, help=f"1 to {MAX_PAGE}")
     lst.set_defaults(func=with_engine(companies_list))
     show = actions.add_parser("show", parents=[json_flag], help="connection, pause, record counts, datasets")

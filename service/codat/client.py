@@ -200,6 +200,16 @@ class CodatClient:
         path = f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}"
         return self._json(await self._call("get_connection", "GET", path))
 
+    async def get_company(self, company_id: str) -> Relayed:
+        """The company as Codat has it (platform `get-company`): its `name` is what staff search by."""
+        return self._json(await self._call("get_company", "GET", f"/companies/{_seg(company_id)}"))
+
+    async def get_sync_configuration(self, company_id: str) -> Relayed:
+        """Sync for Commerce's `get-configuration` (`GET /config/companies/{companyId}/sync/commerce`,
+        sync-commerce-current.json): `schedule` says when Codat syncs the company."""
+        path = f"/config/companies/{_seg(company_id)}/sync/commerce"
+        return self._json(await self._call("get_sync_configuration", "GET", path))
+
     async def sync_latest(self, company_id: str, sync_to: datetime | None = None) -> Relayed:
         """Sync from the last successful sync up to `sync_to` (Codat's default: now)."""
         # An empty object rather than no body: the spec's body is an object whose `syncTo` is optional.

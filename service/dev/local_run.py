@@ -46,6 +46,9 @@ LOCAL_COMPANY_ID = SAMPLE_COMPANY
 # Its configured sync start date (Codat's, set when a merchant onboards): before the samples' 2025 dates,
 # so that "Sync latest" takes them (the sandbox syncs records dated from that start).
 LOCAL_COMPANY_SYNC_START = "2025-01-01T00:00:00Z"
+LOCAL_COMPANY_NAME = "Quickstart Coffee"  # Codat's name of it: the page's search finds it by name too
+# Codat syncs it daily at 02:00 London time: the page shows that next sync, and codat-relay pushes before it.
+LOCAL_COMPANY_SCHEDULE = {"selectedFrequency": "Daily", "syncHour": 2, "timeZone": "Europe/London"}
 
 
 class StartFailed(Exception):
@@ -133,9 +136,13 @@ def banner(env: Mapping[str, str], sandbox: bool) -> str:
 def create_company(sandbox_url: str) -> None:
     """The quickstart's company, created in the sandbox (Codat answers 404 for a company never created)."""
     try:
-        body = {"id": LOCAL_COMPANY_ID, "syncStartDate": LOCAL_COMPANY_SYNC_START}
+        body = {"id": LOCAL_COMPANY_ID, "name": LOCAL_COMPANY_NAME, "syncStartDate": LOCAL_COMPANY_SYNC_START}
         answer = httpx.post(f"{sandbox_url}/_sandbox/companies", json=body, timeout=5)
         answer.raise_for_status()
+        # Configured as Codat's sync flow would: the page shows its next sync, and the sandbox runs it.
+        schedule = httpx.post(f"{sandbox_url}/_sandbox/companies/{LOCAL_COMPANY_ID}/schedule",
+                              json=LOCAL_COMPANY_SCHEDULE, timeout=5)  # fmt: skip
+        schedule.raise_for_status()
     except httpx.HTTPError as exc:
         raise StartFailed(f"the sandbox did not create the company {LOCAL_COMPANY_ID}: {exc}") from None
 

@@ -10,10 +10,10 @@ import httpx
 from starlette.applications import Starlette
 
 from service.clock import Clock, SystemClock
-from service.sandbox import codat_api, codat_syncs, consumers, control
+from service.sandbox import codat_api, codat_config, codat_syncs, consumers, control
 from service.sandbox.config import SandboxConfig
 from service.sandbox.edge import Sandbox, not_served
-from service.sandbox.state import SandboxState
+from service.sandbox.state import SandboxState, ShiftedClock
 from service.sandbox.webhooks import WebhookSender
 
 # How often time-driven changes (datasets finishing, syncs ending) are settled and their webhooks sent.
@@ -27,7 +27,7 @@ def create_sandbox_app(
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    state = SandboxState(config, clock or SystemClock())
+    state = SandboxState(config, ShiftedClock(clock or SystemClock()))
     consumer_store = consumers.ConsumerStore()
     sandbox = Sandbox(state, WebhookSender(state, transport, consumer_store))
 
@@ -43,7 +43,7 @@ def create_sandbox_app(
             await sandbox.sender.aclose()
 
     app = Starlette(
-        routes=[*codat_api.ROUTES, *codat_syncs.ROUTES, *consumers.ROUTES, *control.ROUTES],
+        routes=[*codat_api.ROUTES, *codat_syncs.ROUTES, *codat_config.ROUTES, *consumers.ROUTES, *control.ROUTES],
         exception_handlers={404: not_served, 405: not_served},
         lifespan=lifespan,
     )

@@ -18,7 +18,9 @@ from starlette.routing import Route
 from service.sandbox.config import SandboxConfig
 from service.sandbox.edge import Sandbox
 from service.sandbox.faults import ALL, ENDPOINTS, EndpointFaults, WebhookFaults
-from service.sandbox.model import DATA_TYPES, FINAL_STATUSES, SYNC_STATUS_TEXT, parse_iso
+from service.sandbox.model import DATA_TYPES, FINAL_STATUSES, SYNC_STATUS_TEXT, iso, parse_iso
+from service.sandbox.schedule import BadSchedule, apply_schedule, configuration_json
+from service.sandbox.state import ShiftedClock
 
 # Settings that may change while the sandbox runs; api_key and seed are fixed for a run.
 RUNTIME_FIELDS = (
@@ -209,6 +211,42 @@ async def create_company(request: Request, sandbox: Sandbox) -> Any:
     return {"id": found.id, "created": created, "connections": state.connections_json(found)}
 
 
+async def set_schedule(request: Request, sandbox: Sandbox) -> Any:
+    """`{selectedFrequency?, syncHour?, timeZone?, startDate?}`: the company's Sync for Commerce schedule, as
+    Codat's `set-configuration` would set it; it is configured from now on and synced at that hour."""
+    company = sandbox.state.company(_known_company(request, sandbox))
+    try:
+        apply_schedule(company, await _body(request), sandbox.state.now())
+    except BadSchedule as exc:
+        raise Invalid(str(exc)) from None
+    return configuration_json(company)
+
+
+def _clock(sandbox: Sandbox) -> ShiftedClock:
+    clock = sandbox.state.clock
+    assert isinstance(clock, ShiftedClock)  # create_sandbox_app wraps every clock in one
+    return clock
+
+
+async def get_clock(request: Request, sandbox: Sandbox) -> Any:
+    return {"now": iso(sandbox.state.now())}
+
+
+async def set_clock(request: Request, sandbox: Sandbox) -> Any:
+    """`{"now": ISO}` or `{"advanceSeconds": n}`: move the sandbox's clock (never back), then settle what is due."""
+    body, clock, now = await _body(request), _clock(sandbox), sandbox.state.now()
+    if "now" in body:
+        target = parse_iso(str(body["now"]))
+    elif isinstance(body.get("advanceSeconds"), int | float) and not isinstance(body["advanceSeconds"], bool):
+        target = now + float(body["advanceSeconds"])
+    else:
+        raise Invalid("give 'now' (ISO-8601) or 'advanceSeconds' (a number)")
+    if target < now:
+        raise Invalid("the sandbox's clock never goes back (datasets and syncs are computed from it)")
+    clock.set(target)
+    return {"now": iso(sandbox.state.now()), "events": sandbox.tick()}
+
+
 def _matches(item: dict[str, Any], request: Request) -> bool:
     return all(
         item.get(k) == request.query_params[k] for k in ("companyId", "dataType") if k in request.query_params
@@ -271,6 +309,9 @@ ROUTES = [
     _r("/companies", create_company, "POST"),
     _r("/companies/{companyId}/delete-connection", delete_connection, "POST"),
     _r("/companies/{companyId}/reconnect", reconnect, "POST"),
+    _r("/companies/{companyId}/schedule", set_schedule, "POST"),
+    _r("/clock", get_clock),
+    _r("/clock", set_clock, "POST"),
     _r("/pushes", pushes),
     _r("/datasets", datasets),
     _r("/records", records),

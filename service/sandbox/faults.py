@@ -12,7 +12,7 @@ from typing import Any
 
 ENDPOINTS = (
     "push", "dataset", "sync_status", "sync_latest", "sync_historic", "delete_connection", "get_connection",
-    "create_company", "get_company", "list_syncs", "get_sync",
+    "create_company", "get_company", "list_syncs", "get_sync", "get_configuration", "set_configuration",
 )  # fmt: skip
 ALL = "*"
 DEFAULT_HANG_S = 30.0

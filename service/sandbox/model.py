@@ -97,6 +97,12 @@ class Company:
     # The end of the furthest range a successful sync has covered; `latest` syncs start from it.
     last_successful_finish: float | None = None
     description: str = ""
+    # Sync for Commerce's schedule (`Configuration.schedule`, schedule.py): not configured until one is set.
+    sync_frequency: str = "Daily"
+    sync_hour: int = 0
+    time_zone: str = "Europe/London"  # the spec's example
+    configured: bool = False
+    scheduled_through: float | None = None  # scheduled syncs due up to here have run
 
     @property
     def connections(self) -> tuple[Connection, Connection]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.clock import Clock
-from service.sandbox import rules
+from service.sandbox import rules, schedule
 from service.sandbox.config import SandboxConfig
 from service.sandbox.faults import EndpointFaults, WebhookFaults
 from service.sandbox.idempotency import IdempotencyStore
@@ -50,6 +50,19 @@ class Event:
     company_id: str
     dataset: Dataset | None = None
     connection: Connection | None = None
+
+
+class ShiftedClock:
+    """The sandbox's clock: the one it was given, moved by `/_sandbox/clock` (a process has no other seam)."""
+
+    def __init__(self, inner: Clock) -> None:
+        self.inner, self.offset = inner, 0.0
+
+    def now(self) -> float:
+        return self.inner.now() + self.offset
+
+    def set(self, value: float) -> None:
+        self.offset = value - self.inner.now()
 
 
 class SandboxState:
@@ -237,10 +250,13 @@ class SandboxState:
         """`sync/commerce/latest` starts at the last successful sync, else at the configured start date."""
         return company.last_successful_finish if company.last_successful_finish is not None else company.sync_start
 
-    def start_sync(self, company_id: str, start: float, finish: float) -> Sync:
-        """A sync of the records Codat holds (Complete at the start) whose date lies in [start, finish)."""
+    def start_sync(self, company_id: str, start: float, finish: float, *, at: float | None = None) -> Sync:
+        """A sync of the records Codat holds (Complete at the start) whose date lies in [start, finish).
+
+        `at`: when it starts, if not now (a scheduled sync the clock has just passed).
+        """
         company = self.company(company_id)
-        now = self.now()
+        now = self.now() if at is None else at
         due = [
             key
             for key, rec in self.records.items()
@@ -282,6 +298,11 @@ class SandboxState:
             if not dataset.notified and dataset.is_terminal(now):
                 dataset.notified = True
                 events.append(Event("dataset_terminal", dataset.company_id, dataset=dataset))
+        for company in self.companies.values():
+            due = schedule.due_sync(company, now)
+            if due is not None:  # Codat's scheduled sync: `latest`, from the last success to the sync time
+                company.scheduled_through = due
+                self.start_sync(company.id, self.latest_range_start(company), due, at=due)
         for sync in self.syncs:
             if not sync.finished and sync.is_terminal(now):
                 sync.finished = True

@@ -79,16 +79,27 @@ LAST_SYNC = {"type": "object", "required": ["code", "meaning", "at", "checkedAt"
     "syncedThrough": {**INSTANT, "description": "where the successful syncs reach (the end of the latest range): "
                       "a `latest` sync starts here, and a record dated earlier that no sync took is late"},
     "checkedAt": {**INSTANT, "description": "when codat-relay last asked Codat (null: never)"}}}
+SYNC_SCHEDULE = {"type": ["object", "null"], "description": "Codat's Sync for Commerce schedule of the company "
+                 "(`GET /config/companies/{companyId}/sync/commerce`); null: not read yet",
+                 "required": ["frequency", "syncHour", "timeZone", "startDate", "fetchedAt", "error"], "properties": {
+    "frequency": {"type": ["string", "null"], "enum": ["Daily", "Monthly", None]},
+    "syncHour": {"type": ["integer", "null"], "minimum": 0, "maximum": 23},
+    "timeZone": {**NULLABLE_STRING, "description": "IANA time zone, e.g. America/New_York"},
+    "startDate": INSTANT, "fetchedAt": {**INSTANT, "description": "when codat-relay last read it"},
+    "error": {**NULLABLE_STRING, "description": "why there is no schedule (not configured, unreadable)"}}}
 PROBLEM = {"type": "object", "required": ["kind", "message"],
            "properties": {"kind": {"enum": list(PROBLEM_KINDS)}, "message": {"type": "string"}}}
 SUMMARY_PROPERTIES: dict[str, Any] = {
     "id": {"type": "string"},
+    "name": {**NULLABLE_STRING, "description": "the company's name in Codat (null: not read yet)"},
     "known": {"enum": ["outbox", "alerts"], "description": "outbox: records or connection events made it a row; "
               "alerts: known only because alerts name it"},
     "paused": {"type": "boolean"}, "pauseReason": {**NULLABLE_STRING, "description": "manual, connection_deleted, …"},
     "connection": CONNECTION, "lastSync": LAST_SYNC,
     "failing": {"type": "boolean", "description": "a person should look: see problems"},
     "problems": {"type": "array", "items": PROBLEM}, "lastAlertAt": INSTANT,
+    "nextSyncAt": {**INSTANT, "description": "when Codat next syncs the company, from its schedule (null: unknown)"},
+    "syncSchedule": SYNC_SCHEDULE,
 }  # fmt: skip
 DATASET = {"type": "object", "required": ["id", "dataType", "status"], "properties": {
     "id": {"type": "string"}, "dataType": {"type": "string"}, "status": {"type": "string"},
@@ -113,7 +124,8 @@ def company_schemas() -> dict[str, Any]:
             "openPushes": {"type": "integer", "minimum": 0},
             "recentDatasets": {"type": "array", "items": DATASET},
             "createdAt": INSTANT, "updatedAt": INSTANT},
-            "examples": [{"id": SAMPLE_COMPANY, "known": "outbox", "paused": False, "pauseReason": None,
+            "examples": [{"id": SAMPLE_COMPANY, "name": "Quickstart Coffee", "known": "outbox", "paused": False,
+                          "pauseReason": None,
                           "connection": {"id": "5b7b1d4e-0c1f-4a53-9f1e-0d2b7c9a1e11", "status": "linked",
                                          "deletedAt": None},
                           "lastSync": {"code": 2000, "meaning": "success", "at": "2025-06-02T10:00:00Z",
@@ -122,6 +134,10 @@ def company_schemas() -> dict[str, Any]:
                           "records": {"commerce-orders": dict.fromkeys(RECORD_STATES, 0) | {"synced": 1}},
                           "failing": False, "problems": [], "lastAlertAt": "2025-06-02T10:00:05Z", "openPushes": 0,
                           "recentDatasets": [], "createdAt": "2025-06-02T09:15:01Z",
+                          "nextSyncAt": "2025-06-03T01:00:00Z",
+                          "syncSchedule": {"frequency": "Daily", "syncHour": 2, "timeZone": "Europe/London",
+                                           "startDate": "2025-05-01T00:00:00Z", "fetchedAt": "2025-06-02T09:15:30Z",
+                                           "error": None},
                           "updatedAt": "2025-06-02T10:01:00Z"}]},
     }  # fmt: skip
 
@@ -129,7 +145,7 @@ def company_schemas() -> dict[str, Any]:
 def company_list_parameters() -> list[dict[str, Any]]:
     flag = {"type": "string", "enum": ["true", "false"]}
     return [
-        {"name": "search", "in": "query", "description": "part of the company id, any case",
+        {"name": "search", "in": "query", "description": "part of the company id or of its name in Codat, any case",
          "schema": {"type": "string", "maxLength": 255}},
         {"name": "failing", "in": "query", "description": "failing (true) or healthy (false) ones only",
          "schema": flag},

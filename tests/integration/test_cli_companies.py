@@ -174,3 +174,27 @@ def test_full_repush_never_sends_a_synced_record_again(tmp_path: Path, db: Path)
         pushes = until(lambda: s.pushes("commerce-orders"), lambda p: len(p) == 2, "the re-push")
         until(lambda: s.record_states("commerce-orders"), lambda c: c == {"accepted": 1, "synced": 1}, "settled")
     assert pushes[1]["recordIds"] == ["not-yet"]
+
+
+def test_list_searches_by_name_and_both_commands_show_the_name_and_next_sync(env: dict[str, str], db: Path) -> None:
+    """`companies list --search` matches Codat's name (any case); list and show print it with the next sync
+    and the schedule it comes from (issues 14 and 15)."""
+    add_company(db)
+    add_company(db, "co-other")
+    sql(db, "UPDATE companies SET name = 'Corner Deli', sync_frequency = 'Daily', sync_hour = 2, "
+            "sync_time_zone = 'America/New_York', schedule_fetched_at = 1800000000, next_sync_at = 1800021600 "
+            "WHERE id = ?", COMPANY)  # fmt: skip
+    listed = run(env, "companies", "list", "--search", "corner DELI")
+    assert listed.returncode == 0, listed.stderr
+    assert "co-cli" in listed.stdout and "co-other" not in listed.stdout
+    assert "Corner Deli" in listed.stdout and "2027-01-15T14:00:00Z" in listed.stdout
+    assert "showing 1 of 1" in listed.stdout
+    as_json = json.loads(run(env, "companies", "list", "--search", "deli", "--json").stdout)
+    assert [(c["id"], c["name"], c["nextSyncAt"]) for c in as_json["results"]] == [
+        (COMPANY, "Corner Deli", "2027-01-15T14:00:00Z")]
+    shown = run(env, "companies", "show", COMPANY)
+    assert shown.returncode == 0, shown.stderr
+    assert "Corner Deli" in shown.stdout and "Daily at 02:00 America/New_York" in shown.stdout
+    assert "2027-01-15T14:00:00Z" in shown.stdout
+    unread = run(env, "companies", "show", "co-other")
+    assert "not read from Codat yet" in unread.stdout

@@ -37,6 +37,14 @@ def test_search_filter_and_act_on_a_company_at_desktop_and_phone_widths(server: 
             page.click("form.filters button[type=submit]")
             page.wait_for_url("**/ui?search=HEALTH*")
             assert [r.get_attribute("data-company-id") for r in page.locator("tr.company").all()] == [f.HEALTHY]
+            page.fill("input[name=search]", "harbour BAKERY")  # Codat's name of the company, any case
+            page.click("form.filters button[type=submit]")
+            page.wait_for_url("**/ui?search=harbour*")
+            assert [r.get_attribute("data-company-id") for r in page.locator("tr.company").all()] == [f.HEALTHY]
+            row = page.locator(f'tr[data-company-id="{f.HEALTHY}"]')
+            assert f.HEALTHY_NAME in row.inner_text()
+            assert "Daily at 02:00 America/New_York" in row.locator('td[data-label="Next sync"]').inner_text()
+            page.screenshot(path=str(SHOTS / "ui-v2-search-by-name.png"), full_page=True)
             page.select_option("select[name=failing]", "true")
             page.fill("input[name=search]", "")
             page.click("form.filters button[type=submit]")
