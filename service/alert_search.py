@@ -112,7 +112,11 @@ def fts_phrase(text: str) -> str:
 
 def text_condition(dialect: str, q: str) -> sa.ColumnElement[bool]:
     if dialect == "postgresql":
-        pattern = "%" + like_escape(bytea_escape(q)) + "%"
+        # The pattern is rendered into the statement (quoted by SQLAlchemy), not sent as a parameter: with a
+        # parameter, asyncpg's prepared statement soon gets PostgreSQL's generic plan, which cannot see how
+        # rare the text is and walks every alert by received_at, filtering (measured: 50 ms at 5,000 alerts,
+        # linear in the table). With the literal, the planner picks the trigram index for rare text.
+        pattern = sa.bindparam("q_pattern", "%" + like_escape(bytea_escape(q)) + "%", literal_execute=True)
         return sa.func.encode(alerts.c.body, "escape").ilike(pattern, escape="\\")
     if len(q) >= SQLITE_TRIGRAM:
         matching = sa.text(f"SELECT rowid FROM {SQLITE_FTS} WHERE {SQLITE_FTS} MATCH :fts_phrase")  # noqa: S608
