@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +32,7 @@ from service.testing import legacy_body, running_app, sandbox_company
 from service.web.app import AppOptions
 from tests.conftest import TEST_AUTH_HEADER, make_settings
 from tests.integration.e2e import CODAT_API_KEY, notification_target
-from tests.integration.harness import free_port, start, stop, wait_http
+from tests.integration.harness import free_port, relay_env, start, stop, wait_http
 
 DEADLINE_S = 60.0
 CODAT_AUTH = {"Authorization": "Basic " + base64.b64encode(CODAT_API_KEY.encode()).decode()}
@@ -164,3 +167,12 @@ def test_the_standard_variables_turn_tracing_on(environ: dict[str, str], exporte
 def test_an_exporter_codat_relay_cannot_use_is_refused_by_name() -> None:
     with pytest.raises(tracing.TracingConfigError, match=r"^OTEL_TRACES_EXPORTER: jaeger"):
         tracing.exporters_from_env({"OTEL_TRACES_EXPORTER": "jaeger"})
+
+
+def test_serve_refuses_an_unknown_exporter_by_name(tmp_path: Path) -> None:
+    """`codat-relay serve` with OTEL_TRACES_EXPORTER=jaeger stops at start-up, exit 1, naming the variable."""
+    env = relay_env(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}", free_port(), OTEL_TRACES_EXPORTER="jaeger")
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve"], env=env, capture_output=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert b"OTEL_TRACES_EXPORTER: jaeger is not one of otlp, console" in done.stderr
