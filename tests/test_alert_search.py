@@ -151,3 +151,19 @@ async def test_text_search_uses_the_backends_index_and_follows_deletes(database_
 
 def _sql(conn: Any, query: sa.Select[Any]) -> str:
     return str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+
+
+NASTY = ['"', "'", '""x"', "\\", "%", "_", "*", "abc*", "NEAR(a b)", "a OR b", "AND", "^abc", "body:abc", "-abc",
+         "é", "😀 emoji", "\u2028line", "   ", "x" * 200, "'; DROP TABLE alerts; --", "\\000", "%_%"]
+
+
+@pytest.mark.parametrize("q", NASTY, ids=[f"nasty-{n}" for n in range(len(NASTY))])
+async def test_any_text_is_a_search_never_an_error(database_url: str, q: str) -> None:
+    """FTS5 query syntax, LIKE wildcards, quotes and SQL are plain text: each finds the alert holding it."""
+    async with running_app(make_settings(database_url)) as (_, client):
+        holder = await deliver(client, other("co-nasty", f"before {q} after"))
+        response = await client.get("/v1/alerts", params={"q": q}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    found = [a["id"] for a in response.json()["results"]]
+    if q.strip() and not any(ch in q for ch in '"\\\u2028'):  # JSON escapes these in the body as received
+        assert found == [holder]
