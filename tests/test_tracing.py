@@ -176,3 +176,69 @@ def test_serve_refuses_an_unknown_exporter_by_name(tmp_path: Path) -> None:
                           check=False)  # fmt: skip
     assert done.returncode == 1
     assert b"OTEL_TRACES_EXPORTER: jaeger is not one of otlp, console" in done.stderr
+
+
+def console_spans(path: Path) -> list[dict[str, Any]]:
+    """The spans a process's console exporter wrote to its stdout (indented JSON objects, one after another)."""
+    text, decoder, spans, at = path.read_text(), json.JSONDecoder(), [], 0
+    while (at := _skip_space(text, at)) < len(text):
+        try:
+            span, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break  # the exporter is writing the next one
+        spans.append(span)
+    return spans
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
+
+
+@pytest.mark.integration
+def test_a_trace_crosses_from_the_web_process_to_a_worker_process(
+    database_url: str, sandbox_url: str, tmp_path: Path
+) -> None:
+    """`codat-relay web` and `codat-relay worker` as two processes, OTEL_TRACES_EXPORTER=console: the
+    worker's job span is the child of the web process's request span, through the job row alone."""
+    company, connection = deleted_connection(sandbox_url)
+    web_port, worker_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with notification_target() as (hook, target):
+        for role, port in (("web", web_port), ("worker", worker_port)):
+            env = relay_env(database_url, port, RELAY_CODAT_BASE_URL=sandbox_url, RELAY_CODAT_API_KEY=CODAT_API_KEY,
+                            RELAY_NOTIFY_WEBHOOK_URL=hook, RELAY_CODAT_REQUESTS_PER_MINUTE="0",
+                            OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME=f"relay-{role}",
+                            OTEL_BSP_SCHEDULE_DELAY="50")  # fmt: skip
+            with (tmp_path / f"{role}.spans").open("wb") as out, (tmp_path / f"{role}.log").open("wb") as log:
+                procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env, stdout=out,
+                                              stderr=log, cwd=Path(__file__).resolve().parents[1]))  # fmt: skip
+        try:
+            wait_http(f"http://127.0.0.1:{web_port}/readyz", procs[0])
+            wait_http(f"http://127.0.0.1:{worker_port}/readyz", procs[1])
+            body = legacy_body("Sync Connection Deleted", CompanyId=company, DataConnectionId=connection, Data={})
+            answer = httpx.post(f"http://127.0.0.1:{web_port}/webhooks/codat", content=json.dumps(body).encode(),
+                                headers={"authorization": TEST_AUTH_HEADER}, timeout=10)  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            deadline = time.monotonic() + DEADLINE_S
+            while not (target.of(company, "connection_deleted") and any(
+                    s["name"] == "notify webhook" for s in console_spans(tmp_path / "worker.spans"))):  # fmt: skip
+                assert time.monotonic() < deadline, "no notify span from the worker"
+                time.sleep(0.1)
+            web = console_spans(tmp_path / "web.spans")
+            worker = console_spans(tmp_path / "worker.spans")
+        finally:
+            for proc in procs:
+                stop(proc)
+
+    received = next(s for s in web if s["name"] == "POST /webhooks/codat")
+    trace_id = received["context"]["trace_id"]
+    mine = {s["name"]: s for s in worker if s["context"]["trace_id"] == trace_id}
+    assert received["resource"]["attributes"]["service.name"] == "relay-web"
+    assert {"job alert", "handler connection_deleted", "codat get_connection", "job notify",
+            "notify webhook"} <= set(mine)  # fmt: skip
+    assert mine["job alert"]["parent_id"] == received["context"]["span_id"]
+    assert mine["job alert"]["resource"]["attributes"]["service.name"] == "relay-worker"
+    assert mine["handler connection_deleted"]["parent_id"] == mine["job alert"]["context"]["span_id"]
+    assert mine["codat get_connection"]["parent_id"] == mine["handler connection_deleted"]["context"]["span_id"]
