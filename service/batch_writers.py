@@ -38,7 +38,8 @@ class BatchWriter(Protocol):
 
 def _job_rows(rows: list[dict[str, Any]], now: float) -> list[tuple[Any, ...]]:
     """The job of each of these alerts, built by the queue, as its raw statements take it."""
-    return [queue.raw_job(queue.alert_job(row["id"], row["company_id"], now=now)) for row in rows]
+    return [queue.raw_job(queue.alert_job(row["id"], row["company_id"], now=now, traceparent=row.get("traceparent")))
+            for row in rows]  # fmt: skip
 
 
 def _pending(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -52,6 +52,10 @@ alerts = sa.Table(
     sa.Index(None, "received_at"),
     sa.Index(None, "company_id", "received_at"),
     sa.Index(None, "status", "received_at"),
+    # Alert search (service/alert_search.py): the exact filters. Text in the body has an index of its own
+    # per backend (migration 0013: pg_trgm GIN, or SQLite FTS5), outside this metadata.
+    sa.Index(None, "dataset_id", "received_at"),
+    sa.Index(None, "type", "received_at"),
 )
 
 ACTIVE_JOBS = sa.text("status IN ('waiting', 'running')")

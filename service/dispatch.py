@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
+from service import queue, tracing
 from service.alerts import parsed_fields, reparse
 from service.db import alerts, bookkeeper, writer
 from service.queue import Job, describe_error
@@ -105,7 +105,9 @@ class AlertJob:
             attempt=attempt,
         )
         try:
-            outcome = await handler(alert, context)
+            with tracing.span(f"handler {alert.kind.value}", attributes={"codat.delivery_id": alert_id}):
+                outcome = await handler(alert, context)
+                tracing.annotate(**{"relay.outcome": outcome.value})
         except asyncio.CancelledError:
             # Shutdown: the job goes back to waiting, so the alert does too (not left `processing`).
             await asyncio.shield(self._set(alert_id, AlertStatus.PENDING))

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import tracing
 from service.alerts import parsed_fields
 from service.batch_writers import batch_writer_for
 from service.clock import Clock
@@ -41,6 +42,7 @@ class Answer(enum.StrEnum):
 class _Pending:
     alert: Alert
     received_at: float
+    traceparent: str | None  # the receiving request's span (tracing on): the alert's job continues its trace
     future: asyncio.Future[Answer] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -98,7 +100,7 @@ class Ingestor:
         await self._writer.close()
 
     async def submit(self, alert: Alert) -> Answer:
-        pending = _Pending(alert, self._clock.now())
+        pending = _Pending(alert, self._clock.now(), tracing.traceparent())
         self._queue.put_nowait(pending)  # unbounded: the body cap and the timeout bound what waits
         try:
             async with asyncio.timeout(self._write_timeout_s):  # no task per request, unlike wait_for
@@ -140,6 +142,9 @@ class Ingestor:
         for item in batch:
             first_seen.setdefault(item.alert.delivery_id, item)
         rows = [alert_row(item.alert, item.received_at) for item in first_seen.values()]
+        for row, item in zip(rows, first_seen.values(), strict=True):
+            if item.traceparent is not None:
+                row["traceparent"] = item.traceparent  # not a column: the batch writer hands it to the job
         inserted = await self._writer.write(rows, self._clock.now())
         return [_answer(item, first_seen, inserted) for item in batch]
 

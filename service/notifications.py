@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import keys, metrics, queue
+from service import keys, metrics, queue, tracing
 from service.clock import iso
 from service.db import notification_dedupe, notifications, writer
 from service.errors import GiveUp
@@ -222,7 +222,9 @@ class NotifyJob:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise GiveUp("notification row is gone")
-        await sender.send(payload(row))  # a failure is retried later, for days: never lost
+        name = str(job.payload.get("sender"))
+        with tracing.span(f"notify {name}", kind=tracing.CLIENT, attributes={"relay.notification.kind": row["kind"]}):
+            await sender.send(payload(row))  # a failure is retried later, for days: never lost
 
 
 async def _claim_windows(conn: AsyncConnection, keys: Sequence[str], now: float, window_s: float) -> set[str]:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import keys
+from service import keys, tracing
 from service.db import bookkeeper, jobs, writer
 
 ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
@@ -122,10 +122,16 @@ def job_values(
     queueing_lock: str | None = None,
     run_at: float | None = None,
 ) -> dict[str, Any]:
-    """One row for `INSERT INTO jobs`, for callers that insert jobs in their own transaction."""
+    """One row for `INSERT INTO jobs`, for callers that insert jobs in their own transaction.
+
+    With tracing on, the payload carries the enqueuing span's trace context (`tracing.TRACE_KEY`), so the
+    job's run joins the trace that asked for it."""
+    payload = dict(payload)
+    if (parent := tracing.traceparent()) is not None:
+        payload.setdefault(tracing.TRACE_KEY, parent)
     return {
         "kind": kind,
-        "payload": dict(payload),
+        "payload": payload,
         "lock_key": lock_key,
         "queueing_lock": queueing_lock,
         "status": _WAITING,
@@ -135,9 +141,12 @@ def job_values(
     }
 
 
-def alert_job(alert_id: str, company_id: str | None, *, now: float) -> dict[str, Any]:
-    """The job row that processes one stored alert: every alert job, however it is inserted, is built here."""
-    return job_values(ALERT_JOB_KIND, {"alert_id": alert_id}, now=now, lock_key=keys.alert_lock(company_id))
+def alert_job(alert_id: str, company_id: str | None, *, now: float, traceparent: str | None = None) -> dict[str, Any]:
+    """The job row that processes one stored alert: every alert job, however it is inserted, is built here.
+
+    `traceparent`: the receiving request's trace context (the batch writer runs outside that request)."""
+    payload = {"alert_id": alert_id} if traceparent is None else {"alert_id": alert_id, tracing.TRACE_KEY: traceparent}
+    return job_values(ALERT_JOB_KIND, payload, now=now, lock_key=keys.alert_lock(company_id))
 
 
 # The webhook receiver's batch writers (service/batch_writers.py) insert alert jobs through raw drivers,

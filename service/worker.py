@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from service import keys, metrics, queue
+from service import keys, metrics, queue, tracing
 from service.clock import Clock
 from service.db import behind_pgbouncer
 from service.dead_jobs import DeadJobObserver
@@ -263,7 +263,15 @@ class Worker:
             function = self._jobs.get(job.kind)
             if function is None:
                 raise GiveUp(f"no job function for kind {job.kind!r}")
-            result = await function(job, job.attempts)
+            if tracing.enabled():
+                # A child of the span that enqueued it (its payload's trace context), in whichever process.
+                attributes = {"relay.job.id": job.id, "relay.job.kind": job.kind, "relay.job.attempt": job.attempts,
+                              "relay.job.queued_s": max(0.0, self._clock.now() - job.run_at)}  # fmt: skip
+                parent = job.payload.get(tracing.TRACE_KEY)
+                with tracing.span(f"job {job.kind}", kind=tracing.CONSUMER, parent=parent, attributes=attributes):
+                    result = await function(job, job.attempts)
+            else:
+                result = await function(job, job.attempts)
         except Exception as exc:  # a job's failure is data for the retry policy, not a crash
             error, result = exc, None
         del self._running[job.id]

@@ -10,7 +10,7 @@ import pytest
 
 from service.cli import entry as cli
 from service.cli.admin import alerts_list
-from service.cli.common import codat_failure
+from service.cli.common import CommandFailed, codat_failure
 from service.codat.models import CodatError, CodatNotFound, CodatRateLimited, CodatUnavailable
 from service.db import create_engine
 from tests import ui_factories as f
@@ -41,6 +41,42 @@ async def test_alerts_received_together_are_listed_by_id_newest_first(
         await engine.dispose()
     assert everything == ["newest", "d", "c", "b", "a"]
     assert first_three == ["newest", "d", "c"]
+
+
+async def test_alerts_search_and_list_q_find_text_in_the_body_and_page_on(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`alerts search TEXT` = `alerts list --q TEXT`, with the API's filters; a further page is named on stderr."""
+    engine = create_engine(make_settings(database_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(f.alert, "needle-1", "co-1", "done", AT)
+            await conn.run_sync(f.alert, "needle-2", "co-2", "done", AT + 1, type_="read.completed")
+            await conn.run_sync(f.alert, "hay-3", "co-1", "done", AT + 2)
+        assert await alerts_list(engine, searched("NEEDLE", "--json")) == 0
+        found = [a["id"] for a in json.loads(capsys.readouterr().out)]
+        assert await alerts_list(engine, parsed("--q", "needle", "--json", "--company", "co-1")) == 0
+        of_co_1 = [a["id"] for a in json.loads(capsys.readouterr().out)]
+        assert await alerts_list(engine, searched("needle", "--json", "--type", "read.completed")) == 0
+        of_type = [a["id"] for a in json.loads(capsys.readouterr().out)]
+        assert await alerts_list(engine, searched("needle", "--json", "--limit", "1")) == 0
+        first = capsys.readouterr()
+        cursor = first.err.split("--cursor ", 1)[1].strip()
+        assert await alerts_list(engine, searched("needle", "--json", "--limit", "1", "--cursor", cursor)) == 0
+        second = capsys.readouterr()
+        with pytest.raises(CommandFailed, match=r"^cursor: "):
+            await alerts_list(engine, searched("needle", "--cursor", "garbage"))
+    finally:
+        await engine.dispose()
+    assert found == ["needle-2", "needle-1"]
+    assert of_co_1 == ["needle-1"]
+    assert of_type == ["needle-2"]
+    assert [a["id"] for a in json.loads(first.out)] == ["needle-2"]
+    assert [a["id"] for a in json.loads(second.out)] == ["needle-1"] and second.err == ""
+
+
+def searched(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["alerts", "search", *argv])
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "1001", "ten", "1e3", " 5"])

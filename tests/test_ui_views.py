@@ -212,3 +212,36 @@ async def test_pages_run_only_the_static_script_and_show_times_in_utc(database_u
                      r"2025-06-15 14:06:40 UTC</time>", pages[2].text)  # fmt: skip
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert b"auto-refresh" in script.content
+
+
+# -- the alerts, searched ---------------------------------------------------------------------------------
+
+
+async def test_alerts_page_searches_the_body_and_pages_on(database_url: str) -> None:
+    """The search box finds text in the body (any case) with the exact filters beside it, 50 a page, and
+    an "Older alerts" link carries the filters and the cursor; what was typed comes back escaped."""
+    engine = create_engine(make_settings(database_url))
+    async with engine.begin() as conn:
+        for n in range(52):
+            await conn.run_sync(f.alert, f"needle-{n:02d}", "co-find", "ignored", NOW + n)
+        await conn.run_sync(f.alert, "hay-1", "co-find", "ignored", NOW + 100)
+        await conn.run_sync(f.alert, "needle-other", "co-else", "ignored", NOW + 101, type_="read.completed")
+    await engine.dispose()
+    async with running_app(make_settings(database_url), clock=FixedClock(NOW)) as (_, client):
+        first = (await client.get("/ui/alerts?q=NEEDLE&company=co-find", headers=ADMIN)).text
+        older = re.search(r'<a href="([^"]+)" rel="next">', first)
+        assert older is not None
+        second = (await client.get(older.group(1).replace("&amp;", "&"), headers=ADMIN)).text
+        by_type = (await client.get("/ui/alerts?type=read.completed", headers=ADMIN)).text
+        escaped = (await client.get("/ui/alerts?q=%3Cb%3Ebold", headers=ADMIN)).text
+        bad = await client.get("/ui/alerts?q=" + "x" * 201, headers=ADMIN)
+        overview = (await client.get("/ui", headers=ADMIN)).text
+    shown = re.findall(r'<tr data-alert-id="([^"]+)">', first)
+    assert shown == [f"needle-{n:02d}" for n in range(51, 1, -1)]
+    assert "q=NEEDLE" in older.group(1) and "company=co-find" in older.group(1)
+    assert re.findall(r'<tr data-alert-id="([^"]+)">', second) == ["needle-01", "needle-00"]
+    assert 'rel="next"' not in second
+    assert re.findall(r'<tr data-alert-id="([^"]+)">', by_type) == ["needle-other"]
+    assert 'value="&lt;b&gt;bold"' in escaped and "<b>bold" not in escaped and "No alerts." in escaped
+    assert bad.status_code == 422 and "q: 1 to 200 characters" in bad.text
+    assert 'href="/ui/alerts"' in overview

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import syncs
+from service.alert_search import AlertSearch, BadSearch, search_alerts
 from service.alert_views import MAX_LIMIT, alert_json
 from service.cli.common import Command, CommandFailed, emit, load_settings_or_fail, with_codat, with_engine
 from service.cli.progress import ProgressBar
@@ -25,17 +26,19 @@ DEFAULT_LIST_LIMIT = 50  # a screenful; the API's default is 100
 
 
 async def alerts_list(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    # The id breaks ties as the API's list does, so alerts received in the same instant keep one order.
-    query = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(args.limit)
-    if args.status:
-        query = query.where(alerts.c.status == args.status)
-    if args.kind:
-        query = query.where(alerts.c.kind == args.kind)
-    if args.company:
-        query = query.where(alerts.c.company_id == args.company)
-    async with engine.connect() as conn:
-        rows = [alert_json(r) for r in (await conn.execute(query)).mappings()]
-    emit(rows, args, ALERT_COLUMNS)
+    """`alerts list` and `alerts search TEXT`: the API's search (service/alert_search.py), newest first.
+    A further page is named on stderr (`--cursor …`), so stdout stays the table or the JSON list."""
+    search = AlertSearch(
+        q=args.q, company=args.company, dataset=args.dataset, delivery=args.delivery, type=args.type,
+        kind=args.kind, status=args.status, limit=args.limit, cursor=args.cursor,
+    )
+    try:
+        page = await search_alerts(engine, search)
+    except BadSearch as exc:
+        raise CommandFailed(str(exc)) from None
+    emit([alert_json(r) for r in page.rows], args, ALERT_COLUMNS)
+    if page.next_cursor is not None:
+        print(f"more: add --cursor {page.next_cursor}", file=sys.stderr)
     return 0
 
 
@@ -136,12 +139,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_
 
     alerts_p = sub.add_parser("alerts", help="inspect and replay received alerts")
     alerts_sub = alerts_p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
-    lst = alerts_sub.add_parser("list", parents=[json_flag], help="newest first")
-    lst.add_argument("--status", choices=[s.value for s in AlertStatus])
-    lst.add_argument("--kind", choices=[k.value for k in AlertKind])
-    lst.add_argument("--company", help="company id")
-    lst.add_argument("--limit", type=list_limit, default=DEFAULT_LIST_LIMIT, help=f"1 to {MAX_LIMIT}")
-    lst.set_defaults(func=with_engine(alerts_list))
+    lst = alerts_sub.add_parser("list", parents=[json_flag], help="newest first, filtered")
+    lst.add_argument("--q", help="text in the body (a substring, any case)")
+    search = alerts_sub.add_parser("search", parents=[json_flag], help="alerts whose body holds TEXT, newest first")
+    search.add_argument("q", metavar="TEXT", help="text in the body (a substring, any case)")
+    for parser in (lst, search):
+        parser.add_argument("--status", choices=[s.value for s in AlertStatus])
+        parser.add_argument("--kind", choices=[k.value for k in AlertKind])
+        parser.add_argument("--company", help="company id")
+        parser.add_argument("--dataset", help="dataset id")
+        parser.add_argument("--delivery", help="delivery id (the alert's id)")
+        parser.add_argument("--type", help="event type exactly as received (e.g. read.completed)")
+        parser.add_argument("--limit", type=list_limit, default=DEFAULT_LIST_LIMIT, help=f"1 to {MAX_LIMIT}")
+        parser.add_argument("--cursor", help="the next page, as a previous page named it")
+        parser.set_defaults(func=with_engine(alerts_list))
     show = alerts_sub.add_parser("show", parents=[json_flag], help="one alert with its raw body")
     show.add_argument("id")
     show.set_defaults(func=with_engine(alerts_show))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from service import migrate
+from service import migrate, tracing
 from service.cli import admin as admin_commands
 from service.cli import companies as companies_commands
 from service.cli import doctor as doctor_commands
@@ -47,6 +47,16 @@ def _warn_if_unauthenticated(settings: Settings) -> None:
         )
 
 
+def _configure_tracing() -> None:
+    """OpenTelemetry from the standard OTEL_* variables (service/tracing.py); off unless an exporter is named."""
+    try:
+        on = tracing.configure_from_env()
+    except tracing.TracingConfigError as exc:
+        raise CommandFailed(str(exc)) from None
+    if on:
+        log.info("tracing_on", exporters=os.environ.get("OTEL_TRACES_EXPORTER"))
+
+
 def _uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     from service.web.server import server_config  # the server's limits live beside the web layer
 
@@ -59,6 +69,7 @@ def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     from service.web.app import AppOptions, create_app
 
     settings = load_settings_or_fail()
+    _configure_tracing()
     # The ingest writer thread hands each batch back through the GIL; at the default 5 ms switch
     # interval a busy event loop made every batch wait up to 5 ms per hand-over (measured: 0.17x).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -86,6 +97,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     from service.web.app import create_worker_app
 
     settings = load_settings_or_fail()
+    _configure_tracing()
     failures: list[str] = []
 
     def worker_exited(error: BaseException | None) -> None:

@@ -22,6 +22,7 @@ import orjson
 import structlog
 from pydantic import SecretStr, ValidationError
 
+from service import tracing
 from service.clock import Clock, SystemClock
 from service.codat.models import (
     DATASET_STATUSES,
@@ -294,12 +295,17 @@ class CodatClient:
         self, endpoint: str, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> httpx.Response | httpx.TransportError:
         await self._pacer.wait()  # every attempt is a request Codat counts against the limit
-        try:
-            async with self._in_flight:
-                response = await self._http.request(method, path, content=body, headers=headers)
-        except httpx.TransportError as exc:  # connect errors and timeouts alike
-            self._observe(endpoint, NO_RESPONSE)
-            return exc
+        # One span per request sent, named by the operation (no ids in span names).
+        with tracing.span(f"codat {endpoint}", kind=tracing.CLIENT,
+                          attributes={"http.request.method": method, "codat.operation": endpoint}):  # fmt: skip
+            try:
+                async with self._in_flight:
+                    response = await self._http.request(method, path, content=body, headers=headers)
+            except httpx.TransportError as exc:  # connect errors and timeouts alike
+                self._observe(endpoint, NO_RESPONSE)
+                tracing.failed(exc)
+                return exc
+            tracing.annotate(**{"http.response.status_code": response.status_code})
         remaining = _int_or_none(response.headers.get("X-Rate-Limit-Remaining"))
         if remaining is not None:
             self.rate_limit_remaining = remaining

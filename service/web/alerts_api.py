@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.alert_search import AlertSearch, BadSearch, search_alerts
 from service.alert_views import DEFAULT_LIMIT, MAX_LIMIT, alert_json
 from service.db import alerts
 from service.dispatch import replay_alert
@@ -35,16 +36,24 @@ def _limit(request: Request) -> int:
 
 @require("admin")
 async def list_alerts(request: Request) -> Response:
-    query = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(_limit(request))
-    if (status := _choice(request, "status", AlertStatus)) is not None:
-        query = query.where(alerts.c.status == status)
-    if (kind := _choice(request, "kind", AlertKind)) is not None:
-        query = query.where(alerts.c.kind == kind)
-    if (company := query_id(request, "companyId")) is not None:
-        query = query.where(alerts.c.company_id == company)
-    async with request.app.state.runtime.engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    return json_response({"results": [alert_json(row) for row in rows]})
+    """Newest first, filtered (all optional, AND): status, kind, companyId, datasetId, deliveryId, type
+    (exact) and q (text in the body); `cursor` is the previous page's nextCursor."""
+    search = AlertSearch(
+        q=request.query_params.get("q") or None,
+        company=query_id(request, "companyId"),
+        dataset=query_id(request, "datasetId"),
+        delivery=query_id(request, "deliveryId"),
+        type=query_id(request, "type"),
+        kind=_choice(request, "kind", AlertKind),
+        status=_choice(request, "status", AlertStatus),
+        limit=_limit(request),
+        cursor=request.query_params.get("cursor") or None,
+    )
+    try:
+        page = await search_alerts(request.app.state.runtime.engine, search)
+    except BadSearch as exc:
+        raise InvalidRequest(str(exc)) from None
+    return json_response({"results": [alert_json(row) for row in page.rows], "nextCursor": page.next_cursor})
 
 
 @require("admin")

@@ -119,6 +119,13 @@ def paths() -> dict[str, Any]:
         {"name": "status", "in": "query", "schema": {"enum": [s.value for s in AlertStatus]}},
         {"name": "kind", "in": "query", "schema": {"enum": [k.value for k in AlertKind]}},
         {"name": "companyId", "in": "query", "schema": {"type": "string"}},
+        {"name": "datasetId", "in": "query", "schema": {"type": "string"}},
+        {"name": "deliveryId", "in": "query", "schema": {"type": "string"}, "description": "the alert's id"},
+        {"name": "type", "in": "query", "schema": {"type": "string"},
+         "description": "the event type exactly as received, e.g. read.completed or Data sync completed"},
+        {"name": "q", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+         "description": "text in the body as received (a substring, any case)"},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "a previous page's nextCursor"},
         limit,
     ]
     return {
@@ -166,8 +173,9 @@ def paths() -> dict[str, Any]:
             {"200": RELAYED, **errors("401", "404"), **CODAT}, parameters=[COMPANY])},
         "/v1/alerts": {"get": operation(
             "Received alerts, newest first", "adminToken",
-            {"200": answer("alerts", {"type": "object", "required": ["results"],
-                                      "properties": {"results": {"type": "array", "items": ref("Alert")}}}),
+            {"200": answer("alerts", {"type": "object", "required": ["results", "nextCursor"], "properties": {
+                "results": {"type": "array", "items": ref("Alert")},
+                "nextCursor": {"type": ["string", "null"], "description": "the next page's cursor (null: the last)"}}}),
              **errors("401", "422")}, parameters=alert_filters)},
         "/v1/alerts/{alertId}": {"get": operation(
             "One alert with its raw body", "adminToken",

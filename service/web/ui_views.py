@@ -14,10 +14,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from handlers import REGISTRY
+from service.alert_search import AlertSearch, BadSearch, search_alerts
 from service.errors import InvalidRequest, NotFound, Rejected
 from service.ids import path_id, path_segment, query_id
 from service.notifications import Kind
-from service.types import AlertKind
+from service.types import AlertKind, AlertStatus
 from service.web import ui, ui_charts, ui_data
 
 SEVERITIES = ("warning", "critical")
@@ -49,6 +50,42 @@ async def alert_page(request: Request) -> Response:
     row = page.row
     return ui.render("alert.html", viewer=viewer, page=page, a=row, flash=flash, here=here,
                      handler=handler_name(row["kind"]), outcome=ui_data.OUTCOMES.get(row["status"]))  # fmt: skip
+
+
+ALERT_FILTERS = ("q", "company", "dataset", "delivery", "type", "kind", "status")
+ALERTS_PER_PAGE = 50
+
+
+def _alert_search(request: Request) -> AlertSearch:
+    params = request.query_params
+    kind, status = params.get("kind") or None, params.get("status") or None
+    if kind is not None and kind not in {k.value for k in AlertKind}:
+        raise InvalidRequest(f"kind: one of {', '.join(k.value for k in AlertKind)}")
+    if status is not None and status not in {s.value for s in AlertStatus}:
+        raise InvalidRequest(f"status: one of {', '.join(s.value for s in AlertStatus)}")
+    return AlertSearch(
+        q=params.get("q") or None, company=query_id(request, "company"), dataset=query_id(request, "dataset"),
+        delivery=query_id(request, "delivery"), type=query_id(request, "type"), kind=kind, status=status,
+        limit=ALERTS_PER_PAGE, cursor=params.get("cursor") or None,
+    )
+
+
+async def alerts_page(request: Request) -> Response:
+    """The alerts, searched: text in the body and the exact filters of `GET /v1/alerts`, newest first."""
+    if (viewer := await ui._viewer(request)) is None:
+        return ui._to_login(request)
+    try:
+        search = _alert_search(request)
+        page = await search_alerts(request.app.state.runtime.engine, search)
+    except BadSearch as exc:
+        return ui._error_page(InvalidRequest(str(exc)), viewer)
+    except Rejected as exc:
+        return ui._error_page(exc, viewer)
+    filters = {k: v for k, v in request.query_params.items() if k in ALERT_FILTERS and v}
+    here = "/ui/alerts" + (f"?{urlencode(filters)}" if filters else "")
+    older = f"/ui/alerts?{urlencode({**filters, 'cursor': page.next_cursor})}" if page.next_cursor else None
+    return ui.render("alerts.html", viewer=viewer, rows=page.rows, filters=filters, here=here, older=older,
+                     kinds=[k.value for k in AlertKind], statuses=[s.value for s in AlertStatus])  # fmt: skip
 
 
 def _notification_query(request: Request) -> ui_data.NotificationQuery:
@@ -101,5 +138,6 @@ def routes() -> list[BaseRoute]:
         Route("/ui/static/ui.js", script, methods=["GET"]),
         Route("/ui/notifications", ui._pages(notifications_page), methods=["GET"]),
         Route("/ui/activity", ui._pages(activity_page), methods=["GET"]),
+        Route("/ui/alerts", ui._pages(alerts_page), methods=["GET"]),
         Route("/ui/alerts/{alert_id:path}", ui._pages(alert_page), methods=["GET"]),
     ]

@@ -16,6 +16,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from service import tracing
 from service.alerts import parse_alert
 from service.clock import Clock
 from service.errors import MalformedPayload, PayloadTooLarge, Rejected, RelayError
@@ -110,6 +111,16 @@ class WebhookEndpoint:
         self._clock = clock
 
     async def handle(self, request: Request) -> Response:
+        if not tracing.enabled():
+            return await self._handle(request)
+        # The trace starts here, or continues the sender's when it sent a W3C `traceparent` header.
+        with tracing.span("POST /webhooks/codat", kind=tracing.SERVER, parent=request.headers,
+                          attributes={"http.request.method": "POST", "http.route": "/webhooks/codat"}):  # fmt: skip
+            response = await self._handle(request)
+            tracing.annotate(**{"http.response.status_code": response.status_code})
+            return response
+
+    async def _handle(self, request: Request) -> Response:
         started = time.perf_counter()
         fields: dict[str, Any] = {}
         outcome = "error"
@@ -119,6 +130,9 @@ class WebhookEndpoint:
             msg_id, signed = self._auth.authenticate(body, request.headers, now)
             alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed, received_at=now)
             fields = {"delivery_id": alert.delivery_id, "type": alert.type, "company_id": alert.company_id}
+            if tracing.enabled():  # the hot path builds no attributes when tracing is off
+                tracing.annotate(**{"codat.delivery_id": alert.delivery_id, "codat.event_type": alert.type,
+                                    "codat.company_id": alert.company_id, "relay.alert_kind": alert.kind.value})
             answer = await self._ingestor.submit(alert)
             outcome = answer.value
             return json_response({"status": answer.value, "id": alert.delivery_id}, ANSWER_STATUS[answer])

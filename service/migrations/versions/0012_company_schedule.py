@@ -4,8 +4,8 @@ Sync for Commerce's `GET /config/companies/{companyId}/sync/commerce` (`Configur
 Codat syncs a company; the relay pushes before then (service/schedules.py). `at_risk_sync_at` is the sync
 staff were last told `sync_at_risk` about, so they hear of it once per sync.
 
-Revision ID: 0015
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
