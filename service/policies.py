@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from service.notifications import NOTIFY_JOB_KIND
 from service.outbox import PUSH_KIND
+from service.purge import PURGE_KIND
 from service.queue import ALERT_JOB_KIND, PRUNE_KIND
 from service.repush import RepushPolicy
 from service.retry import RetryPolicy
@@ -57,6 +58,7 @@ def retry_policies(settings: Settings) -> Mapping[str, RetryPolicy]:
         SYNC_KIND: jobs,
         SWEEP_KIND: jobs,
         PRUNE_KIND: jobs,
+        PURGE_KIND: jobs,  # a purge interrupted is run again: every step deletes what is left
         NOTIFY_JOB_KIND: notify,  # outlives RELAY_MAX_ATTEMPTS: 5 days
     })  # fmt: skip
 

@@ -17,8 +17,10 @@ from service.db import behind_pgbouncer
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
 from service.policies import job_policy, poll_policy, repush_policy, retry_policies
+from service.purge import PURGE_KIND, PurgeJob
 from service.pusher import Pusher
-from service.queue import PRUNE_KIND, Job
+from service.queue import PRUNE_KIND
+from service.retention import Pruner, Retention
 from service.retry import RetryPolicy
 from service.senders import Sender, build_senders
 from service.settings import Settings
@@ -26,8 +28,7 @@ from service.tracking import Tracker
 from service.worker import JobFunction, Periodic, Worker
 
 log = structlog.get_logger("service.runtime")
-PRUNE_EVERY_S = 3600.0
-KEEP_DONE_JOBS_S = 7 * 86400.0
+PRUNE_EVERY_S = 3600.0  # the retention prune (service/retention.py): small batches, every hour
 
 
 def listen_dsn(settings: Settings) -> str | None:
@@ -63,7 +64,8 @@ class Runtime:
             queue.ALERT_JOB_KIND: make_alert_job(REGISTRY, self),
             NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders),
             **pusher.jobs(),
-            PRUNE_KIND: self._prune,
+            PRUNE_KIND: Pruner(self.engine, Retention.from_settings(self.settings), self.clock),
+            PURGE_KIND: PurgeJob(self.engine, self.clock),
         }
         return Worker(
             self.engine,
@@ -79,11 +81,6 @@ class Runtime:
             listen_dsn=listen_dsn(self.settings),
             listen_via_pool=not (self.settings.database_pgbouncer or behind_pgbouncer(self.engine.url)),
         )
-
-    async def _prune(self, _job: Job, _attempt: int) -> None:
-        """Finished jobs would otherwise pile up forever; a week of history is kept for inspection."""
-        removed = await queue.prune(self.engine, self.clock.now() - KEEP_DONE_JOBS_S)
-        log.info("jobs_pruned", removed=removed)
 
     async def start_workers(self) -> None:
         worker = self.build_worker()

@@ -194,6 +194,11 @@ class CodatClient:
         items = data if isinstance(data, list) else [data]
         return self._parse(items, lambda raw: [SyncStatus.model_validate(item) for item in raw])
 
+    async def get_company(self, company_id: str) -> Relayed:
+        """The company as Codat has it now (Platform API `GET /companies/{companyId}`); a deleted one is a
+        `CodatNotFound`."""
+        return self._json(await self._call("get_company", "GET", f"/companies/{_seg(company_id)}"))
+
     async def get_connection(self, company_id: str, connection_id: str) -> Relayed:
         """One connection as Codat has it now (`status`: Linked, Unlinked, Deauthorized, PendingAuth); a deleted
         one is a `CodatNotFound`."""
