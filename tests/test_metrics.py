@@ -215,8 +215,10 @@ async def test_pruned_rows_by_table(sqlite_url: str) -> None:
         before = Scrape((await client.get("/metrics", headers=ADMIN)).text)
         await Pruner(engine, Retention(), clock, pause_s=0).run()
         after = Scrape((await client.get("/metrics", headers=ADMIN)).text)
+
     def moved(table: str) -> float:
-        return after.total("relay_pruned_rows_total", table=table) - before.total("relay_pruned_rows_total", table=table)
+        name = "relay_pruned_rows_total"
+        return after.total(name, table=table) - before.total(name, table=table)
 
     assert (moved("jobs"), moved("alerts")) == (3, 0)
 
