@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import alerts, metadata, notifications, purges
+from service.db import alerts, metadata, notification_dedupe, notifications, purges
 from service.db import records as records_table
 from service.notifications import Kind, Notification
 from service.testing import SANDBOX_API_KEY, running_app, sandbox_company, signed_headers
@@ -213,3 +213,19 @@ async def test_company_deleted_purges_once_codat_confirms_it(relay: Relay, sandb
     assert after.pop("alerts") == kept_before.pop("alerts") + 1  # its own company.deleted, kept as `ignored`
     after.pop("jobs"), kept_before.pop("jobs")  # its alert job
     assert after == kept_before
+
+
+async def test_purge_finds_the_dedupe_windows_of_a_long_company_id(relay: Relay) -> None:
+    """A 240-character company id makes dedupe keys too long to keep whole (cut, then a digest): the purge still
+    finds and deletes its windows, and another company's stay."""
+    long_id, other = "L" * 240, "co-short"
+    for company in (long_id, other):
+        await relay.runtime.notifier.notify(Notification(Kind.SYNC_FAILED, "x", company_id=company, subject="s" * 40))
+    async with relay.engine.connect() as conn:
+        keys = list((await conn.execute(sa.select(notification_dedupe.c.key))).scalars())
+    assert any("#" in key and key.startswith(f"sync_failed|{long_id[:200]}") for key in keys)
+    answer = await relay.client.post(f"/v1/companies/{long_id}/purge", headers=ADMIN)
+    assert answer.status_code == 200 and answer.json()["counts"]["notification_dedupe"] == 1
+    async with relay.engine.connect() as conn:
+        left = list((await conn.execute(sa.select(notification_dedupe.c.key))).scalars())
+    assert left == [key for key in keys if other in key]
