@@ -27,7 +27,6 @@ MAX_ERROR_CHARS = 4_000
 # The periodic retention prune (service/retention.py); named when it pruned only jobs, and kept so a job of
 # this kind still waiting in a database from before runs under the new code.
 PRUNE_KIND = "prune_jobs"
-PRUNE_BATCH_ROWS = 1000  # rows per delete: each a short transaction, so the receiver's commits get between
 
 
 class JobStatus(enum.StrEnum):
@@ -455,14 +454,6 @@ async def release(engine: AsyncEngine, claimed: Sequence[Job], now: float) -> in
                     jobs.update().where(_fenced([job])).values(status="done", finished_at=now, lease_expires_at=None)
                 )
     return released
-
-
-async def prune(engine: AsyncEngine, finished_before: float) -> int:
-    """Delete every done job finished before the given time (dead ones stay for inspection), in batches."""
-    removed = 0
-    while batch := await prune_batch(engine, finished_before, PRUNE_BATCH_ROWS):
-        removed += batch
-    return removed
 
 
 async def prune_batch(engine: AsyncEngine, finished_before: float, limit: int) -> int:
