@@ -174,15 +174,6 @@ async def _audit(
     return int((await conn.execute(purges.insert().values(row).returning(purges.c.id))).scalar_one())
 
 
-async def audit_lines(engine: AsyncEngine, company_id: str | None = None) -> list[dict[str, Any]]:
-    """The audit lines, oldest first (of one company, or all)."""
-    query = sa.select(purges).order_by(purges.c.id)
-    if company_id is not None:
-        query = query.where(purges.c.company_id == company_id)
-    async with engine.connect() as conn:
-        return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-
 async def request_purge(conn: AsyncConnection, company_id: str, *, requested_by: str, now: float) -> int | None:
     """Queue a purge of the company behind its alerts (the same lock key): the alert that asked for it ends
     first, and is purged with the rest. Returns the job's id."""
