@@ -4,6 +4,7 @@ stays, on SQLite and PostgreSQL; SQLite gives the space back."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,8 +26,11 @@ from service.db import (
     records,
 )
 from service.retention import DAY_S, Pruner, Retention
+from service.testing import running_app
+from service.web.app import AppOptions
 from tests import ui_factories as make
 from tests.conftest import make_settings
+from tests.queue_helpers import eventually
 
 NOW = 1_800_000_000.0
 RETENTION = Retention()  # the defaults: alerts 30 d, jobs 7 d, pushes 30 d, versions 30 d, datasets 90 d, notes 90 d
@@ -220,8 +224,6 @@ async def test_zero_days_keeps_a_table_forever(engine: AsyncEngine) -> None:
 async def test_sqlite_gives_the_space_back(tmp_path: Any, sqlite_template: Any) -> None:
     """After pruning 20 MiB of alert bodies the SQLite file shrinks: migration 0012 made it auto_vacuum=INCREMENTAL
     and the prune runs incremental_vacuum until no page is free."""
-    import shutil
-
     path = tmp_path / "space.db"
     shutil.copy(sqlite_template, path)
     engine = create_engine(make_settings(f"sqlite+aiosqlite:///{path}"))
@@ -247,3 +249,25 @@ async def test_sqlite_gives_the_space_back(tmp_path: Any, sqlite_template: Any) 
         assert await pages() < full / 4
     finally:
         await engine.dispose()
+
+
+async def test_the_worker_runs_the_prune_as_its_periodic_job(database_url: str) -> None:
+    """`serve`'s worker schedules `prune_jobs` when it starts and runs it: an alert past its window goes, one
+    inside it stays, and the next run waits an hour."""
+    settings = make_settings(database_url)
+    setup = create_engine(settings)
+    async with setup.begin() as conn:
+        await conn.run_sync(lambda sync: (make.alert(sync, "a-old", "co-1", "done", old(RETENTION.alerts_s)),
+                                          make.alert(sync, "a-new", "co-1", "done", recent(RETENTION.alerts_s))))
+    await setup.dispose()
+    async with running_app(settings, clock=FixedClock(NOW), options=AppOptions(run_workers=True)) as (app, _):
+        engine = app.state.runtime.engine
+
+        async def pruned() -> bool:
+            return await ids(engine, alerts.c.id) == {"a-new"}
+
+        await eventually(pruned)
+        async with engine.connect() as conn:
+            waiting = (await conn.execute(sa.select(jobs.c.run_at).where(
+                jobs.c.kind == "prune_jobs", jobs.c.status == "waiting"))).scalars().all()  # fmt: skip
+        assert waiting == [NOW + 3600]
