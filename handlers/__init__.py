@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from handlers.company import on_company_deleted
 from handlers.connection import on_connection_deleted, on_connection_status
 from handlers.dataset_status import on_dataset_status
 from handlers.push_operation import on_push_operation
@@ -14,4 +15,5 @@ REGISTRY: dict[AlertKind, Handler] = {
     AlertKind.CONNECTION_STATUS: on_connection_status,
     AlertKind.SYNC_COMPLETED: on_sync_completed,
     AlertKind.PUSH_OPERATION: on_push_operation,
+    AlertKind.COMPANY_DELETED: on_company_deleted,
 }

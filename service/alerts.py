@@ -47,6 +47,7 @@ ENVELOPE_KINDS: dict[str, AlertKind] = {
     "connection.reconnected": AlertKind.CONNECTION_STATUS,
     "connection.disconnected": AlertKind.CONNECTION_STATUS,
     "connection.failed": AlertKind.CONNECTION_STATUS,
+    "company.deleted": AlertKind.COMPANY_DELETED,  # the company's data is purged (handlers/company.py)
 }
 # The event types a webhook consumer of this relay subscribes to (`codat-relay subscribe`, `doctor`): every
 # envelope type above, the company and rate-limit events the parser reads (company id, quota), and nothing
@@ -54,7 +55,8 @@ ENVELOPE_KINDS: dict[str, AlertKind] = {
 # each), so `connection.*` is spelt out. `{dataType}.write.*` answer Codat's write APIs, which the relay
 # does not call: not subscribed.
 SUBSCRIBED_EVENT_TYPES: tuple[str, ...] = (
-    *ENVELOPE_KINDS, "company.deleted", "client.rateLimit.reached", "client.rateLimit.reset",
+    *(event for event in ENVELOPE_KINDS if event != "company.deleted"), "company.deleted",
+    "client.rateLimit.reached", "client.rateLimit.reset",
 )  # fmt: skip
 # `{dataType}.write.successful|unsuccessful`: the data type is the event name's first part.
 WRITE_EVENT = re.compile(r"^([A-Za-z][A-Za-z-]*)\.write\.(successful|unsuccessful)$")

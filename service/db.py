@@ -380,6 +380,7 @@ datasets = sa.Table(
     sa.Column("checked_at", sa.Double),
     sa.Index(None, "company_id", "requested_at"),
     sa.Index(None, "terminal", "next_poll_at"),
+    sa.Index(None, "terminal", "updated_at"),  # the retention prune's scan of old finished datasets
 )
 
 # Every push: its id is the Idempotency-Key, and `payload` is kept until the outcome is recorded, so a
@@ -400,6 +401,7 @@ pushes = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("idempotency_key", sa.String(36)),  # this attempt's key; NULL: the push's id (the first's)
     sa.Index(None, "company_id", "data_type", "started_at"),
+    sa.Index(None, "started_at"),  # the retention prune's scan of old pushes
 )
 
 # Which version (and content) of which record went into which push (and so into which dataset): a sync
@@ -423,4 +425,19 @@ ui_sessions = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
     sa.Index(None, "expires_at"),
+)
+
+
+# One line per company purge (service/purge.py owns it): who asked, when, and how many rows of each table
+# went. It holds the company's id and nothing else of its data: the audit trail a GDPR request asks for.
+purges = sa.Table(
+    "purges",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("company_id", sa.String(255), nullable=False),
+    sa.Column("requested_by", sa.String(255), nullable=False),
+    sa.Column("requested_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Index(None, "company_id"),
 )

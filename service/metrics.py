@@ -58,6 +58,11 @@ NOTIFICATIONS = Counter(
     ["kind", "outcome"], registry=REGISTRY,
 )
 
+PRUNED_ROWS = Counter(
+    "relay_pruned_rows", "Rows deleted by the retention prune, by table (`sqlite_pages`: pages given back).",
+    ["table"], registry=REGISTRY,
+)
+
 
 def count_codat_call(endpoint: str, status: int) -> None:
     CODAT_CALLS.labels(endpoint=endpoint, status=str(status)).inc()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 NOTIFY_JOB_KIND = "notify"
 MAX_KEY_CHARS = 255  # notification_dedupe.key
+DIGEST_CHARS = 32  # the hex digest ending a key cut to MAX_KEY_CHARS
 CLAIM_CHUNK = 500  # dedupe keys per upsert: far under both backends' bound-parameter limits
 log = structlog.get_logger("service.notifications")
 
@@ -81,8 +82,20 @@ def dedupe_key(kind: Kind, company_id: str | None, subject: str) -> str:
     if len(key) <= MAX_KEY_CHARS:
         return key
     # Two long ids sharing a prefix must not become one problem: keep a prefix, add a digest of the rest.
-    digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(key.encode(), digest_size=DIGEST_CHARS // 2).hexdigest()
     return f"{key[: MAX_KEY_CHARS - len(digest) - 1]}#{digest}"
+
+
+def company_dedupe_keys(company_id: str) -> sa.ColumnElement[bool]:
+    """The dedupe rows of one company's problems (a purge deletes them), whatever their subject.
+
+    A key too long is cut and digested (`dedupe_key`), so a prefix that would not survive the cut is cut
+    the same way: another company sharing those first 220 characters loses its windows too, which only
+    means its next problem is told at once.
+    """
+    kept = MAX_KEY_CHARS - DIGEST_CHARS - 1
+    prefixes = [f"{kind.value}|{company_id}|"[:kept] for kind in Kind]
+    return sa.or_(*(notification_dedupe.c.key.startswith(prefix, autoescape=True) for prefix in prefixes))
 
 
 async def forget(conn: AsyncConnection, kind: Kind, company_id: str, subject: str) -> None:

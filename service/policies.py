@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from service.late_records import HISTORIC_KIND
 from service.notifications import NOTIFY_JOB_KIND
 from service.outbox import PUSH_KIND
+from service.purge import PURGE_KIND
 from service.queue import ALERT_JOB_KIND, PRUNE_KIND
 from service.repush import RepushPolicy
 from service.retry import RetryPolicy
@@ -63,6 +64,7 @@ def retry_policies(settings: Settings) -> Mapping[str, RetryPolicy]:
         PRUNE_KIND: jobs,
         SCHEDULE_KIND: jobs,  # a schedule read or step that failed; the sweep reads a stale schedule again
         SCHEDULE_SWEEP_KIND: jobs,
+        PURGE_KIND: jobs,  # a purge interrupted is run again: every step deletes what is left
         NOTIFY_JOB_KIND: notify,  # outlives RELAY_MAX_ATTEMPTS: 5 days
     })  # fmt: skip
 

@@ -24,7 +24,9 @@ ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); th
 NOTIFY_CHANNEL = "relay_jobs"
 LEASE_LOST = "lease expired: the worker running this job was lost"
 MAX_ERROR_CHARS = 4_000
-PRUNE_KIND = "prune_jobs"  # the periodic job that calls `prune`
+# The periodic retention prune (service/retention.py); named when it pruned only jobs, and kept so a job of
+# this kind still waiting in a database from before runs under the new code.
+PRUNE_KIND = "prune_jobs"
 
 
 class JobStatus(enum.StrEnum):
@@ -463,13 +465,52 @@ async def release(engine: AsyncEngine, claimed: Sequence[Job], now: float) -> in
     return released
 
 
-async def prune(engine: AsyncEngine, finished_before: float) -> int:
-    """Delete done jobs finished before the given time (dead ones stay for inspection)."""
+async def prune_batch(engine: AsyncEngine, finished_before: float, limit: int) -> int:
+    """One short transaction deleting at most `limit` done jobs finished before the given time (the
+    retention prune's step, service/retention.py); returns how many. Waiting, running and dead jobs stay."""
+    # `run_at` is never later than `finished_at`: the extra bound lets the (status, run_at) index find them.
+    old = sa.select(jobs.c.id).where(
+        jobs.c.status == JobStatus.DONE.value, jobs.c.run_at < finished_before, jobs.c.finished_at < finished_before
+    ).limit(limit)  # fmt: skip
     async with bookkeeper(engine).begin() as conn:
-        result = await conn.execute(
-            jobs.delete().where(jobs.c.status == "done", jobs.c.finished_at < finished_before)
-        )
+        result = await conn.execute(jobs.delete().where(jobs.c.id.in_(old)))
     return int(result.rowcount)
+
+
+def _of_company(company_id: str, notification_ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    """A company's jobs: its alerts' (lock key), those naming it in their payload (pushes, polls, sync
+    checks), and the deliveries of its notifications."""
+    terms = [jobs.c.lock_key == keys.alert_lock(company_id), jobs.c.payload["company_id"].as_string() == company_id]
+    if notification_ids:
+        terms.append(jobs.c.payload["notification_id"].as_string().in_(list(notification_ids)))
+    return sa.or_(*terms)
+
+
+async def count_company_jobs(conn: AsyncConnection, company_id: str, notification_ids: Sequence[str]) -> dict[str, int]:
+    """A company's jobs by status (what `cancel_company_jobs` would delete, and those running)."""
+    query = sa.select(jobs.c.status, sa.func.count()).where(_of_company(company_id, notification_ids))
+    return {status: int(n) for status, n in await conn.execute(query.group_by(jobs.c.status))}
+
+
+async def cancel_company_jobs(
+    conn: AsyncConnection, company_id: str, notification_ids: Sequence[str], limit: int
+) -> int:
+    """Delete at most `limit` of a purged company's jobs that are not running (waiting ones are cancelled,
+    done and dead ones forgotten); returns how many. Running jobs are left to their workers (a deleted
+    running row would let the next job of its key start beside it)."""
+    mine = sa.select(jobs.c.id).where(
+        jobs.c.status != JobStatus.RUNNING.value, _of_company(company_id, notification_ids)
+    ).limit(limit)  # fmt: skip
+    return int((await conn.execute(jobs.delete().where(jobs.c.id.in_(mine)))).rowcount)
+
+
+async def forget_running(conn: AsyncConnection, job: Job) -> bool:
+    """Delete this attempt's own row as its last act (a company purge leaves no job naming the company).
+
+    Only the job itself may: its worker then finds nothing to complete (as for a job taken over), and no
+    later job of its key exists to start beside it, the purge having deleted them all.
+    """
+    return bool((await conn.execute(jobs.delete().where(_fenced([job])))).rowcount)
 
 
 async def holds_lease(conn: AsyncConnection, job: Job, now: float) -> bool:

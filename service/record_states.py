@@ -454,3 +454,52 @@ async def mark_late_told(conn: AsyncConnection, company_id: str, ids: dict[str, 
         mine = sa.and_(records.c.company_id == company_id, records.c.data_type == data_type)
         for chunk in _id_chunks(conn, record_ids):
             await conn.execute(records.update().where(mine, chunk).values(late_told_at=now))
+
+
+# -- retention and purge (service/retention.py, service/purge.py) -----------------------------------------
+# Deletes only: no state moves. `records` holds each record's current version and is never pruned; the
+# history of versions sent is `push_records`, written above by `claim`, so this module deletes it too.
+
+
+async def prune_superseded_versions(conn: AsyncConnection, started_before: float, limit: int) -> int:
+    """Delete at most `limit` rows of version history that nothing needs any more; returns how many.
+
+    A row goes when its push started before `started_before` and is finished, its dataset (if any) has
+    ended, and its version is older than the record's current one. Kept: a record's current version (the
+    one a sync learnt of late asks about), anything in a push or dataset still open.
+    """
+    finished = sa.or_(pushes.c.dataset_id.is_(None), datasets.c.id.is_(None), datasets.c.terminal.is_(True))
+    old = (
+        sa.select(push_records.c.push_id, push_records.c.record_id)
+        .join(pushes, pushes.c.id == push_records.c.push_id)
+        .join(records, sa.and_(records.c.company_id == pushes.c.company_id, records.c.data_type == pushes.c.data_type,
+                               records.c.record_id == push_records.c.record_id))
+        .outerjoin(datasets, datasets.c.id == pushes.c.dataset_id)
+        .where(pushes.c.started_at < started_before, pushes.c.finished_at.is_not(None), finished,
+               push_records.c.version < records.c.version)
+        .limit(limit)
+    )  # fmt: skip
+    stmt = push_records.delete().where(sa.tuple_(push_records.c.push_id, push_records.c.record_id).in_(old))
+    return int((await conn.execute(stmt)).rowcount)
+
+
+async def delete_push_versions(conn: AsyncConnection, push_id: str, limit: int) -> int:
+    """Delete at most `limit` rows of one push's version history (the push itself is going); returns how many."""
+    some = sa.select(push_records.c.record_id).where(push_records.c.push_id == push_id).limit(limit)
+    stmt = push_records.delete().where(push_records.c.push_id == push_id, push_records.c.record_id.in_(some))
+    return int((await conn.execute(stmt)).rowcount)
+
+
+async def count_company_records(conn: AsyncConnection, company_id: str) -> int:
+    return int(await conn.scalar(sa.select(sa.func.count()).where(records.c.company_id == company_id)) or 0)
+
+
+async def purge_company_records(conn: AsyncConnection, company_id: str, limit: int) -> int:
+    """Delete at most `limit` of a purged company's records, every version; returns how many."""
+    some = (
+        sa.select(records.c.data_type, records.c.record_id).where(records.c.company_id == company_id).limit(limit)
+    )
+    stmt = records.delete().where(
+        records.c.company_id == company_id, sa.tuple_(records.c.data_type, records.c.record_id).in_(some)
+    )
+    return int((await conn.execute(stmt)).rowcount)

@@ -17,8 +17,10 @@ from service.db import behind_pgbouncer
 from service.dispatch import make_alert_job
 from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
 from service.policies import job_policy, poll_policy, repush_policy, retry_policies
+from service.purge import PURGE_KIND, PurgeJob
 from service.pusher import Pusher
-from service.queue import PRUNE_KIND, Job
+from service.queue import PRUNE_KIND
+from service.retention import Pruner, Retention
 from service.retry import RetryPolicy
 from service.schedules import SCHEDULE_KIND, Scheduler
 from service.schedules import SWEEP_EVERY_S as SCHEDULE_SWEEP_EVERY_S
@@ -29,8 +31,7 @@ from service.tracking import Tracker
 from service.worker import JobFunction, Periodic, Worker
 
 log = structlog.get_logger("service.runtime")
-PRUNE_EVERY_S = 3600.0
-KEEP_DONE_JOBS_S = 7 * 86400.0
+PRUNE_EVERY_S = 3600.0  # the retention prune (service/retention.py): small batches, every hour
 
 
 def listen_dsn(settings: Settings) -> str | None:
@@ -68,7 +69,8 @@ class Runtime:
             **pusher.jobs(),
             SCHEDULE_KIND: scheduler.run,
             SCHEDULE_SWEEP_KIND: scheduler.sweep,
-            PRUNE_KIND: self._prune,
+            PRUNE_KIND: Pruner(self.engine, Retention.from_settings(self.settings), self.clock),
+            PURGE_KIND: PurgeJob(self.engine, self.clock),
         }
         return Worker(
             self.engine,
@@ -86,11 +88,6 @@ class Runtime:
             listen_dsn=listen_dsn(self.settings),
             listen_via_pool=not (self.settings.database_pgbouncer or behind_pgbouncer(self.engine.url)),
         )
-
-    async def _prune(self, _job: Job, _attempt: int) -> None:
-        """Finished jobs would otherwise pile up forever; a week of history is kept for inspection."""
-        removed = await queue.prune(self.engine, self.clock.now() - KEEP_DONE_JOBS_S)
-        log.info("jobs_pruned", removed=removed)
 
     async def start_workers(self) -> None:
         worker = self.build_worker()

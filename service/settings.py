@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     smtp_url: SecretStr | None = None
     notify_dedupe_seconds: float = Field(default=3600.0, ge=0)
 
+    # Retention (service/retention.py): how long each kind of history is kept, in days; 0 keeps it forever.
+    # Alerts outlive Codat's redeliveries (an endpoint failing for 5 days is disabled: service/policies.py), so a
+    # late redelivery of one still finds its delivery id and is stored only once.
+    retain_alerts_days: float = Field(default=30.0, ge=0)
+    retain_jobs_days: float = Field(default=7.0, ge=0)
+    retain_pushes_days: float = Field(default=30.0, ge=0)
+    retain_record_versions_days: float = Field(default=30.0, ge=0)
+    retain_datasets_days: float = Field(default=90.0, ge=0)
+    # At least the 5 days a notification is retried for (service/policies.py): a waiting one is never pruned
+    # anyway, but a shorter window would prune the history of what staff were told before they read it.
+    retain_notifications_days: float = Field(default=90.0, ge=0)
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

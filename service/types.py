@@ -26,6 +26,7 @@ class AlertKind(enum.StrEnum):
     SYNC_COMPLETED = "sync_completed"
     PUSH_OPERATION = "push_operation"
     CONNECTION_STATUS = "connection_status"
+    COMPANY_DELETED = "company_deleted"
     OTHER = "other"
 
 

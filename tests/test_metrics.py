@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics, queue
 from service.clock import FixedClock
-from service.db import records
+from service.db import jobs, records
 from service.notifications import Kind, Notification
+from service.retention import Pruner, Retention
 from service.runtime import Runtime
 from service.testing import SANDBOX_AUTH, legacy_body, running_app, running_sandbox
 from service.web.app import AppOptions
@@ -200,6 +201,26 @@ async def test_queue_depth_and_oldest_waiting_age(sqlite_url: str) -> None:
     assert first.value("relay_jobs", status="waiting") == 2
     assert (first.value("relay_jobs_oldest_waiting_seconds"), second.value("relay_jobs_oldest_waiting_seconds")) == (
         30.0, 45.0)  # fmt: skip
+
+
+async def test_pruned_rows_by_table(sqlite_url: str) -> None:
+    """relay_pruned_rows_total{table} counts, per table, the rows the retention prune deleted."""
+    clock = FixedClock(1_750_000_000.0)
+    async with running_app(make_settings(sqlite_url), clock=clock) as (app, client):  # no workers: we prune
+        engine = app.state.runtime.engine
+        old = clock.now() - 8 * 86_400
+        async with engine.begin() as conn:
+            await conn.execute(jobs.insert(), [{"kind": "k", "payload": {}, "status": "done", "attempts": 1,
+                                                "run_at": old, "created_at": old, "finished_at": old}] * 3)  # fmt: skip
+        before = Scrape((await client.get("/metrics", headers=ADMIN)).text)
+        await Pruner(engine, Retention(), clock, pause_s=0).run()
+        after = Scrape((await client.get("/metrics", headers=ADMIN)).text)
+
+    def moved(table: str) -> float:
+        name = "relay_pruned_rows_total"
+        return after.total(name, table=table) - before.total(name, table=table)
+
+    assert (moved("jobs"), moved("alerts")) == (3, 0)
 
 
 def test_every_family_is_asserted_here() -> None:

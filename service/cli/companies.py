@@ -1,4 +1,4 @@
-"""`codat-relay companies show / pause / resume / repush`: the admin API's company actions, from a shell.
+"""`codat-relay companies show / pause / resume / repush / purge`: the admin API's company actions, from a shell.
 
 They call the same functions as the API (service/companies.py, service/outbox.py) straight on the
 database; a running worker picks up the pushes they schedule.
@@ -7,6 +7,8 @@ database; a running worker picks up the pushes they schedule.
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +20,7 @@ from service.companies import REPUSH_COUNTS_COLUMNS, company_view, full_repush, 
 from service.errors import NotFound
 from service.health import MAX_PAGE, PROBLEM_KINDS, CompanyQuery, list_companies
 from service.outbox import MANUAL_PAUSE, State
+from service.purge import purge_company
 from service.records import DATA_TYPES, MODELS
 
 LIST_COLUMNS = ("id", "name", "paused", "connection", "failing", "next sync", "records", "problems")
@@ -136,6 +139,40 @@ async def companies_repush(engine: AsyncEngine, args: argparse.Namespace) -> int
     return 0
 
 
+def _purge_confirmed(company_id: str, counts: dict[str, int], args: argparse.Namespace) -> bool:
+    if args.yes:
+        return True
+    rows = sum(counts.values())
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"{rows} rows of company {company_id} would be deleted for good: pass --yes to confirm")
+    answer = input(f"Delete {rows} rows of company {company_id} for good (only an audit line stays)? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def companies_purge(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """Delete everything of a company but an audit line; `--dry-run` counts what would go, per table."""
+    clock = SystemClock()
+    who = f"cli {getpass.getuser()}"
+    survey = await purge_company(engine, args.id, requested_by=who, clock=clock, dry_run=True)
+    if not survey.found:
+        raise CommandFailed(f"no company {args.id}")
+    if args.dry_run or not _purge_confirmed(args.id, survey.counts, args):
+        if not args.dry_run:
+            raise CommandFailed("not confirmed; nothing deleted")
+        result = survey
+    else:
+        result = await purge_company(engine, args.id, requested_by=who, clock=clock)
+    if args.json:
+        emit(result.answer(), args)
+        return 0
+    print_table([{"table": table, "rows": rows} for table, rows in result.counts.items()], ("table", "rows"))
+    verb = "would be deleted (dry run: nothing was)" if result.dry_run else f"deleted; audit line {result.purge_id}"
+    print(f"\n{sum(result.counts.values())} rows of company {args.id} {verb}.")
+    if result.running_jobs:
+        print(f"{result.running_jobs} of its jobs were running and are left to finish.")
+    return 0
+
+
 DEFAULT_LIST_LIMIT = 100
 
 
@@ -168,5 +205,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_
     )  # fmt: skip
     repush.add_argument("--data-type", choices=sorted(DATA_TYPES), help="only this data type")
     repush.set_defaults(func=with_engine(companies_repush))
-    for parser in (show, pause, resume, repush):
+    prg = actions.add_parser(
+        "purge", parents=[json_flag],
+        help="delete every record, alert, dataset, push and notification of a company, and cancel its jobs; "
+             "an audit line stays",
+    )  # fmt: skip
+    prg.add_argument("--dry-run", action="store_true", help="count what would be deleted, per table; delete nothing")
+    prg.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed off a terminal)")
+    prg.set_defaults(func=with_engine(companies_purge))
+    for parser in (show, pause, resume, repush, prg):
         parser.add_argument("id", metavar="ID", help="Codat company id")

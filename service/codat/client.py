@@ -195,15 +195,16 @@ class CodatClient:
         items = data if isinstance(data, list) else [data]
         return self._parse(items, lambda raw: [SyncStatus.model_validate(item) for item in raw])
 
+    async def get_company(self, company_id: str) -> Relayed:
+        """The company as Codat has it now (Platform API `GET /companies/{companyId}`); a deleted one is a
+        `CodatNotFound`. Its `name` is what staff search by (service/schedules.py)."""
+        return self._json(await self._call("get_company", "GET", f"/companies/{_seg(company_id)}"))
+
     async def get_connection(self, company_id: str, connection_id: str) -> Relayed:
         """One connection as Codat has it now (`status`: Linked, Unlinked, Deauthorized, PendingAuth); a deleted
         one is a `CodatNotFound`."""
         path = f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}"
         return self._json(await self._call("get_connection", "GET", path))
-
-    async def get_company(self, company_id: str) -> Relayed:
-        """The company as Codat has it (platform `get-company`): its `name` is what staff search by."""
-        return self._json(await self._call("get_company", "GET", f"/companies/{_seg(company_id)}"))
 
     async def get_sync_configuration(self, company_id: str) -> Relayed:
         """Sync for Commerce's `get-configuration` (`GET /config/companies/{companyId}/sync/commerce`,

@@ -1,4 +1,4 @@
-"""The company endpoints of the admin API (`RELAY_ADMIN_TOKEN`): list, show, pause, resume, full re-push."""
+"""The company endpoints of the admin API (`RELAY_ADMIN_TOKEN`): list, show, pause, resume, full re-push, purge."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from service.errors import InvalidRequest, NotFound
 from service.health import DEFAULT_PAGE, MAX_PAGE, PROBLEM_KINDS, CompanyQuery, decode_cursor, list_companies
 from service.ids import path_id, query_id
 from service.outbox import MANUAL_PAUSE
+from service.purge import purge_company
 from service.records import DATA_TYPES, MODELS
 from service.runtime import Runtime
 from service.web.auth import require
@@ -19,6 +20,7 @@ from service.web.responses import json_response
 from service.web.webhooks import read_capped
 
 MAX_BODY_BYTES = 16 * 1024  # {"dataType": …}: anything longer is not a re-push request
+PURGE_BY_API = "api admin token"  # who asked, in the purge's audit line: the admin token is one role
 
 
 @require("admin")
@@ -118,11 +120,45 @@ async def repush_endpoint(request: Request) -> Response:
     return json_response(result.answer(), 202)
 
 
+def _dry_run(raw: bytes) -> bool:
+    """The body `{"dryRun"?: true}` (or none at all): whether to count only."""
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object: {"dryRun"?: true}')
+    if unknown := sorted(set(body) - {"dryRun"}):
+        raise InvalidRequest(f"{unknown[0]}: unknown field; the body holds only dryRun")
+    dry_run = body.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidRequest("dryRun: true or false")
+    return dry_run
+
+
+@require("admin")
+async def purge_endpoint(request: Request) -> Response:
+    """`POST /v1/companies/{companyId}/purge`: delete everything of the company but an audit line (200 with
+    rows deleted per table); `{"dryRun": true}` answers the counts and deletes nothing. 404: nothing known."""
+    runtime: Runtime = request.app.state.runtime
+    company_id = path_id(request, "company_id", "company")
+    dry_run = _dry_run(await read_capped(request, MAX_BODY_BYTES))
+    survey = await purge_company(runtime.engine, company_id, requested_by=PURGE_BY_API, clock=runtime.clock,
+                                 dry_run=True)  # fmt: skip
+    if not survey.found:
+        raise NotFound(f"no company {company_id}")
+    if dry_run:
+        return json_response(survey.answer())
+    result = await purge_company(runtime.engine, company_id, requested_by=PURGE_BY_API, clock=runtime.clock)
+    return json_response(result.answer())
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1/companies", list_endpoint, methods=["GET"]),
         Route("/v1/companies/{company_id}/pause", pause, methods=["POST"]),
         Route("/v1/companies/{company_id}/resume", resume, methods=["POST"]),
         Route("/v1/companies/{company_id}/repush", repush_endpoint, methods=["POST"]),
+        Route("/v1/companies/{company_id}/purge", purge_endpoint, methods=["POST"]),
         Route("/v1/companies/{company_id}", show_company, methods=["GET"]),
     ]

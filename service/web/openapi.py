@@ -108,6 +108,11 @@ SCHEMAS: dict[str, Any] = {
                "properties": {"id": {"type": "string"}, "paused": {"type": "boolean"},
                               **{n: {"type": "integer", "minimum": 0} for n in REPUSH_COUNTS_COLUMNS},
                               "byDataType": {"type": "object", "additionalProperties": {"type": "object"}}}},
+    "Purge": {"type": "object", "required": ["companyId", "dryRun", "counts", "runningJobs", "purgeId"],
+              "properties": {"companyId": {"type": "string"}, "dryRun": {"type": "boolean"},
+                             "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                             "runningJobs": {"type": "integer", "minimum": 0},
+                             "purgeId": {"type": ["integer", "null"]}}},
     "Queued": {"type": "object", "required": ["status", "id"],
                "properties": {"status": {"type": "string"}, "id": {}}},
 }
@@ -157,6 +162,13 @@ def paths() -> dict[str, Any]:
                            **errors("401", "404", "422")}, parameters=[COMPANY],
             requestBody=body({"type": "object", "additionalProperties": False, "properties": {
                 "dataType": {"enum": DATA_TYPES}}}, required=False))},
+        "/v1/companies/{companyId}/purge": {"post": operation(
+            "Purge a company: delete its records, alerts, datasets, pushes and notifications and cancel its jobs; "
+            "an audit line stays. `dryRun` counts per table and deletes nothing", "adminToken",
+            {"200": answer("rows per table deleted (or, dry run, to delete)", ref("Purge")),
+             **errors("401", "404", "422")}, parameters=[COMPANY],
+            requestBody=body({"type": "object", "additionalProperties": False, "properties": {
+                "dryRun": {"type": "boolean"}}}, required=False))},
         "/v1/companies/{companyId}/sync/latest": {"post": operation(
             "Ask Codat to sync up to `syncTo` (default now)", "adminToken",
             {"200": RELAYED, **errors("401", "404", "422"), **CODAT}, parameters=[COMPANY],

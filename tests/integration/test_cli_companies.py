@@ -198,3 +198,30 @@ def test_list_searches_by_name_and_both_commands_show_the_name_and_next_sync(env
     assert "2027-01-15T14:00:00Z" in shown.stdout
     unread = run(env, "companies", "show", "co-other")
     assert "not read from Codat yet" in unread.stdout
+
+
+def test_purge_asks_counts_with_dry_run_and_needs_yes_off_a_terminal(db: Path, env: dict[str, str]) -> None:
+    """`companies purge ID --dry-run` prints rows per table and deletes nothing; without `--yes` off a terminal it
+    exits 1 deleting nothing; with `--yes` the company's rows go and one audit line names the operator."""
+    add_company(db, **{"o-1": "pending", "o-2": "synced"})
+    add_company(db, "co-other", **{"x-1": "pending"})
+    dry = run(env, "companies", "purge", COMPANY, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    answer = json.loads(dry.stdout)
+    assert answer["dryRun"] is True and answer["counts"]["records"] == 2 and answer["counts"]["companies"] == 1
+    assert len(sql(db, "SELECT 1 FROM records WHERE company_id = ?", COMPANY)) == 2
+
+    refused = run(env, "companies", "purge", COMPANY)
+    assert refused.returncode == 1 and "pass --yes to confirm" in refused.stderr
+    assert len(sql(db, "SELECT 1 FROM records WHERE company_id = ?", COMPANY)) == 2
+
+    done = run(env, "companies", "purge", COMPANY, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "rows of company co-cli deleted; audit line 1" in done.stdout
+    assert sql(db, "SELECT company_id FROM records") == [("co-other",)]
+    assert sql(db, "SELECT id FROM companies") == [("co-other",)]
+    [(company, who, counts)] = sql(db, "SELECT company_id, requested_by, counts FROM purges")
+    assert company == COMPANY and who.startswith("cli ") and json.loads(counts)["records"] == 2
+
+    unknown = run(env, "companies", "purge", "co-nobody", "--yes")
+    assert unknown.returncode == 1 and "no company co-nobody" in unknown.stderr
