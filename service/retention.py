@@ -239,7 +239,7 @@ class Pruner:
                     return
                 before = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0)
                 await conn.exec_driver_sql(
-                    f"INSERT INTO alerts_fts(alerts_fts, rank) VALUES ('merge', -{FTS_MERGE_PAGES})")
+                    "INSERT INTO alerts_fts(alerts_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
                 changed = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0) - before
             if changed <= 1:
                 return
