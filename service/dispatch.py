@@ -15,9 +15,10 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
+from service import problems, queue
 from service.alerts import parsed_fields, reparse
 from service.db import alerts, bookkeeper, writer
+from service.notifications import Kind
 from service.queue import Job, describe_error
 from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Deps, Handler, Shape
 
@@ -113,10 +114,20 @@ class AlertJob:
         except Exception as exc:
             await self._set(alert_id, AlertStatus.PENDING, error=describe_error(exc))
             raise
+        if row["attempts"] > 1:  # it ran before: it may have died, and a replay that works ends that problem
+            await self._resolve_dead(alert_id)
         if batched:
             return AlertStatus(outcome.value)
         await self._set(alert_id, AlertStatus(outcome.value), error=None)
         return None
+
+    async def _resolve_dead(self, alert_id: str) -> None:
+        async with self._deps.engine.connect() as conn:
+            if not await problems.any_open(conn, Kind.ALERT_DEAD.value, [alert_id]):
+                return
+        async with writer(self._deps.engine).begin() as conn:
+            await self._deps.notifier.resolve(conn, "the alert was processed", kinds=[Kind.ALERT_DEAD],
+                                              subjects=[alert_id])  # fmt: skip
 
     def _mark_started(self, alert_ids: list[str], now: float) -> sa.Update:
         """Load alerts and mark this processing run in one statement: `processing` when a handler will

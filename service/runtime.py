@@ -61,7 +61,7 @@ class Runtime:
         pusher = Pusher(self)
         jobs: dict[str, JobFunction] = {
             queue.ALERT_JOB_KIND: make_alert_job(REGISTRY, self),
-            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders),
+            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders, self.notifier),
             **pusher.jobs(),
             PRUNE_KIND: self._prune,
         }

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import keys, queue, repush
+from service import keys, problems, queue, repush
 from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_success
 from service.codat.models import SYNC_STATUS_MEANINGS
 from service.datasets import GONE, Applied, apply_dataset_status, load
@@ -167,6 +167,7 @@ class Tracker:
             await repush.after_failure(conn, applied, self._deps.notifier, self.repush, now)
         elif applied.changed:
             await repush.after_complete(conn, applied)
+            await repush.resolve_failures(conn, applied, self._deps.notifier)
         log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,
                  data_type=applied.data_type, status=applied.status, records=applied.records)  # fmt: skip
 
@@ -227,6 +228,12 @@ class Tracker:
             # replace; and a push closing (outbox lock, then the company's pause) cannot deadlock with this.
             for data_type in sorted(MODELS):
                 await lock_outbox(conn, company_id, data_type)
+            if latest is not None and is_success(latest.sync_status_code):
+                # The company's latest sync succeeded: its failed syncs are over (staff hear so).
+                await self._deps.notifier.resolve(
+                    conn, f"a sync succeeded ({latest.sync_status_code})", kinds=[Kind.SYNC_FAILED],
+                    company_id=company_id,
+                )  # fmt: skip
             before, known = await record_sync_check(
                 conn, company_id, code=latest.sync_status_code if latest else None,
                 at=_ts(latest.sync_utc) if latest else None, success_at=success_at, now=now,
@@ -325,3 +332,23 @@ async def tell_conflicts(
         )  # fmt: skip
 
     await notifier.notify_new(conn, Kind.UPDATE_CONFLICT, company_id, [f"{data_type}:{i}" for i in ids], build)
+
+
+async def resolve_conflicts(
+    notifier: Any, conn: AsyncConnection, company_id: str, data_type: str, sent: set[str], still: set[str]
+) -> int:
+    """Records in conflict that intake just got again with the books' own content: those conflicts are over.
+
+    `sent` are the ids of the request, `still` those of them that are (still) in conflict after it.
+    """
+    if not sent:
+        return 0
+    candidates = await problems.open_rows(conn, kinds=[Kind.UPDATE_CONFLICT.value], company_id=company_id,
+                                          data_type=data_type)  # fmt: skip
+    prefix = f"{data_type}:"
+    settled = [row["id"] for row in candidates
+               if (rid := str(row["subject"]).removeprefix(prefix)) in sent and rid not in still]  # fmt: skip
+    if not settled:
+        return 0
+    return int(await notifier.resolve(conn, "the record was sent again with the content the books hold",
+                                      kinds=[Kind.UPDATE_CONFLICT], ids=settled))  # fmt: skip

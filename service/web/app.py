@@ -25,7 +25,18 @@ from service.errors import Rejected, RetryLater
 from service.ingest import WRITE_TIMEOUT_S, Ingestor
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from service.web import alerts_api, companies_api, docs, jobs_api, openapi, records_api, syncs_api, ui, ui_views
+from service.web import (
+    alerts_api,
+    companies_api,
+    docs,
+    jobs_api,
+    openapi,
+    problems_api,
+    records_api,
+    syncs_api,
+    ui,
+    ui_views,
+)
 from service.web.auth import require
 from service.web.responses import error_response, json_response
 from service.web.throttle import FailureThrottle
@@ -169,6 +180,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             *ops_routes(),
             *alerts_api.routes(),
             *jobs_api.routes(),
+            *problems_api.routes(),
             *ui.routes(),
             *ui_views.routes(),
             *records_api.routes(),

@@ -110,6 +110,15 @@ SCHEMAS: dict[str, Any] = {
                               "byDataType": {"type": "object", "additionalProperties": {"type": "object"}}}},
     "Queued": {"type": "object", "required": ["status", "id"],
                "properties": {"status": {"type": "string"}, "id": {}}},
+    "Problem": {"type": "object", "required": ["id", "kind", "state", "subject", "count", "openedAt", "ageSeconds"],
+                "properties": {
+        "id": {"type": "string"}, "kind": {"type": "string"}, "state": {"enum": ["open", "acknowledged", "resolved"]},
+        "companyId": {"type": ["string", "null"]}, "subject": {"type": "string"},
+        "dataType": {"type": ["string", "null"]}, "summary": {"type": "string"}, "count": {"type": "integer"},
+        "openedAt": {"type": "string"}, "lastSeenAt": {"type": "string"},
+        "acknowledgedAt": {"type": ["string", "null"]}, "acknowledgedBy": {"type": ["string", "null"]},
+        "resolvedAt": {"type": ["string", "null"]},
+        "ageSeconds": {"type": "number", "description": "since it opened; until it resolved, for a resolved one"}}},
 }
 
 
@@ -185,6 +194,20 @@ def paths() -> dict[str, Any]:
             {"202": answer("queued", ref("Queued")), **errors("401", "404"),
              "409": answer("the job is not dead", ref("Error"))},
             parameters=[path_param("jobId", "job id", pattern="^[0-9]+$")])},
+        "/v1/problems": {"get": operation(
+            "Problems staff were told of, newest first, with their age", "adminToken",
+            {"200": answer("problems", {"type": "object", "required": ["results"],
+                                        "properties": {"results": {"type": "array", "items": ref("Problem")}}}),
+             **errors("401", "422")},
+            parameters=[{"name": "status", "in": "query", "description": "open: every unresolved one (`state` too)",
+                         "schema": {"enum": ["open", "acknowledged", "resolved"]}},
+                        {"name": "companyId", "in": "query", "schema": {"type": "string"}}, limit])},
+        "/v1/problems/{problemId}/ack": {"post": operation(
+            "Acknowledge a problem (it stays open until its condition clears)", "adminToken",
+            {"200": answer("the problem", ref("Problem")), **errors("401", "404")},
+            parameters=[path_param("problemId", "problem id")],
+            requestBody=body({"type": "object", "additionalProperties": False,
+                              "properties": {"by": {"type": "string"}}}, required=False))},
         "/v1/alerts/{alertId}/replay": {"post": operation(
             "Process an alert again", "adminToken",
             {"202": answer("queued", ref("Queued")), **errors("401", "404")}, parameters=[ALERT])},
