@@ -160,6 +160,17 @@ def listing(*, state: State | None, company_id: str | None, limit: int) -> sa.Se
     return query
 
 
+def age(seconds: float) -> str:
+    """3d 4h, 2h 5m, 7m 12s, 40s: enough to see what is old at a glance."""
+    whole = int(seconds)
+    days, hours, minutes = whole // 86400, whole % 86400 // 3600, whole % 3600 // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {whole % 60}s" if minutes else f"{whole}s"
+
+
 def problem_json(row: RowMapping, now: float) -> dict[str, Any]:
     """A problem as the API, the CLI and the page show it; `ageSeconds` runs until it resolved."""
     until = row["resolved_at"] if row["resolved_at"] is not None else now

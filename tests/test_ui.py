@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.clock import FixedClock
-from service.db import alerts, create_engine, jobs
+from service.db import alerts, create_engine, jobs, writer
+from service.notifications import Kind, Notification, Notifier
 from service.testing import running_app
 from service.web import ui, ui_data
 from service.web.ui_data import CompanyHealth
@@ -421,3 +422,30 @@ async def test_failed_logins_and_bearer_guesses_are_throttled_per_address(databa
     assert webhook.status_code == 202
     assert after.status_code == 200
     assert guesses == [401, 401, 401, 429]
+
+
+async def test_open_problems_are_listed_with_their_age_and_can_be_acknowledged(database_url: str) -> None:
+    """The overview lists open problems (kind, company, age); Acknowledge keeps one listed, marked by whom;
+    a resolved one leaves the list; an unknown one is 404."""
+    async with seeded(database_url) as (client, engine, clock, _):
+        notifier = Notifier(engine, ["log"], dedupe_s=3600, clock=clock)
+        await notifier.notify(Notification(Kind.SYNC_FAILED, "Codat sync failed with 4000", company_id=f.FAILING,
+                                           subject="sync-1"))  # fmt: skip
+        await notifier.notify(Notification(Kind.UPDATE_CONFLICT, "1 orders record changed", company_id=f.FAILING,
+                                           subject="orders:o-1"))  # fmt: skip
+        clock.advance(125)
+        csrf = await log_in(client)
+        page = (await client.get("/ui")).text
+        rows = dict(re.findall(r'<tr data-problem-id="([0-9a-f]{32})" data-state="open">(.*?)</tr>', page, re.S))
+        sync_failed = next(pid for pid, row in rows.items() if "sync failed" in row)
+        pressed = await client.post(f"/ui/problems/{sync_failed}/ack", data={"csrf": csrf, "next": "/ui"})
+        after = (await client.get("/ui")).text
+        async with writer(engine).begin() as conn:
+            await notifier.resolve(conn, "a sync succeeded", kinds=[Kind.SYNC_FAILED], company_id=f.FAILING)
+        resolved = (await client.get("/ui")).text
+        unknown = await client.post("/ui/problems/nope/ack", data={"csrf": csrf})
+    assert len(rows) == 2 and all(f.FAILING in row and "2m 5s" in row for row in rows.values())
+    assert pressed.headers["location"] == "/ui?flash=acknowledged"
+    assert f'data-problem-id="{sync_failed}" data-state="acknowledged"' in after and "Sync Health page" in after
+    assert sync_failed not in resolved and 'data-testid="open-problems">1<' in resolved
+    assert unknown.status_code == 404

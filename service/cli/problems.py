@@ -18,20 +18,9 @@ DEFAULT_LIST_LIMIT = 50
 DEFAULT_BY = "cli"
 
 
-def age(seconds: float) -> str:
-    """3d 4h, 2h 5m, 7m 12s, 40s: enough to see what is old at a glance."""
-    whole = int(seconds)
-    days, hours, minutes = whole // 86400, whole % 86400 // 3600, whole % 3600 // 60
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {whole % 60}s" if minutes else f"{whole}s"
-
-
 def _shown(row: Any, now: float, args: argparse.Namespace) -> dict[str, Any]:
     view = problems.problem_json(row, now)
-    return view if args.json else {**view, "age": age(view["ageSeconds"])}
+    return view if args.json else {**view, "age": problems.age(view["ageSeconds"])}
 
 
 async def problems_list(engine: AsyncEngine, args: argparse.Namespace) -> int:

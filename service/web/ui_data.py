@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import health
+from service import health, problems
 from service.codat.models import ERROR_STATUSES
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
 from service.health import RECORD_STATES, CompanyHealth
@@ -24,6 +25,7 @@ from service.types import AlertStatus
 
 MAX_DEAD_JOBS = 200
 RECENT_ALERTS = 20
+OPEN_PROBLEMS = 100  # the newest open problems on the overview; `codat-relay problems list` has them all
 RECENT_DATASETS = 20
 TIMELINE_PER_SOURCE = 50
 BAD_PUSH_OUTCOMES = frozenset({"abandoned", "rejected"})
@@ -37,6 +39,7 @@ class Overview:
     total: int = 0  # companies matching the filters, every page
     next_cursor: str | None = None
     failing_total: int = 0  # failing companies in all, whatever the filters
+    open_problems: list[dict[str, Any]] = field(default_factory=list)  # as the API shows them, with their age
 
 
 def job_company(row: RowMapping) -> str | None:
@@ -52,16 +55,19 @@ def _sort_key(company: CompanyHealth) -> tuple[bool, str]:
     return (not company.failing, company.id)  # failing first, then by id
 
 
-async def overview(engine: AsyncEngine, query: health.CompanyQuery | None = None) -> Overview:
-    """One page of companies (failing first within it), as filtered; the dead jobs; the latest alerts."""
+async def overview(engine: AsyncEngine, query: health.CompanyQuery | None = None, now: float = 0.0) -> Overview:
+    """One page of companies (failing first within it), as filtered; the dead jobs; the latest alerts; the
+    open problems (newest first, their age as of `now`)."""
     page = await health.list_companies(engine, query or health.CompanyQuery())
     failing = await health.list_companies(engine, health.CompanyQuery(failing=True, limit=1))
     async with engine.connect() as conn:
         dead_jobs = await _dead_jobs(conn)
         recent = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(RECENT_ALERTS)
         recent_alerts = list((await conn.execute(recent)).mappings().all())
+        listing = problems.listing(state=problems.State.OPEN, company_id=None, limit=OPEN_PROBLEMS)
+        open_problems = [problems.problem_json(row, now) for row in (await conn.execute(listing)).mappings()]
     return Overview(sorted(page.results, key=_sort_key), dead_jobs, recent_alerts, page.total, page.next_cursor,
-                    failing.total)  # fmt: skip
+                    failing.total, open_problems)  # fmt: skip
 
 
 @dataclass(frozen=True)
