@@ -169,23 +169,28 @@ async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
     away). Its dead jobs, if any, end superseded by the new one, so the dead-jobs list stays true.
     """
     async with writer(engine).begin() as conn:
-        row = (
-            await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id, alerts.c.kind,
-                                         alerts.c.generated_at, alerts.c.received_at)
-                               .where(alerts.c.id == alert_id))
-        ).first()  # fmt: skip
-        if row is None:
-            return False
-        values: dict[str, Any] = {"status": AlertStatus.PENDING.value, "updated_at": now}
-        company_id = row.company_id
-        alert = reparse(alert_id, row.shape, bytes(row.body), row.received_at)
-        if alert is not None and alert.kind is not AlertKind.OTHER:  # never trade what was understood for less
-            values.update(parsed_fields(alert))
-            if row.kind != AlertKind.OTHER.value:
-                # Its ordering time was decided on arrival, knowing whether the body was signed.
-                values["generated_at"] = row.generated_at
-            company_id = alert.company_id
-        await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
-        job_id = await queue.enqueue_row(conn, queue.alert_job(alert_id, company_id, now=now))
-        await queue.supersede_dead_alert(conn, alert_id, by_job=job_id, reason="replayed", now=now)
+        return await replay_alert_in(conn, alert_id, now)
+
+
+async def replay_alert_in(conn: AsyncConnection, alert_id: str, now: float) -> bool:
+    """`replay_alert` in the caller's transaction (a bulk replay moves its cursor in the same one)."""
+    row = (
+        await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id, alerts.c.kind,
+                                     alerts.c.generated_at, alerts.c.received_at)
+                           .where(alerts.c.id == alert_id))
+    ).first()  # fmt: skip
+    if row is None:
+        return False
+    values: dict[str, Any] = {"status": AlertStatus.PENDING.value, "updated_at": now}
+    company_id = row.company_id
+    alert = reparse(alert_id, row.shape, bytes(row.body), row.received_at)
+    if alert is not None and alert.kind is not AlertKind.OTHER:  # never trade what was understood for less
+        values.update(parsed_fields(alert))
+        if row.kind != AlertKind.OTHER.value:
+            # Its ordering time was decided on arrival, knowing whether the body was signed.
+            values["generated_at"] = row.generated_at
+        company_id = alert.company_id
+    await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
+    job_id = await queue.enqueue_row(conn, queue.alert_job(alert_id, company_id, now=now))
+    await queue.supersede_dead_alert(conn, alert_id, by_job=job_id, reason="replayed", now=now)
     return True

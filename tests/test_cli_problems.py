@@ -11,10 +11,10 @@ import pytest
 from service.cli import entry as cli
 from service.cli.common import CommandFailed
 from service.cli.problems import problems_ack, problems_list
-from service.problems import age
 from service.clock import FixedClock
 from service.db import create_engine
 from service.notifications import Kind, Notification, Notifier
+from service.problems import age
 from tests.conftest import make_settings
 
 

@@ -47,3 +47,9 @@ def test_only_the_problems_module_writes_problems() -> None:
     """`problems` opens, counts, reopens, acknowledges and resolves in service/problems.py alone."""
     writes = table_writes("problems")
     assert writes and all(write.startswith("service/problems.py:") for write in writes), writes
+
+
+def test_only_the_replays_module_writes_replay_runs() -> None:
+    """A bulk replay's run and cursor move in service/replays.py alone."""
+    writes = table_writes("replay_runs")
+    assert writes and all(write.startswith("service/replays.py:") for write in writes), writes

@@ -1,0 +1,143 @@
+"""Bulk replay and bulk retry (service/replays.py) on both backends: the dry run counts what the run does,
+an interrupted run resumed by its id acts on each item once, and the rate is held (injected clock)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import replays
+from service.clock import FixedClock
+from service.db import create_engine, jobs, replay_runs
+from service.errors import InvalidRequest
+from service.queue import ALERT_JOB_KIND
+from tests import ui_factories as f
+from tests.conftest import make_settings
+
+T0 = 1_750_000_000.0
+MATCHING = [f"m-{i:02d}" for i in range(12)]  # dead alerts of co-1 inside the range
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Dead alerts of co-1 in [T0, T0+12), plus ones the filter leaves out: another company, another status,
+    before and after the range. Every alert is as the worker leaves a dead one (its job dead too)."""
+    created = create_engine(make_settings(database_url))
+    async with created.begin() as conn:
+        for i, alert_id in enumerate(MATCHING):
+            await conn.run_sync(f.dead_alert, alert_id, "co-1", T0 + i)
+        await conn.run_sync(f.dead_alert, "other-company", "co-2", T0 + 1)
+        await conn.run_sync(f.dead_alert, "too-early", "co-1", T0 - 10)
+        await conn.run_sync(f.dead_alert, "too-late", "co-1", T0 + 100)
+        await conn.run_sync(f.alert, "done-one", "co-1", "done", T0 + 2)
+    try:
+        yield created
+    finally:
+        await created.dispose()
+
+
+FILTER = replays.Filter(company="co-1", status="dead", since=T0, until=T0 + 50)
+
+
+async def replayed(engine: AsyncEngine) -> Counter[str]:
+    """Waiting alert jobs per alert: one per replay."""
+    query = sa.select(jobs.c.payload).where(jobs.c.kind == ALERT_JOB_KIND, jobs.c.status == "waiting")
+    async with engine.connect() as conn:
+        return Counter(str(p["alert_id"]) for p in (await conn.execute(query)).scalars())
+
+
+async def test_the_dry_run_counts_exactly_what_the_run_replays(engine: AsyncEngine) -> None:
+    """Dry run: the count and the first ids, nothing changed; the run then replays that many, those alerts."""
+    clock = FixedClock(T0 + 1000)
+    preview = await replays.preview(engine, replays.ALERTS, FILTER, clock.now())
+    untouched = await replayed(engine)
+    run = await replays.open_run(engine, replays.ALERTS, FILTER, clock.now())
+    ended = await replays.execute(engine, run, clock, replays.Pacer(None, clock))
+    counts = await replayed(engine)
+    assert preview["count"] == len(MATCHING) == ended.done and ended.finished
+    assert preview["sample"] == MATCHING[: replays.SAMPLE]
+    assert untouched == Counter()
+    assert counts == Counter(MATCHING)
+
+
+class Interrupted(Exception):
+    pass
+
+
+async def test_an_interrupted_run_resumed_by_its_id_replays_each_alert_once(engine: AsyncEngine) -> None:
+    """The run stops after 5 alerts (as a kill would); the same run id continues with the 6th: 12 replays in all."""
+    clock = FixedClock(T0 + 1000)
+    waits = 0
+
+    async def dying_sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    class DiesAfterFive(replays.Pacer):
+        async def wait(self) -> None:
+            nonlocal waits
+            waits += 1
+            if waits == 6:
+                raise Interrupted
+            await super().wait()
+
+    run = await replays.open_run(engine, replays.ALERTS, FILTER, clock.now(), run_id="nightly-1")
+    with pytest.raises(Interrupted):
+        await replays.execute(engine, run, clock, DiesAfterFive(100.0, clock, dying_sleep))
+    after_crash = await replayed(engine)
+    resumed = await replays.open_run(engine, replays.ALERTS, replays.Filter(), clock.now(), run_id="nightly-1")
+    left = await replays.remaining(engine, resumed)
+    ended = await replays.execute(engine, resumed, clock, replays.Pacer(None, clock))
+    counts = await replayed(engine)
+    assert after_crash == Counter(MATCHING[:5])
+    assert (resumed.done, resumed.cursor_id, left) == (5, MATCHING[4], 7)
+    assert ended.done == 12 and counts == Counter(MATCHING)  # each once
+    with pytest.raises(InvalidRequest):  # the run keeps its filter: another one with its id is refused
+        await replays.open_run(engine, replays.ALERTS, replays.Filter(company="co-2"), clock.now(), run_id="nightly-1")
+
+
+async def test_the_rate_is_held_on_an_injected_clock(engine: AsyncEngine) -> None:
+    """--rate 4: twelve alerts start 0.25 s apart (the clock only moves when the pacer sleeps)."""
+    clock = FixedClock(T0 + 1000)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    started: list[float] = []
+    run = await replays.open_run(engine, replays.ALERTS, FILTER, clock.now())
+    await replays.execute(engine, run, clock, replays.Pacer(4.0, clock, sleep), progress=lambda *_: started.append(
+        clock.now()))  # fmt: skip
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(started)]
+    assert len(started) == 12 and gaps == [0.25] * 11
+    assert round(sum(slept), 6) == 2.75
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, 1001.0])
+def test_a_rate_outside_its_range_is_refused(rate: float) -> None:
+    with pytest.raises(InvalidRequest):
+        replays.Pacer(rate, FixedClock())
+
+
+async def test_bulk_retry_of_dead_jobs_by_kind(engine: AsyncEngine) -> None:
+    """Dead push jobs of one kind: the dry run counts them, the run brings each back to waiting once."""
+    async with engine.begin() as conn:
+        pushes = [await conn.run_sync(f.job, "push", {"company_id": f"c{i}"}, "dead", T0 + i) for i in range(3)]
+        await conn.run_sync(f.job, "push", {"company_id": "alive"}, "done", T0)
+    clock = FixedClock(T0 + 1000)
+    flt = replays.Filter(kind="push")
+    preview = await replays.preview(engine, replays.JOBS, flt, clock.now())
+    run = await replays.open_run(engine, replays.JOBS, flt, clock.now())
+    ended = await replays.execute(engine, run, clock, replays.Pacer(None, clock))
+    async with engine.connect() as conn:
+        states = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.kind == "push"))).all())
+        stored: Any = (await conn.execute(sa.select(replay_runs))).mappings().one()
+    assert preview["count"] == 3 == ended.done and preview["sample"] == pushes
+    assert [states[i] for i in pushes] == ["waiting"] * 3
+    assert stored["finished_at"] is not None and stored["cursor_id"] == str(pushes[-1])
