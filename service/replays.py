@@ -14,6 +14,7 @@ The alerts' time is `received_at`; the jobs' is `created_at`. Jobs change only t
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ ALERTS, JOBS = "alerts", "jobs"
 BATCH = 100  # items read per query; each is still replayed in its own transaction
 SAMPLE = 10  # ids a dry run shows
 MAX_RATE = 1000.0  # items per second; a replay is a few writes, and the workers must keep up
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # replay_runs.id
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -129,6 +131,8 @@ async def open_run(engine: AsyncEngine, target: str, flt: Filter, now: float, ru
     attempt and simply rerun the same command after an interruption. A known run keeps its own filter:
     a different filter given with its id is refused rather than silently ignored.
     """
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise InvalidRequest("runId: 1 to 32 letters, digits, '-' or '_'")
     async with writer(engine).begin() as conn:
         if run_id is not None:
             row = (await conn.execute(sa.select(replay_runs).where(replay_runs.c.id == run_id))).mappings().first()

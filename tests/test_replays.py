@@ -17,10 +17,13 @@ from service.clock import FixedClock
 from service.db import create_engine, jobs, replay_runs
 from service.errors import InvalidRequest
 from service.queue import ALERT_JOB_KIND
+from service.testing import running_app
 from tests import ui_factories as f
-from tests.conftest import make_settings
+from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.queue_helpers import eventually
 
 T0 = 1_750_000_000.0
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 MATCHING = [f"m-{i:02d}" for i in range(12)]  # dead alerts of co-1 inside the range
 
 
@@ -141,3 +144,32 @@ async def test_bulk_retry_of_dead_jobs_by_kind(engine: AsyncEngine) -> None:
     assert preview["count"] == 3 == ended.done and preview["sample"] == pushes
     assert [states[i] for i in pushes] == ["waiting"] * 3
     assert stored["finished_at"] is not None and stored["cursor_id"] == str(pushes[-1])
+
+
+async def test_the_admin_api_dry_runs_then_replays_in_the_background(engine: AsyncEngine, database_url: str) -> None:
+    """`POST /v1/alerts/replay` with `dryRun` answers the count; without, 202 and the run goes on in the
+    background until `GET /v1/replays/{id}` says finished, having replayed exactly that many; bad filters 422."""
+    body = {"companyId": "co-1", "status": "dead", "since": "2025-06-15T15:06:40Z", "until": "2025-06-15T15:07:30Z"}
+    async with running_app(make_settings(database_url), clock=FixedClock(T0 + 1000)) as (_, client):
+        dry = await client.post("/v1/alerts/replay", json={**body, "dryRun": True}, headers=ADMIN)
+        started = await client.post("/v1/alerts/replay", json={**body, "runId": "api-run"}, headers=ADMIN)
+
+        async def finished() -> bool:
+            shown = await client.get("/v1/replays/api-run", headers=ADMIN)
+            return bool(shown.json()["finished"])
+
+        await eventually(finished, 30)
+        shown = (await client.get("/v1/replays/api-run", headers=ADMIN)).json()
+        bad = [await client.post("/v1/alerts/replay", json=b, headers=ADMIN) for b in (
+            {"status": "gone"}, {"since": "yesterday"}, {"rate": 0}, {"limit": 3}, {"runId": "x" * 40},
+            {"since": "2025-06-15T15:07:30Z", "until": "2025-06-15T15:06:40Z"})]  # fmt: skip
+        jobs_dry = await client.post("/v1/jobs/retry", json={"kind": "alert", "dryRun": True}, headers=ADMIN)
+        missing = await client.get("/v1/replays/nope", headers=ADMIN)
+        anonymous = await client.post("/v1/alerts/replay", json={"dryRun": True})
+    assert dry.status_code == 200 and dry.json()["count"] == len(MATCHING)
+    assert started.status_code == 202 and started.json()["remaining"] == len(MATCHING)
+    assert shown["done"] == len(MATCHING) and shown["cursor"]["id"] == MATCHING[-1]
+    assert await replayed(engine) == Counter(MATCHING)
+    assert [r.status_code for r in bad] == [422] * 6
+    assert jobs_dry.json()["count"] == 3  # the dead alert jobs left: another company's, and two outside the range
+    assert (missing.status_code, anonymous.status_code) == (404, 401)

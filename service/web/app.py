@@ -33,6 +33,7 @@ from service.web import (
     openapi,
     problems_api,
     records_api,
+    replays_api,
     syncs_api,
     ui,
     ui_views,
@@ -178,6 +179,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
         routes=[
             Route("/webhooks/codat", endpoint.handle, methods=["POST"]),
             *ops_routes(),
+            *replays_api.routes(),  # before /v1/alerts/{id}: `replay` is no alert id here
             *alerts_api.routes(),
             *jobs_api.routes(),
             *problems_api.routes(),
