@@ -3,7 +3,9 @@ an interrupted run resumed by its id acts on each item once, and the rate is hel
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import replays
+from service.cli import entry as cli
+from service.cli.admin import alerts_replay
+from service.cli.replays import jobs_retry
 from service.clock import FixedClock
 from service.db import create_engine, jobs, replay_runs
 from service.errors import InvalidRequest
@@ -173,3 +178,36 @@ async def test_the_admin_api_dry_runs_then_replays_in_the_background(engine: Asy
     assert [r.status_code for r in bad] == [422] * 6
     assert jobs_dry.json()["count"] == 3  # the dead alert jobs left: another company's, and two outside the range
     assert (missing.status_code, anonymous.status_code) == (404, 401)
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(list(argv))
+
+
+async def test_the_cli_dry_run_then_the_run_by_filter(engine: AsyncEngine, capsys: pytest.CaptureFixture[str]) -> None:
+    """`alerts replay --company --status --since --until --dry-run --json` counts; with `--yes --rate 1000/s`
+    it replays those and prints its run; `jobs retry --kind alert --dry-run` counts the dead jobs left."""
+    window = ("--since", "2025-06-15T15:06:40Z", "--until", "2025-06-15T15:07:30Z")
+    dry = parsed("alerts", "replay", "--company", "co-1", "--dead", *window, "--dry-run", "--json")
+    assert await alerts_replay(engine, dry) == 0
+    counted = json.loads(capsys.readouterr().out)
+    real = parsed("alerts", "replay", "--company", "co-1", "--status", "dead", *window, "--yes", "--rate", "1000/s",
+                  "--json")  # fmt: skip
+    assert await alerts_replay(engine, real) == 0
+    out = capsys.readouterr()
+    assert await jobs_retry(engine, parsed("jobs", "retry", "--kind", "alert", "--dry-run", "--json")) == 0
+    jobs_left = json.loads(capsys.readouterr().out)
+    assert counted["count"] == len(MATCHING) == json.loads(out.out)["replayed"]
+    assert f"run {json.loads(out.out)['runId']} ({len(MATCHING)} to go" in out.err
+    assert await replayed(engine) == Counter(MATCHING)
+    assert jobs_left["count"] == 3
+
+
+@pytest.mark.parametrize("argv", [("alerts", "replay"), ("alerts", "replay", "a-1", "--dead"),
+                                  ("alerts", "replay", "a-1", "--yes"), ("alerts", "replay", "--rate", "0"),
+                                  ("alerts", "replay", "--since", "yesterday"), ("jobs", "retry", "--rate", "x"),
+                                  ("alerts", "replay", "--dead", "--status", "done")])  # fmt: skip
+def test_bad_bulk_usage_exits_2(argv: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(argv))
+    assert exited.value.code == 2
