@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,10 +23,10 @@ import sqlalchemy as sa
 from handlers.connection import on_connection_deleted, on_connection_status
 from service import queue
 from service.clock import FixedClock
-from service.db import notifications, records, writer
+from service.db import create_engine, notifications, records, writer
 from service.db import problems as problems_table
 from service.dispatch import make_alert_job
-from service.notifications import NOTIFY_JOB_KIND, Kind, Notification, NotifyJob
+from service.notifications import NOTIFY_JOB_KIND, Kind, Notification, Notifier, NotifyJob
 from service.retry import RetryPolicy
 from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH, running_app, sandbox_company, signed_headers
 from service.tracking import SYNC_KIND
@@ -34,7 +35,7 @@ from service.web.app import AppOptions
 from service.worker import Worker
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
 from tests.integration.harness import free_port, start, stop, wait_http
-from tests.queue_helpers import eventually
+from tests.queue_helpers import eventually, job_rows, leased_job
 from tests.test_connection_problems import event as connection_event
 from tests.test_connection_problems import not_found, relay
 from tests.test_notifications import Target, serving
@@ -359,3 +360,42 @@ async def test_problems_are_listed_filtered_and_acknowledged(database_url: str) 
     assert resolved[0]["ageSeconds"] == 15  # its age stopped when it resolved
     assert (bad.status_code, bad_limit.status_code, bad_body.status_code) == (422, 422, 422)
     assert (missing.status_code, anonymous.status_code) == (404, 401)
+
+
+class Recording:
+    """A notification target that takes everything (the generic webhook's messages, as dicts)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.received.append(message)
+
+
+async def test_a_target_that_lost_notifications_resolves_when_it_delivers_again(database_url: str) -> None:
+    """The webhook target's notify job dies → `alert_dead` (undelivered:webhook), told to the e-mail target;
+    the next notification of that company reaches the webhook → resolved, told to both."""
+    clock = FixedClock()
+    engine = create_engine(make_settings(database_url))
+    webhook, email = Recording(), Recording()
+    notifier = Notifier(engine, ["email", "webhook"], dedupe_s=3600, clock=clock)
+    deliver = NotifyJob(engine, {"webhook": webhook, "email": email}, notifier)
+    try:
+        lost = await notifier.notify(Notification(Kind.SYNC_FAILED, "sync failed", company_id="co-1", subject="s-1"))
+        dead = await leased_job(engine, NOTIFY_JOB_KIND, {"notification_id": lost, "sender": "webhook"}, clock.now())
+        await notifier.job_dead(dead, "HTTPStatusError: 503")
+        clock.advance(60)
+        later = await notifier.notify(Notification(Kind.SYNC_FAILED, "sync failed", company_id="co-1", subject="s-2"))
+        await deliver(await leased_job(engine, NOTIFY_JOB_KIND, {"notification_id": later, "sender": "webhook"},
+                                       clock.now()), 1)  # fmt: skip
+        problems = {p["subject"]: p for p in await _rows(engine, problems_table)}
+        told = [(n["kind"], n["event"], n["problem_id"]) for n in await _rows(engine, notifications)]
+        queued = await job_rows(engine, kind=NOTIFY_JOB_KIND, status="waiting")
+    finally:
+        await engine.dispose()
+    undelivered = problems["undelivered:webhook"]
+    assert undelivered["kind"] == "alert_dead" and undelivered["resolved_at"] == clock.now()
+    assert ("alert_dead", "opened", undelivered["id"]) in told and ("alert_dead", "resolved", undelivered["id"]) in told
+    # the loss was told to the e-mail target only; its resolution goes to every target
+    by_sender = Counter(j["payload"]["sender"] for j in queued)
+    assert by_sender == Counter({"email": 4, "webhook": 3})
