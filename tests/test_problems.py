@@ -399,3 +399,24 @@ async def test_a_target_that_lost_notifications_resolves_when_it_delivers_again(
     # the loss was told to the e-mail target only; its resolution goes to every target
     by_sender = Counter(j["payload"]["sender"] for j in queued)
     assert by_sender == Counter({"email": 4, "webhook": 3})
+
+
+async def test_our_refused_api_key_resolves_when_codat_takes_a_push(database_url: str) -> None:
+    """401 on a push → `auth_required` (subject api_key); the key fixed, the next push is taken → resolved."""
+    refusing = [True]
+
+    def codat(request: httpx.Request) -> httpx.Response:
+        if refusing[0]:
+            return httpx.Response(401, json={"statusCode": 401, "error": "Unauthorized"})
+        return httpx.Response(200, json={"datasetId": f"ds-{uuid.uuid4().hex[:8]}"})
+
+    async with relay(database_url, codat) as r:
+        with pytest.raises(Exception, match=r"401|Unauthorized"):
+            await r.push("commerce-orders")
+        opened = await _rows(r.runtime.engine, problems_table)
+        refusing[0] = False
+        await r.push("commerce-orders")
+        after = await _rows(r.runtime.engine, problems_table)
+        told = sorted(n["event"] for n in await _rows(r.runtime.engine, notifications))
+    assert [(p["kind"], p["subject"], p["resolved_at"]) for p in opened] == [("auth_required", "api_key", None)]
+    assert after[0]["resolved_at"] is not None and told == ["opened", "resolved"]
