@@ -115,7 +115,10 @@ class AlertJob:
             await self._set(alert_id, AlertStatus.PENDING, error=describe_error(exc))
             raise
         if row["attempts"] > 1:  # it ran before: it may have died, and a replay that works ends that problem
-            await self._resolve_dead(alert_id)
+            try:
+                await self._resolve_dead(alert_id)
+            except Exception:  # bookkeeping only: the handler's work is done; the next replay tries again
+                log.warning("problem_resolve_failed", exc_info=True)
         if batched:
             return AlertStatus(outcome.value)
         await self._set(alert_id, AlertStatus(outcome.value), error=None)

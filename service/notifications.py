@@ -263,7 +263,10 @@ class NotifyJob:
         if row is None:
             raise GiveUp("notification row is gone")
         await sender.send(payload(row))  # a failure is retried later, for days: never lost
-        await self._delivered(str(job.payload.get("sender")), row["company_id"])
+        try:
+            await self._delivered(str(job.payload.get("sender")), row["company_id"])
+        except Exception:  # bookkeeping only: the message went, so the job must not run (and send) again
+            log.warning("problem_resolve_failed", sender=job.payload.get("sender"), exc_info=True)
 
     async def _delivered(self, sender: str, company_id: str | None) -> None:
         """A target that lost notifications delivers again: that `alert_dead` problem is over."""
