@@ -426,7 +426,7 @@ async def test_failed_logins_and_bearer_guesses_are_throttled_per_address(databa
 
 async def test_open_problems_are_listed_with_their_age_and_can_be_acknowledged(database_url: str) -> None:
     """The overview lists open problems (kind, company, age); Acknowledge keeps one listed, marked by whom;
-    a resolved one leaves the list; an unknown one is 404."""
+    a resolved one leaves the list (the company's page keeps it a week); an unknown one is 404."""
     async with seeded(database_url) as (client, engine, clock, _):
         notifier = Notifier(engine, ["log"], dedupe_s=3600, clock=clock)
         await notifier.notify(Notification(Kind.SYNC_FAILED, "Codat sync failed with 4000", company_id=f.FAILING,
@@ -443,9 +443,13 @@ async def test_open_problems_are_listed_with_their_age_and_can_be_acknowledged(d
         async with writer(engine).begin() as conn:
             await notifier.resolve(conn, "a sync succeeded", kinds=[Kind.SYNC_FAILED], company_id=f.FAILING)
         resolved = (await client.get("/ui")).text
+        company = (await client.get(f"/ui/companies/{f.FAILING}")).text
         unknown = await client.post("/ui/problems/nope/ack", data={"csrf": csrf})
     assert len(rows) == 2 and all(f.FAILING in row and "2m 5s" in row for row in rows.values())
     assert pressed.headers["location"] == "/ui?flash=acknowledged"
     assert f'data-problem-id="{sync_failed}" data-state="acknowledged"' in after and "Sync Health page" in after
     assert sync_failed not in resolved and 'data-testid="open-problems">1<' in resolved
+    # the company's page keeps the week's resolved ones beside the open ones
+    assert f'data-problem-id="{sync_failed}" data-state="resolved"' in company
+    assert sum(f'data-problem-id="{pid}" data-state="open"' in company for pid in rows) == 1
     assert unknown.status_code == 404

@@ -289,7 +289,8 @@ async def company_page(request: Request) -> Response:
         company_id = path_id(request, "company_id", "company")
     except NotFound as exc:
         return _error_page(exc, viewer)
-    page = await ui_data.company_page(request.app.state.runtime.engine, company_id)
+    runtime = request.app.state.runtime
+    page = await ui_data.company_page(runtime.engine, company_id, runtime.clock.now())
     if page is None:
         return _error_page(NotFound(f"codat-relay knows no company {company_id}"), viewer)
     flash = FLASHES.get(request.query_params.get("flash", ""))

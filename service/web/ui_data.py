@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service import health, problems
 from service.codat.models import ERROR_STATUSES
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
+from service.db import problems as problems_table
 from service.health import RECORD_STATES, CompanyHealth
 from service.notifications import NOTIFY_JOB_KIND
 from service.queue import ALERT_JOB_KIND, JobStatus
@@ -25,6 +26,8 @@ from service.types import AlertStatus
 
 MAX_DEAD_JOBS = 200
 RECENT_ALERTS = 20
+COMPANY_PROBLEMS = 50
+RESOLVED_SHOWN_S = 7 * 86400.0
 OPEN_PROBLEMS = 100  # the newest open problems on the overview; `codat-relay problems list` has them all
 RECENT_DATASETS = 20
 TIMELINE_PER_SOURCE = 50
@@ -136,10 +139,11 @@ class CompanyPage:
     dead_jobs: list[RowMapping]
     timeline: list[Event]
     bad_records: list[dict[str, object]]
+    problems: list[dict[str, Any]] = field(default_factory=list)  # open, and resolved within RESOLVED_SHOWN_S
 
 
-async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | None:
-    """None when codat-relay knows nothing of this company."""
+async def company_page(engine: AsyncEngine, company_id: str, now: float = 0.0) -> CompanyPage | None:
+    """None when codat-relay knows nothing of this company; problems' ages as of `now`."""
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
         (company,) = await health.health_of(conn, [company_id], [company_id])
@@ -157,10 +161,13 @@ async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | No
         newest = sa.select(datasets).where(datasets.c.company_id == company_id).order_by(datasets.c.requested_at.desc())
         recent_datasets = list((await conn.execute(newest.limit(RECENT_DATASETS))).mappings().all())
         bad_records = await _bad_records(conn, company_id)
+        shown = problems.listing(state=None, company_id=company_id, limit=COMPANY_PROBLEMS).where(
+            sa.or_(problems_table.c.resolved_at.is_(None), problems_table.c.resolved_at >= now - RESOLVED_SHOWN_S))
+        company_problems = [problems.problem_json(r, now) for r in (await conn.execute(shown)).mappings()]
     if row is None and not timeline and not by_type and not dead_jobs:
         return None
     timeline.sort(key=lambda e: e.at, reverse=True)
-    return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline, bad_records)
+    return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline, bad_records, company_problems)
 
 
 # -- an alert's page ---------------------------------------------------------------------------------------
