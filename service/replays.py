@@ -29,7 +29,7 @@ from service import queue
 from service.clock import Clock, iso
 from service.db import alerts, jobs, replay_runs, writer
 from service.dispatch import replay_alert_in
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, Rejected
 from service.queue import ALERT_JOB_KIND, JobStatus
 from service.types import AlertStatus
 
@@ -159,6 +159,19 @@ async def remaining(engine: AsyncEngine, run: Run) -> int:
         return int(await conn.scalar(sa.select(sa.func.count()).select_from(table).where(*where)) or 0)
 
 
+class RunTaken(Rejected):
+    """Another process moved this run's cursor: it carries the run on; this one stops."""
+
+    status_code = 409
+    code = "run_taken"
+
+
+def _at_cursor(cursor_at: float | None, cursor_id: Any) -> sa.ColumnElement[bool]:
+    if cursor_at is None:
+        return replay_runs.c.cursor_at.is_(None)
+    return sa.and_(replay_runs.c.cursor_at == cursor_at, replay_runs.c.cursor_id == str(cursor_id))
+
+
 class Pacer:
     """At most `rate` items a second, evenly: item n starts no earlier than start + n/rate."""
 
@@ -200,10 +213,15 @@ async def execute(
             await pacer.wait()
             now = clock.now()
             async with writer(engine).begin() as conn:
+                # Compare-and-set first: the cursor must still be where this run left it. Two processes
+                # resuming one run would otherwise both replay the same items; the second one stops here.
+                moved = await conn.execute(replay_runs.update().where(
+                    replay_runs.c.id == run.id, _at_cursor(cursor_at, cursor_id),
+                ).values(cursor_at=item.at, cursor_id=str(item.id), done=done + 1, updated_at=now))  # fmt: skip
+                if not moved.rowcount:
+                    raise RunTaken(f"replay run {run.id} is being carried out elsewhere")
                 await _act(conn, run.target, item.id, now)
                 done += 1
-                await conn.execute(replay_runs.update().where(replay_runs.c.id == run.id).values(
-                    cursor_at=item.at, cursor_id=str(item.id), done=done, updated_at=now))  # fmt: skip
             cursor_at, cursor_id = item.at, item.id
             if progress is not None:
                 progress(done, str(item.id))

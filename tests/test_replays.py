@@ -211,3 +211,19 @@ def test_bad_bulk_usage_exits_2(argv: tuple[str, ...]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(list(argv))
     assert exited.value.code == 2
+
+
+async def test_one_run_taken_up_twice_at_once_replays_each_alert_once(engine: AsyncEngine) -> None:
+    """Two processes resume the same run from the same cursor: the first carries it; the second finds the
+    cursor moved on its first item and stops (RunTaken) having replayed nothing."""
+    clock = FixedClock(T0 + 1000)
+    # No status in the filter: replayed alerts still match it, so only the cursor tells the second run.
+    every = replays.Filter(company="co-1", since=T0, until=T0 + 50)
+    await replays.open_run(engine, replays.ALERTS, every, clock.now(), run_id="twice")
+    first = await replays.open_run(engine, replays.ALERTS, replays.Filter(), clock.now(), run_id="twice")
+    second = await replays.open_run(engine, replays.ALERTS, replays.Filter(), clock.now(), run_id="twice")
+    ended = await replays.execute(engine, first, clock, replays.Pacer(None, clock))
+    with pytest.raises(replays.RunTaken):
+        await replays.execute(engine, second, clock, replays.Pacer(None, clock))
+    assert ended.done == len(MATCHING) + 1  # and the done alert of co-1 in the range
+    assert await replayed(engine) == Counter([*MATCHING, "done-one"])  # each once

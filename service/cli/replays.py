@@ -73,7 +73,7 @@ async def bulk(engine: AsyncEngine, args: argparse.Namespace, target: str, flt: 
         pacer = replays.Pacer(args.rate, clock)
         run = await replays.open_run(engine, target, flt, clock.now(), args.run_id)
     except InvalidRequest as exc:
-        raise CommandFailed(exc.detail) from None
+        raise CommandFailed(str(exc)) from None
     count = await replays.remaining(engine, run)
     if count and not _confirmed(count, noun, args):
         raise CommandFailed("not confirmed; nothing done")
@@ -84,6 +84,8 @@ async def bulk(engine: AsyncEngine, args: argparse.Namespace, target: str, flt: 
         ended = await replays.execute(engine, run, clock, pacer, lambda done, item: bar.update(done - start, item))
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise CommandFailed(f"interrupted: `--run {run.id}` continues where it stopped") from None
+    except replays.RunTaken as exc:
+        raise CommandFailed(str(exc)) from None
     finally:
         if count:
             bar.close()
