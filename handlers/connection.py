@@ -133,11 +133,15 @@ def _direction(alert: Alert) -> str | None:
     return None
 
 
-async def _resume(conn: AsyncConnection, company: str, alert: Alert, now: float) -> int:
+async def _resume(conn: AsyncConnection, company: str, alert: Alert, ctx: Context, now: float) -> int:
     """Lift a pause a deleted or unknown connection caused (a manual pause stays) and push the backlog."""
-    # The connection is back: a later deletion or lost authorisation is a new problem, told at once.
-    for kind in (Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED):
+    # The connection is back: the problem is over (staff hear so); a deletion after the dedupe window is a
+    # new problem, told at once — one within it reopens this one (service/problems.py).
+    kinds = (Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED)
+    for kind in kinds:
         await forget(conn, kind, company, CONNECTION_SUBJECT)
+    await ctx.notifier.resolve(conn, f"the connection is linked again ({alert.type})", kinds=kinds,
+                               company_id=company, subjects=[CONNECTION_SUBJECT])  # fmt: skip
     # Which connection is linked now, paused or not: a late event about an older one is then stale.
     await conn.execute(
         companies.update().where(companies.c.id == company)
@@ -176,7 +180,7 @@ async def on_connection_status(alert: Alert, ctx: Context) -> Outcome:
         # A new or changed connection may come with a new sync schedule (and name): read them again.
         await schedules.queue_refresh(conn, company, now)
         if direction == RESUME:
-            resumed = await _resume(conn, company, alert, now)
+            resumed = await _resume(conn, company, alert, ctx, now)
             ctx.log.info("connection_linked", resumed=bool(resumed))
             return Outcome.DONE
         await conn.execute(companies.update().where(companies.c.id == company).values(

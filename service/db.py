@@ -106,8 +106,54 @@ notifications = sa.Table(
     sa.Column("summary", sa.Text, nullable=False),
     sa.Column("details", sa.JSON, nullable=False),
     sa.Column("occurred_at", sa.Double, nullable=False),
+    # The problem this message is about (service/problems.py), and whether it opened it or resolved it.
+    sa.Column("problem_id", sa.String(32)),
+    sa.Column("event", sa.String(16), nullable=False, server_default="opened"),
     sa.Index(None, "company_id", "occurred_at"),
     sa.Index(None, "occurred_at"),
+)
+
+# One row per problem (kind, company, subject — the notification's dedupe key) from when it opens until
+# it resolves by itself; service/problems.py owns it. At most one unresolved row per key.
+OPEN_PROBLEM = sa.text("resolved_at IS NULL")
+
+problems = sa.Table(
+    "problems",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("company_id", sa.String(255)),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("data_type", sa.String(64)),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("opened_at", sa.Double, nullable=False),
+    sa.Column("last_seen_at", sa.Double, nullable=False),
+    sa.Column("acknowledged_at", sa.Double),
+    sa.Column("acknowledged_by", sa.String(255)),
+    sa.Column("resolved_at", sa.Double),
+    sa.Column("count", sa.Integer, nullable=False, server_default="1"),
+    sa.Index("ix_problems_open_key", "key", unique=True, postgresql_where=OPEN_PROBLEM, sqlite_where=OPEN_PROBLEM),
+    sa.Index(None, "key", "resolved_at"),
+    sa.Index(None, "company_id", "kind"),
+    sa.Index(None, "kind", "subject"),
+    sa.Index(None, "opened_at"),
+)
+
+# A bulk replay (alerts) or bulk retry (dead jobs) under way or done (service/replays.py owns it): its
+# filter, and a cursor — the (time, id) of the last item acted on — so a rerun with its id continues.
+replay_runs = sa.Table(
+    "replay_runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("target", sa.String(16), nullable=False),
+    sa.Column("filters", sa.JSON, nullable=False),
+    sa.Column("cursor_at", sa.Double),
+    sa.Column("cursor_id", sa.String(255)),
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
 )
 
 # One row per problem: when it was last told. Deduplication is one atomic upsert on this key.

@@ -15,9 +15,10 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue, tracing
+from service import problems, queue, tracing
 from service.alerts import parsed_fields, reparse
 from service.db import alerts, bookkeeper, writer
+from service.notifications import Kind
 from service.queue import Job, describe_error
 from service.types import Alert, AlertKind, AlertStatus, Context, DataTypeStatus, Deps, Handler, Shape
 
@@ -115,10 +116,23 @@ class AlertJob:
         except Exception as exc:
             await self._set(alert_id, AlertStatus.PENDING, error=describe_error(exc))
             raise
+        if row["attempts"] > 1:  # it ran before: it may have died, and a replay that works ends that problem
+            try:
+                await self._resolve_dead(alert_id)
+            except Exception:  # bookkeeping only: the handler's work is done; the next replay tries again
+                log.warning("problem_resolve_failed", exc_info=True)
         if batched:
             return AlertStatus(outcome.value)
         await self._set(alert_id, AlertStatus(outcome.value), error=None)
         return None
+
+    async def _resolve_dead(self, alert_id: str) -> None:
+        async with self._deps.engine.connect() as conn:
+            if not await problems.any_open(conn, Kind.ALERT_DEAD.value, [alert_id]):
+                return
+        async with writer(self._deps.engine).begin() as conn:
+            await self._deps.notifier.resolve(conn, "the alert was processed", kinds=[Kind.ALERT_DEAD],
+                                              subjects=[alert_id])  # fmt: skip
 
     def _mark_started(self, alert_ids: list[str], now: float) -> sa.Update:
         """Load alerts and mark this processing run in one statement: `processing` when a handler will
@@ -160,23 +174,28 @@ async def replay_alert(engine: AsyncEngine, alert_id: str, now: float) -> bool:
     away). Its dead jobs, if any, end superseded by the new one, so the dead-jobs list stays true.
     """
     async with writer(engine).begin() as conn:
-        row = (
-            await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id, alerts.c.kind,
-                                         alerts.c.generated_at, alerts.c.received_at)
-                               .where(alerts.c.id == alert_id))
-        ).first()  # fmt: skip
-        if row is None:
-            return False
-        values: dict[str, Any] = {"status": AlertStatus.PENDING.value, "updated_at": now}
-        company_id = row.company_id
-        alert = reparse(alert_id, row.shape, bytes(row.body), row.received_at)
-        if alert is not None and alert.kind is not AlertKind.OTHER:  # never trade what was understood for less
-            values.update(parsed_fields(alert))
-            if row.kind != AlertKind.OTHER.value:
-                # Its ordering time was decided on arrival, knowing whether the body was signed.
-                values["generated_at"] = row.generated_at
-            company_id = alert.company_id
-        await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
-        job_id = await queue.enqueue_row(conn, queue.alert_job(alert_id, company_id, now=now))
-        await queue.supersede_dead_alert(conn, alert_id, by_job=job_id, reason="replayed", now=now)
+        return await replay_alert_in(conn, alert_id, now)
+
+
+async def replay_alert_in(conn: AsyncConnection, alert_id: str, now: float) -> bool:
+    """`replay_alert` in the caller's transaction (a bulk replay moves its cursor in the same one)."""
+    row = (
+        await conn.execute(sa.select(alerts.c.shape, alerts.c.body, alerts.c.company_id, alerts.c.kind,
+                                     alerts.c.generated_at, alerts.c.received_at)
+                           .where(alerts.c.id == alert_id))
+    ).first()  # fmt: skip
+    if row is None:
+        return False
+    values: dict[str, Any] = {"status": AlertStatus.PENDING.value, "updated_at": now}
+    company_id = row.company_id
+    alert = reparse(alert_id, row.shape, bytes(row.body), row.received_at)
+    if alert is not None and alert.kind is not AlertKind.OTHER:  # never trade what was understood for less
+        values.update(parsed_fields(alert))
+        if row.kind != AlertKind.OTHER.value:
+            # Its ordering time was decided on arrival, knowing whether the body was signed.
+            values["generated_at"] = row.generated_at
+        company_id = alert.company_id
+    await conn.execute(alerts.update().where(alerts.c.id == alert_id).values(values))
+    job_id = await queue.enqueue_row(conn, queue.alert_job(alert_id, company_id, now=now))
+    await queue.supersede_dead_alert(conn, alert_id, by_job=job_id, reason="replayed", now=now)
     return True

@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import keys, metrics, queue, tracing
+from service import keys, metrics, problems, queue, tracing
 from service.clock import iso
 from service.db import notification_dedupe, notifications, writer
 from service.errors import GiveUp
@@ -53,6 +53,7 @@ class Kind(enum.StrEnum):
 # The subject of problems with a company's accounting connection (deleted, needs re-authorising): one
 # per company, whoever notices it first (the push that got 404, the webhook, the dataset's AuthError).
 CONNECTION_SUBJECT = "connection"
+UNDELIVERED = "undelivered:"  # the subject of a target's lost notifications: `undelivered:{sender}`
 ACTION_RECONNECT = "Ask the merchant to reconnect their accounting software in Codat Link"
 
 CRITICAL = frozenset({Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED, Kind.REPUSH_EXHAUSTED, Kind.ALERT_DEAD})
@@ -116,6 +117,8 @@ def payload(row: sa.RowMapping) -> dict[str, Any]:
         "summary": row["summary"],
         "details": row["details"],
         "occurredAt": iso(row["occurred_at"]),
+        "state": row["event"],  # "opened", or "resolved": the problem is over (service/problems.py)
+        "problemId": row["problem_id"],
     }
 
 
@@ -136,10 +139,12 @@ class Notifier:
             async with writer(self._engine).begin() as own:
                 return await self.notify(note, own, senders=senders)
         now = self._clock.now()
-        if not await _claim_windows(conn, [note.dedupe_key], now, self._dedupe_s):
+        seen = await self._observe(conn, note, note.subject or note.dataset_id or note.data_type or "", now)
+        reopened = seen.seen is problems.Seen.REOPENED  # back within the window: the same problem, not told again
+        if reopened or not await _claim_windows(conn, [note.dedupe_key], now, self._dedupe_s):
             self._suppressed(note.kind, note.company_id)
             return None
-        return await self._store(conn, note, now, senders)
+        return await self._store(conn, note, now, senders, problem_id=seen.id)
 
     async def notify_new(
         self, conn: AsyncConnection, kind: Kind, company_id: str | None, subjects: Sequence[str],
@@ -152,28 +157,65 @@ class Notifier:
         a forty-first record an hour later is told, where one window per data type would have hidden it.
         """
         now = self._clock.now()
-        keys = {dedupe_key(kind, company_id, subject): subject for subject in subjects}
+        keys: dict[str, str] = {}
+        problem_of: dict[str, str] = {}
+        for subject in subjects:
+            key = dedupe_key(kind, company_id, subject)
+            seen = await self._observe(conn, build([subject]), subject, now)
+            problem_of[subject] = seen.id
+            if seen.seen is not problems.Seen.REOPENED:  # back within the window: the same problem, untold
+                keys[key] = subject
         fresh = await _claim_windows(conn, list(keys), now, self._dedupe_s)
         new = [subject for key, subject in keys.items() if key in fresh]
         if not new:
             self._suppressed(kind, company_id)
             return None
-        return await self._store(conn, build(new), now, None)
+        return await self._store(conn, build(new), now, None, problem_id=problem_of[new[0]])
+
+    async def _observe(self, conn: AsyncConnection, note: Notification, subject: str, now: float) -> problems.Observed:
+        return await problems.observe(
+            conn, kind=note.kind.value, company_id=note.company_id, subject=subject,
+            key=dedupe_key(note.kind, note.company_id, subject), data_type=note.data_type, summary=note.summary,
+            now=now, window_s=self._dedupe_s,
+        )  # fmt: skip
+
+    async def resolve(
+        self, conn: AsyncConnection, reason: str, *, kinds: Sequence[Kind], company_id: str | None = None,
+        subjects: Sequence[str] | None = None, data_type: str | None = None, ids: Sequence[str] | None = None,
+    ) -> int:  # fmt: skip
+        """The condition cleared: close the matching open problems and tell staff "resolved", on every target."""
+        now = self._clock.now()
+        closed = await problems.resolve(
+            conn, now, kinds=[k.value for k in kinds], company_id=company_id, subjects=subjects, data_type=data_type,
+            ids=ids,
+        )  # fmt: skip
+        for row in closed:
+            note = Notification(
+                Kind(row["kind"]), f"Resolved: {row['summary']}", company_id=row["company_id"],
+                data_type=row["data_type"], subject=row["subject"],
+                details={"reason": reason, "problemId": row["id"], "openedAt": iso(row["opened_at"]),
+                         "occurrences": row["count"]},
+            )  # fmt: skip
+            await self._store(conn, note, now, None, problem_id=row["id"], event="resolved")
+            log.info("problem_resolved", kind=row["kind"], company_id=row["company_id"], problem_id=row["id"])
+        return len(closed)
 
     def _suppressed(self, kind: Kind, company_id: str | None) -> None:
         log.info("notification_suppressed", kind=kind.value, company_id=company_id)
         metrics.NOTIFICATIONS.labels(kind=kind.value, outcome="suppressed").inc()
 
     async def _store(
-        self, conn: AsyncConnection, note: Notification, now: float, senders: Sequence[str] | None
-    ) -> str:
-        metrics.NOTIFICATIONS.labels(kind=note.kind.value, outcome="stored").inc()
+        self, conn: AsyncConnection, note: Notification, now: float, senders: Sequence[str] | None, *,
+        problem_id: str | None = None, event: str = "opened",
+    ) -> str:  # fmt: skip
+        metrics.NOTIFICATIONS.labels(kind=note.kind.value, outcome="stored" if event == "opened" else event).inc()
         note_id = uuid.uuid4().hex
         await conn.execute(
             sa.insert(notifications).values(
-                id=note_id, kind=note.kind.value, severity=note.severity, company_id=note.company_id,
-                data_type=note.data_type, dataset_id=note.dataset_id, dedupe_key=note.dedupe_key,
-                summary=note.summary, details=note.details, occurred_at=now,
+                id=note_id, kind=note.kind.value, severity=note.severity if event == "opened" else "info",
+                company_id=note.company_id, data_type=note.data_type, dataset_id=note.dataset_id,
+                dedupe_key=note.dedupe_key, summary=note.summary, details=note.details, occurred_at=now,
+                problem_id=problem_id, event=event,
             )
         )
         for sender in self._senders if senders is None else [s for s in self._senders if s in senders]:
@@ -213,7 +255,7 @@ class Notifier:
             await self.notify(Notification(
                 Kind.ALERT_DEAD, f"A {row['kind']} notification never reached {sender}: {row['summary']}",
                 company_id=row["company_id"], data_type=row["data_type"], dataset_id=row["dataset_id"],
-                subject=f"undelivered:{sender}",
+                subject=f"{UNDELIVERED}{sender}",
                 details={"lostNotificationId": note_id, "sender": sender, "lostKind": row["kind"],
                          "lostSummary": row["summary"], "error": error,
                          "action": f"Check the {sender} target; the notification is kept in the notifications table"},
@@ -223,8 +265,8 @@ class Notifier:
 class NotifyJob:
     """The `notify` job: deliver one stored notification through one sender (retried for 5 days: `service.policies`)."""
 
-    def __init__(self, engine: AsyncEngine, senders: Mapping[str, Sender]) -> None:
-        self._engine, self._senders = engine, senders
+    def __init__(self, engine: AsyncEngine, senders: Mapping[str, Sender], notifier: Notifier | None = None) -> None:
+        self._engine, self._senders, self._notifier = engine, senders, notifier
 
     async def __call__(self, job: queue.Job, attempt: int) -> None:
         sender = self._senders.get(str(job.payload.get("sender")))
@@ -238,6 +280,20 @@ class NotifyJob:
         name = str(job.payload.get("sender"))
         with tracing.span(f"notify {name}", kind=tracing.CLIENT, attributes={"relay.notification.kind": row["kind"]}):
             await sender.send(payload(row))  # a failure is retried later, for days: never lost
+        try:
+            await self._delivered(str(job.payload.get("sender")), row["company_id"])
+        except Exception:  # bookkeeping only: the message went, so the job must not run (and send) again
+            log.warning("problem_resolve_failed", sender=job.payload.get("sender"), exc_info=True)
+
+    async def _delivered(self, sender: str, company_id: str | None) -> None:
+        """A target that lost notifications delivers again: that `alert_dead` problem is over."""
+        subject = f"{UNDELIVERED}{sender}"
+        async with self._engine.connect() as conn:
+            if self._notifier is None or not await problems.any_open(conn, Kind.ALERT_DEAD.value, [subject]):
+                return
+        async with writer(self._engine).begin() as conn:
+            await self._notifier.resolve(conn, f"{sender} delivers notifications again", kinds=[Kind.ALERT_DEAD],
+                                         company_id=company_id, subjects=[subject])  # fmt: skip
 
 
 async def _claim_windows(conn: AsyncConnection, keys: Sequence[str], now: float, window_s: float) -> set[str]:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import keys, queue, record_states
+from service import keys, problems, queue, record_states
 from service.clock import Clock
 from service.db import (
     alerts,
@@ -44,7 +44,7 @@ BATCH_ROWS = 1_000
 # The tables a purge empties of the company, in the order it empties them (jobs first: nothing new starts).
 TABLES = (
     "jobs", "push_records", "pushes", "records", "datasets", "alerts", "notifications", "notification_dedupe",
-    "companies",
+    "problems", "companies",
 )  # fmt: skip
 MAX_REQUESTED_BY = 255  # purges.requested_by
 
@@ -114,6 +114,9 @@ async def survey(engine: AsyncEngine, company_id: str) -> tuple[dict[str, int], 
             if table == "records":
                 counts[table] = await record_states.count_company_records(conn, company_id)
                 continue
+            if table == "problems":
+                counts[table] = await problems.count_company(conn, company_id)
+                continue
             query = sa.select(sa.func.count()).select_from(_TABLES[table]).where(_where(table, company_id))
             counts[table] = int(await conn.scalar(query) or 0)
     return counts, by_status.get(queue.JobStatus.RUNNING, 0)
@@ -122,6 +125,8 @@ async def survey(engine: AsyncEngine, company_id: str) -> tuple[dict[str, int], 
 async def _delete_batch(conn: AsyncConnection, table: str, company_id: str, limit: int) -> int:
     if table == "records":
         return await record_states.purge_company_records(conn, company_id, limit)
+    if table == "problems":
+        return await problems.purge_company(conn, company_id, limit)
     columns = _KEYS[table]
     picked = sa.select(*columns).where(_where(table, company_id)).limit(limit)
     key = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
@@ -154,7 +159,6 @@ async def purge_company(
             deleted[table] += gone
             if gone < batch_rows:
                 break
-    # PROBLEMS HOOK (issue 17, branch `problems`): the company's problems go too (add "problems" to TABLES).
     finished_at = clock.now()
     async with writer(engine).begin() as conn:
         purge_id = await _audit(conn, company_id, requested_by, requested_at, finished_at, deleted)

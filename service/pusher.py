@@ -233,6 +233,10 @@ class Pusher:
                     conn, POLL_KIND, {"dataset_id": dataset_id, "company_id": push.company_id}, now=now,
                     queueing_lock=keys.poll_lock(dataset_id), run_at=first_poll,
                 )  # fmt: skip
+            # Codat took a push: codat-relay's API key works again for this company.
+            await self._deps.notifier.resolve(conn, "Codat accepted a push with codat-relay's API key",
+                                              kinds=[Kind.AUTH_REQUIRED], company_id=push.company_id,
+                                              subjects=[API_KEY_SUBJECT])  # fmt: skip
         log.info("push_recorded", company_id=push.company_id, data_type=push.data_type, push_id=push.id,
                  dataset_id=dataset_id, records=push.record_count)  # fmt: skip
         metrics.PUSHES.labels(data_type=push.data_type, outcome="pushed").inc()

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import metrics, record_states
+from service import metrics, problems, record_states
 from service.datasets import COMPLETE, Applied
-from service.db import datasets, records
+from service.db import datasets, push_records, records
 from service.notifications import CONNECTION_SUBJECT, Kind, Notification, Notifier
 from service.outbox import State, schedule_push
 
@@ -108,3 +108,46 @@ async def after_complete(conn: AsyncConnection, applied: Applied) -> None:
     push_id, _ = await _push_of(conn, applied.dataset_id)
     if push_id is not None:
         await record_states.reset_repush_counts(conn, push_id)
+
+
+# A failed dataset's problem lasts while one of its records is still failed or not yet taken by Codat.
+UNSETTLED = (State.FAILED, State.PENDING, State.PUSHED)
+FAILURE_KINDS = (Kind.DATASET_FAILED, Kind.REPUSH_EXHAUSTED)
+PUSH_OPERATION_SUBJECT = "push_operation:"
+
+
+async def resolve_failures(conn: AsyncConnection, applied: Applied, notifier: Notifier) -> int:
+    """A dataset of this company and data type completed: failures it settled are over (staff hear so).
+
+    A failed dataset's problem (`dataset_failed`, `repush_exhausted`) resolves once every record it held
+    has reached Codat since (accepted or synced — re-pushed, or corrected and resubmitted); a rejected push
+    (subject: the data type) once any dataset of that data type completes. Push operations belong to
+    Codat's write APIs, whose end codat-relay never sees: those stay open until acknowledged.
+    """
+    if applied.status != COMPLETE:
+        return 0
+    candidates = await problems.open_rows(
+        conn, kinds=[k.value for k in FAILURE_KINDS], company_id=applied.company_id, data_type=applied.data_type
+    )
+    over = [row["id"] for row in candidates if await _settled(conn, applied, row["subject"])]
+    if not over:
+        return 0
+    return await notifier.resolve(conn, f"dataset {applied.dataset_id} completed", kinds=FAILURE_KINDS, ids=over)
+
+
+async def _settled(conn: AsyncConnection, applied: Applied, subject: str) -> bool:
+    if subject == applied.data_type:
+        return True
+    if subject.startswith(PUSH_OPERATION_SUBJECT):
+        return False
+    push_id, _ = await _push_of(conn, subject)
+    if push_id is None:
+        return False
+    unsettled = (
+        sa.select(records.c.record_id)
+        .join(push_records, sa.and_(push_records.c.push_id == push_id, push_records.c.record_id == records.c.record_id))
+        .where(records.c.company_id == applied.company_id, records.c.data_type == applied.data_type,
+               records.c.state.in_([s.value for s in UNSETTLED]))
+        .limit(1)
+    )  # fmt: skip
+    return (await conn.execute(unsettled)).first() is None

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import metrics, queue, record_states
+from service import metrics, problems, queue, record_states
 from service.clock import Clock
 from service.db import alerts, bookkeeper, datasets, jobs, notification_dedupe, notifications, pushes, records
 from service.notifications import NOTIFY_JOB_KIND
@@ -75,9 +75,9 @@ Step = Callable[[AsyncConnection, float, int], Awaitable[int]]
 
 
 async def _alerts(conn: AsyncConnection, before: float, limit: int) -> int:
-    # PROBLEMS HOOK (issue 17, branch `problems`): an alert an open problem refers to must stay; add
-    # `~exists(open problem naming alerts.c.id)` here once the problems table lands.
-    old = sa.select(alerts.c.id).where(alerts.c.status.in_(PRUNABLE_ALERTS), alerts.c.received_at < before)
+    # An alert an unresolved problem names (its subject) stays until the problem resolves.
+    old = sa.select(alerts.c.id).where(alerts.c.status.in_(PRUNABLE_ALERTS), alerts.c.received_at < before,
+                                       alerts.c.id.not_in(problems.unresolved_subjects()))  # fmt: skip
     return int((await conn.execute(alerts.delete().where(alerts.c.id.in_(old.limit(limit))))).rowcount)
 
 
@@ -86,7 +86,10 @@ async def _notifications(conn: AsyncConnection, before: float, limit: int) -> in
         jobs.c.status.in_(ACTIVE_JOBS), jobs.c.kind == NOTIFY_JOB_KIND,
         jobs.c.payload["notification_id"].as_string() == notifications.c.id,
     )  # fmt: skip
-    old = sa.select(notifications.c.id).where(notifications.c.occurred_at < before, ~pending).limit(limit)
+    # A notification that told a problem not yet resolved stays with it (the problem's history).
+    told_open = notifications.c.problem_id.in_(problems.unresolved_ids())
+    old = sa.select(notifications.c.id).where(notifications.c.occurred_at < before, ~pending,
+                                              ~sa.func.coalesce(told_open, False)).limit(limit)  # fmt: skip
     return int((await conn.execute(notifications.delete().where(notifications.c.id.in_(old)))).rowcount)
 
 
@@ -108,8 +111,9 @@ def _finished_pushes(before: float) -> sa.Select[Any]:
 
 
 async def _datasets(conn: AsyncConnection, before: float, limit: int) -> int:
-    # PROBLEMS HOOK (issue 17, branch `problems`): a dataset an open problem refers to must stay.
-    old = sa.select(datasets.c.id).where(datasets.c.terminal.is_(True), datasets.c.updated_at < before).limit(limit)
+    # A dataset an unresolved problem names (its subject) stays until the problem resolves.
+    old = sa.select(datasets.c.id).where(datasets.c.terminal.is_(True), datasets.c.updated_at < before,
+                                         datasets.c.id.not_in(problems.unresolved_subjects())).limit(limit)  # fmt: skip
     return int((await conn.execute(datasets.delete().where(datasets.c.id.in_(old)))).rowcount)
 
 
@@ -144,6 +148,7 @@ class Pruner:
             pruned["notifications"] = await self._drain("notifications", deadline, self._step(_notifications, before))
             pruned["notification_dedupe"] = await self._drain("notification_dedupe", deadline,
                                                               self._step(_dedupe, before))  # fmt: skip
+            pruned["problems"] = await self._drain("problems", deadline, self._step(problems.prune_resolved, before))
         if r.record_versions_s is not None:
             step = self._step(record_states.prune_superseded_versions, now - r.record_versions_s)
             pruned["push_records"] = await self._drain("push_records", deadline, step)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import structlog
@@ -55,6 +57,9 @@ class Runtime:
     tracker: Tracker = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Work the web process runs beside its requests (a bulk replay from the admin API): cancelled on close,
+    # never awaited to its end — such work keeps a cursor and is resumed by its id.
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.tracker = Tracker(self, poll_policy(self.settings), repush_policy(self.settings))
@@ -65,7 +70,7 @@ class Runtime:
         pusher, scheduler = Pusher(self), Scheduler(self)
         jobs: dict[str, JobFunction] = {
             queue.ALERT_JOB_KIND: make_alert_job(REGISTRY, self),
-            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders),
+            NOTIFY_JOB_KIND: NotifyJob(self.engine, self.senders, self.notifier),
             **pusher.jobs(),
             SCHEDULE_KIND: scheduler.run,
             SCHEDULE_SWEEP_KIND: scheduler.sweep,
@@ -105,7 +110,23 @@ class Runtime:
         for worker in self.workers:
             worker.wake()
 
+    def background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        async def logged() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background_failed", task=name)
+
+        task = asyncio.create_task(logged(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._stop.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -54,6 +54,8 @@ def _slack_code(value: object) -> str:
 
 def slack_text(message: dict[str, Any]) -> str:
     icon = ":rotating_light:" if message["severity"] == "critical" else ":warning:"
+    if message.get("state") == "resolved":
+        icon = ":white_check_mark:"
     where = " · ".join(f"{k} {_slack_code(message[k])}" for k in ("companyId", "dataType", "datasetId")
                        if message.get(k))  # fmt: skip
     details = "\n".join(f"• {slack_escape(k)}: {slack_escape(v)}" for k, v in (message.get("details") or {}).items())
@@ -78,7 +80,8 @@ def one_line(value: object) -> str:
 def mail_text(message: dict[str, Any]) -> str:
     lines = [one_line(message["summary"]), ""]
     lines += [f"{k}: {one_line(message[k])}"
-              for k in ("kind", "severity", "companyId", "dataType", "datasetId", "occurredAt")]  # fmt: skip
+              for k in ("kind", "severity", "state", "companyId", "dataType", "datasetId", "occurredAt")
+              if k in message]  # fmt: skip
     lines += ["", *(f"{one_line(k)}: {one_line(v)}" for k, v in (message.get("details") or {}).items())]
     return "\n".join(lines)
 

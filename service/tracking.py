@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import coverage, keys, late_records, queue, repush
+from service import coverage, keys, late_records, problems, queue, repush
 from service.codat.client import CodatNotFound, SyncStatus, is_failure, is_success
 from service.codat.models import SYNC_STATUS_MEANINGS
 from service.coverage import HISTORIC
@@ -172,6 +172,7 @@ class Tracker:
             # Records dated before where the syncs reach are in no future `latest` sync: told now, not a day later.
             await late_records.notice(conn, self._deps.notifier, applied.company_id, [applied.data_type], now,
                                       auto=self._deps.settings.auto_historic_sync)  # fmt: skip
+            await repush.resolve_failures(conn, applied, self._deps.notifier)
         log.info("dataset_finished", dataset_id=applied.dataset_id, company_id=applied.company_id,
                  data_type=applied.data_type, status=applied.status, records=applied.records)  # fmt: skip
 
@@ -240,6 +241,12 @@ class Tracker:
             # replace; and a push closing (outbox lock, then the company's pause) cannot deadlock with this.
             for data_type in data_types:
                 await lock_outbox(conn, company_id, data_type)
+            if latest is not None and is_success(latest.sync_status_code):
+                # The company's latest sync succeeded: its failed syncs are over (staff hear so).
+                await self._deps.notifier.resolve(
+                    conn, f"a sync succeeded ({latest.sync_status_code})", kinds=[Kind.SYNC_FAILED],
+                    company_id=company_id,
+                )  # fmt: skip
             before, known = await record_sync_check(
                 conn, company_id, code=latest.sync_status_code if latest else None,
                 at=_ts(latest.sync_utc) if latest else None, success_at=success_at, now=now,
@@ -370,3 +377,23 @@ async def tell_conflicts(
         )  # fmt: skip
 
     await notifier.notify_new(conn, Kind.UPDATE_CONFLICT, company_id, [f"{data_type}:{i}" for i in ids], build)
+
+
+async def resolve_conflicts(
+    notifier: Any, conn: AsyncConnection, company_id: str, data_type: str, sent: set[str], still: set[str]
+) -> int:
+    """Records in conflict that intake just got again with the books' own content: those conflicts are over.
+
+    `sent` are the ids of the request, `still` those of them that are (still) in conflict after it.
+    """
+    if not sent:
+        return 0
+    candidates = await problems.open_rows(conn, kinds=[Kind.UPDATE_CONFLICT.value], company_id=company_id,
+                                          data_type=data_type)  # fmt: skip
+    prefix = f"{data_type}:"
+    settled = [row["id"] for row in candidates
+               if (rid := str(row["subject"]).removeprefix(prefix)) in sent and rid not in still]  # fmt: skip
+    if not settled:
+        return 0
+    return int(await notifier.resolve(conn, "the record was sent again with the content the books hold",
+                                      kinds=[Kind.UPDATE_CONFLICT], ids=settled))  # fmt: skip

@@ -145,8 +145,10 @@ async def test_changes_to_synced_records_are_conflicts(relay: Relay) -> None:
     assert (await relay.put([order("s")])).json()["unchanged"] == 1  # back to what the books hold
     assert (await relay.rows())["s"]["state"] == "synced"
     async with relay.engine.connect() as conn:
-        kinds = (await conn.execute(sa.select(notifications.c.kind))).scalars().all()
-    assert kinds == ["update_conflict"]  # told once: the second report falls in the dedupe window
+        told = (await conn.execute(sa.select(notifications.c.kind, notifications.c.event)
+                                   .order_by(notifications.c.occurred_at, notifications.c.event))).all()
+    # Told once (the second report falls in the dedupe window), then, the books' content sent again, resolved.
+    assert [tuple(row) for row in told] == [("update_conflict", "opened"), ("update_conflict", "resolved")]
 
 
 async def test_pause_resume_and_company_view(relay: Relay) -> None:

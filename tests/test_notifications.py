@@ -147,7 +147,7 @@ async def test_target_down_for_a_while_gets_every_notification_once(database_url
     assert sorted(m["datasetId"] for m in target.received) == [f"ds-{i}" for i in range(5)]
     message = target.received[0]
     assert set(message) == {"kind", "severity", "companyId", "dataType", "datasetId", "summary", "details",
-                            "occurredAt"}
+                            "occurredAt", "state", "problemId"}
     assert (message["kind"], message["severity"]) == ("dataset_failed", "warning")
 
 

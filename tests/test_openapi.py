@@ -18,7 +18,8 @@ def served() -> set[tuple[str, str]]:
     for route in app.routes:
         if isinstance(route, Route) and route.path.startswith("/v1/"):
             path = re.sub(r"\{(\w+)(:\w+)?\}", lambda m: "{" + {"company_id": "companyId", "alert_id": "alertId",
-                                                                     "data_type": "dataType", "job_id": "jobId"}
+                                                                     "data_type": "dataType", "job_id": "jobId",
+                                                                     "problem_id": "problemId", "run_id": "runId"}
                           .get(m.group(1), m.group(1)) + "}", route.path)
             out |= {(path, method.lower()) for method in (route.methods or ()) if method != "HEAD"}
     return out

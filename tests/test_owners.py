@@ -41,3 +41,15 @@ async def writes(conn):
     assert sorted(found) == sorted([
         "jobs.update()", "delete(jobs)", "insert(jobs)", "raw SQL 'delete from jobs'", "raw SQL 'INSERT INTO jobs'",
     ])  # fmt: skip
+
+
+def test_only_the_problems_module_writes_problems() -> None:
+    """`problems` opens, counts, reopens, acknowledges and resolves in service/problems.py alone."""
+    writes = table_writes("problems")
+    assert writes and all(write.startswith("service/problems.py:") for write in writes), writes
+
+
+def test_only_the_replays_module_writes_replay_runs() -> None:
+    """A bulk replay's run and cursor move in service/replays.py alone."""
+    writes = table_writes("replay_runs")
+    assert writes and all(write.startswith("service/replays.py:") for write in writes), writes

@@ -31,7 +31,7 @@ API = {"authorization": f"Bearer {API_TOKEN}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 DEADLINE_S = 30.0
 PURGED_TABLES = ("jobs", "push_records", "pushes", "records", "datasets", "alerts", "notifications",
-                 "notification_dedupe", "companies")  # fmt: skip
+                 "notification_dedupe", "problems", "companies")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ async def test_purge_leaves_only_the_audit_line_and_the_dry_run_counts_what_goes
     await relay.give_data(kept)
     before_gone, before_kept = await rows_naming(relay.engine, gone), await rows_naming(relay.engine, kept)
     assert set(before_gone) >= {"records", "push_records", "pushes", "datasets", "alerts", "jobs", "notifications",
-                                "notification_dedupe", "companies"}  # fmt: skip
+                                "notification_dedupe", "problems", "companies"}  # fmt: skip
 
     dry = await relay.client.post(f"/v1/companies/{gone}/purge", json={"dryRun": True}, headers=ADMIN)
     assert dry.status_code == 200, dry.text

@@ -21,6 +21,7 @@ from service.db import (
     jobs,
     notification_dedupe,
     notifications,
+    problems,
     push_records,
     pushes,
     records,
@@ -113,7 +114,7 @@ async def test_each_table_keeps_what_is_inside_its_window_and_prunes_what_is_pas
     assert await ids(engine, push_records.c.push_id) == {"p-new"}
     assert {k: v for k, v in pruned.items() if k != "sqlite_pages"} == {
         "jobs": 1, "alerts": 2, "notifications": 1, "notification_dedupe": 1, "push_records": 1, "pushes": 1,
-        "datasets": 1,
+        "datasets": 1, "problems": 0,
     }
 
 
@@ -150,6 +151,45 @@ async def test_nothing_still_needed_is_pruned_however_old(engine: AsyncEngine) -
     assert await ids(engine, pushes.c.id) == {"p-open-dataset", "p-unfinished", "p-in-flight"}
     assert await ids(engine, push_records.c.record_id) == {"o-1", "o-2", "o-3"}
     assert await ids(engine, records.c.record_id) == {"o-3"}
+
+
+def problem(conn: sa.Connection, problem_id: str, subject: str, at: float, *, resolved_at: float | None) -> None:
+    conn.execute(problems.insert().values(
+        id=problem_id, kind="alert_dead", company_id="co-1", subject=subject, key=f"k-{problem_id}",
+        summary="s", opened_at=at, last_seen_at=at, resolved_at=resolved_at,
+    ))  # fmt: skip
+
+
+async def test_what_an_unresolved_problem_names_stays_and_a_resolved_problem_goes_with_the_notifications(
+    engine: AsyncEngine,
+) -> None:
+    """An alert or dataset an unresolved problem names (its subject), and the notification that told it, stay
+    however old; once the problem resolved past the notifications' window, the problem and they go."""
+    ancient = NOW - 400 * DAY_S
+
+    def build(conn: sa.Connection) -> None:
+        make.alert(conn, "a-named", "co-1", "done", ancient)
+        make.alert(conn, "a-was-named", "co-1", "done", ancient)
+        make.dataset(conn, "d-named", "co-1", "ValidationError", ancient)
+        problem(conn, "p-open", "a-named", ancient, resolved_at=None)
+        problem(conn, "p-open-dataset", "d-named", ancient, resolved_at=None)
+        problem(conn, "p-resolved-long-ago", "a-was-named", ancient, resolved_at=ancient)
+        problem(conn, "p-resolved-lately", "x", ancient, resolved_at=recent(RETENTION.notifications_s))
+        notification(conn, "n-open", ancient)
+        notification(conn, "n-resolved", ancient)
+        conn.execute(notifications.update().where(notifications.c.id == "n-open").values(problem_id="p-open"))
+        conn.execute(notifications.update().where(notifications.c.id == "n-resolved")
+                     .values(problem_id="p-resolved-long-ago"))  # fmt: skip
+
+    async with engine.begin() as conn:
+        await conn.run_sync(build)
+    pruned = await pruner(engine).run()
+
+    assert await ids(engine, alerts.c.id) == {"a-named"}
+    assert await ids(engine, datasets.c.id) == {"d-named"}
+    assert await ids(engine, notifications.c.id) == {"n-open"}
+    assert await ids(engine, problems.c.id) == {"p-open", "p-open-dataset", "p-resolved-lately"}
+    assert pruned["problems"] == 1
 
 
 async def test_superseded_versions_go_and_the_current_version_stays(engine: AsyncEngine) -> None:

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.clock import FixedClock
-from service.db import alerts, create_engine, jobs
+from service.db import alerts, create_engine, jobs, writer
+from service.notifications import Kind, Notification, Notifier
 from service.testing import running_app
 from service.web import ui, ui_data
 from service.web.ui_data import CompanyHealth
@@ -442,3 +443,34 @@ async def test_the_page_shows_the_name_and_next_sync_and_searches_by_name(databa
         assert f'<p class="company-name">{f.HEALTHY_NAME}</p>' in page
         cell = re.search(r'data-testid="next-sync">(.*?)</td>', page, re.S)
         assert cell is not None and "2025-06-15T18:06:40Z" in cell.group(1) and "America/New_York" in cell.group(1)
+
+
+async def test_open_problems_are_listed_with_their_age_and_can_be_acknowledged(database_url: str) -> None:
+    """The overview lists open problems (kind, company, age); Acknowledge keeps one listed, marked by whom;
+    a resolved one leaves the list (the company's page keeps it a week); an unknown one is 404."""
+    async with seeded(database_url) as (client, engine, clock, _):
+        notifier = Notifier(engine, ["log"], dedupe_s=3600, clock=clock)
+        await notifier.notify(Notification(Kind.SYNC_FAILED, "Codat sync failed with 4000", company_id=f.FAILING,
+                                           subject="sync-1"))  # fmt: skip
+        await notifier.notify(Notification(Kind.UPDATE_CONFLICT, "1 orders record changed", company_id=f.FAILING,
+                                           subject="orders:o-1"))  # fmt: skip
+        clock.advance(125)
+        csrf = await log_in(client)
+        page = (await client.get("/ui")).text
+        rows = dict(re.findall(r'<tr data-problem-id="([0-9a-f]{32})" data-state="open">(.*?)</tr>', page, re.S))
+        sync_failed = next(pid for pid, row in rows.items() if "sync failed" in row)
+        pressed = await client.post(f"/ui/problems/{sync_failed}/ack", data={"csrf": csrf, "next": "/ui"})
+        after = (await client.get("/ui")).text
+        async with writer(engine).begin() as conn:
+            await notifier.resolve(conn, "a sync succeeded", kinds=[Kind.SYNC_FAILED], company_id=f.FAILING)
+        resolved = (await client.get("/ui")).text
+        company = (await client.get(f"/ui/companies/{f.FAILING}")).text
+        unknown = await client.post("/ui/problems/nope/ack", data={"csrf": csrf})
+    assert len(rows) == 2 and all(f.FAILING in row and "2m 5s" in row for row in rows.values())
+    assert pressed.headers["location"] == "/ui?flash=acknowledged"
+    assert f'data-problem-id="{sync_failed}" data-state="acknowledged"' in after and "Sync Health page" in after
+    assert sync_failed not in resolved and 'data-testid="open-problems">1<' in resolved
+    # the company's page keeps the week's resolved ones beside the open ones
+    assert f'data-problem-id="{sync_failed}" data-state="resolved"' in company
+    assert sum(f'data-problem-id="{pid}" data-state="open"' in company for pid in rows) == 1
+    assert unknown.status_code == 404

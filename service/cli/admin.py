@@ -13,7 +13,7 @@ from service import syncs
 from service.alert_search import AlertSearch, BadSearch, search_alerts
 from service.alert_views import MAX_LIMIT, alert_json
 from service.cli.common import Command, CommandFailed, emit, load_settings_or_fail, with_codat, with_engine
-from service.cli.progress import ProgressBar
+from service.cli.replays import add_filter_arguments, alerts_bulk, has_filter, jobs_retry
 from service.clock import SystemClock
 from service.db import alerts, create_engine
 from service.dispatch import replay_alert
@@ -56,41 +56,11 @@ async def _replay_one(engine: AsyncEngine, alert_id: str) -> bool:
 
 
 async def alerts_replay(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    if args.dead:
-        return await _replay_dead(engine, args)
+    if args.id is None:
+        return await alerts_bulk(engine, args)  # by filter: --dead, --company, --kind, --status, --since, …
     if not await _replay_one(engine, args.id):
         raise CommandFailed(f"no alert {args.id}")
     emit({"status": "queued", "id": args.id}, args)
-    return 0
-
-
-def _confirmed(count: int, args: argparse.Namespace) -> bool:
-    if args.yes:
-        return True
-    if not sys.stdin.isatty():
-        raise CommandFailed(f"{count} dead alerts would be replayed: pass --yes to confirm")
-    return input(f"Replay {count} dead alerts? [y/N] ").strip().lower() in ("y", "yes")
-
-
-async def _replay_dead(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    """Every dead alert (of one company with --company), oldest first so a company's order is kept."""
-    query = sa.select(alerts.c.id).where(alerts.c.status == AlertStatus.DEAD.value).order_by(alerts.c.received_at)
-    if args.company:
-        query = query.where(alerts.c.company_id == args.company)
-    async with engine.connect() as conn:
-        ids = list((await conn.execute(query)).scalars())
-    if ids and not _confirmed(len(ids), args):
-        raise CommandFailed("not confirmed; nothing replayed")
-    bar = ProgressBar("replaying dead alerts", len(ids))
-    try:
-        for done, alert_id in enumerate(ids, 1):
-            await _replay_one(engine, alert_id)
-            bar.update(done, alert_id)
-    finally:
-        if ids:
-            bar.close()
-    emit({"status": "queued", "replayed": len(ids), "ids": ids} if args.json else
-         f"{len(ids)} dead alerts queued for processing again", args)  # fmt: skip
     return 0
 
 
@@ -123,13 +93,16 @@ async def _follow(company_id: str, kind: str, summary: Any) -> None:
 
 
 def _checked(parser: argparse.ArgumentParser, command: Command) -> Command:
-    """`alerts replay`: an ID or --dead, exactly one; a wrong mix is bad usage (exit 2, with the usage)."""
+    """`alerts replay`: an ID, or a filter (--dead, --company, …): exactly one; a mix is bad usage (exit 2)."""
 
     def run(args: argparse.Namespace) -> int:
-        if args.dead == (args.id is not None):
-            parser.error("give an alert ID or --dead (exactly one)")
-        if not args.dead and (args.company or args.yes):
-            parser.error("--company and --yes go with --dead")
+        bulk = has_filter(args)
+        if bulk == (args.id is not None):
+            parser.error("give an alert ID or a filter (--dead, --status, --kind, --company, --since, --until)")
+        if args.dead and args.status not in (None, "dead"):
+            parser.error("--dead is --status dead")
+        if args.id is not None and args.yes:
+            parser.error("--yes goes with a filter")
         return command(args)
 
     return run
@@ -156,12 +129,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], json_
     show = alerts_sub.add_parser("show", parents=[json_flag], help="one alert with its raw body")
     show.add_argument("id")
     show.set_defaults(func=with_engine(alerts_show))
-    rep = alerts_sub.add_parser("replay", parents=[json_flag], help="process an alert again (or every dead one)")
-    rep.add_argument("id", nargs="?", help="alert id (or --dead)")
-    rep.add_argument("--dead", action="store_true", help="replay every dead alert, with a progress bar")
-    rep.add_argument("--company", help="with --dead: only this company's")
-    rep.add_argument("--yes", action="store_true", help="with --dead: do not ask for confirmation")
+    rep = alerts_sub.add_parser("replay", parents=[json_flag],
+                                help="process an alert again, or every alert a filter matches (oldest first)")
+    rep.add_argument("id", nargs="?", help="alert id (or a filter)")
+    rep.add_argument("--dead", action="store_true", help="every dead alert (--status dead)")
+    rep.add_argument("--status", choices=[s.value for s in AlertStatus])
+    rep.add_argument("--kind", choices=[k.value for k in AlertKind])
+    rep.add_argument("--company", help="only this company's")
+    rep.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_filter_arguments(rep, alerts=True)
     rep.set_defaults(func=_checked(rep, with_engine(alerts_replay)))
+
+    jobs_p = sub.add_parser("jobs", help="the job queue: bulk retry of dead jobs")
+    jobs_sub = jobs_p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    retry = jobs_sub.add_parser("retry", parents=[json_flag], help="run dead jobs again (oldest first)")
+    add_filter_arguments(retry, alerts=False)
+    retry.set_defaults(func=with_engine(jobs_retry))
 
     sync = sub.add_parser("sync", help="Codat manual syncs and sync status")
     sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="ACTION")

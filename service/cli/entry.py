@@ -17,6 +17,7 @@ from service import migrate, tracing
 from service.cli import admin as admin_commands
 from service.cli import companies as companies_commands
 from service.cli import doctor as doctor_commands
+from service.cli import problems as problem_commands
 from service.cli import subscriptions as subscription_commands
 from service.cli.common import Command, CommandFailed, load_settings_or_fail
 from service.settings import Settings
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     companies_commands.add_commands(sub, json_flag)
     subscription_commands.add_commands(sub, json_flag)
     doctor_commands.add_commands(sub, json_flag)
+    problem_commands.add_commands(sub, json_flag)
     return parser
 
 

@@ -207,7 +207,9 @@ def summary(demo: Demo) -> None:
     if any(a["status"] == "ignored" for a in alerts):
         say("(ignored: an event codat-relay does not act on, like company.created, or a dataset's end it already "
             "knew from polling Codat: nothing left to do.)")
-    say(f"Staff notifications: {', '.join(demo.inbox.kinds())}.")
+    with demo.inbox.lock:  # a problem that cleared (the reconnection) is told again, as resolved
+        told = [n["kind"] + (" (resolved)" if n.get("state") == "resolved" else "") for n in demo.inbox.received]
+    say(f"Staff notifications: {', '.join(told)}.")
     say(f"GET /v1/companies/{demo.company}: records by state: "
         + "; ".join(f"{t}: {demo.states(t)}" for t in (ORDERS, PAYMENTS, TRANSACTIONS)))  # fmt: skip
     breaches = demo.sandbox_call("GET", "/breaches")["results"]

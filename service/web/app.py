@@ -25,7 +25,19 @@ from service.errors import Rejected, RetryLater
 from service.ingest import WRITE_TIMEOUT_S, Ingestor
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from service.web import alerts_api, companies_api, docs, jobs_api, openapi, records_api, syncs_api, ui, ui_views
+from service.web import (
+    alerts_api,
+    companies_api,
+    docs,
+    jobs_api,
+    openapi,
+    problems_api,
+    records_api,
+    replays_api,
+    syncs_api,
+    ui,
+    ui_views,
+)
 from service.web.auth import require
 from service.web.responses import error_response, json_response
 from service.web.throttle import FailureThrottle
@@ -167,8 +179,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
         routes=[
             Route("/webhooks/codat", endpoint.handle, methods=["POST"]),
             *ops_routes(),
+            *replays_api.routes(),  # before /v1/alerts/{id}: `replay` is no alert id here
             *alerts_api.routes(),
             *jobs_api.routes(),
+            *problems_api.routes(),
             *ui.routes(),
             *ui_views.routes(),
             *records_api.routes(),

@@ -11,18 +11,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service import queue
 from service.clock import iso
-from service.db import alerts, jobs, writer
+from service.db import jobs, writer
 from service.errors import InvalidRequest, NotFound, Rejected
 from service.ids import query_id
-from service.queue import ALERT_JOB_KIND, JobStatus
-from service.types import AlertStatus
+from service.queue import JobStatus
+from service.replays import revive_dead
 from service.web.auth import require
 from service.web.responses import json_response
 
@@ -83,17 +83,6 @@ async def list_jobs(engine: AsyncEngine, *, status: str | None, kind: str | None
         return list((await conn.execute(query)).mappings().all())
 
 
-async def _revive(conn: AsyncConnection, row: RowMapping, now: float) -> None:
-    """Back to waiting, run now, attempts from zero; its last error is kept until the next run."""
-    await queue.retry_dead(conn, row["id"], now)
-    if row["kind"] == ALERT_JOB_KIND and (alert_id := row["payload"].get("alert_id")) is not None:
-        # The alert's status follows its job (service/dispatch.py): dead with it, pending again with it.
-        await conn.execute(
-            alerts.update().where(alerts.c.id == str(alert_id))
-            .values(status=AlertStatus.PENDING.value, updated_at=now)
-        )  # fmt: skip
-
-
 async def retry_dead_job(engine: AsyncEngine, job_id: int, now: float) -> RowMapping:
     """Put a dead job back to waiting; raises NotFound / NotDead. Returns the job as it now stands.
 
@@ -110,7 +99,7 @@ async def retry_dead_job(engine: AsyncEngine, job_id: int, now: float) -> RowMap
                 raise NotFound(f"no job {job_id}")
             if row["status"] != JobStatus.DEAD.value:
                 raise NotDead(f"job {job_id} is {row['status']}, not dead")
-            await _revive(conn, row, now)
+            await revive_dead(conn, row, now)
     except IntegrityError:
         async with writer(engine).begin() as conn:
             await queue.close_dead(conn, job_id, now)

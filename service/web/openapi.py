@@ -115,6 +115,22 @@ SCHEMAS: dict[str, Any] = {
                              "purgeId": {"type": ["integer", "null"]}}},
     "Queued": {"type": "object", "required": ["status", "id"],
                "properties": {"status": {"type": "string"}, "id": {}}},
+    "ReplayRun": {"type": "object", "required": ["runId", "target", "filter", "done", "finished"], "properties": {
+        "runId": {"type": "string"}, "target": {"enum": ["alerts", "jobs"]}, "filter": {"type": "object"},
+        "done": {"type": "integer"}, "cursor": {"type": "object"}, "finished": {"type": "boolean"},
+        "status": {"type": "string"}, "remaining": {"type": "integer"}}},
+    "ReplayPreview": {"type": "object", "required": ["dryRun", "count", "sample"], "properties": {
+        "dryRun": {"const": True}, "count": {"type": "integer"}, "sample": {"type": "array"},
+        "filter": {"type": "object"}}},
+    "Problem": {"type": "object", "required": ["id", "kind", "state", "subject", "count", "openedAt", "ageSeconds"],
+                "properties": {
+        "id": {"type": "string"}, "kind": {"type": "string"}, "state": {"enum": ["open", "acknowledged", "resolved"]},
+        "companyId": {"type": ["string", "null"]}, "subject": {"type": "string"},
+        "dataType": {"type": ["string", "null"]}, "summary": {"type": "string"}, "count": {"type": "integer"},
+        "openedAt": {"type": "string"}, "lastSeenAt": {"type": "string"},
+        "acknowledgedAt": {"type": ["string", "null"]}, "acknowledgedBy": {"type": ["string", "null"]},
+        "resolvedAt": {"type": ["string", "null"]},
+        "ageSeconds": {"type": "number", "description": "since it opened; until it resolved, for a resolved one"}}},
 }
 
 
@@ -205,6 +221,43 @@ def paths() -> dict[str, Any]:
             {"202": answer("queued", ref("Queued")), **errors("401", "404"),
              "409": answer("the job is not dead", ref("Error"))},
             parameters=[path_param("jobId", "job id", pattern="^[0-9]+$")])},
+        "/v1/alerts/replay": {"post": operation(
+            "Replay every alert a filter matches (oldest first), paced; dryRun counts them", "adminToken",
+            {"200": answer("the dry run", ref("ReplayPreview")), "202": answer("the run, started", ref("ReplayRun")),
+             **errors("401", "422")},
+            requestBody=body({"type": "object", "additionalProperties": False, "properties": {
+                "kind": {"enum": [k.value for k in AlertKind]}, "status": {"enum": [s.value for s in AlertStatus]},
+                "companyId": {"type": "string"}, "since": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"}, "dryRun": {"type": "boolean"},
+                "rate": {"type": "number", "description": "items per second"},
+                "runId": {"type": "string", "description": "continue this run (or start one under this id)"}}},
+                required=False))},
+        "/v1/jobs/retry": {"post": operation(
+            "Run again every dead job a filter matches (oldest first), paced; dryRun counts them", "adminToken",
+            {"200": answer("the dry run", ref("ReplayPreview")), "202": answer("the run, started", ref("ReplayRun")),
+             **errors("401", "422")},
+            requestBody=body({"type": "object", "additionalProperties": False, "properties": {
+                "kind": {"type": "string"}, "since": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"}, "dryRun": {"type": "boolean"},
+                "rate": {"type": "number"}, "runId": {"type": "string"}}}, required=False))},
+        "/v1/replays/{runId}": {"get": operation(
+            "A bulk replay or retry run: its filter, cursor and progress", "adminToken",
+            {"200": answer("the run", ref("ReplayRun")), **errors("401", "404")},
+            parameters=[path_param("runId", "replay run id")])},
+        "/v1/problems": {"get": operation(
+            "Problems staff were told of, newest first, with their age", "adminToken",
+            {"200": answer("problems", {"type": "object", "required": ["results"],
+                                        "properties": {"results": {"type": "array", "items": ref("Problem")}}}),
+             **errors("401", "422")},
+            parameters=[{"name": "status", "in": "query", "description": "open: every unresolved one (`state` too)",
+                         "schema": {"enum": ["open", "acknowledged", "resolved"]}},
+                        {"name": "companyId", "in": "query", "schema": {"type": "string"}}, limit])},
+        "/v1/problems/{problemId}/ack": {"post": operation(
+            "Acknowledge a problem (it stays open until its condition clears)", "adminToken",
+            {"200": answer("the problem", ref("Problem")), **errors("401", "404")},
+            parameters=[path_param("problemId", "problem id")],
+            requestBody=body({"type": "object", "additionalProperties": False,
+                              "properties": {"by": {"type": "string"}}}, required=False))},
         "/v1/alerts/{alertId}/replay": {"post": operation(
             "Process an alert again", "adminToken",
             {"202": answer("queued", ref("Queued")), **errors("401", "404")}, parameters=[ALERT])},

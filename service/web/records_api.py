@@ -22,7 +22,7 @@ from service.outbox import IntakeResult, schedule_push, store_records
 from service.records import DATA_TYPES, validate_records
 from service.runtime import Runtime
 from service.settings import CODAT_MAX_PUSH_RECORDS
-from service.tracking import tell_conflicts
+from service.tracking import resolve_conflicts, tell_conflicts
 from service.web.auth import require
 from service.web.responses import json_response
 
@@ -104,6 +104,7 @@ async def _put_records(request: Request) -> Response:
         new = [c["id"] for c in result.conflicts]
         if new:
             await tell_conflicts(runtime.notifier, conn, company_id, data_type, new)
+        await resolve_conflicts(runtime.notifier, conn, company_id, data_type, {r.id for r in batch}, set(new))
 
     try:
         result = await store_records(

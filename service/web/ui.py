@@ -26,11 +26,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import sessions, syncs
+from service import problems, sessions, syncs
 from service.clock import iso
 from service.codat.client import CodatError
 from service.codat.models import ERROR_STATUSES
 from service.companies import full_repush, pause_company, resume_company
+from service.db import writer
 from service.dispatch import replay_alert
 from service.errors import NotFound, Rejected
 from service.health import PROBLEM_KINDS
@@ -56,8 +57,10 @@ FLASHES = {  # fixed messages, so a crafted link cannot put words on the page
     "repushed": "Re-push queued: every record not synced, not a conflict and not in flight goes again.",
     "sync_requested": "Codat was asked to sync this company now.",
     "sync_refused": "Codat refused the sync request: see the company's last sync and Codat's Portal.",
+    "acknowledged": "Problem acknowledged: it stays listed until its condition clears by itself.",
 }
 ACTIONS = ("pause", "resume", "repush", "sync-latest")  # the company page's buttons, each behind a confirmation
+ACK_BY = "Sync Health page"  # the admin token names no person
 REPLAYABLE = frozenset({"dead", "ignored"})  # done/pending/processing alerts gain nothing from a replay
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -90,6 +93,7 @@ templates.filters["when"] = when
 # Ids in links and form actions, one path segment each: Jinja's `urlencode` keeps "/", so an alert id
 # `zzz/../victim` made a Replay form the browser normalised into another alert's.
 templates.filters["segment"] = path_segment
+templates.filters["age"] = problems.age
 templates.globals.update(error_statuses=ERROR_STATUSES, company_of=ui_data.job_company, replayable=REPLAYABLE)
 
 
@@ -268,7 +272,8 @@ async def overview_page(request: Request) -> Response:
         query = company_query(request)
     except Rejected as exc:
         return _error_page(exc, viewer)
-    data = await ui_data.overview(request.app.state.runtime.engine, query)
+    runtime = request.app.state.runtime
+    data = await ui_data.overview(runtime.engine, query, runtime.clock.now())
     flash = FLASHES.get(request.query_params.get("flash", ""))
     filters = {k: v for k, v in request.query_params.items() if k in ("search", "failing", "paused", "problem") and v}
     here = "/ui" + (f"?{urlencode(filters)}" if filters else "")
@@ -284,7 +289,8 @@ async def company_page(request: Request) -> Response:
         company_id = path_id(request, "company_id", "company")
     except NotFound as exc:
         return _error_page(exc, viewer)
-    page = await ui_data.company_page(request.app.state.runtime.engine, company_id)
+    runtime = request.app.state.runtime
+    page = await ui_data.company_page(runtime.engine, company_id, runtime.clock.now())
     if page is None:
         return _error_page(NotFound(f"codat-relay knows no company {company_id}"), viewer)
     flash = FLASHES.get(request.query_params.get("flash", ""))
@@ -340,6 +346,23 @@ async def retry_button(request: Request) -> Response:
         return _back(form, "not_dead")
     runtime.wake_workers()
     return _back(form, "retried")
+
+
+async def ack_button(request: Request) -> Response:
+    checked = await _button(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
+    runtime = request.app.state.runtime
+    try:
+        problem_id = path_id(request, "problem_id", "problem")
+    except NotFound as exc:
+        return _error_page(exc, viewer)
+    async with writer(runtime.engine).begin() as conn:
+        row = await problems.acknowledge(conn, problem_id, ACK_BY, runtime.clock.now())
+    if row is None:
+        return _error_page(NotFound(f"no problem {problem_id}"), viewer)
+    return _back(form, "acknowledged")
 
 
 async def company_action(request: Request) -> Response:
@@ -414,4 +437,5 @@ def routes() -> list[BaseRoute]:
         Route("/ui/alerts/{alert_id:path}/replay", _pages(replay_button), methods=["POST"]),
         Route("/ui/actions/{action}/{company_id:path}", _pages(company_action), methods=["POST"]),
         Route("/ui/jobs/{job_id:int}/retry", _pages(retry_button), methods=["POST"]),
+        Route("/ui/problems/{problem_id}/ack", _pages(ack_button), methods=["POST"]),
     ]

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import health
+from service import health, problems
 from service.codat.models import ERROR_STATUSES
 from service.db import alerts, companies, datasets, jobs, notifications, pushes, records
+from service.db import problems as problems_table
 from service.health import RECORD_STATES, CompanyHealth
 from service.notifications import NOTIFY_JOB_KIND
 from service.queue import ALERT_JOB_KIND, JobStatus
@@ -24,6 +26,9 @@ from service.types import AlertStatus
 
 MAX_DEAD_JOBS = 200
 RECENT_ALERTS = 20
+COMPANY_PROBLEMS = 50
+RESOLVED_SHOWN_S = 7 * 86400.0
+OPEN_PROBLEMS = 100  # the newest open problems on the overview; `codat-relay problems list` has them all
 RECENT_DATASETS = 20
 TIMELINE_PER_SOURCE = 50
 BAD_PUSH_OUTCOMES = frozenset({"abandoned", "rejected"})
@@ -37,6 +42,7 @@ class Overview:
     total: int = 0  # companies matching the filters, every page
     next_cursor: str | None = None
     failing_total: int = 0  # failing companies in all, whatever the filters
+    open_problems: list[dict[str, Any]] = field(default_factory=list)  # as the API shows them, with their age
 
 
 def job_company(row: RowMapping) -> str | None:
@@ -52,16 +58,19 @@ def _sort_key(company: CompanyHealth) -> tuple[bool, str]:
     return (not company.failing, company.id)  # failing first, then by id
 
 
-async def overview(engine: AsyncEngine, query: health.CompanyQuery | None = None) -> Overview:
-    """One page of companies (failing first within it), as filtered; the dead jobs; the latest alerts."""
+async def overview(engine: AsyncEngine, query: health.CompanyQuery | None = None, now: float = 0.0) -> Overview:
+    """One page of companies (failing first within it), as filtered; the dead jobs; the latest alerts; the
+    open problems (newest first, their age as of `now`)."""
     page = await health.list_companies(engine, query or health.CompanyQuery())
     failing = await health.list_companies(engine, health.CompanyQuery(failing=True, limit=1))
     async with engine.connect() as conn:
         dead_jobs = await _dead_jobs(conn)
         recent = sa.select(alerts).order_by(alerts.c.received_at.desc(), alerts.c.id.desc()).limit(RECENT_ALERTS)
         recent_alerts = list((await conn.execute(recent)).mappings().all())
+        listing = problems.listing(state=problems.State.OPEN, company_id=None, limit=OPEN_PROBLEMS)
+        open_problems = [problems.problem_json(row, now) for row in (await conn.execute(listing)).mappings()]
     return Overview(sorted(page.results, key=_sort_key), dead_jobs, recent_alerts, page.total, page.next_cursor,
-                    failing.total)  # fmt: skip
+                    failing.total, open_problems)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,10 +139,11 @@ class CompanyPage:
     dead_jobs: list[RowMapping]
     timeline: list[Event]
     bad_records: list[dict[str, object]]
+    problems: list[dict[str, Any]] = field(default_factory=list)  # open, and resolved within RESOLVED_SHOWN_S
 
 
-async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | None:
-    """None when codat-relay knows nothing of this company."""
+async def company_page(engine: AsyncEngine, company_id: str, now: float = 0.0) -> CompanyPage | None:
+    """None when codat-relay knows nothing of this company; problems' ages as of `now`."""
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(companies).where(companies.c.id == company_id))).mappings().first()
         (company,) = await health.health_of(conn, [company_id], [company_id])
@@ -151,10 +161,13 @@ async def company_page(engine: AsyncEngine, company_id: str) -> CompanyPage | No
         newest = sa.select(datasets).where(datasets.c.company_id == company_id).order_by(datasets.c.requested_at.desc())
         recent_datasets = list((await conn.execute(newest.limit(RECENT_DATASETS))).mappings().all())
         bad_records = await _bad_records(conn, company_id)
+        shown = problems.listing(state=None, company_id=company_id, limit=COMPANY_PROBLEMS).where(
+            sa.or_(problems_table.c.resolved_at.is_(None), problems_table.c.resolved_at >= now - RESOLVED_SHOWN_S))
+        company_problems = [problems.problem_json(r, now) for r in (await conn.execute(shown)).mappings()]
     if row is None and not timeline and not by_type and not dead_jobs:
         return None
     timeline.sort(key=lambda e: e.at, reverse=True)
-    return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline, bad_records)
+    return CompanyPage(company, dict(by_type), recent_datasets, dead_jobs, timeline, bad_records, company_problems)
 
 
 # -- an alert's page ---------------------------------------------------------------------------------------

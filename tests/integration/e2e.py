@@ -57,9 +57,11 @@ class Target:
     down: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def of(self, company: str, kind: str | None = None) -> list[dict[str, Any]]:
+    def of(self, company: str, kind: str | None = None, state: str = "opened") -> list[dict[str, Any]]:
+        """Messages about `company` (of `kind`) that opened a problem, or, with state="resolved", that ended one."""
         with self.lock:
-            return [n for n in self.received if n["companyId"] == company and (kind is None or n["kind"] == kind)]
+            return [n for n in self.received if n["companyId"] == company and (kind is None or n["kind"] == kind)
+                    and n.get("state") == state]  # fmt: skip
 
 
 @contextmanager

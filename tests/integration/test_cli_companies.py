@@ -146,7 +146,10 @@ def test_bulk_replay_of_dead_alerts(env: dict[str, str], db: Path) -> None:
     assert {s for (s,) in sql(db, "SELECT status FROM alerts WHERE id != 'ok'")} == {"dead"}
     only_a = run(env, "alerts", "replay", "--dead", "--company", "co-a", "--yes", "--json")
     assert only_a.returncode == 0, only_a.stderr
-    assert json.loads(only_a.stdout) == {"status": "queued", "replayed": 2, "ids": ["a1", "a2"]}
+    answer = json.loads(only_a.stdout)
+    assert {k: answer[k] for k in ("status", "replayed", "done")} == {"status": "queued", "replayed": 2, "done": 2}
+    assert answer["filter"]["companyId"] == "co-a" and answer["filter"]["status"] == "dead"
+    assert f"run {answer['runId']} (2 to go" in only_a.stderr
     assert "replaying dead alerts: 2/2 (100%)" in only_a.stderr
     assert dict(sql(db, "SELECT id, status FROM alerts")) == {"a1": "pending", "a2": "pending", "b1": "dead",
                                                               "ok": "done"}  # fmt: skip

@@ -192,7 +192,7 @@ def test_errors_a_repush_cannot_clear_are_told_not_repushed(s: Stack, status: st
 
 
 def test_connection_deleted_pauses_and_reconnection_pushes_the_backlog(s: Stack) -> None:
-    """Deleted → paused, nothing pushed, told once; reconnected → resumed and the backlog pushed."""
+    """Deleted → paused, nothing pushed, told once; reconnected → resumed, the backlog pushed, told resolved."""
     s.put("orders", [order(1)])
     settled(s, ORDERS, "accepted", 1)
     s.sandbox("POST", f"/_sandbox/companies/{s.company}/delete-connection")
@@ -206,6 +206,9 @@ def test_connection_deleted_pauses_and_reconnection_pushes_the_backlog(s: Stack)
     settled(s, ORDERS, "accepted", 2)
     assert len(s.pushes(ORDERS)) == 2 and sorted(s.pushes(ORDERS)[1]["recordIds"]) == ["o-1", "o-2"]
     assert told["severity"] == "critical" and len(s.target.of(s.company, "connection_deleted")) == 1
+    # The reconnection ended the problem: staff are told so, about the same problem.
+    [over] = until(lambda: s.target.of(s.company, "connection_deleted", "resolved"), bool, "resolved")
+    assert over["problemId"] == told["problemId"] and over["severity"] == "info"
     # Nothing was even tried while paused: Codat would have answered 404 (the sandbox does not list those).
     assert s.codat_requests("push", 404) == 0 and s.codat_requests("push", 200) == 2
     outcomes = s.rows("SELECT outcome, count(*) FROM pushes WHERE company_id = :company GROUP BY outcome")
