@@ -417,11 +417,18 @@ async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: f
 
 async def heartbeat(engine: AsyncEngine, running: Sequence[Job], now: float, lease_s: float) -> int:
     """Extend the leases of the jobs this worker is running (fenced, so never a job it lost); returns how many."""
-    if not running:
-        return 0
+    return len(await renew(engine, running, now, lease_s))
+
+
+async def renew(engine: AsyncEngine, held: Sequence[Job], now: float, lease_s: float) -> set[int]:
+    """`heartbeat`, returning the ids of the jobs whose lease it extended (those still this worker's)."""
+    if not held:
+        return set()
     async with bookkeeper(engine).begin() as conn:
-        result = await conn.execute(jobs.update().where(_fenced(running)).values(lease_expires_at=now + lease_s))
-    return int(result.rowcount)
+        result = await conn.execute(
+            jobs.update().where(_fenced(held)).values(lease_expires_at=now + lease_s).returning(jobs.c.id)
+        )
+        return set(result.scalars())
 
 
 async def release(engine: AsyncEngine, claimed: Sequence[Job], now: float) -> int:

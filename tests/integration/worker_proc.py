@@ -1,6 +1,7 @@
 """A worker process for the multi-process queue tests.
 
     python -m tests.integration.worker_proc DB_URL OUT_DIR [--mode record|block] [--lease S] [--concurrency N]
+                                                    [--claim-ahead N]
 
 Kind `record` appends one JSON line per run to OUT_DIR/runs-PID.jsonl: job id, key, seq, start and end
 (CLOCK_MONOTONIC, shared by every process on the machine) and the pid. In `block` mode the function
@@ -61,7 +62,7 @@ async def main(args: argparse.Namespace) -> None:
     worker = Worker(
         engine, {"record": function},
         concurrency=args.concurrency, lease_s=args.lease, retry=RetryPolicy(max_attempts=5), clock=SystemClock(),
-        notifier=LogDeadJobs(), poll_interval_s=0.2, grace_s=2.0,
+        notifier=LogDeadJobs(), poll_interval_s=0.2, grace_s=2.0, claim_ahead=args.claim_ahead,
     )  # fmt: skip
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -78,4 +79,5 @@ if __name__ == "__main__":
     parser.add_argument("--mode", choices=["record", "block"], default="record")
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--claim-ahead", type=int, default=None, help="jobs held beyond the slots")
     asyncio.run(main(parser.parse_args()))
