@@ -219,6 +219,10 @@ class Worker:
         target = self._concurrency // LINGER_BATCH_DIVISOR
         if target <= 1:
             return
+        if self._claim_ahead:
+            # Jobs that finishing ones just started from the buffer take their first step before the round
+            # is counted: short jobs then finish in it too, and one round records them all.
+            await asyncio.sleep(0)
         deadline = asyncio.get_running_loop().time() + LINGER_S
         while len(self._finished) < target and self._running:
             self._wake.clear()
