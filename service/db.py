@@ -140,7 +140,22 @@ def pgbouncer_connect_args(settings: Settings) -> dict[str, Any]:
     """
     if not (settings.database_pgbouncer or behind_pgbouncer(settings.database_url)):
         return {}
+    return pgbouncer_driver_args()
+
+
+def pgbouncer_driver_args() -> dict[str, Any]:
+    """asyncpg's arguments behind PgBouncer's transaction pooling, whoever makes the connection (the engine,
+    the migrations)."""
     return {"statement_cache_size": 0, "prepared_statement_name_func": lambda: f"__relay_{uuid.uuid4().hex}__"}
+
+
+def database_url(settings: Settings) -> str:
+    """RELAY_DATABASE_URL, marked `?prepared_statement_cache_size=0` when RELAY_DATABASE_PGBOUNCER says PgBouncer
+    is in between: whoever connects with it (the engine, the migrations) then knows."""
+    if not settings.database_pgbouncer or settings.is_sqlite:
+        return settings.database_url
+    url = sa.make_url(settings.database_url).update_query_dict({PGBOUNCER_QUERY: "0"})
+    return url.render_as_string(hide_password=False)
 
 
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
@@ -163,11 +178,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_timeout", 5)
     kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30, **pgbouncer_connect_args(settings)})
-    url = sa.make_url(settings.database_url)
-    if settings.database_pgbouncer:
-        # SQLAlchemy's own cache of prepared statements, per connection: off, as asyncpg's is.
-        url = url.update_query_dict({PGBOUNCER_QUERY: "0"})
-    engine = create_async_engine(url, **kwargs)
+    # Behind PgBouncer, SQLAlchemy's own cache of prepared statements, per connection, is off as asyncpg's is.
+    engine = create_async_engine(database_url(settings), **kwargs)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

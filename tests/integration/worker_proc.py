@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import structlog
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.clock import SystemClock
 from service.dead_jobs import LogDeadJobs
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.worker import JobFunction, Worker
+from tests.pgbouncer import engine_for
 
 
 def record_to(out: Path) -> JobFunction:
@@ -56,7 +56,7 @@ def block_in(out: Path) -> JobFunction:
 
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    engine = create_async_engine(args.database_url, pool_size=4)
+    engine = engine_for(args.database_url, pool_size=4)
     out = Path(args.out_dir)
     function = block_in(out) if args.mode == "block" else record_to(out)
     worker = Worker(
