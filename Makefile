@@ -56,9 +56,9 @@ typecheck: $(STAMP_DEV)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-## bench: every benchmark under benchmarks/, ratios against baselines measured in the same run
+## bench: every benchmark under benchmarks/, five runs each: ratios against baselines measured in the same run
 bench: $(STAMP_BENCH)
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.run_all --runs 5
 
 # Issue 16's reproductions that live beside the code they pin (they run in `make test` too).
 HARDENING_TESTS := tests/test_ids.py tests/test_settings.py::test_two_roles_sharing_one_token_are_refused \
