@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys
-from service.db import bookkeeper, jobs, writer
+from service.db import bookkeeper, jobs, sqlite_write_turn, writer
 
 ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
 NOTIFY_CHANNEL = "relay_jobs"
@@ -341,7 +341,8 @@ async def turn(
     """
     if not done and claim_limit <= 0:
         return 0, []
-    async with bookkeeper(engine).begin() as conn:
+    # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py).
+    async with sqlite_write_turn(engine.url), bookkeeper(engine).begin() as conn:
         finished = await _complete_in(conn, done, now, on_done) if done else 0
         claimed = await _claim_in(conn, worker_id, claim_limit, now, lease_s, on_claimed) if claim_limit > 0 else []
     return finished, claimed
