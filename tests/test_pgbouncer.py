@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ from tests.test_claim_ahead import *  # noqa: F403 - the whole module again, thr
 from tests.test_queue import *  # noqa: F403 - the whole module again, through PgBouncer
 
 # LISTEN cannot pass PgBouncer's transaction pooling: workers poll there unless RELAY_DATABASE_LISTEN_URL
-# gives them a direct connection. (Still to write: that test.)
+# gives them a direct connection (test_notify_through_pgbouncer_wakes_a_worker_listening_directly).
 del test_notify_wakes_worker_on_postgres  # noqa: F821
 
 
@@ -95,3 +96,35 @@ def _revision(url: str) -> str | None:
             await engine.dispose()
 
     return asyncio.run(read())
+
+
+async def test_notify_through_pgbouncer_wakes_a_worker_listening_directly(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind PgBouncer, a worker given a direct LISTEN connection (RELAY_DATABASE_LISTEN_URL) is woken by an
+    enqueue's NOTIFY sent through PgBouncer: idle, no poll for an hour, no wake(), it starts the job."""
+    from service.db import create_engine
+    from tests.conftest import make_settings
+    from tests.queue_helpers import running
+    from tests.test_queue import IDLE_POLL_S, WAKE_DEADLINE_S, ClaimSpy, make_worker
+    from tests.test_queue import add as enqueue_one
+
+    server = sa.make_url(POSTGRES_URL)
+    direct = sa.make_url(database_url).set(drivername="postgresql", host=server.host, port=server.port)
+    direct = direct.difference_update_query(["prepared_statement_cache_size"])
+    engine = create_engine(make_settings(database_url))
+    claims, done = ClaimSpy(monkeypatch), asyncio.Event()
+
+    async def finish(job: Any, attempt: int) -> None:
+        done.set()
+
+    worker = make_worker(engine, {"test": finish}, poll_interval_s=IDLE_POLL_S,
+                         listen_dsn=direct.render_as_string(hide_password=False))  # fmt: skip
+    try:
+        async with running(worker):
+            await claims.until_idle()
+            job_id = await enqueue_one(engine)  # commits with a NOTIFY, through PgBouncer
+            await asyncio.wait_for(done.wait(), WAKE_DEADLINE_S)
+    finally:
+        await engine.dispose()
+    assert claims.claimed[:2] == [[], [job_id]]
