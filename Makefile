@@ -56,9 +56,9 @@ typecheck: $(STAMP_DEV)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-## bench: every benchmark under benchmarks/, ratios against baselines measured in the same run
+## bench: every benchmark under benchmarks/, five runs each: ratios against baselines measured in the same run
 bench: $(STAMP_BENCH)
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.run_all --runs 5
 
 # Issue 16's reproductions that live beside the code they pin (they run in `make test` too).
 HARDENING_TESTS := tests/test_ids.py tests/test_settings.py::test_two_roles_sharing_one_token_are_refused \
@@ -74,7 +74,8 @@ HARDENING_TESTS := tests/test_ids.py tests/test_settings.py::test_two_roles_shar
 ## reliability: the reliability suite at full size (crash, duplicates, outage, fuzzing, security); figures in .bench/
 reliability: $(STAMP_DEV)
 	rm -f .bench/reliability-*.json
-	RELIABILITY_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/reliability $(HARDENING_TESTS) $(PYTEST_ARGS)
+	RELIABILITY_FULL=1 $(PY) -m pytest -q -p no:cacheprovider tests/reliability $(HARDENING_TESTS) \
+		tests/integration/test_workers_pgbouncer.py $(PYTEST_ARGS)
 	@$(PY) -c 'import json, pathlib; [print(p.stem, json.loads(p.read_text())) for p in sorted(pathlib.Path(".bench").glob("reliability-*.json"))]'
 
 ## lock: re-resolve the locked versions from requirements*.in (each in a clean venv)

@@ -2,7 +2,9 @@
 
 Each section states its target (PERFORMANCE.md), the figure measured, the ratio to the baseline measured
 in the same run, and whether the target was met. Absolute figures on this shared 2-core machine move with
-whatever else runs; the ratios are the comparable part.
+whatever else runs; the ratios are the comparable part. Each benchmark runs several times (`--runs`, 5 by
+default): the summary gives each ratio's median and spread (lowest to highest) over the runs, and in how many
+runs the aim was met; each run's own tables follow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import datetime as dt
 import os
 import platform
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +31,11 @@ KEY_PACKAGES = ("starlette", "uvicorn", "uvloop", "httptools", "sqlalchemy", "as
 
 def _proc_field(path: str, name: str) -> str:
     try:
-        for line in open(path, encoding="utf-8"):
-            key, _, value = line.partition(":")
-            if key.strip() == name:
-                return value.strip()
+        with open(path, encoding="utf-8") as fh:  # closed even when returning mid-file
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
     return "unknown"
@@ -113,18 +117,83 @@ SECTIONS: dict[str, Callable[[Ran], report_sections.Section]] = {
 }
 
 
-def render(ctx: Context, runs: list[Ran]) -> str:
+def render(ctx: Context, groups: list[list[Ran]]) -> str:
+    """The report of every benchmark's runs (one group per benchmark, its runs in order)."""
     lines = _header(ctx)
-    summary = ["## Summary", "", "| benchmark | target | measured | ratio to same-run baseline | met |",
-               "|---|---|---|---|---|"]  # fmt: skip
+    summary = ["## Summary", "",
+               "Each ratio is to a baseline measured in the same run; median and spread (lowest to highest) over "
+               "the runs, and in how many runs the aim was met.", "",
+               "| benchmark | target | measured (the median run) | ratio to same-run baseline: median (spread) "
+               "| runs | met |", "|---|---|---|---|---|---|"]  # fmt: skip
     body: list[str] = []
-    for ran in runs:
-        section = SECTIONS[ran.bench.name](ran)
-        summary.extend(f"| {ran.bench.name} | {t} | {m} | {r} | {ok} |" for t, m, r, ok in section.summary)
-        body.extend([f"## {section.title}", "", f"Command: `{ran.command}` ({ran.seconds:.0f} s).", ""])
-        if ran.failed:
-            body.extend(report_sections.failure(ran))
-        body.extend([*section.lines, ""])
+    for group in groups:
+        sections = [SECTIONS[ran.bench.name](ran) for ran in group]
+        rows = aggregate(sections)
+        name = group[0].bench.name
+        summary.extend(f"| {name} | {t} | {m} | {r} | {n} | {ok} |" for t, m, r, n, ok in rows)
+        body.extend([f"## {sections[0].title}", "", f"Command: `{group[0].command}`, {len(group)} run(s) "
+                     f"({', '.join(f'{ran.seconds:.0f}' for ran in group)} s).", ""])  # fmt: skip
+        if len(group) > 1:
+            body.extend(per_run_table(sections))
+        for index, (ran, section) in enumerate(zip(group, sections, strict=True), start=1):
+            if len(group) > 1:
+                body.extend([f"### Run {index} of {len(group)}", ""])
+            if ran.failed:
+                body.extend(report_sections.failure(ran))
+            body.extend([*section.lines, ""])
     reliability = report_sections.reliability()
     notes = (Path(__file__).parent / "notes.md").read_text().rstrip().splitlines()
     return "\n".join([*lines, *summary, "", *body, *notes, "", *reliability]).rstrip() + "\n"
+
+
+AggregateRow = tuple[str, str, str, str, str]  # target, measured, ratio, runs, met
+
+
+def _targets(sections: list[report_sections.Section]) -> list[str]:
+    seen: dict[str, None] = {}
+    for section in sections:
+        seen.update(dict.fromkeys(section.figures))
+    return list(seen)
+
+
+def aggregate(sections: list[report_sections.Section]) -> list[AggregateRow]:
+    """One row per target over the runs: the median run's measured figures, the ratio's median and spread,
+    and the aim met in k of n runs (a run that did not produce the target counts as not met)."""
+    rows: list[AggregateRow] = []
+    for target in _targets(sections):
+        found = [(s.figures[target], row) for s in sections for row in s.summary if row[0] == target]
+        ratios = sorted(f.ratio for f, _ in found if f.ratio is not None)
+        against = next((f.against for f, _ in found if f.against), "")
+        if ratios:
+            median = statistics.median(ratios)
+            _, measured = min(((abs((f.ratio or 0) - median), row[1]) for f, row in found if f.ratio is not None))
+            spread = f" ({_spread(ratios)})"
+            ratio = f"{report_sections.fmt_ratio(median)} {against}" + (spread if len(ratios) > 1 else "")
+        else:
+            measured, ratio = found[0][1][1], "-"
+        oks = [f.ok for f, _ in found]
+        if all(ok is None for ok in oks):
+            met = "-"
+        else:
+            hits = sum(1 for ok in oks if ok)
+            met = f"{hits} of {len(sections)}" + ("" if hits == len(sections) else " (**no**)")
+        rows.append((target, measured, ratio, str(len(found)), met))
+    return rows
+
+
+def _spread(ordered: list[float]) -> str:
+    return f"{report_sections.fmt_ratio(ordered[0])} to {report_sections.fmt_ratio(ordered[-1])}"
+
+
+def per_run_table(sections: list[report_sections.Section]) -> list[str]:
+    """Each target's ratio in each run, then the median and the spread."""
+    headers = ["target", *(f"run {i}" for i in range(1, len(sections) + 1)), "median", "spread"]
+    rows = []
+    for target in _targets(sections):
+        values = [s.figures[target].ratio if target in s.figures else None for s in sections]
+        present = sorted(v for v in values if v is not None)
+        cells = ["-" if v is None else report_sections.fmt_ratio(v) for v in values]
+        median = report_sections.fmt_ratio(statistics.median(present)) if present else "-"
+        spread = _spread(present) if present else "-"
+        rows.append([target, *cells, median, spread])
+    return ["Ratios to the same-run baseline, per run:", "", *report_sections.table(headers, rows), ""]

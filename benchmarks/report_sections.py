@@ -20,11 +20,30 @@ PUSH_RSS_MIB, PUSH_RECORDS = 300.0, 1_000_000
 E2E_P99_MS = 250.0
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One summary figure as a number, so that several runs can be summed up (median, spread, met in k of n)."""
+
+    ratio: float | None  # to the same-run baseline named by `against`
+    against: str  # e.g. "bare", "procrastinate"
+    ok: bool | None  # the aim met; None where there is no aim
+
+
 @dataclass
 class Section:
     title: str
     lines: list[str] = field(default_factory=list)
     summary: list[Row] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)  # by the summary row's target
+
+    def add(self, target: str, measured: str, ratio: float | None, against: str, ok: bool | None) -> None:
+        """A summary row, and its figure."""
+        self.summary.append((target, measured, "-" if ratio is None else f"{fmt_ratio(ratio)} {against}", met(ok)))
+        self.figures[target] = Figure(ratio, against, ok)
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x" if ratio < 100 else f"{ratio:.0f}x"
 
 
 def met(ok: bool | None) -> str:
@@ -52,7 +71,7 @@ def ingest(ran: Ran) -> Section:
     s.lines.append(f"Target: ≥ 0.6x the bare endpoint on SQLite, ≥ 0.5x on PostgreSQL, p99 ≤ {INGEST_P99_MS:.0f} ms "
                    "at 32 connections, each 202 only after its row is committed. Load: wrk, unique signed deliveries.")
     if doc is None:
-        s.summary.append(("durable ack ≥ 0.6x/0.5x bare, p99 ≤ 25 ms", "failed", "-", met(False)))
+        s.add("durable ack ≥ 0.6x/0.5x bare, p99 ≤ 25 ms", "failed", None, "", False)
         return s
     s.lines.append(f"Generator: {doc.get('generator', 'wrk')}; result {'valid' if doc['valid'] else 'INVALID'}.")
     s.lines.append("")
@@ -64,9 +83,8 @@ def ingest(ran: Ran) -> Section:
         rows.append([r["target"], f"{r['rps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
                      f"{r['ratio']:.2f}x", str(r["failures"]), f"{r['server_cpu']:.0%}", durable, met(ok)])  # fmt: skip
         if floor is not None:
-            s.summary.append((f"{r['target']}: ≥ {floor}x bare, p99 ≤ {INGEST_P99_MS:.0f} ms",
-                              f"{r['rps']:,.0f} req/s, p99 {r['p99_ms']:.1f} ms", f"{r['ratio']:.2f}x bare",
-                              met(ok)))  # fmt: skip
+            s.add(f"{r['target']}: ≥ {floor}x bare, p99 ≤ {INGEST_P99_MS:.0f} ms",
+                  f"{r['rps']:,.0f} req/s, p99 {r['p99_ms']:.1f} ms", r["ratio"], "bare", ok)
     s.lines += table(["target", "req/s", "p50 ms", "p99 ms", "ratio to bare", "errors", "server CPU", "durable",
                       "met"], rows)  # fmt: skip
     return s
@@ -88,7 +106,7 @@ def queue(ran: Ran) -> Section:
     s.lines.append("")
     rows = _queue_rows(ran.stdout)
     if not rows:
-        s.summary.append(("queue ≥ 10x procrastinate", "failed", "-", met(False)))
+        s.add("queue ≥ 10x procrastinate", "failed", None, "", False)
         return s
     s.lines += table(["system", "backend", "concurrency", "no-op jobs/s", "enqueue→start p50", "p99"], rows)
     rates = {(r[0], r[1], r[2]): float(r[3].replace(",", "")) for r in rows if r[3]}
@@ -98,9 +116,9 @@ def queue(ran: Ran) -> Section:
             continue
         ratio = rate / peer
         ok = ratio >= QUEUE_FLOOR_RATIO and rate >= QUEUE_FLOOR_RATE if backend == "postgresql" else None
-        s.summary.append((f"{backend}, concurrency {conc}: ≥ 10x procrastinate" + ("" if ok is not None else
-                          " (PostgreSQL is the target; SQLite shown for reference)"), f"{rate:,.0f} jobs/s",
-                          f"{ratio:.1f}x procrastinate", met(ok)))  # fmt: skip
+        s.add(f"{backend}, concurrency {conc}: ≥ 10x procrastinate" + ("" if ok is not None else
+              " (PostgreSQL is the target; SQLite shown for reference)"), f"{rate:,.0f} jobs/s", ratio,
+              "procrastinate", ok)  # fmt: skip
     return s
 
 
@@ -115,7 +133,7 @@ def push(ran: Ran) -> Section:
     s.lines.append("")
     r = (ran.result or {}).get("result")
     if not r:
-        s.summary.append((f"{PUSH_RECORDS:,} records, peak RSS < {PUSH_RSS_MIB:.0f} MB", "failed", "-", met(False)))
+        s.add(f"{PUSH_RECORDS:,} records, peak RSS < {PUSH_RSS_MIB:.0f} MB", "failed", None, "", False)
         return s
     scalar = [[k, f"{v:,}" if isinstance(v, int) else str(v)] for k, v in r.items() if not k.endswith("profile")]
     s.lines += table(["figure", "value"], scalar)
@@ -125,10 +143,9 @@ def push(ran: Ran) -> Section:
             s.lines += ["", f"{name.replace('_', ' ')} (share of samples):", ""]
             s.lines += table(["where", "%"], [[k, str(v)] for k, v in share.items()])
     ok = r["records"] >= PUSH_RECORDS and r["worker_peak_rss_mib"] < PUSH_RSS_MIB
-    s.summary.append((f"{PUSH_RECORDS:,} records, worker peak RSS < {PUSH_RSS_MIB:.0f} MB",
-                      f"{r['worker_peak_rss_mib']} MiB for {r['records']:,}; {r['push_per_s']:,} records/s pushed",
-                      f"{r['worker_peak_rss_mib'] / PUSH_RSS_MIB:.2f}x the RSS budget (no same-run baseline)",
-                      met(ok)))  # fmt: skip
+    s.add(f"{PUSH_RECORDS:,} records, worker peak RSS < {PUSH_RSS_MIB:.0f} MB",
+          f"{r['worker_peak_rss_mib']} MiB for {r['records']:,}; {r['push_per_s']:,} records/s pushed",
+          r["worker_peak_rss_mib"] / PUSH_RSS_MIB, "the RSS budget (no same-run baseline)", ok)
     return s
 
 
@@ -149,7 +166,7 @@ def e2e(ran: Ran) -> Section:
     s.lines.append("")
     doc = ran.result
     if doc is None:
-        s.summary.append((f"received → finished p99 ≤ {E2E_P99_MS:.0f} ms at 500/s", "failed", "-", met(False)))
+        s.add(f"received → finished p99 ≤ {E2E_P99_MS:.0f} ms at 500/s", "failed", None, "", False)
         return s
     rows = []
     for o in doc["results"]:
@@ -162,10 +179,9 @@ def e2e(ran: Ran) -> Section:
                      f"{o['cpu_ms_per_delivery']:.2f}" if o.get("cpu_ms_per_delivery") else "-",
                      met(o.get("aim_met"))])  # fmt: skip
         if o["target"] != "bare":
-            s.summary.append((f"{o['target']}: received → finished p99 ≤ {E2E_P99_MS:.0f} ms at 500/s",
-                              f"p50 {_ms(r2f, 'p50')} ms, p99 {_ms(r2f, 'p99')} ms at {o['rate']:.0f}/s",
-                              f"{o['ratio_p99']:.0f}x bare HTTP p99" if o.get("ratio_p99") else "-",
-                              met(o.get("aim_met"))))  # fmt: skip
+            s.add(f"{o['target']}: received → finished p99 ≤ {E2E_P99_MS:.0f} ms at 500/s",
+                  f"p50 {_ms(r2f, 'p50')} ms, p99 {_ms(r2f, 'p99')} ms at {o['rate']:.0f}/s",
+                  o.get("ratio_p99") or None, "bare HTTP p99", o.get("aim_met"))
     s.lines += table(["target", "sent/s", "ack p50", "ack p99", "recv→done p50", "p95", "p99", "max",
                       "sent→done p50", "p99", "÷ bare p99", "queue wait p99", "job run p99", "drain s",
                       "done/s", "CPU ms/delivery", "met"], rows)  # fmt: skip

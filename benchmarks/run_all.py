@@ -1,11 +1,13 @@
 """Every benchmark, one after the other, then `BENCHMARKS.md` from what they wrote.
 
-    python -m benchmarks.run_all [--only ingest,queue,push,e2e] [--output BENCHMARKS.md]
+    python -m benchmarks.run_all [--runs 5] [--only ingest,queue,push,e2e] [--output BENCHMARKS.md]
 
 Each benchmark runs as its own subprocess (a crash or a hang stops that one only, and it is marked failed
 in the file); its output goes to the terminal and to `.bench/logs/<name>.log`. A JSON result counts only
 if it was written during this run, so a stale file from an earlier run is never reported as new.
-Durations are chosen so the whole run stays under ~15 minutes on a 2-core machine.
+Each benchmark runs `--runs` times (5 by default), one after the other: the report gives the median and
+the spread of every ratio, as one run on a shared machine proves little. Durations are chosen so that one
+run of everything stays under ~15 minutes on a 2-core machine (five runs: over an hour).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from benchmarks import common, report
 
 BENCH_DIR = common.REPO / ".bench"
+DEFAULT_RUNS = 5
 LOG_DIR = BENCH_DIR / "logs"
 
 
@@ -108,24 +111,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(b.name for b in BENCHES))
     parser.add_argument("--output", type=Path, default=common.REPO / "BENCHMARKS.md")
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                        help=f"runs of each benchmark; the report gives medians and spreads (default {DEFAULT_RUNS})")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     chosen = set(args.only.split(",")) if args.only else {b.name for b in BENCHES}
     context = report.Context.capture(
         command=" ".join(["python -m benchmarks.run_all", *(sys.argv[1:] if argv is None else argv)])
     )
-    runs = []
+    groups: list[list[Ran]] = []
     for bench in BENCHES:
-        if bench.name in chosen:
+        if bench.name not in chosen:
+            continue
+        group: list[Ran] = []
+        for index in range(args.runs):
+            print(f"\n--- {bench.name}: run {index + 1} of {args.runs}", flush=True)
             try:
-                runs.append(run_one(bench))
+                group.append(run_one(bench))
             except OSError as exc:  # could not even start it: still write up the others
-                runs.append(Ran(bench, " ".join(bench.args), -1, 0.0, "", notes=[f"did not start: {exc}"]))
+                group.append(Ran(bench, " ".join(bench.args), -1, 0.0, "", notes=[f"did not start: {exc}"]))
+        groups.append(group)
     context.finish()
-    args.output.write_text(report.render(context, runs))
+    args.output.write_text(report.render(context, groups))
     print(f"\nwritten: {args.output}")
-    for ran in runs:
-        print(f"  {ran.bench.name:7} {'FAILED' if ran.failed else 'ok':6} {ran.seconds:6.0f} s  {'; '.join(ran.notes)}")
-    return 1 if any(r.failed for r in runs) else 0
+    for group in groups:
+        for index, ran in enumerate(group, start=1):
+            print(f"  {ran.bench.name:7} {index}/{len(group)} {'FAILED' if ran.failed else 'ok':6} "
+                  f"{ran.seconds:6.0f} s  {'; '.join(ran.notes)}")  # fmt: skip
+    return 1 if any(r.failed for group in groups for r in group) else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ parameter. Where the relay builds a URL, every id is one path segment, encoded b
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_to_bytes
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # typing only: the rule itself is the core's, the web layer h
 MAX_ID_CHARS = 255  # the width of companies.id and alerts.id (service/db.py)
 DOT_SEGMENTS = frozenset({".", ".."})
 RULE = f"an id has 1 to {MAX_ID_CHARS} characters, is not . or .., and holds no control character"
+# Unicode's control characters (category Cc), which are exactly these and will stay so (the category is
+# closed). One regex search in C: per character `unicodedata.category` cost ~150 calls a delivery.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def id_problem(value: str) -> str | None:
@@ -33,7 +36,7 @@ def id_problem(value: str) -> str | None:
         return "may not be . or .. (they change the meaning of a URL path)"
     if "\ufffd" in value:
         return "must be valid UTF-8"
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
+    if _CONTROL.search(value) is not None:
         return "may not hold control characters (NUL, line breaks, tabs, …)"
     return None
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys, tracing
-from service.db import bookkeeper, jobs, writer
+from service.db import bookkeeper, jobs, sqlite_write_turn, writer
 
 ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
 NOTIFY_CHANNEL = "relay_jobs"
@@ -352,7 +352,8 @@ async def turn(
     """
     if not done and claim_limit <= 0:
         return 0, []
-    async with bookkeeper(engine).begin() as conn:
+    # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py).
+    async with sqlite_write_turn(engine.url), bookkeeper(engine).begin() as conn:
         finished = await _complete_in(conn, done, now, on_done) if done else 0
         claimed = await _claim_in(conn, worker_id, claim_limit, now, lease_s, on_claimed) if claim_limit > 0 else []
     return finished, claimed
@@ -428,11 +429,18 @@ async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: f
 
 async def heartbeat(engine: AsyncEngine, running: Sequence[Job], now: float, lease_s: float) -> int:
     """Extend the leases of the jobs this worker is running (fenced, so never a job it lost); returns how many."""
-    if not running:
-        return 0
+    return len(await renew(engine, running, now, lease_s))
+
+
+async def renew(engine: AsyncEngine, held: Sequence[Job], now: float, lease_s: float) -> set[int]:
+    """`heartbeat`, returning the ids of the jobs whose lease it extended (those still this worker's)."""
+    if not held:
+        return set()
     async with bookkeeper(engine).begin() as conn:
-        result = await conn.execute(jobs.update().where(_fenced(running)).values(lease_expires_at=now + lease_s))
-    return int(result.rowcount)
+        result = await conn.execute(
+            jobs.update().where(_fenced(held)).values(lease_expires_at=now + lease_s).returning(jobs.c.id)
+        )
+        return set(result.scalars())
 
 
 async def release(engine: AsyncEngine, claimed: Sequence[Job], now: float) -> int:

@@ -2,7 +2,8 @@
 
 One control loop per worker does all queue writes: each round records the finished jobs and claims into
 the free slots in one transaction (`queue.turn`), so a burst of short jobs costs one transaction per
-batch, not two per job. It sleeps until
+batch, not two per job. With many slots it claims a few jobs ahead of them (a local buffer, see
+`Worker`): a slot that frees starts its next job at once instead of after a round trip. It sleeps until
 something can have changed: a job of its own finished, a NOTIFY arrived (PostgreSQL), `wake()` was
 called by an in-process enqueue, or the poll interval passed (the fallback for scheduled jobs and lost
 notifications).
@@ -11,6 +12,7 @@ notifications).
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import socket
@@ -41,6 +43,10 @@ HEARTBEATS_PER_LEASE = 3
 LISTEN_CONNECT_S = 5.0
 LINGER_S = 0.005  # how long a busy worker waits to complete and claim jobs in groups
 LINGER_BATCH_DIVISOR = 4  # ... for a group of a quarter of its slots
+# Claim-ahead: a worker with at least this many slots also claims up to half as many jobs again, held in
+# a local buffer, so that a finished job's slot is refilled without waiting for the next round trip.
+CLAIM_AHEAD_MIN_CONCURRENCY = 8
+CLAIM_AHEAD_DIVISOR = 2
 
 JobFunction = Callable[[Job, int], Awaitable[object]]
 """`async def run(job, attempt)`: return to finish the job, raise to fail this attempt. What it returns
@@ -91,6 +97,12 @@ class _Finished:
     result: object = None
 
 
+def default_claim_ahead(concurrency: int) -> int:
+    """Jobs claimed beyond the free slots: none with few slots (each claimed job would wait behind a running
+    one, and a small worker's round trips are not its bound), half the slots again with many."""
+    return concurrency // CLAIM_AHEAD_DIVISOR if concurrency >= CLAIM_AHEAD_MIN_CONCURRENCY else 0
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -115,6 +127,7 @@ class Worker:
         rng: Rng | None = None,
         listen_dsn: str | None = None,
         listen_via_pool: bool | None = None,
+        claim_ahead: int | None = None,
     ) -> None:
         self._engine = engine
         self._jobs = dict(jobs)
@@ -136,6 +149,12 @@ class Worker:
         self._log = (log or structlog.get_logger("service.worker")).bind(worker_id=self.worker_id)
         self._rng = rng or random.Random()
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        # Claimed ahead of the free slots, oldest first; each with the time its lease is known to last until.
+        # The rows are `running` under this worker's lease, so per-key order holds across processes exactly
+        # as for a running job (the claim never takes a second job of a key with a live claimed one).
+        self._claim_ahead = default_claim_ahead(concurrency) if claim_ahead is None else claim_ahead
+        self._ahead: collections.deque[tuple[Job, float]] = collections.deque()
+        self._draining = False
         self._finished: list[_Finished] = []
         self._wake = asyncio.Event()
         # LISTEN is a session's: on a pooled connection of the engine, or a direct one of its own
@@ -200,6 +219,10 @@ class Worker:
         target = self._concurrency // LINGER_BATCH_DIVISOR
         if target <= 1:
             return
+        if self._claim_ahead:
+            # Jobs that finishing ones just started from the buffer take their first step before the round
+            # is counted: short jobs then finish in it too, and one round records them all.
+            await asyncio.sleep(0)
         deadline = asyncio.get_running_loop().time() + LINGER_S
         while len(self._finished) < target and self._running:
             self._wake.clear()
@@ -210,13 +233,34 @@ class Worker:
                 return
         self._wake.set()  # whatever woke us is still to be handled by the next cycle
 
-    def _start_claimed(self, claimed: Sequence[Job]) -> None:
+    def _start_claimed(self, claimed: Sequence[Job], lease_until: float) -> None:
         for job in claimed:
             if self._exhausted(job):  # it ends dead without running
                 self._finished.append(_Finished(job, GiveUp(job.last_error or LEASE_LOST), 0.0))
                 self._wake.set()
                 continue
+            self._ahead.append((job, lease_until))
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start buffered jobs, oldest first, into the free slots.
+
+        A buffered job whose lease may have lapsed (heartbeats failed) is dropped unrun: another worker may
+        already hold it, and it will be claimed again, as a new attempt, once its lease has expired.
+        """
+        if self._draining:
+            return
+        now = self._clock.now()
+        while self._ahead and len(self._running) < self._concurrency:
+            job, lease_until = self._ahead.popleft()
+            if lease_until <= now:
+                self._log.warning("claimed_ahead_lease_lapsed", job_id=job.id, kind=job.kind)
+                continue
             self._running[job.id] = (job, asyncio.create_task(self._execute(job)))
+
+    def _held(self) -> list[Job]:
+        """Every job this worker holds a lease on: running, and claimed ahead."""
+        return [job for job, _ in self._running.values()] + [job for job, _ in self._ahead]
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -276,13 +320,14 @@ class Worker:
             error, result = exc, None
         del self._running[job.id]
         self._finished.append(_Finished(job, error, time.perf_counter() - started, result))
+        self._fill()  # the freed slot takes the next buffered job now, not after the next round trip
         self._wake.set()
 
     async def _turn(self, *, claim: bool) -> None:
         """Record finished jobs and claim into the free slots, in one transaction (all successes in one
         statement); then settle failures one by one (rare)."""
         batch, self._finished = self._finished, []
-        free = self._concurrency - len(self._running) if claim else 0
+        free = self._concurrency + self._claim_ahead - len(self._running) - len(self._ahead) if claim else 0
         if not batch and free <= 0:
             return
         now = self._clock.now()
@@ -307,7 +352,7 @@ class Worker:
             raise
         for f in done:
             self._report(f, "done")
-        self._start_claimed(claimed)
+        self._start_claimed(claimed, now + self._lease_s)
         for index, f in enumerate(failed):
             try:
                 outcome = await self._settle(f, now)
@@ -357,23 +402,32 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._lease_s / HEARTBEATS_PER_LEASE)  # a timer, not a wait for work
-            if not self._running:
+            held = self._held()
+            if not held:
                 continue
             try:
-                running = [job for job, _ in self._running.values()]
-                await queue.heartbeat(self._engine, running, self._clock.now(), self._lease_s)
+                now = self._clock.now()
+                ids = await queue.renew(self._engine, held, now, self._lease_s)
+                # A buffered job runs only under a lease known to be live: a lost one keeps its old deadline.
+                self._ahead = collections.deque(
+                    (job, now + self._lease_s if job.id in ids else until) for job, until in self._ahead
+                )
             except TRANSIENT as exc:
                 self._log.warning("heartbeat_failed", error=describe_error(exc))
 
     async def _drain(self) -> None:
-        """Shutdown: no more claims; running jobs get `grace_s` to finish, the rest go back to waiting."""
+        """Shutdown: no more claims; running jobs get `grace_s` to finish, the rest (and every job claimed
+        ahead, never started) go back to waiting."""
+        self._draining = True
+        buffered = [job for job, _ in self._ahead]
+        self._ahead.clear()
         tasks = [task for _, task in self._running.values()]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self._grace_s)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        unfinished = [job for job, _ in self._running.values()]
+        unfinished = [job for job, _ in self._running.values()] + buffered
         self._running.clear()
         try:
             await self._turn(claim=False)

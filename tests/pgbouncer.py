@@ -15,11 +15,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tests.conftest import POSTGRES_URL
+from service.db import pgbouncer_connect_args
+from tests.conftest import POSTGRES_URL, _admin, fresh_postgres, make_settings
 
 BINARY = shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if Path(p).exists()), None)
 READY_DEADLINE_S = 10.0
@@ -53,6 +56,14 @@ def _up(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def engine_for(url: str, **kwargs: Any) -> AsyncEngine:
+    """`create_async_engine` for a test's own reads and writes, safe through PgBouncer when `url` goes through
+    it (no statement cache, unique statement names: what the relay's engine does, service/db.py)."""
+    if connect_args := pgbouncer_connect_args(make_settings(url)):
+        kwargs["connect_args"] = connect_args
+    return create_async_engine(url, **kwargs)
 
 
 def through(proxy_port: int, url: str) -> str:
@@ -98,3 +109,12 @@ def _run(directory: Path) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def pgbouncer_database_url(postgres_template: str, pgbouncer_port: int) -> Iterator[str]:
+    """A fresh PostgreSQL database, reached through PgBouncer: modules that collect another module's tests
+    again through PgBouncer define `database_url` (and `postgres_url`) as this."""
+    name, url = fresh_postgres(postgres_template)
+    yield through(pgbouncer_port, url)
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

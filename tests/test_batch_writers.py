@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import queue
+from service import keys, queue
 from service.batch_writers import BatchWriter, batch_writer_for
 from service.db import alerts, create_engine, jobs
 from service.ingest import alert_row
@@ -80,3 +80,39 @@ async def test_a_batch_of_known_or_ignored_alerts_queues_nothing(
     assert len(await stored_jobs(engine)) == 1
     async with engine.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(alerts)) == 2
+
+
+async def test_on_sqlite_the_receiver_and_the_queue_take_turns_to_write(
+    engine: AsyncEngine, batch_writer: BatchWriter, database_url: str
+) -> None:
+    """Within one process an SQLite file's writers queue for their turn (service.db.sqlite_write_turn) instead of
+    meeting in SQLite's sleeping busy handler: while a turn is held, neither a batch nor a queue round starts;
+    once it is released both complete. On PostgreSQL the turn holds nothing back."""
+    import asyncio
+
+    from service.db import sqlite_path, sqlite_write_turn
+
+    on_sqlite = sqlite_path(database_url) is not None
+    async with sqlite_write_turn(database_url):
+        batch = asyncio.create_task(batch_writer.write([row("t1", "C1")], T0))
+        round_ = asyncio.create_task(queue.turn(engine, "w", done=(), now=T0, claim_limit=5, lease_s=30.0))
+        if on_sqlite:
+            # Nothing can finish while the turn is held: a bounded look, then the turn is let go.
+            done, _ = await asyncio.wait({batch, round_}, timeout=0.3)
+            assert done == set()
+        else:
+            assert await batch == {"t1"}
+    assert await batch == {"t1"}
+    await round_
+    assert [job["lock_key"] for job in await stored_jobs(engine)] == [keys.alert_lock("C1")]
+
+
+def test_the_sqlite_turn_is_per_file() -> None:
+    """Two spellings of one file share a turn; PostgreSQL and in-memory databases have none."""
+    import os
+
+    from service.db import sqlite_path
+
+    assert sqlite_path("sqlite+aiosqlite:///relay.db") == sqlite_path(f"sqlite:///{os.getcwd()}/relay.db")
+    assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
+    assert sqlite_path("postgresql+asyncpg://u@h/db") is None

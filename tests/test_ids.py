@@ -127,7 +127,7 @@ async def test_possible_ids_still_reach_the_database(database_url: str) -> None:
         listed = await client.get(f"/v1/alerts?companyId={'c' * 255}", headers=ADMIN)
         jobs = await client.get(f"/v1/jobs?kind={'k' * 64}", headers=ADMIN)
     assert company.status_code == 404 and company.json()["detail"] == f"no company {'c' * 255}"
-    assert (listed.status_code, listed.json()) == (200, {"results": []})
+    assert (listed.status_code, listed.json()) == (200, {"results": [], "nextCursor": None})
     assert (jobs.status_code, jobs.json()) == (200, {"results": []})
 
 
@@ -164,3 +164,15 @@ async def test_webhook_ids_follow_the_rule_and_the_replay_form_keeps_one_segment
     assert (sneaky.status_code, sneaky.json()["status"]) == (200, "ignored")
     assert 'action="/ui/alerts/zzz%2F..%2Fvictim/replay"' in page.text
     assert "/ui/alerts/zzz/../victim" not in page.text
+
+
+def test_the_control_character_rule_is_unicode_category_cc() -> None:
+    """The id rule's fast control-character search refuses exactly Unicode's category Cc, over every code point."""
+    import sys
+    import unicodedata
+
+    from service.ids import id_problem
+
+    refused = {c for c in range(sys.maxunicode + 1) if id_problem(f"a{chr(c)}b") is not None}
+    control = {c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cc"}
+    assert refused == control | {0xFFFD}  # U+FFFD is refused too: the mark of undecodable bytes

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from service import migrate, tracing
+from service import db, migrate, tracing
 from service.cli import admin as admin_commands
 from service.cli import companies as companies_commands
 from service.cli import doctor as doctor_commands
@@ -34,7 +34,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 def _migrate(settings: Settings) -> None:
     """Apply pending migrations; any failure (an unreachable database, say) is one line, not a traceback."""
     try:
-        migrate.upgrade(settings.database_url)
+        migrate.upgrade(db.database_url(settings))
     except Exception as exc:  # the operator needs the reason in one line
         reason = next(iter(str(exc).splitlines()), "") or "no detail"
         raise CommandFailed(f"migration failed: {type(exc).__name__}: {reason}") from None

@@ -9,7 +9,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db import metadata
+from service.db import behind_pgbouncer, metadata, pgbouncer_driver_args
 
 target_metadata = metadata
 
@@ -32,7 +32,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    # Behind PgBouncer's transaction pooling no prepared statement may outlive its transaction.
+    connect_args = pgbouncer_driver_args() if url and behind_pgbouncer(url) else {}
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

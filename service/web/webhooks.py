@@ -2,31 +2,40 @@
 
 Codat's legacy delivery never retries a 400 or a 500, so every fault of ours must answer 503 with
 Retry-After, and only what a retry could never fix answers 4xx.
+
+Two doors lead to one `WebhookEndpoint.answer`: the Starlette route (`handle`), and a raw ASGI fast path
+(`asgi`, taken by service/web/app.py's `RelayApp` before Starlette's middleware, router and Request) —
+the same reading, verifier, parser, group-commit writer, answers, log line and counters.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service import tracing
 from service.alerts import parse_alert
 from service.clock import Clock
-from service.errors import MalformedPayload, PayloadTooLarge, Rejected, RelayError
+from service.errors import MalformedPayload, PayloadTooLarge, Rejected, RelayError, RetryLater
 from service.ingest import Answer, Ingestor
 from service.metrics import DELIVERIES
 from service.settings import Settings
 from service.signatures import HEADER_PREFIXES, check_authorization, decode_secret, signature_headers, verify
-from service.web.responses import json_response
+from service.web.responses import json_response, rejected_response, retry_later_response
 
 log = structlog.get_logger("service.web.webhooks")
+
+WEBHOOK_PATH = "/webhooks/codat"
 
 ANSWER_STATUS = {Answer.ACCEPTED: 202, Answer.DUPLICATE: 200, Answer.IGNORED: 200}
 # The sender hung up before its body was complete: nothing was stored and nobody reads an answer. Not
@@ -80,17 +89,36 @@ def _header_id(headers: Any) -> str | None:
 
 async def read_capped(request: Request, limit: int) -> bytes:
     """The body, refusing (413) as soon as it passes `limit` — the rest is never read into memory."""
-    declared = request.headers.get("content-length")
+    return await read_stream_capped(request.headers, request.stream(), limit)
+
+
+async def read_stream_capped(headers: Headers, stream: AsyncIterator[bytes], limit: int) -> bytes:
+    """`read_capped` for a body stream and its request's headers (the ASGI fast path has no Request)."""
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge()
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def body_stream(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body from raw ASGI messages, as Starlette's `Request.stream` yields it (a sender that
+    hangs up mid-body raises ClientDisconnect)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            if body := message.get("body", b""):
+                yield body
+            if not message.get("more_body", False):
+                return
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -111,23 +139,33 @@ class WebhookEndpoint:
         self._clock = clock
 
     async def handle(self, request: Request) -> Response:
+        """The Starlette route."""
+        return await self.answer(request.headers, request.stream())
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The fast path: the same answer, without Starlette's middleware, router and Request."""
+        response = await self.answer(Headers(scope=scope), body_stream(receive))
+        await response(scope, receive, send)
+
+    async def answer(self, headers: Headers, stream: AsyncIterator[bytes]) -> Response:
+        """Every answer but a bug's (raised, for the app's 500) — both doors answer through here."""
         if not tracing.enabled():
-            return await self._handle(request)
+            return await self._answer(headers, stream)
         # The trace starts here, or continues the sender's when it sent a W3C `traceparent` header.
-        with tracing.span("POST /webhooks/codat", kind=tracing.SERVER, parent=request.headers,
+        with tracing.span("POST /webhooks/codat", kind=tracing.SERVER, parent=headers,
                           attributes={"http.request.method": "POST", "http.route": "/webhooks/codat"}):  # fmt: skip
-            response = await self._handle(request)
+            response = await self._answer(headers, stream)
             tracing.annotate(**{"http.response.status_code": response.status_code})
             return response
 
-    async def _handle(self, request: Request) -> Response:
+    async def _answer(self, headers: Headers, stream: AsyncIterator[bytes]) -> Response:
         started = time.perf_counter()
         fields: dict[str, Any] = {}
         outcome = "error"
         try:
-            body = await read_capped(request, self._limit)
+            body = await read_stream_capped(headers, stream, self._limit)
             now = self._clock.now()
-            msg_id, signed = self._auth.authenticate(body, request.headers, now)
+            msg_id, signed = self._auth.authenticate(body, headers, now)
             alert = parse_alert(parse_json_object(body), body, header_id=msg_id, signed=signed, received_at=now)
             fields = {"delivery_id": alert.delivery_id, "type": alert.type, "company_id": alert.company_id}
             if tracing.enabled():  # the hot path builds no attributes when tracing is off
@@ -141,7 +179,10 @@ class WebhookEndpoint:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except Rejected as exc:
             outcome = exc.code
-            raise
+            return rejected_response(exc)
+        except RetryLater as exc:
+            outcome = "unavailable"
+            return retry_later_response(exc)
         except RelayError:
             outcome = "unavailable"
             raise

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
 from service.db import jobs
+from tests.pgbouncer import engine_for
 from tests.queue_helpers import eventually, job_rows
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,7 @@ async def all_done(engine: AsyncEngine, expected: int) -> bool:
 async def test_three_workers_keep_per_key_order(postgres_url: str, spawn: Any, tmp_path: Path) -> None:
     """2,000 jobs over 50 keys and 3 processes: each runs once, keys never overlap, order is kept."""
     procs = [spawn(postgres_url, "--concurrency", "8") for _ in range(WORKERS)]
-    engine = create_async_engine(postgres_url)
+    engine = engine_for(postgres_url)
     try:
         await enqueue_keyed(engine)
         await eventually(lambda: all_done(engine, JOBS), DEADLINE_S)
@@ -111,7 +112,7 @@ async def test_killed_worker_job_is_completed_once_by_another(
     postgres_url: str, spawn: Any, tmp_path: Path
 ) -> None:
     """A worker SIGKILLed mid-job: once its lease expires, another worker completes the job, once."""
-    engine = create_async_engine(postgres_url)
+    engine = engine_for(postgres_url)
     try:
         job_id = await queue.enqueue(engine, "record", {"seq": 1}, now=time.time(), lock_key="k")
         doomed = spawn(postgres_url, "--mode", "block", "--lease", "1")
@@ -131,3 +132,40 @@ async def test_killed_worker_job_is_completed_once_by_another(
 
 async def _exists(path: Path) -> bool:
     return await asyncio.to_thread(path.exists)
+
+
+async def test_a_worker_killed_with_jobs_claimed_ahead_loses_none(
+    database_url: str, spawn: Any, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed while holding jobs beyond its one slot (claimed ahead, never started): once their
+    leases expire another worker runs every job exactly once, each key's in order — nothing is lost."""
+    engine = engine_for(database_url)
+    try:
+        now = time.time()
+        rows = [queue.job_values("record", {"seq": n}, now=now) for n in range(4)]
+        rows += [queue.job_values("record", {"seq": seq}, now=now, lock_key=key)
+                 for seq in (1, 2) for key in ("key-a", "key-b")]  # fmt: skip
+        async with engine.begin() as conn:
+            ids = await queue.insert_many(conn, rows)
+        doomed = spawn(database_url, "--mode", "block", "--lease", "1", "--concurrency", "1", "--claim-ahead", "5")
+
+        async def six_held() -> bool:  # four free jobs and the first of each key: one running, five ahead
+            return len(await job_rows(engine, status="running")) == 6
+
+        await eventually(six_held, DEADLINE_S)
+        assert await _exists(tmp_path / f"started-{doomed.pid}")
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=10)
+        spawn(database_url, "--lease", "1")
+        await eventually(lambda: all_done(engine, len(ids)), DEADLINE_S)
+        final = await job_rows(engine)
+    finally:
+        await engine.dispose()
+    records = runs(tmp_path)
+    assert Counter(r["job"] for r in records) == Counter(dict.fromkeys(ids, 1))
+    held, later = [row for row in final if row.attempts == 2], [row for row in final if row.attempts == 1]
+    assert len(held) == 6 and {row.last_error for row in held} == {queue.LEASE_LOST}
+    assert sorted(row.payload["seq"] for row in later) == [2, 2]
+    for key in ("key-a", "key-b"):
+        key_runs = sorted((r for r in records if r["key"] == key), key=lambda r: r["start"])
+        assert [r["seq"] for r in key_runs] == [1, 2], key

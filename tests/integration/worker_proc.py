@@ -1,6 +1,7 @@
 """A worker process for the multi-process queue tests.
 
     python -m tests.integration.worker_proc DB_URL OUT_DIR [--mode record|block] [--lease S] [--concurrency N]
+                                                    [--claim-ahead N]
 
 Kind `record` appends one JSON line per run to OUT_DIR/runs-PID.jsonl: job id, key, seq, start and end
 (CLOCK_MONOTONIC, shared by every process on the machine) and the pid. In `block` mode the function
@@ -21,13 +22,13 @@ import time
 from pathlib import Path
 
 import structlog
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.clock import SystemClock
 from service.dead_jobs import LogDeadJobs
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.worker import JobFunction, Worker
+from tests.pgbouncer import engine_for
 
 
 def record_to(out: Path) -> JobFunction:
@@ -55,13 +56,13 @@ def block_in(out: Path) -> JobFunction:
 
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    engine = create_async_engine(args.database_url, pool_size=4)
+    engine = engine_for(args.database_url, pool_size=4)
     out = Path(args.out_dir)
     function = block_in(out) if args.mode == "block" else record_to(out)
     worker = Worker(
         engine, {"record": function},
         concurrency=args.concurrency, lease_s=args.lease, retry=RetryPolicy(max_attempts=5), clock=SystemClock(),
-        notifier=LogDeadJobs(), poll_interval_s=0.2, grace_s=2.0,
+        notifier=LogDeadJobs(), poll_interval_s=0.2, grace_s=2.0, claim_ahead=args.claim_ahead,
     )  # fmt: skip
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -78,4 +79,5 @@ if __name__ == "__main__":
     parser.add_argument("--mode", choices=["record", "block"], default="record")
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--claim-ahead", type=int, default=None, help="jobs held beyond the slots")
     asyncio.run(main(parser.parse_args()))

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import alerts
 from service.testing import CONNECTION_ID, legacy_body, read_completed_body, signed_headers
 from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET
 from tests.integration.harness import ROOT
+from tests.pgbouncer import engine_for
 from tests.reliability.recording_handlers import processed, runs
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
@@ -243,7 +243,7 @@ class Outcome:
 
 
 async def read_outcome(database_url: str) -> Outcome:
-    engine = create_async_engine(database_url)
+    engine = engine_for(database_url)
     try:
         async with engine.connect() as conn:
             stored = (await conn.execute(sa.select(alerts.c.id, alerts.c.status, alerts.c.attempts))).all()
@@ -265,7 +265,7 @@ async def until_processed(database_url: str, ids: set[str], deadline_s: float) -
     The database is private to the test, so counting finished alerts is enough (and cheap to poll).
     """
     finished = sa.select(sa.func.count()).where(alerts.c.id.in_(sorted(ids)), alerts.c.status.in_(FINAL))
-    engine = create_async_engine(database_url)
+    engine = engine_for(database_url)
 
     async def check() -> int:
         async with engine.connect() as conn:

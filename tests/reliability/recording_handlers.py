@@ -15,10 +15,10 @@ import time
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import writer
 from service.types import Alert, Context, Outcome
+from tests.pgbouncer import engine_for
 
 FAIL_PREFIX = "explode-"  # alerts whose id starts so fail every run (to reach `dead` and notifications)
 
@@ -42,7 +42,7 @@ runs = sa.Table(
 
 
 async def create_tables(database_url: str) -> None:
-    engine = create_async_engine(database_url)
+    engine = engine_for(database_url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)

@@ -1,0 +1,178 @@
+"""Claim-ahead: a worker holds a few jobs beyond its free slots, on both backends.
+
+Held jobs are `running` under the worker's lease (so no other worker takes them and per-key order holds
+as for running jobs), renewed by its heartbeat, started the moment a slot frees, and released on
+shutdown. A crash with a buffer is in tests/integration/test_workers.py (a real process, SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import queue
+from service.clock import SystemClock
+from service.db import create_engine, jobs
+from service.queue import Job
+from service.retry import RetryPolicy
+from service.worker import JobFunction, Worker, default_claim_ahead
+from tests.conftest import make_settings
+from tests.queue_helpers import RecordingNotifier, eventually, job_rows, running
+
+T0 = 1_750_000_000.0
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(database_url))
+    yield engine
+    await engine.dispose()
+
+
+def worker(engine: AsyncEngine, function: JobFunction, *, concurrency: int, claim_ahead: int,
+           lease_s: float = 30.0, worker_id: str | None = None, grace_s: float = 1.0) -> Worker:  # fmt: skip
+    return Worker(
+        engine, {"test": function}, concurrency=concurrency, claim_ahead=claim_ahead, lease_s=lease_s,
+        clock=SystemClock(), notifier=RecordingNotifier(), retry=replace(RetryPolicy(), max_attempts=3),
+        poll_interval_s=0.05, grace_s=grace_s, worker_id=worker_id,
+    )  # fmt: skip
+
+
+async def add(engine: AsyncEngine, count: int, lock_key: str | None = None) -> list[int]:
+    return [
+        job_id
+        for n in range(count)
+        if (job_id := await queue.enqueue(engine, "test", {"n": n}, now=T0, lock_key=lock_key)) is not None
+    ]
+
+
+async def running_rows(engine: AsyncEngine, worker_id: str) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            sa.select(sa.func.count()).where(jobs.c.status == "running", jobs.c.worker_id == worker_id)
+        )
+    return int(count or 0)
+
+
+class Blocker:
+    """A job function that blocks until told; records which jobs started."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.go = asyncio.Event()
+
+    async def __call__(self, job: Job, attempt: int) -> None:
+        self.started.append(job.id)
+        await self.go.wait()
+
+
+def test_default_claim_ahead_is_for_many_slots_only() -> None:
+    """A small worker (the default 4 slots) claims nothing ahead; one with many claims half its slots again."""
+    assert [default_claim_ahead(n) for n in (1, 4, 7, 8, 10, 50)] == [0, 0, 0, 4, 5, 25]
+
+
+async def test_a_worker_holds_jobs_beyond_its_slots_but_runs_only_its_slots(engine: AsyncEngine) -> None:
+    """Two slots and two ahead: four jobs are claimed (leased to it), two run; as they finish the held two
+    start without another worker being able to take them; all end done once."""
+    blocker = Blocker()
+    ids = await add(engine, 5)
+    w = worker(engine, blocker, concurrency=2, claim_ahead=2, worker_id="ahead")
+    other = Blocker()
+    async with running(w):
+
+        async def four_held() -> bool:
+            return await running_rows(engine, "ahead") == 4
+
+        await eventually(four_held)
+        assert blocker.started == ids[:2]
+        async with running(worker(engine, other, concurrency=4, claim_ahead=0, worker_id="other")):
+            await eventually(lambda: _started(other, [ids[4]]))  # the one job nobody held
+            other.go.set()
+            blocker.go.set()
+            await eventually(lambda: _all_done(engine))
+    assert blocker.started == ids[:4]
+    assert other.started == [ids[4]]
+    assert {row.attempts for row in await job_rows(engine)} == {1}
+
+
+async def test_claimed_ahead_leases_are_renewed_while_they_wait(engine: AsyncEngine) -> None:
+    """A job held ahead for longer than a lease is still this worker's: the heartbeat renews it, so another
+    worker never takes it over (attempt 1, no lost-lease error)."""
+    blocker = Blocker()
+    ids = await add(engine, 2)
+    lease_s = 1.5  # heartbeats every 0.5 s: a margin of a second for a busy machine
+    async with running(worker(engine, blocker, concurrency=1, claim_ahead=1, lease_s=lease_s, worker_id="ahead")):
+
+        async def both_held() -> bool:
+            return await running_rows(engine, "ahead") == 2
+
+        await eventually(both_held)
+        thief = Blocker()
+        async with running(worker(engine, thief, concurrency=2, claim_ahead=0, worker_id="thief")):
+            await asyncio.sleep(lease_s * 3)  # let three leases' worth of time pass (the point of the test)
+            assert thief.started == []
+            [_, held] = await job_rows(engine)
+            assert (held.status, held.worker_id) == ("running", "ahead")
+            blocker.go.set()
+            await eventually(lambda: _all_done(engine))
+    assert blocker.started == ids
+    rows = await job_rows(engine)
+    assert [(row.attempts, row.last_error) for row in rows] == [(1, None), (1, None)]
+
+
+async def test_shutdown_releases_jobs_claimed_ahead(engine: AsyncEngine) -> None:
+    """On stop, the jobs held ahead (never started) and the unfinished running one all go back to waiting,
+    their attempts given back."""
+    blocker = Blocker()
+    await add(engine, 3)
+    async with running(worker(engine, blocker, concurrency=1, claim_ahead=2, worker_id="ahead", grace_s=0.05)):
+
+        async def three_held() -> bool:
+            return await running_rows(engine, "ahead") == 3
+
+        await eventually(three_held)
+    rows = await job_rows(engine)
+    assert [(row.status, row.attempts, row.worker_id) for row in rows] == [("waiting", 0, None)] * 3
+    assert len(blocker.started) == 1
+
+
+async def test_per_key_order_holds_with_claim_ahead_across_two_workers(engine: AsyncEngine) -> None:
+    """300 jobs over 6 keys, two workers of 8 slots each claiming 4 ahead: every job runs once, and each
+    key's jobs run one at a time in enqueue order."""
+    timeline: list[tuple[str, str, int]] = []  # (event, key, job id), in the order they happened
+
+    async def record(job: Job, attempt: int) -> None:
+        timeline.append(("start", job.lock_key or "", job.id))
+        await asyncio.sleep(random.uniform(0, 0.002))
+        timeline.append(("end", job.lock_key or "", job.id))
+
+    keyed: dict[str, list[int]] = defaultdict(list)
+    for n in range(300):
+        key = f"key-{n % 6}"
+        [job_id] = await add(engine, 1, lock_key=key)
+        keyed[key].append(job_id)
+    workers = [worker(engine, record, concurrency=8, claim_ahead=4, worker_id=f"w{i}") for i in range(2)]
+    async with running(*workers):
+        await eventually(lambda: _all_done(engine), 60)
+    for key, expected in keyed.items():
+        events = [(event, job_id) for event, k, job_id in timeline if k == key]
+        assert [job_id for event, job_id in events if event == "start"] == expected, key
+        for (first, a), (second, b) in itertools.pairwise(events):  # start, end, start, end …: never overlapping
+            assert (first, second) in {("start", "end"), ("end", "start")} and (first == "end" or a == b), key
+    assert {row.attempts for row in await job_rows(engine)} == {1}
+
+
+async def _started(blocker: Blocker, expected: list[int]) -> bool:
+    return blocker.started == expected
+
+
+async def _all_done(engine: AsyncEngine) -> bool:
+    return {row.status for row in await job_rows(engine)} == {"done"}
