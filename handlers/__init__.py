@@ -5,6 +5,7 @@ from __future__ import annotations
 from handlers.connection import on_connection_deleted, on_connection_status
 from handlers.dataset_status import on_dataset_status
 from handlers.push_operation import on_push_operation
+from handlers.rate_limit import on_rate_limit
 from handlers.sync import on_sync_completed
 from service.types import AlertKind, Handler
 
@@ -14,4 +15,5 @@ REGISTRY: dict[AlertKind, Handler] = {
     AlertKind.CONNECTION_STATUS: on_connection_status,
     AlertKind.SYNC_COMPLETED: on_sync_completed,
     AlertKind.PUSH_OPERATION: on_push_operation,
+    AlertKind.RATE_LIMIT: on_rate_limit,
 }

@@ -26,6 +26,7 @@ class AlertKind(enum.StrEnum):
     SYNC_COMPLETED = "sync_completed"
     PUSH_OPERATION = "push_operation"
     CONNECTION_STATUS = "connection_status"
+    RATE_LIMIT = "rate_limit"
     OTHER = "other"
 
 
