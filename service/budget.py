@@ -110,17 +110,22 @@ TAKE_SLOT_SQL = {
     "sqlite": sa.text(_TAKE_SLOT.format(row_lock="")),  # one writer at a time: nothing to skip
     "postgresql": sa.text(_TAKE_SLOT.format(row_lock="FOR UPDATE SKIP LOCKED")),
 }
-# What Codat said: a later window replaces what we knew, the same window only ever counts down, an
-# answer about an earlier window (a request sent before a reset) changes nothing.
-_OBSERVE = sa.text("""
-UPDATE codat_quota SET
-  remaining = CASE WHEN reset_at IS NULL OR reset_at < :reset THEN :remaining
-                   WHEN reset_at = :reset AND (remaining IS NULL OR :remaining < remaining) THEN :remaining
-                   ELSE remaining END,
-  daily_limit = CASE WHEN reset_at IS NULL OR reset_at <= :reset THEN :limit ELSE daily_limit END,
-  reset_at = CASE WHEN reset_at IS NULL OR reset_at < :reset THEN :reset ELSE reset_at END,
-  updated_at = :now
-WHERE id = 1
+# What Codat said. The same window only ever counts down (requests still on their way were counted down
+# here when sent, and are not in Codat's figure yet): one statement, the common case.
+_OBSERVE_SAME = sa.text("""
+UPDATE codat_quota SET remaining = CASE WHEN remaining IS NULL OR :remaining < remaining THEN :remaining
+                                        ELSE remaining END,
+                       daily_limit = coalesce(:limit, daily_limit), updated_at = :now
+WHERE id = 1 AND reset_at = :reset
+RETURNING remaining, reset_at, daily_limit
+""")
+# A later window (or the first answer ever) replaces what we knew, less the requests in flight now: they
+# may not have reached Codat yet, and none of them was counted down against this window. An answer about
+# an earlier window (a request sent before a reset) changes nothing.
+_OBSERVE_NEW = sa.text("""
+UPDATE codat_quota SET remaining = :remaining - (SELECT count(*) FROM codat_slots WHERE expires_at > :now),
+                       daily_limit = :limit, reset_at = :reset, updated_at = :now
+WHERE id = 1 AND (reset_at IS NULL OR reset_at < :reset)
 RETURNING remaining, reset_at, daily_limit
 """)
 
@@ -256,7 +261,9 @@ class SharedBudget:
         reset = parse_reset(response.headers.get("X-Rate-Limit-Reset")) or next_midnight(now)
         limit = _int(response.headers.get("X-Rate-Limit-Limit"))
         params = {"remaining": remaining, "reset": reset, "limit": limit, "now": now}
-        row = (await conn.execute(_OBSERVE, params)).first()
+        row = (await conn.execute(_OBSERVE_SAME, params)).first()
+        if row is None:
+            row = (await conn.execute(_OBSERVE_NEW, params)).first()
         if row is None or row.remaining is None:
             return None
         metrics.CODAT_QUOTA_REMAINING.set(row.remaining)

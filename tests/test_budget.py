@@ -226,3 +226,16 @@ async def test_a_deferred_job_waits_without_spending_an_attempt(engine: AsyncEng
     async with running(worker):
         await eventually(finished)
     assert runs == [1, 1, 1, 1]
+
+
+async def test_the_first_answer_of_a_window_counts_the_requests_still_in_flight(engine: AsyncEngine) -> None:
+    """Requests sent before the quota was known were never counted down: the first figure Codat gives is
+    taken less the requests still in flight (they may not have reached Codat yet)."""
+    clock = FixedClock(T0)
+    b = make_budget(engine, clock)
+    first, second, third = [await b.acquire(c, Priority.PRIORITY) for c in ("co-a", "co-a", "co-b")]
+    await b.release(first, answer(remaining=100))
+    assert (await quota_row(engine)).remaining == 98  # `second` and `third` are still out
+    await b.release(second, answer(remaining=99))
+    await b.release(third, answer(remaining=98))
+    assert (await quota_row(engine)).remaining == 98
