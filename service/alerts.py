@@ -229,6 +229,16 @@ def _data_type_entry(item: dict[str, Any]) -> DataTypeStatus:
     )
 
 
+def rate_limit_of(body: bytes) -> RateLimit | None:
+    """The quota a stored `client.rateLimit.*` envelope tells (its columns keep no quota), or None."""
+    try:
+        obj = json.loads(body)
+        payload = obj.get("payload") if isinstance(obj, dict) else None
+        return _rate_limit(payload) if isinstance(payload, dict) else None
+    except (ValueError, TypeError):  # json.JSONDecodeError is a ValueError
+        return None
+
+
 def _rate_limit(payload: dict[str, Any]) -> RateLimit:
     try:
         expires_at = _timestamp(payload.get("expiryDate"))

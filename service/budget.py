@@ -64,6 +64,9 @@ class QuotaView:
     remaining: int | None
     reset_at: float | None
 
+    def known(self, now: float) -> bool:
+        return self.remaining is not None and self.reset_at is not None and self.reset_at > now
+
 
 def next_midnight(now: float) -> float:
     """Codat resets the quota at 00:00 UTC."""
@@ -90,11 +93,17 @@ def _int(value: str | None) -> int | None:
 
 
 # The quota row counts down by one unless it is known spent (down to `floor`) for the window it describes.
-# Routine calls stop at the reserve, `reserve_percent` of the daily limit; the others at 0.
+# Routine calls stop at the reserve, `reserve_percent` of the daily limit; the others at 0. While the quota
+# is not known (no answer yet, or its window has passed), one request goes alone, as a probe: its answer
+# tells the quota, and from then on every request is counted down here before it is sent, so that no
+# request is ever on its way uncounted.
 _TAKE_QUOTA = sa.text("""
 UPDATE codat_quota SET remaining = CASE WHEN reset_at > :now THEN remaining - 1 ELSE NULL END
-WHERE id = 1 AND (reset_at IS NULL OR reset_at <= :now OR remaining IS NULL
-                  OR remaining > CASE WHEN :routine = 1 THEN coalesce(daily_limit, 0) * :pct / 100 ELSE 0 END)
+WHERE id = 1 AND (
+    reset_at > :now AND remaining IS NOT NULL
+      AND remaining > CASE WHEN :routine = 1 THEN coalesce(daily_limit, 0) * :pct / 100 ELSE 0 END
+    OR (reset_at IS NULL OR reset_at <= :now OR remaining IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM codat_slots s WHERE s.expires_at > :now))
 RETURNING remaining
 """)
 _TAKE_SLOT = """
@@ -123,7 +132,9 @@ RETURNING remaining, reset_at, daily_limit
 # may not have reached Codat yet, and none of them was counted down against this window. An answer about
 # an earlier window (a request sent before a reset) changes nothing.
 _OBSERVE_NEW = sa.text("""
-UPDATE codat_quota SET remaining = :remaining - (SELECT count(*) FROM codat_slots WHERE expires_at > :now),
+UPDATE codat_quota SET remaining = :remaining - (
+        SELECT count(*) FROM codat_slots
+        WHERE expires_at > :now AND NOT (company_id = :company AND slot = :slot AND holder = :holder)),
                        daily_limit = :limit, reset_at = :reset, updated_at = :now
 WHERE id = 1 AND (reset_at IS NULL OR reset_at < :reset)
 RETURNING remaining, reset_at, daily_limit
@@ -163,7 +174,7 @@ class SharedBudget:
                 if hold > SHORT_WAIT_S:
                     raise Deferred(f"Codat asked to wait before calling for company {company_id}", later_s(429, hold))
                 if loop.time() + max(hold, pause) > deadline:
-                    raise Deferred(f"all {self.company_slots} Codat request slots of company {company_id} busy",
+                    raise Deferred(f"Codat's request slots of company {company_id} (or the quota's probe) busy",
                                    BUSY_DEFER_S)  # fmt: skip
                 if not waiting:
                     waiting = True
@@ -183,7 +194,10 @@ class SharedBudget:
                 taken = (await conn.execute(_TAKE_QUOTA, {"now": now, "routine": routine,
                                                           "pct": self.reserve_percent})).first()
                 if taken is None:
-                    raise self._quota_deferred(await self._quota_in(conn), now, priority)
+                    quota = await self._quota_in(conn)
+                    if not quota.known(now):
+                        raise _NoSlot  # a probe is on its way: its answer will tell the quota
+                    raise self._quota_deferred(quota, now, priority)
                 if company_id is None:
                     return Lease(None, None, self.holder)
                 if company_id not in self._seeded:
@@ -237,7 +251,10 @@ class SharedBudget:
     async def _release(self, lease: Lease, response: httpx.Response | None) -> tuple[int | None, float] | None:
         now = self.clock.now()
         spent: tuple[int | None, float] | None = None
+        # The quota row first, then the slot: the order `acquire` takes them in, so two never deadlock.
         async with bookkeeper(self.engine).begin() as conn:
+            if response is not None:
+                spent = await self._observe(conn, response, lease, now)
             if lease.slot is not None:
                 await conn.execute(
                     codat_slots.update()
@@ -245,15 +262,13 @@ class SharedBudget:
                            codat_slots.c.holder == lease.holder)
                     .values(holder=None, expires_at=0.0)
                 )  # fmt: skip
-            if response is not None:
-                spent = await self._observe(conn, response, now)
-                if response.status_code == 429 and lease.company_id is not None:
-                    wait = parse_retry_after(response.headers.get("Retry-After"), now)
-                    await _hold_company(conn, lease.company_id, now + later_s(429, wait))
+            if response is not None and response.status_code == 429 and lease.company_id is not None:
+                wait = parse_retry_after(response.headers.get("Retry-After"), now)
+                await _hold_company(conn, lease.company_id, now + later_s(429, wait))
         return spent
 
     async def _observe(
-        self, conn: AsyncConnection, response: httpx.Response, now: float
+        self, conn: AsyncConnection, response: httpx.Response, lease: Lease, now: float
     ) -> tuple[int | None, float] | None:
         remaining = _int(response.headers.get("X-Rate-Limit-Remaining"))
         if remaining is None:
@@ -263,7 +278,9 @@ class SharedBudget:
         params = {"remaining": remaining, "reset": reset, "limit": limit, "now": now}
         row = (await conn.execute(_OBSERVE_SAME, params)).first()
         if row is None:
-            row = (await conn.execute(_OBSERVE_NEW, params)).first()
+            mine = {"company": lease.company_id or "", "slot": -1 if lease.slot is None else lease.slot,
+                    "holder": lease.holder}  # fmt: skip
+            row = (await conn.execute(_OBSERVE_NEW, params | mine)).first()
         if row is None or row.remaining is None:
             return None
         metrics.CODAT_QUOTA_REMAINING.set(row.remaining)

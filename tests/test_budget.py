@@ -52,6 +52,12 @@ def answer(status: int = 200, *, remaining: int | None = None, limit: int = 2000
     return httpx.Response(status, headers=headers)
 
 
+async def known_quota(engine: AsyncEngine, remaining: int = 1_000, now: float = T0) -> None:
+    """The quota as a `client.rateLimit.reset` tells it, so that calls need no probe first."""
+    async with writer(engine).begin() as conn:
+        await record_event(conn, reached=False, limit=2000, remaining=remaining, reset_at=RESET, at=now, now=now)
+
+
 async def quota_row(engine: AsyncEngine) -> sa.Row[tuple[object, ...]]:
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(codat_quota))).one()
@@ -62,6 +68,7 @@ async def test_ten_requests_per_company_across_processes(engine: AsyncEngine) ->
     """Two processes together hold at most 10 slots of one company; the 11th call is deferred, another
     company is unaffected, and a slot given back is taken again."""
     clock = FixedClock(T0)
+    await known_quota(engine)
     one, two = make_budget(engine, clock), make_budget(engine, clock)
     leases = [await (one if n % 2 else two).acquire("co-a", Priority.PRIORITY) for n in range(10)]
     assert sorted(lease.slot for lease in leases) == list(range(10))  # type: ignore[type-var]
@@ -78,6 +85,7 @@ async def test_ten_requests_per_company_across_processes(engine: AsyncEngine) ->
 async def test_a_crashed_process_frees_its_slots_when_their_leases_expire(engine: AsyncEngine) -> None:
     """Slots held by a process that died (never released) are free once their lease has expired."""
     clock = FixedClock(T0)
+    await known_quota(engine)
     dead, alive = make_budget(engine, clock, company_slots=2), make_budget(engine, clock, company_slots=2)
     await dead.acquire("co-a", Priority.PRIORITY)
     await dead.acquire("co-a", Priority.PRIORITY)
@@ -159,6 +167,7 @@ async def test_a_429_holds_that_companys_calls_in_every_process(engine: AsyncEng
     """Codat's 429 with Retry-After 30 for one company defers every process's calls for it by that long;
     other companies go on."""
     clock = FixedClock(T0)
+    await known_quota(engine)
     one, two = make_budget(engine, clock), make_budget(engine, clock)
     await one.release(await one.acquire("co-a", Priority.PRIORITY), answer(429, retry_after="30"))
     with pytest.raises(Deferred) as refused:
@@ -228,14 +237,31 @@ async def test_a_deferred_job_waits_without_spending_an_attempt(engine: AsyncEng
     assert runs == [1, 1, 1, 1]
 
 
+async def test_while_the_quota_is_unknown_one_request_goes_alone(engine: AsyncEngine) -> None:
+    """Before Codat has told the quota (or once its window has passed), one request goes alone as a probe:
+    others wait for its answer, so that no request is ever on its way uncounted; then they all go."""
+    clock = FixedClock(T0)
+    one, two = make_budget(engine, clock), make_budget(engine, clock)
+    probe = await one.acquire("co-a", Priority.PRIORITY)
+    with pytest.raises(Deferred):
+        await two.acquire("co-b", Priority.PRIORITY)
+    await one.release(probe, answer(remaining=100))
+    [await two.acquire(c, Priority.PRIORITY) for c in ("co-a", "co-b")]
+    assert (await quota_row(engine)).remaining == 98
+    clock.set(RESET + 1)  # a new day: unknown again until the next answer
+    await two.acquire("co-c", Priority.PRIORITY)
+    with pytest.raises(Deferred):
+        await one.acquire("co-d", Priority.PRIORITY)
+
+
 async def test_the_first_answer_of_a_window_counts_the_requests_still_in_flight(engine: AsyncEngine) -> None:
-    """Requests sent before the quota was known were never counted down: the first figure Codat gives is
-    taken less the requests still in flight (they may not have reached Codat yet)."""
+    """A new window's first figure is taken less the other requests in flight (they may not have reached Codat)."""
     clock = FixedClock(T0)
     b = make_budget(engine, clock)
+    await known_quota(engine, remaining=500, now=T0)
     first, second, third = [await b.acquire(c, Priority.PRIORITY) for c in ("co-a", "co-a", "co-b")]
-    await b.release(first, answer(remaining=100))
+    await b.release(first, answer(remaining=100, reset=RESET + 86_400))
     assert (await quota_row(engine)).remaining == 98  # `second` and `third` are still out
-    await b.release(second, answer(remaining=99))
-    await b.release(third, answer(remaining=98))
+    await b.release(second, answer(remaining=99, reset=RESET + 86_400))
+    await b.release(third, answer(remaining=98, reset=RESET + 86_400))
     assert (await quota_row(engine)).remaining == 98

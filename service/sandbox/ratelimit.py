@@ -14,7 +14,9 @@ The events: `client.rateLimit.reached` "Called when your client's request count 
 the allocated quota", `client.rateLimit.reset` "Called when your client's rate limit quota is reset"
 (webhooks-2024-10.yaml). *Own choice, the docs name no exact moment:* `reached` is sent with the answer that
 spends the last request of the quota (`X-Rate-Limit-Remaining: 0`), so a client that stops there never meets
-a 429; `reset` when the day rolls over after a `reached`, or when `POST /_sandbox/rate-limits/reset` says so.
+a 429. `reset` at every daily reset ("You can use our dedicated ClientRateLimitReset webhook event type to be
+notified when the client-based limit resets", the page's tip), and when `POST /_sandbox/rate-limits/reset`
+says so.
 """
 
 from __future__ import annotations
@@ -64,8 +66,7 @@ class DailyQuota:
             self.day, self.used = today, 0
 
     def _reset(self) -> None:
-        if self.reached_at is not None:
-            self.events.append(RESET)
+        self.events.append(RESET)
         self.used, self.reached_at = 0, None
 
     def roll(self, now: float) -> None:
