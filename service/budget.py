@@ -53,6 +53,7 @@ SLOT_POLL_FIRST_S = 0.02
 SLOT_POLL_MAX_S = 0.25
 BUSY_DEFER_S = 1  # a job whose company stayed busy that long comes back after this
 SHORT_WAIT_S = 2.0  # a 429 wait this short is waited out in-process rather than deferring the job
+RECHECK_S = 60.0  # a job waiting on a spent quota looks again at most this long after
 
 OnReached = Callable[[int | None, float], Awaitable[None]]
 """Told when the daily quota is found spent: (the daily limit if known, when it resets)."""
@@ -98,14 +99,18 @@ def _int(value: str | None) -> int | None:
 # tells the quota, and from then on every request is counted down here before it is sent, so that no
 # request is ever on its way uncounted.
 _TAKE_QUOTA = sa.text("""
-UPDATE codat_quota SET remaining = CASE WHEN reset_at > :now THEN remaining - 1 ELSE NULL END
+UPDATE codat_quota SET
+  remaining = CASE WHEN reset_at > :now THEN remaining - 1 ELSE NULL END,
+  probe_until = CASE WHEN reset_at > :now AND remaining IS NOT NULL THEN probe_until ELSE :probe_until END
 WHERE id = 1 AND (
     reset_at > :now AND remaining IS NOT NULL
       AND remaining > CASE WHEN :routine = 1 THEN coalesce(daily_limit, 0) * :pct / 100 ELSE 0 END
     OR (reset_at IS NULL OR reset_at <= :now OR remaining IS NULL)
-      AND NOT EXISTS (SELECT 1 FROM codat_slots s WHERE s.expires_at > :now))
+      AND (probe_until IS NULL OR probe_until < :now))
 RETURNING remaining
 """)
+# A probe that got no figure back (no answer, or one without the headers): the next request probes again.
+_PROBE_OVER = sa.text("UPDATE codat_quota SET probe_until = NULL WHERE id = 1 AND probe_until IS NOT NULL")
 _TAKE_SLOT = """
 UPDATE codat_slots SET holder = :holder, expires_at = :until
 WHERE company_id = :company AND expires_at < :now AND slot = (
@@ -135,7 +140,7 @@ _OBSERVE_NEW = sa.text("""
 UPDATE codat_quota SET remaining = :remaining - (
         SELECT count(*) FROM codat_slots
         WHERE expires_at > :now AND NOT (company_id = :company AND slot = :slot AND holder = :holder)),
-                       daily_limit = :limit, reset_at = :reset, updated_at = :now
+                       daily_limit = :limit, reset_at = :reset, updated_at = :now, probe_until = NULL
 WHERE id = 1 AND (reset_at IS NULL OR reset_at < :reset)
 RETURNING remaining, reset_at, daily_limit
 """)
@@ -156,6 +161,7 @@ class SharedBudget:
     lease_s: float = 60.0
     on_reached: OnReached | None = None
     slot_wait_s: float = SLOT_WAIT_S
+    recheck_s: float = RECHECK_S
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     _seeded: set[str] = field(default_factory=set)
 
@@ -191,8 +197,9 @@ class SharedBudget:
         routine = int(priority is Priority.ROUTINE)
         try:
             async with bookkeeper(self.engine).begin() as conn:
-                taken = (await conn.execute(_TAKE_QUOTA, {"now": now, "routine": routine,
-                                                          "pct": self.reserve_percent})).first()
+                taken = (await conn.execute(_TAKE_QUOTA, {
+                    "now": now, "routine": routine, "pct": self.reserve_percent, "probe_until": now + self.lease_s,
+                })).first()  # fmt: skip
                 if taken is None:
                     quota = await self._quota_in(conn)
                     if not quota.known(now):
@@ -215,7 +222,9 @@ class SharedBudget:
 
     def _quota_deferred(self, quota: QuotaView, now: float, priority: Priority) -> Deferred:
         reset = quota.reset_at if quota.reset_at is not None else next_midnight(now)
-        wait = later_s(429, max(reset - now, 1.0))
+        # `client.rateLimit.reset` brings every deferred job forward; one deferred in the instant the event
+        # was handled would miss that, so none waits longer than `recheck_s` before looking again.
+        wait = later_s(429, min(max(reset - now, 1.0), self.recheck_s))
         if priority is Priority.ROUTINE and (quota.remaining or 0) > 0:
             return Deferred(f"Codat's daily quota is down to its reserve ({quota.remaining} left): routine "
                             "calls wait for the reset", wait)  # fmt: skip
@@ -253,8 +262,11 @@ class SharedBudget:
         spent: tuple[int | None, float] | None = None
         # The quota row first, then the slot: the order `acquire` takes them in, so two never deadlock.
         async with bookkeeper(self.engine).begin() as conn:
+            told = False
             if response is not None:
-                spent = await self._observe(conn, response, lease, now)
+                told, spent = await self._observe(conn, response, lease, now)
+            if not told:
+                await conn.execute(_PROBE_OVER)
             if lease.slot is not None:
                 await conn.execute(
                     codat_slots.update()
@@ -269,10 +281,11 @@ class SharedBudget:
 
     async def _observe(
         self, conn: AsyncConnection, response: httpx.Response, lease: Lease, now: float
-    ) -> tuple[int | None, float] | None:
+    ) -> tuple[bool, tuple[int | None, float] | None]:
+        """(whether the answer told the quota, (limit, reset) when it is spent)."""
         remaining = _int(response.headers.get("X-Rate-Limit-Remaining"))
         if remaining is None:
-            return None
+            return False, None
         reset = parse_reset(response.headers.get("X-Rate-Limit-Reset")) or next_midnight(now)
         limit = _int(response.headers.get("X-Rate-Limit-Limit"))
         params = {"remaining": remaining, "reset": reset, "limit": limit, "now": now}
@@ -282,9 +295,9 @@ class SharedBudget:
                     "holder": lease.holder}  # fmt: skip
             row = (await conn.execute(_OBSERVE_NEW, params | mine)).first()
         if row is None or row.remaining is None:
-            return None
+            return True, None
         metrics.CODAT_QUOTA_REMAINING.set(row.remaining)
-        return (row.daily_limit, row.reset_at) if row.remaining <= 0 and row.reset_at > now else None
+        return True, ((row.daily_limit, row.reset_at) if row.remaining <= 0 and row.reset_at > now else None)
 
     async def _tell_reached(self, limit: int | None, reset_at: float) -> None:
         log.warning("codat_quota_spent", daily_limit=limit, reset_at=reset_at)

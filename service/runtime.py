@@ -122,6 +122,7 @@ def shared_budget(settings: Settings, engine: AsyncEngine, clock: Clock, notifie
         engine, clock, company_slots=settings.codat_company_concurrency,
         reserve_percent=settings.codat_quota_reserve_percent,
         lease_s=settings.codat_timeout_seconds + LEASE_MARGIN_S, on_reached=tell,
+        recheck_s=settings.codat_quota_recheck_seconds,
     )  # fmt: skip
 
 
