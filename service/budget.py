@@ -129,7 +129,7 @@ TAKE_SLOT_SQL = {
 _OBSERVE_SAME = sa.text("""
 UPDATE codat_quota SET remaining = CASE WHEN remaining IS NULL OR :remaining < remaining THEN :remaining
                                         ELSE remaining END,
-                       daily_limit = coalesce(:limit, daily_limit), updated_at = :now
+                       daily_limit = coalesce(:limit, daily_limit), updated_at = :now, probe_until = NULL
 WHERE id = 1 AND reset_at = :reset
 RETURNING remaining, reset_at, daily_limit
 """)
