@@ -42,6 +42,7 @@ from service.codat.budget import Lease, Priority
 from service.codat.retry import later_s, parse_retry_after
 from service.db import bookkeeper, codat_company_waits, codat_quota, codat_slots, reader
 from service.errors import Deferred
+from service.keys import codat_budget_key
 
 log = structlog.get_logger("service.budget")
 
@@ -113,11 +114,11 @@ RETURNING remaining
 _PROBE_OVER = sa.text("UPDATE codat_quota SET probe_until = NULL WHERE id = 1 AND probe_until IS NOT NULL")
 _TAKE_SLOT = """
 UPDATE codat_slots SET holder = :holder, expires_at = :until
-WHERE company_id = :company AND expires_at < :now AND slot = (
+WHERE key = :key AND expires_at < :now AND slot = (
     SELECT s.slot FROM codat_slots s
-    WHERE s.company_id = :company AND s.slot < :slots AND s.expires_at < :now
+    WHERE s.key = :key AND s.slot < :slots AND s.expires_at < :now
     ORDER BY s.slot LIMIT 1 {row_lock})
-  AND NOT EXISTS (SELECT 1 FROM codat_company_waits w WHERE w.company_id = :company AND w.not_before > :now)
+  AND NOT EXISTS (SELECT 1 FROM codat_company_waits w WHERE w.key = :key AND w.not_before > :now)
 RETURNING slot
 """
 TAKE_SLOT_SQL = {
@@ -139,7 +140,7 @@ RETURNING remaining, reset_at, daily_limit
 _OBSERVE_NEW = sa.text("""
 UPDATE codat_quota SET remaining = :remaining - (
         SELECT count(*) FROM codat_slots
-        WHERE expires_at > :now AND NOT (company_id = :company AND slot = :slot AND holder = :holder)),
+        WHERE expires_at > :now AND NOT (key = :key AND slot = :slot AND holder = :holder)),
                        daily_limit = :limit, reset_at = :reset, updated_at = :now, probe_until = NULL
 WHERE id = 1 AND (reset_at IS NULL OR reset_at < :reset)
 RETURNING remaining, reset_at, daily_limit
@@ -210,7 +211,7 @@ class SharedBudget:
                 if company_id not in self._seeded:
                     await self._seed(conn, company_id)
                 slot = (await conn.execute(TAKE_SLOT_SQL[conn.dialect.name], {
-                    "holder": self.holder, "until": now + self.lease_s, "company": company_id, "now": now,
+                    "holder": self.holder, "until": now + self.lease_s, "key": codat_budget_key(company_id), "now": now,
                     "slots": self.company_slots,
                 })).scalar_one_or_none()  # fmt: skip
                 if slot is None:
@@ -231,7 +232,7 @@ class SharedBudget:
         return Deferred("Codat's daily quota is spent: calls wait for its reset", wait)
 
     async def _seed(self, conn: AsyncConnection, company_id: str) -> None:
-        rows = [{"company_id": company_id, "slot": n, "holder": None, "expires_at": 0.0}
+        rows = [{"key": codat_budget_key(company_id), "slot": n, "holder": None, "expires_at": 0.0}
                 for n in range(self.company_slots)]  # fmt: skip
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         await conn.execute(insert(codat_slots).values(rows).on_conflict_do_nothing())
@@ -241,7 +242,8 @@ class SharedBudget:
             return 0.0
         async with reader(self.engine).connect() as conn:
             until = await conn.scalar(
-                sa.select(codat_company_waits.c.not_before).where(codat_company_waits.c.company_id == company_id)
+                sa.select(codat_company_waits.c.not_before)
+                .where(codat_company_waits.c.key == codat_budget_key(company_id))
             )
         return max(0.0, (until or 0.0) - self.clock.now())
 
@@ -270,8 +272,8 @@ class SharedBudget:
             if lease.slot is not None:
                 await conn.execute(
                     codat_slots.update()
-                    .where(codat_slots.c.company_id == lease.company_id, codat_slots.c.slot == lease.slot,
-                           codat_slots.c.holder == lease.holder)
+                    .where(codat_slots.c.key == codat_budget_key(lease.company_id or ""),
+                           codat_slots.c.slot == lease.slot, codat_slots.c.holder == lease.holder)
                     .values(holder=None, expires_at=0.0)
                 )  # fmt: skip
             if response is not None and response.status_code == 429 and lease.company_id is not None:
@@ -291,7 +293,7 @@ class SharedBudget:
         params = {"remaining": remaining, "reset": reset, "limit": limit, "now": now}
         row = (await conn.execute(_OBSERVE_SAME, params)).first()
         if row is None:
-            mine = {"company": lease.company_id or "", "slot": -1 if lease.slot is None else lease.slot,
+            mine = {"key": codat_budget_key(lease.company_id or ""), "slot": -1 if lease.slot is None else lease.slot,
                     "holder": lease.holder}  # fmt: skip
             row = (await conn.execute(_OBSERVE_NEW, params | mine)).first()
         if row is None or row.remaining is None:
@@ -317,10 +319,10 @@ class SharedBudget:
 
 async def _hold_company(conn: AsyncConnection, company_id: str, until: float) -> None:
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(codat_company_waits).values(company_id=company_id, not_before=until)
+    statement = insert(codat_company_waits).values(key=codat_budget_key(company_id), not_before=until)
     later = sa.func.max if conn.dialect.name == "sqlite" else sa.func.greatest  # never shortens a wait
     await conn.execute(statement.on_conflict_do_update(
-        index_elements=["company_id"],
+        index_elements=["key"],
         set_={"not_before": later(codat_company_waits.c.not_before, statement.excluded.not_before)},
     ))
 

@@ -122,7 +122,7 @@ notification_dedupe = sa.Table(
 codat_slots = sa.Table(
     "codat_slots",
     metadata,
-    sa.Column("company_id", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),  # keys.codat_budget_key
     sa.Column("slot", sa.Integer, primary_key=True),
     sa.Column("holder", sa.String(64)),
     sa.Column("expires_at", sa.Double, nullable=False),
@@ -145,7 +145,7 @@ codat_quota = sa.Table(
 codat_company_waits = sa.Table(
     "codat_company_waits",
     metadata,
-    sa.Column("company_id", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),  # keys.codat_budget_key
     sa.Column("not_before", sa.Double, nullable=False),
 )
 

@@ -41,3 +41,12 @@ async def writes(conn):
     assert sorted(found) == sorted([
         "jobs.update()", "delete(jobs)", "insert(jobs)", "raw SQL 'delete from jobs'", "raw SQL 'INSERT INTO jobs'",
     ])  # fmt: skip
+
+
+def test_only_the_budget_writes_its_tables() -> None:
+    """Codat's rate-limit budget (codat_slots, codat_quota, codat_company_waits) has one writer, service/budget.py,
+    which the scan does see writing each."""
+    for table in ("codat_slots", "codat_quota", "codat_company_waits"):
+        writes = table_writes(table)
+        assert [w for w in writes if not w.startswith("service/budget.py:")] == [], table
+        assert any(w.startswith("service/budget.py:") for w in writes), table

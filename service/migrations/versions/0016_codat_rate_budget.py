@@ -18,11 +18,11 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "codat_slots",
-        sa.Column("company_id", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(255), nullable=False),
         sa.Column("slot", sa.Integer, nullable=False),
         sa.Column("holder", sa.String(64)),
         sa.Column("expires_at", sa.Double, nullable=False),
-        sa.PrimaryKeyConstraint("company_id", "slot", name="pk_codat_slots"),
+        sa.PrimaryKeyConstraint("key", "slot", name="pk_codat_slots"),
     )
     quota = op.create_table(
         "codat_quota",
@@ -37,9 +37,9 @@ def upgrade() -> None:
     op.bulk_insert(quota, [{"id": 1}])  # the one row every process updates; nothing known yet
     op.create_table(
         "codat_company_waits",
-        sa.Column("company_id", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(255), nullable=False),
         sa.Column("not_before", sa.Double, nullable=False),
-        sa.PrimaryKeyConstraint("company_id", name="pk_codat_company_waits"),
+        sa.PrimaryKeyConstraint("key", name="pk_codat_company_waits"),
     )
 
 
