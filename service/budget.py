@@ -7,7 +7,8 @@ A per-process cap cannot keep that across two workers; this does:
 - **Slots**: each company has RELAY_CODAT_COMPANY_CONCURRENCY numbered slots (`codat_slots`). A request
   takes a free one under a lease (the Codat timeout and a margin), and gives it back when answered; a
   process that dies mid-request frees its slots when their leases expire. Taking one is one UPDATE
-  (SKIP LOCKED on PostgreSQL), giving it back another.
+  (SKIP LOCKED on PostgreSQL), giving it back another, each in the transaction of the quota's own UPDATE
+  (the quota row first in both, so that two never deadlock).
 - **The daily quota** (`codat_quota`, one row): what Codat last said in `X-Rate-Limit-*` or a
   `client.rateLimit.*` event, counted down by every request any process sends (in the same transaction
   as its slot), so that the processes together never send past it. Routine calls (dataset polls, sweeps)
