@@ -35,6 +35,9 @@ QUOTA = 2_000
 LEFT_FOR_THE_RELAY = 250  # what the test leaves of the quota: fewer than the pushes alone need
 PER_TYPE, CHUNK = 6, 2  # records per company and data type, records per push: 3 pushes a type
 DATA_TYPES = ("orders", "payments", "transactions")
+# The relay's per-company cap, below Codat's 10 so that this test sees it bind: unbounded, the relay's
+# demand here reaches 4 to 6 requests per company at once (measured), never 11.
+COMPANY_CAP = 3
 DATASET_READ_S = 0.5  # how long Codat takes to answer a dataset read: a company's polls overlap
 DEADLINE_S = 90.0
 API = {"authorization": f"Bearer {API_TOKEN}"}
@@ -89,8 +92,8 @@ def scalar(url: str, query: str) -> Any:
 
 
 def test_forty_companies_two_workers_live_within_codats_limits(tmp_path: Path, postgres_url: str) -> None:
-    """0 answers over 10 concurrent per company, 0 requests after `reached` until `reset`, every record pushed
-    once after the reset, staff told once."""
+    """0 answers over 10 concurrent per company (and never more than the relay's own cap in flight), 0 requests
+    after `reached` until `reset`, every record pushed once after the reset, staff told once."""
     started = time.monotonic()
     sandbox_port, web_port = free_port(), free_port()
     base, relay_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
@@ -99,7 +102,8 @@ def test_forty_companies_two_workers_live_within_codats_limits(tmp_path: Path, p
                         RELAY_NOTIFY_WEBHOOK_URL=hook, RELAY_PUSH_DEBOUNCE_SECONDS="0",
                         RELAY_MAX_PUSH_RECORDS=str(CHUNK), RELAY_CODAT_REQUESTS_PER_MINUTE="0",
                         RELAY_WORKER_CONCURRENCY="24", RELAY_DB_POOL_SIZE="30", RELAY_LOG_LEVEL="info",
-                        RELAY_CODAT_QUOTA_RECHECK_SECONDS="5")  # fmt: skip
+                        RELAY_CODAT_QUOTA_RECHECK_SECONDS="5",
+                        RELAY_CODAT_COMPANY_CONCURRENCY=str(COMPANY_CAP))  # fmt: skip
         sandbox_env = {k: v for k, v in env.items() if not k.startswith("RELAY_")}
         sandbox = start(["sandbox", "--port", str(sandbox_port), "--pace-seconds", "0.2",
                          "--push-processing-seconds", "0.05", "--api-key", SANDBOX_API_KEY,
@@ -162,7 +166,7 @@ def test_forty_companies_two_workers_live_within_codats_limits(tmp_path: Path, p
             (seen["maxInFlight"] > 10 or seen["refusedOverLimit"])}  # fmt: skip
     assert over == {}
     busiest = max(final["companies"][c]["maxInFlight"] for c in companies)
-    assert busiest >= 2  # concurrency was real, not one request at a time
+    assert busiest == COMPANY_CAP  # two processes together filled a company's slots, and never went past them
     for company in companies:
         for data_type in DATA_TYPES:
             ids = [i for p in pushes if p["companyId"] == company and p["dataType"] == f"commerce-{data_type}"
