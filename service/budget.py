@@ -11,10 +11,11 @@ A per-process cap cannot keep that across two workers; this does:
   (the quota row first in both, so that two never deadlock).
 - **The daily quota** (`codat_quota`, one row): what Codat last said in `X-Rate-Limit-*` or a
   `client.rateLimit.*` event, counted down by every request any process sends (in the same transaction
-  as its slot), so that the processes together never send past it. Routine calls (dataset polls, sweeps)
-  stop at a reserve (RELAY_CODAT_QUOTA_RESERVE_PERCENT of the limit), keeping the rest for pushes and
-  what staff asked for; at 0 everything waits for the reset, staff are told once (`rate_limit_reached`),
-  and `client.rateLimit.reset` (or the reset time passing) lets the calls go again.
+  as its slot), so that the processes together never send past it. Routine calls (dataset polls) are
+  spaced out below twice a reserve (RELAY_CODAT_QUOTA_RESERVE_PERCENT of the limit) and stop at it,
+  keeping the rest for pushes and what staff asked for; at 0 everything waits for the reset, staff are
+  told once (`rate_limit_reached`), and `client.rateLimit.reset` (or the reset time passing) lets the
+  calls go again.
 - **429 waits** (`codat_company_waits`): a 429 for one company holds every process's calls for that
   company until its Retry-After.
 
@@ -66,6 +67,10 @@ class QuotaView:
     limit: int | None
     remaining: int | None
     reset_at: float | None
+    routine_after: float | None = None
+
+    def reserve(self, percent: int) -> int:
+        return (self.limit or 0) * percent // 100
 
     def known(self, now: float) -> bool:
         return self.remaining is not None and self.reset_at is not None and self.reset_at > now
@@ -100,13 +105,23 @@ def _int(value: str | None) -> int | None:
 # is not known (no answer yet, or its window has passed), one request goes alone, as a probe: its answer
 # tells the quota, and from then on every request is counted down here before it is sent, so that no
 # request is ever on its way uncounted.
+# Between the reserve and twice it, the quota is thinning: routine calls are spaced out so that the rest of
+# their share lasts until the reset (one every (reset - now) / (remaining - reserve) seconds, all processes
+# together), rather than spent in the first minutes.
 _TAKE_QUOTA = sa.text("""
 UPDATE codat_quota SET
   remaining = CASE WHEN reset_at > :now THEN remaining - 1 ELSE NULL END,
-  probe_until = CASE WHEN reset_at > :now AND remaining IS NOT NULL THEN probe_until ELSE :probe_until END
+  probe_until = CASE WHEN reset_at > :now AND remaining IS NOT NULL THEN probe_until ELSE :probe_until END,
+  routine_after = CASE
+    WHEN :routine = 1 AND reset_at > :now AND remaining <= 2 * (coalesce(daily_limit, 0) * :pct / 100)
+    THEN :now + (reset_at - :now) / CASE WHEN remaining - coalesce(daily_limit, 0) * :pct / 100 > 1
+                                         THEN remaining - coalesce(daily_limit, 0) * :pct / 100 ELSE 1 END
+    ELSE routine_after END
 WHERE id = 1 AND (
     reset_at > :now AND remaining IS NOT NULL
       AND remaining > CASE WHEN :routine = 1 THEN coalesce(daily_limit, 0) * :pct / 100 ELSE 0 END
+      AND (:routine = 0 OR remaining > 2 * (coalesce(daily_limit, 0) * :pct / 100)
+           OR routine_after IS NULL OR routine_after <= :now)
     OR (reset_at IS NULL OR reset_at <= :now OR remaining IS NULL)
       AND (probe_until IS NULL OR probe_until < :now))
 RETURNING remaining
@@ -227,6 +242,10 @@ class SharedBudget:
         # `client.rateLimit.reset` brings every deferred job forward; one deferred in the instant the event
         # was handled would miss that, so none waits longer than `recheck_s` before looking again.
         wait = later_s(429, min(max(reset - now, 1.0), self.recheck_s))
+        if priority is Priority.ROUTINE and (quota.remaining or 0) > quota.reserve(self.reserve_percent):
+            spaced = later_s(429, min(max((quota.routine_after or now) - now, 1.0), self.recheck_s))
+            return Deferred(f"Codat's daily quota is thinning ({quota.remaining} left): routine calls are "
+                            "spaced out", spaced)  # fmt: skip
         if priority is Priority.ROUTINE and (quota.remaining or 0) > 0:
             return Deferred(f"Codat's daily quota is down to its reserve ({quota.remaining} left): routine "
                             "calls wait for the reset", wait)  # fmt: skip
@@ -315,7 +334,7 @@ class SharedBudget:
         row = (await conn.execute(sa.select(codat_quota).where(codat_quota.c.id == QUOTA_ROW))).first()
         if row is None:
             return QuotaView(None, None, None)
-        return QuotaView(row.daily_limit, row.remaining, row.reset_at)
+        return QuotaView(row.daily_limit, row.remaining, row.reset_at, row.routine_after)
 
 
 async def _hold_company(conn: AsyncConnection, company_id: str, until: float) -> None:

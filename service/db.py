@@ -139,6 +139,7 @@ codat_quota = sa.Table(
     sa.Column("reset_at", sa.Double),  # when the quota resets; past it, what we knew says nothing
     sa.Column("updated_at", sa.Double),
     sa.Column("probe_until", sa.Double),  # while the quota is unknown, one request probes it alone
+    sa.Column("routine_after", sa.Double),  # while it thins, the next routine call waits until then
 )
 
 # A company Codat answered 429: none of its calls go before `not_before` (its Retry-After), from any process.

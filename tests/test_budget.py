@@ -267,3 +267,20 @@ async def test_the_first_answer_of_a_window_counts_the_requests_still_in_flight(
     await b.release(second, answer(remaining=99, reset=RESET + 86_400))
     await b.release(third, answer(remaining=98, reset=RESET + 86_400))
     assert (await quota_row(engine)).remaining == 98
+
+
+async def test_routine_calls_are_spaced_out_as_the_quota_thins(engine: AsyncEngine) -> None:
+    """Between the reserve (200 of 2,000) and twice it, routine calls go one every (time to reset) / (routine
+    share left), across processes, so that the share lasts the day; pushes are not held back."""
+    clock = FixedClock(T0)
+    one, two = make_budget(engine, clock, recheck_s=60.0), make_budget(engine, clock)
+    await known_quota(engine, remaining=500)
+    [await one.acquire(f"co-{n}", Priority.ROUTINE) for n in range(3)]  # above twice the reserve: no spacing
+    await known_quota(engine, remaining=350)
+    await one.acquire("co-a", Priority.ROUTINE)  # 350 left: the next routine call in (RESET - T0) / 150 s
+    with pytest.raises(Deferred) as spaced:
+        await two.acquire("co-b", Priority.ROUTINE)
+    assert "spaced out" in str(spaced.value) and spaced.value.after_s == 60  # looks again within recheck_s
+    await two.acquire("co-b", Priority.PRIORITY)
+    clock.advance((RESET - T0) / 150 + 1)
+    await two.acquire("co-b", Priority.ROUTINE)

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("reset_at", sa.Double),
         sa.Column("updated_at", sa.Double),
         sa.Column("probe_until", sa.Double),
+        sa.Column("routine_after", sa.Double),
         sa.PrimaryKeyConstraint("id", name="pk_codat_quota"),
     )
     op.bulk_insert(quota, [{"id": 1}])  # the one row every process updates; nothing known yet
