@@ -62,6 +62,7 @@ SUBSCRIBED_EVENT_TYPES: tuple[str, ...] = (
 WRITE_EVENT = re.compile(r"^([A-Za-z][A-Za-z-]*)\.write\.(successful|unsuccessful)$")
 COMPANY_EVENT = "company."  # company.created|deleted, company.product.*: the payload is the company itself
 RATE_LIMIT_EVENT = "client.ratelimit."
+RATE_LIMIT_KINDS = frozenset({"client.ratelimit.reached", "client.ratelimit.reset"})
 _FOLD = re.compile(r"[^a-z0-9]")
 
 
@@ -194,6 +195,8 @@ def _parse_envelope(obj: dict[str, Any], alert_id: str, body: bytes) -> Alert:
         entries = (DataTypeStatus(data_type=write.group(1), status=_text(payload.get("status")),
                                   connection_id=_id(payload.get("connectionId"))),)  # fmt: skip
     kind = ENVELOPE_KINDS.get(event)
+    if kind is None and event in RATE_LIMIT_KINDS:
+        kind = AlertKind.RATE_LIMIT
     if kind is None:
         kind = AlertKind.PUSH_OPERATION if write is not None else AlertKind.OTHER
     company_id = _id(company.get("id")) or _id(payload.get("companyId"))
@@ -228,9 +231,25 @@ def _data_type_entry(item: dict[str, Any]) -> DataTypeStatus:
     )
 
 
+def rate_limit_of(body: bytes) -> RateLimit | None:
+    """The quota a stored `client.rateLimit.*` envelope tells (its columns keep no quota), or None."""
+    try:
+        obj = json.loads(body)
+        payload = obj.get("payload") if isinstance(obj, dict) else None
+        return _rate_limit(payload) if isinstance(payload, dict) else None
+    except (ValueError, TypeError):  # json.JSONDecodeError is a ValueError
+        return None
+
+
 def _rate_limit(payload: dict[str, Any]) -> RateLimit:
+    try:
+        expires_at = _timestamp(payload.get("expiryDate"))
+    except ValueError:
+        # Codat's own `client.rateLimit.reset` example says "2024-09-01T23:59:99Z": an unreadable expiry must
+        # not cost the relay the event; the quota resets at 00:00 UTC (docs/using-the-api/rate-limits.md).
+        expires_at = None
     return RateLimit(daily_quota=_int(payload.get("dailyQuota")), quota_remaining=_int(payload.get("quotaRemaining")),
-                     expires_at=_timestamp(payload.get("expiryDate")))  # fmt: skip
+                     expires_at=expires_at)  # fmt: skip
 
 
 def _int(value: Any) -> int | None:

@@ -169,6 +169,42 @@ notification_dedupe = sa.Table(
 )
 
 
+# -- Codat's rate-limit budget, shared by every process (service/budget.py is the only writer) ------------
+
+# Per company, RELAY_CODAT_COMPANY_CONCURRENCY numbered slots; a request holds one until it ends, under a
+# lease (`expires_at`) so that a crashed process frees its slots by itself. A free slot has expired.
+codat_slots = sa.Table(
+    "codat_slots",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),  # keys.codat_budget_key
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("holder", sa.String(64)),
+    sa.Column("expires_at", sa.Double, nullable=False),
+)
+
+# One row (id 1): the client's daily quota as Codat last told it (X-Rate-Limit-*, client.rateLimit.*),
+# counted down locally by every request sent, so that no process sends past a quota another one spent.
+codat_quota = sa.Table(
+    "codat_quota",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("daily_limit", sa.Integer),
+    sa.Column("remaining", sa.Integer),
+    sa.Column("reset_at", sa.Double),  # when the quota resets; past it, what we knew says nothing
+    sa.Column("updated_at", sa.Double),
+    sa.Column("probe_until", sa.Double),  # while the quota is unknown, one request probes it alone
+    sa.Column("routine_after", sa.Double),  # while it thins, the next routine call waits until then
+)
+
+# A company Codat answered 429: none of its calls go before `not_before` (its Retry-After), from any process.
+codat_company_waits = sa.Table(
+    "codat_company_waits",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),  # keys.codat_budget_key
+    sa.Column("not_before", sa.Double, nullable=False),
+)
+
+
 def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 

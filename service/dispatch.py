@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import problems, queue, tracing
-from service.alerts import parsed_fields, reparse
+from service.alerts import parsed_fields, rate_limit_of, reparse
 from service.db import alerts, bookkeeper, writer
 from service.notifications import Kind
 from service.queue import Job, describe_error
@@ -34,15 +34,17 @@ AlertDeps = Deps  # the alert job needs what every job needs
 
 
 def alert_from_row(row: sa.RowMapping) -> Alert:
+    kind = AlertKind(row["kind"])
     return Alert(
         delivery_id=row["id"],
-        kind=AlertKind(row["kind"]),
+        kind=kind,
         type=row["type"],
         shape=Shape(row["shape"]),
         company_id=row["company_id"],
         connection_id=row["connection_id"],
         data_types=tuple(DataTypeStatus.model_validate(entry) for entry in row["data_types"] or ()),
         generated_at=row["generated_at"],
+        rate_limit=rate_limit_of(bytes(row["body"])) if kind is AlertKind.RATE_LIMIT else None,
         body=bytes(row["body"]),
         received_at=row["received_at"],
     )

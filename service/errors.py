@@ -69,6 +69,16 @@ class StorageUnavailable(RetryLater):
     """The database could not be reached or refused the write."""
 
 
+class Deferred(RetryLater):
+    """Not now, and not a failure: the job waits `after_s` and runs again without spending an attempt.
+
+    Raised before a Codat request is sent, when the rate-limit budget shared by every process says no
+    (the daily quota spent, the company told to wait by a 429, its request slots busy): nothing was tried,
+    so nothing counts against RELAY_MAX_ATTEMPTS. At the HTTP edge it is a 503 with Retry-After as any
+    `RetryLater`.
+    """
+
+
 class GiveUp(RelayError):
     """A job failed in a way no retry can fix: it goes straight to `dead`."""
 

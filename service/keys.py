@@ -51,6 +51,11 @@ def outbox_lock(company_id: str, data_type: str) -> str:
     return f"outbox:{company_id}:{data_type}"
 
 
+def codat_budget_key(company_id: str) -> str:
+    """A company's share of Codat's rate limits (its request slots, a 429's wait) in service/budget.py."""
+    return f"codat:{company_id}"
+
+
 def company_of(lock_key: str | None) -> str | None:
     """The company a lock key belongs to (an alert's or a push's), or None for any other key."""
     if not lock_key:

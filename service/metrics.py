@@ -13,7 +13,8 @@ from prometheus_client import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import jobs
+from service.db import codat_quota, jobs
+from service.queue import count_deferred
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 JOB_STATUSES = ("waiting", "running", "done", "dead")
@@ -47,6 +48,17 @@ CODAT_CALLS = Counter(
 CODAT_RATE_LIMIT_REMAINING = Gauge(
     "relay_codat_rate_limit_remaining", "The latest X-Rate-Limit-Remaining Codat answered.", registry=REGISTRY
 )
+CODAT_QUOTA_REMAINING = Gauge(
+    "relay_codat_quota_remaining",
+    "Codat's daily quota left as the shared budget counts it (every process reports the same; -1: not known yet).",
+    registry=REGISTRY,
+)
+CODAT_CALLS_WAITING = Gauge(
+    "relay_codat_calls_waiting",
+    "Codat calls waiting on the rate-limit budget: `deferred` jobs (every process reports the same), and this "
+    "process's calls waiting for a `slot` of their company.",
+    ["where"], registry=REGISTRY,
+)
 PUSHES = Counter(
     "relay_pushes", "Pushes to Codat, by data type and outcome.", ["data_type", "outcome"], registry=REGISTRY
 )
@@ -79,6 +91,10 @@ async def refresh_queue_gauges(engine: AsyncEngine, now: float) -> None:
                 sa.select(sa.func.min(jobs.c.run_at)).where(jobs.c.status == "waiting", jobs.c.run_at <= now)
             )
         ).scalar_one_or_none()
+        remaining = await conn.scalar(sa.select(codat_quota.c.remaining).where(codat_quota.c.id == 1))
+        deferred = await count_deferred(conn)
+    CODAT_QUOTA_REMAINING.set(-1 if remaining is None else remaining)
+    CODAT_CALLS_WAITING.labels("deferred").set(deferred)
     for status in JOB_STATUSES:
         QUEUE_DEPTH.labels(status).set(counts.get(status, 0))
     OLDEST_WAITING_AGE.set(max(0.0, now - oldest_due) if oldest_due is not None else 0.0)

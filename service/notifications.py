@@ -48,6 +48,7 @@ class Kind(enum.StrEnum):
     AUTH_REQUIRED = "auth_required"
     ALERT_DEAD = "alert_dead"
     SYNC_AT_RISK = "sync_at_risk"
+    RATE_LIMIT_REACHED = "rate_limit_reached"
 
 
 # The subject of problems with a company's accounting connection (deleted, needs re-authorising): one
@@ -56,7 +57,9 @@ CONNECTION_SUBJECT = "connection"
 UNDELIVERED = "undelivered:"  # the subject of a target's lost notifications: `undelivered:{sender}`
 ACTION_RECONNECT = "Ask the merchant to reconnect their accounting software in Codat Link"
 
-CRITICAL = frozenset({Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED, Kind.REPUSH_EXHAUSTED, Kind.ALERT_DEAD})
+CRITICAL = frozenset({
+    Kind.CONNECTION_DELETED, Kind.AUTH_REQUIRED, Kind.REPUSH_EXHAUSTED, Kind.ALERT_DEAD, Kind.RATE_LIMIT_REACHED,
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,19 @@ async def forget(conn: AsyncConnection, kind: Kind, company_id: str, subject: st
     """The problem was resolved: the next occurrence is a new problem, told at once (not after the window)."""
     key = dedupe_key(kind, company_id, subject)
     await conn.execute(notification_dedupe.delete().where(notification_dedupe.c.key == key))
+
+
+def rate_limit_reached(limit: int | None, reset_at: float) -> Notification:
+    """Codat's daily quota is spent: every Codat call waits for its reset. One problem per quota window."""
+    quota = f"of {limit:,} requests " if limit is not None else ""
+    return Notification(
+        kind=Kind.RATE_LIMIT_REACHED,
+        summary=f"Codat's daily quota {quota}is spent: no data reaches Codat until it resets at {iso(reset_at)}",
+        subject=f"quota:{iso(reset_at)}",
+        details={"dailyQuota": limit, "resetsAt": iso(reset_at),
+                 "action": "Nothing is lost: pushes resume by themselves at the reset. If this repeats, ask "
+                           "Codat for a higher quota or push less often (RELAY_PUSH_INTERVAL_SECONDS)"},
+    )  # fmt: skip
 
 
 def payload(row: sa.RowMapping) -> dict[str, Any]:

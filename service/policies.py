@@ -3,7 +3,9 @@
 - `retry_policies`: how a failed job of each kind is tried again (the worker applies it). Every kind gets
   `RELAY_MAX_ATTEMPTS` attempts, backoff from 1 s doubling to 5 minutes, with full jitter; notifications
   instead are tried for 5 days however many attempts that takes (a target down over a weekend still gets
-  its message). A `RetryLater` (a Codat 429/503, storage down) waits at least its `after_s` either way.
+  its message). A `RetryLater` (a Codat 429/503, storage down) waits at least its `after_s` either way; a
+  `Deferred` (Codat's rate-limit budget said "not now" before anything was sent, service/budget.py) is no
+  failure at all: the worker puts the job back for its `after_s` and gives the attempt back.
 - `poll_policy`: when a pushed dataset is asked about again (`RELAY_DATASET_POLLS`).
 - `repush_policy`: when a failed dataset is pushed again, and how often (`RELAY_REPUSH_*`).
 

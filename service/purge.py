@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import keys, problems, queue, record_states
+from service import budget, keys, problems, queue, record_states
 from service.clock import Clock
 from service.db import (
     alerts,
@@ -44,8 +44,9 @@ BATCH_ROWS = 1_000
 # The tables a purge empties of the company, in the order it empties them (jobs first: nothing new starts).
 TABLES = (
     "jobs", "push_records", "pushes", "records", "datasets", "alerts", "notifications", "notification_dedupe",
-    "problems", "companies",
+    "problems", "codat_slots", "codat_company_waits", "companies",
 )  # fmt: skip
+BUDGET_TABLES = ("codat_slots", "codat_company_waits")  # its share of Codat's rate limits (service/budget.py)
 MAX_REQUESTED_BY = 255  # purges.requested_by
 
 
@@ -117,6 +118,9 @@ async def survey(engine: AsyncEngine, company_id: str) -> tuple[dict[str, int], 
             if table == "problems":
                 counts[table] = await problems.count_company(conn, company_id)
                 continue
+            if table in BUDGET_TABLES:
+                counts[table] = await budget.count_company(conn, table, company_id)
+                continue
             query = sa.select(sa.func.count()).select_from(_TABLES[table]).where(_where(table, company_id))
             counts[table] = int(await conn.scalar(query) or 0)
     return counts, by_status.get(queue.JobStatus.RUNNING, 0)
@@ -127,6 +131,8 @@ async def _delete_batch(conn: AsyncConnection, table: str, company_id: str, limi
         return await record_states.purge_company_records(conn, company_id, limit)
     if table == "problems":
         return await problems.purge_company(conn, company_id, limit)
+    if table in BUDGET_TABLES:
+        return await budget.forget_company(conn, table, company_id)  # at most the company's slots: one statement
     columns = _KEYS[table]
     picked = sa.select(*columns).where(_where(table, company_id)).limit(limit)
     key = columns[0] if len(columns) == 1 else sa.tuple_(*columns)

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import keys, metrics, queue, record_states
+from service.codat.budget import routine
 from service.codat.client import CodatAuthError, CodatNotFound, CodatRejected, CodatUnavailable
 from service.db import datasets, pushes, records, writer
 from service.late_records import HISTORIC_KIND
@@ -80,7 +81,9 @@ class Pusher:
 
     def jobs(self) -> dict[str, JobFunction]:
         """The push pipeline's job kinds, for the worker's job table."""
-        return {PUSH_KIND: self.run, POLL_KIND: self.tracker.poll_dataset,
+        # Dataset polls are routine: the webhooks answer the same question, so below the daily quota's
+        # reserve they give way to pushes (service/budget.py).
+        return {PUSH_KIND: self.run, POLL_KIND: _routine(self.tracker.poll_dataset),
                 SYNC_KIND: self.tracker.check_sync_job, SWEEP_KIND: self.tracker.sweep,
                 HISTORIC_KIND: self.tracker.historic_sync_job}  # fmt: skip
 
@@ -297,3 +300,13 @@ class Pusher:
         note = Notification(kind, summary, company_id=push.company_id, data_type=push.data_type,
                             subject=push.data_type, details=details)  # fmt: skip
         await self._deps.notifier.notify(note, conn)
+
+
+def _routine(function: JobFunction) -> JobFunction:
+    """The job's Codat calls are routine (`service.codat.budget.routine`)."""
+
+    async def run(job: Job, attempt: int) -> object:
+        with routine():
+            return await function(job, attempt)
+
+    return run

@@ -27,6 +27,9 @@ MAX_ERROR_CHARS = 4_000
 # The periodic retention prune (service/retention.py); named when it pruned only jobs, and kept so a job of
 # this kind still waiting in a database from before runs under the new code.
 PRUNE_KIND = "prune_jobs"
+# The last error of a job waiting on Codat's rate-limit budget starts so (`defer`), so that the quota's
+# reset can bring exactly those jobs forward (`resume_deferred`) and metrics can count them.
+DEFERRED_PREFIX = "deferred: "
 
 
 class JobStatus(enum.StrEnum):
@@ -425,6 +428,46 @@ async def retry(engine: AsyncEngine, job: Job, run_at: float, error: str, now: f
                 .values(status="done", last_error=error, finished_at=now, lease_expires_at=None)
             )
         return False
+
+
+async def defer(engine: AsyncEngine, job: Job, run_at: float, reason: str, now: float) -> bool:
+    """The job did not fail, it was told to wait (`service.errors.Deferred`): waiting again until `run_at`,
+    the attempt given back (as `release` does), marked as waiting on the budget. False as `retry`."""
+    values = {"status": "waiting", "run_at": run_at, "attempts": jobs.c.attempts - 1, "worker_id": None,
+              "lease_expires_at": None, "started_at": None,
+              "last_error": (DEFERRED_PREFIX + reason)[:MAX_ERROR_CHARS]}  # fmt: skip
+    try:
+        async with bookkeeper(engine).begin() as conn:
+            await conn.execute(jobs.update().where(_fenced([job])).values(values))
+        return True
+    except IntegrityError:
+        async with bookkeeper(engine).begin() as conn:
+            await conn.execute(
+                jobs.update().where(_fenced([job])).values(status="done", finished_at=now, lease_expires_at=None)
+            )
+        return False
+
+
+async def resume_deferred(conn: AsyncConnection, now: float) -> int:
+    """Every job waiting on the rate-limit budget may run now (the quota was reset); returns how many."""
+    result = await conn.execute(
+        jobs.update()
+        .where(jobs.c.status == JobStatus.WAITING.value, jobs.c.run_at > now,
+               jobs.c.last_error.startswith(DEFERRED_PREFIX, autoescape=True))
+        .values(run_at=now)
+    )  # fmt: skip
+    if result.rowcount:
+        await notify(conn)
+    return int(result.rowcount)
+
+
+async def count_deferred(conn: AsyncConnection) -> int:
+    """Jobs waiting on the rate-limit budget."""
+    found = await conn.scalar(
+        sa.select(sa.func.count()).select_from(jobs)
+        .where(jobs.c.status == JobStatus.WAITING.value, jobs.c.last_error.startswith(DEFERRED_PREFIX, autoescape=True))
+    )  # fmt: skip
+    return int(found or 0)
 
 
 async def heartbeat(engine: AsyncEngine, running: Sequence[Job], now: float, lease_s: float) -> int:

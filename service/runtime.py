@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers import REGISTRY
 from service import metrics, queue
+from service.budget import LEASE_MARGIN_S, SharedBudget
 from service.clock import Clock
 from service.codat.client import CodatClient
 from service.db import behind_pgbouncer
 from service.dispatch import make_alert_job
-from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob
+from service.notifications import NOTIFY_JOB_KIND, Notifier, NotifyJob, rate_limit_reached
 from service.policies import job_policy, poll_policy, repush_policy, retry_policies
 from service.purge import PURGE_KIND, PurgeJob
 from service.pusher import Pusher
@@ -136,6 +137,20 @@ class Runtime:
             await self.codat.aclose()
 
 
+def shared_budget(settings: Settings, engine: AsyncEngine, clock: Clock, notifier: Notifier) -> SharedBudget:
+    """Codat's rate limits, shared with every other process on this database; staff hear of a spent quota."""
+
+    async def tell(limit: int | None, reset_at: float) -> None:
+        await notifier.notify(rate_limit_reached(limit, reset_at))
+
+    return SharedBudget(
+        engine, clock, company_slots=settings.codat_company_concurrency,
+        reserve_percent=settings.codat_quota_reserve_percent,
+        lease_s=settings.codat_timeout_seconds + LEASE_MARGIN_S, on_reached=tell,
+        recheck_s=settings.codat_quota_recheck_seconds,
+    )  # fmt: skip
+
+
 async def build_runtime(
     settings: Settings, engine: AsyncEngine, clock: Clock, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> Runtime:
@@ -143,7 +158,10 @@ async def build_runtime(
     http = httpx.AsyncClient(timeout=10.0)
     senders = build_senders(settings, http)
     notifier = Notifier(engine, sorted(senders), settings.notify_dedupe_seconds, clock)
-    codat = CodatClient.from_settings(settings, transport=transport, on_response=metrics.count_codat_call)
+    budget = shared_budget(settings, engine, clock, notifier)
+    codat = CodatClient.from_settings(
+        settings, transport=transport, on_response=metrics.count_codat_call, budget=budget
+    )
     return Runtime(
         settings=settings, engine=engine, clock=clock, notifier=notifier, http=http, senders=senders,
         transport=transport, codat=codat,

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # Codat allows 1,000 requests a minute per IP (FACTS §6); 0 leaves calls unpaced (a local sandbox).
     codat_requests_per_minute: int = Field(default=1000, ge=0)
+    # Shared by every process through the database (service/budget.py): requests in flight per company
+    # (Codat serves 10), and the share of the daily quota kept for pushes and staff-visible calls.
+    codat_company_concurrency: int = Field(default=10, ge=1, le=100)
+    codat_quota_reserve_percent: int = Field(default=10, ge=0, le=90)
+    # A job waiting on a spent quota looks again this often (client.rateLimit.reset brings them all at once).
+    codat_quota_recheck_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     webhook_auth_header: SecretStr | None = None

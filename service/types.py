@@ -27,6 +27,7 @@ class AlertKind(enum.StrEnum):
     PUSH_OPERATION = "push_operation"
     CONNECTION_STATUS = "connection_status"
     COMPANY_DELETED = "company_deleted"
+    RATE_LIMIT = "rate_limit"
     OTHER = "other"
 
 

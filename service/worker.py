@@ -33,7 +33,7 @@ from service import keys, metrics, queue, tracing
 from service.clock import Clock
 from service.db import behind_pgbouncer
 from service.dead_jobs import DeadJobObserver
-from service.errors import GiveUp
+from service.errors import Deferred, GiveUp
 from service.queue import LEASE_LOST, NOTIFY_CHANNEL, Job, describe_error
 from service.retry import RetryPolicy, Rng
 
@@ -364,6 +364,9 @@ class Worker:
     async def _settle(self, finished: _Finished, now: float) -> str:
         assert finished.error is not None
         job, error_text = finished.job, describe_error(finished.error)
+        if isinstance(finished.error, Deferred):  # told to wait, not failed: no attempt spent
+            await queue.defer(self._engine, job, now + finished.error.after_s, str(finished.error), now)
+            return "deferred"
         run_at = self.policy(job.kind).decide(job.attempts, finished.error, now, self._rng, queued_at=job.created_at)
         if run_at is not None:
             await queue.retry(self._engine, job, run_at, error_text, now)
@@ -387,7 +390,8 @@ class Worker:
         job = finished.job
         metrics.JOBS_FINISHED.labels(job.kind, outcome).inc()
         metrics.JOB_DURATION.labels(job.kind).observe(finished.duration_s)
-        log = self._log.warning if finished.error is not None else self._log.info
+        failed = finished.error is not None and outcome != "deferred"
+        log = self._log.warning if failed else self._log.info
         log(
             "job_finished",
             job_id=job.id,

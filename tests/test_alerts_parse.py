@@ -50,7 +50,7 @@ def test_rule_type_variants_fold_together() -> None:
     ("event", "kind"),
     [("read.completed", AlertKind.DATASET_STATUS), ("connection.reconnected", AlertKind.CONNECTION_STATUS),
      ("invoices.write.unsuccessful", AlertKind.PUSH_OPERATION), ("company.created", AlertKind.OTHER),
-     ("client.rateLimit.reached", AlertKind.OTHER)],
+     ("client.rateLimit.reached", AlertKind.RATE_LIMIT), ("client.rateLimit.reset", AlertKind.RATE_LIMIT)],
 )
 def test_envelope_kinds(event: str, kind: AlertKind) -> None:
     body = read_completed_body(("commerce-orders", "Complete"))

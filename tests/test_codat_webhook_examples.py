@@ -34,6 +34,7 @@ KINDS = {
     "connection.failed": "connection_status", "DataConnectionStatusChanged": "connection_status",
     "SyncCompleted": "sync_completed", "SyncFailed": "sync_completed", "NewCompanySynchronized": "sync_completed",
     "PushOperationStatusChanged": "push_operation", "PushOperationTimedOut": "push_operation",
+    "client.rateLimit.reached": "rate_limit", "client.rateLimit.reset": "rate_limit",
 }  # fmt: skip
 
 

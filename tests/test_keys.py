@@ -10,7 +10,7 @@ from service import keys
 from tests.owners import literal_arguments, string_literals
 
 # Every prefix keys.py spells; a literal starting with one of them elsewhere is a second spelling.
-PREFIXES = ("company:", "push:", "poll:", "check_sync:", "follow_sync:", "periodic:", "outbox:")
+PREFIXES = ("company:", "push:", "poll:", "check_sync:", "follow_sync:", "periodic:", "outbox:", "codat:")
 # A prefix opening a literal or quoted in SQL, and followed by what a key's rest would be built from (an
 # f-string's next part, `+`, `%s`, `{}`, a closing quote): "outbox: records or …" in prose is no key.
 SPELLED = re.compile("(?:^|['\"])(?:" + "|".join(re.escape(prefix) for prefix in PREFIXES) + ")(?=$|['\"{%])")
@@ -26,9 +26,10 @@ def test_lock_key() -> None:
 def test_key_formats() -> None:
     """Each key names its kind of work and what it is for, so two kinds never share a key."""
     made = [keys.push_lock("C1", "orders"), keys.poll_lock("D1"), keys.sync_check_lock("C1"),
-            keys.sync_follow_lock("C1"), keys.periodic_lock("sweep"), keys.outbox_lock("C1", "orders")]  # fmt: skip
+            keys.sync_follow_lock("C1"), keys.periodic_lock("sweep"), keys.outbox_lock("C1", "orders"),
+            keys.codat_budget_key("C1")]  # fmt: skip
     assert made == ["push:C1:orders", "poll:D1", "check_sync:C1", "follow_sync:C1", "periodic:sweep",
-                    "outbox:C1:orders"]  # fmt: skip
+                    "outbox:C1:orders", "codat:C1"]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,9 @@ async def test_pushes_codat_calls_and_rate_limit_remaining(relay: Relay) -> None
     # The sandbox's daily quota counts down with every call; a probe right after reads one less than the relay.
     probe = await relay.sandbox.get(f"/companies/{relay.company}", headers=SANDBOX_AUTH)
     assert after.value("relay_codat_rate_limit_remaining") == int(probe.headers["X-Rate-Limit-Remaining"]) + 1
+    # The shared budget's count (from the database) agrees with the last answer; nothing waited on it.
+    assert after.value("relay_codat_quota_remaining") == after.value("relay_codat_rate_limit_remaining")
+    assert after.value("relay_codat_calls_waiting", where="deferred") == 0
 
 
 async def test_repushes_and_notifications_by_kind(relay: Relay) -> None:

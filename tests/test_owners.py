@@ -53,3 +53,12 @@ def test_only_the_replays_module_writes_replay_runs() -> None:
     """A bulk replay's run and cursor move in service/replays.py alone."""
     writes = table_writes("replay_runs")
     assert writes and all(write.startswith("service/replays.py:") for write in writes), writes
+
+
+def test_only_the_budget_writes_its_tables() -> None:
+    """Codat's rate-limit budget (codat_slots, codat_quota, codat_company_waits) has one writer, service/budget.py,
+    which the scan does see writing each."""
+    for table in ("codat_slots", "codat_quota", "codat_company_waits"):
+        writes = table_writes(table)
+        assert [w for w in writes if not w.startswith("service/budget.py:")] == [], table
+        assert any(w.startswith("service/budget.py:") for w in writes), table

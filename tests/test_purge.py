@@ -31,7 +31,7 @@ API = {"authorization": f"Bearer {API_TOKEN}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 DEADLINE_S = 30.0
 PURGED_TABLES = ("jobs", "push_records", "pushes", "records", "datasets", "alerts", "notifications",
-                 "notification_dedupe", "problems", "companies")  # fmt: skip
+                 "notification_dedupe", "problems", "codat_slots", "codat_company_waits", "companies")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.sandbox.model import ERROR_STATUSES, Company, Connection, Dataset, iso, stable_id
+from service.sandbox.ratelimit import REACHED, RESET, reset_at
 from service.sandbox.state import Event, SandboxState
 
 ENVELOPE_TYPES = {
@@ -111,6 +112,8 @@ def _status_changed(conn: Connection) -> Rule:
 
 
 def _envelope(event: Event, state: SandboxState) -> Outgoing | None:
+    if event.kind in (REACHED, RESET):
+        return _rate_limit(event.kind, state)
     event_type = ENVELOPE_TYPES.get(event.kind)
     if event_type is None:
         return None
@@ -128,6 +131,16 @@ def _envelope(event: Event, state: SandboxState) -> Outgoing | None:
         payload = {key: value for key, value in company.to_json([]).items() if key != "dataConnections"}
     envelope_id = state.new_id()
     body = {"id": envelope_id, "eventType": event_type, "generatedDate": iso(state.now()), "payload": payload}
+    return Outgoing(envelope_id, event_type, body)
+
+
+def _rate_limit(event_type: str, state: SandboxState) -> Outgoing:
+    """ClientRateLimitWebhook: `dailyQuota`, `quotaRemaining`, `expiryDate` (when the quota resets)."""
+    now, limit = state.now(), state.daily_quota()
+    remaining = max(0, limit - state.quota.used)
+    payload = {"dailyQuota": limit, "quotaRemaining": remaining, "expiryDate": iso(reset_at(now))}
+    envelope_id = state.new_id()
+    body = {"id": envelope_id, "eventType": event_type, "generatedDate": iso(now), "payload": payload}
     return Outgoing(envelope_id, event_type, body)
 
 

@@ -19,6 +19,7 @@ from service.sandbox.config import SandboxConfig
 from service.sandbox.edge import Sandbox
 from service.sandbox.faults import ALL, ENDPOINTS, EndpointFaults, WebhookFaults
 from service.sandbox.model import DATA_TYPES, FINAL_STATUSES, SYNC_STATUS_TEXT, iso, parse_iso
+from service.sandbox.ratelimit import reset_at
 from service.sandbox.schedule import BadSchedule, apply_schedule, configuration_json
 from service.sandbox.state import ShiftedClock
 
@@ -289,6 +290,31 @@ async def requests(request: Request, sandbox: Sandbox) -> Any:
     return {"results": [{"endpoint": e, "status": s, "count": n} for (e, s), n in sorted(counts.items())]}
 
 
+async def rate_limits(request: Request, sandbox: Sandbox) -> Any:
+    """What the sandbox saw of Codat's rate limits: the daily quota, when it was spent, requests refused
+    while it was (none, from a client that stops at `reached`), and per company the most requests it had
+    in flight at once and the 429s answered for being over 10."""
+    state = sandbox.state
+    quota, concurrency, now = state.quota, state.concurrency, state.now()
+    limit = state.daily_quota()
+    companies = sorted(set(concurrency.max_seen) | set(concurrency.refused))
+    return {
+        "dailyQuota": limit, "used": quota.used, "remaining": max(0, limit - quota.used),
+        "resetsAt": iso(reset_at(now)), "reachedAt": iso(quota.reached_at) if quota.reached_at else None,
+        "refusedWhileSpent": quota.refused, "concurrentLimit": concurrency.limit,
+        "companies": {c: {"maxInFlight": concurrency.max_seen[c], "refusedOverLimit": concurrency.refused[c]}
+                      for c in companies},
+    }  # fmt: skip
+
+
+async def reset_rate_limits(request: Request, sandbox: Sandbox) -> Any:
+    """The daily quota is whole again now, as at 00:00 UTC: `client.rateLimit.reset` goes to its consumers."""
+    state = sandbox.state
+    state.quota.reset(state.now())
+    sandbox.emit(state.quota_events())
+    return await rate_limits(request, sandbox)
+
+
 def _r(path: str, fn: Callable[[Request, Sandbox], Awaitable[Any]], method: str = "GET") -> Route:
     return Route("/_sandbox" + path, handle(fn), methods=[method])
 
@@ -318,4 +344,6 @@ ROUTES = [
     _r("/breaches", breaches),
     _r("/webhooks", webhooks),
     _r("/requests", requests),
+    _r("/rate-limits", rate_limits),
+    _r("/rate-limits/reset", reset_rate_limits, "POST"),
 ]

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from service.sandbox import rules
 from service.sandbox.faults import ALL, FaultAnswer, decide
 from service.sandbox.idempotency import CachedAnswer, IdempotencyStore
+from service.sandbox.ratelimit import CONCURRENCY_RETRY_AFTER_S
 from service.sandbox.state import Event, SandboxState
 from service.sandbox.webhooks import WebhookSender
 
@@ -53,6 +54,8 @@ class Sandbox:
     def tick(self) -> int:
         """Let time pass: settle what is due and send its webhooks (in the background)."""
         events = self.state.advance()
+        self.state.quota.roll(self.state.now())  # 00:00 UTC passed: a spent quota is whole again
+        events += self.state.quota_events()
         self.sender.emit(events)
         return len(events)
 
@@ -108,18 +111,33 @@ async def _serve(op: Operation, request: Request) -> Response:
     sandbox: Sandbox = request.app.state.sandbox
     state = sandbox.state
     sandbox.tick()
-    now, limit = state.now(), state.daily_quota()
+    company_id = request.path_params.get("companyId")
     if not _authorised(request, state.config.api_key):
         response: Response = codat_error(401)
-    elif (wait := state.quota.take(now, limit)) is not None:
-        response = codat_error(429, headers={"Retry-After": str(math.ceil(wait))})
-    elif request.method in KEYED_METHODS and request.headers.get("idempotency-key"):
-        response = await _keyed(op, request, sandbox)
+    elif company_id is not None and not state.concurrency.enter(company_id):
+        # "10 concurrent requests per ACC" (rate-limits.md): the 11th is a 429 with Retry-After.
+        response = codat_error(429, headers={"Retry-After": str(CONCURRENCY_RETRY_AFTER_S)})
     else:
-        response = await _answer(op, request, sandbox, None)
+        try:
+            response = await _within_quota(op, request, sandbox)
+        finally:
+            if company_id is not None:
+                state.concurrency.leave(company_id)
     if not getattr(request.state, "counted", False):
-        state.count_request(op.name, response.status_code, request.path_params.get("companyId"))
+        state.count_request(op.name, response.status_code, company_id)
     return with_rate_headers(response, state)
+
+
+async def _within_quota(op: Operation, request: Request, sandbox: Sandbox) -> Response:
+    state = sandbox.state
+    now = state.now()
+    wait = state.quota.take(now, state.daily_quota())
+    sandbox.emit(state.quota_events())  # `reached` as the last request is spent; `reset` at a new day
+    if wait is not None:
+        return codat_error(429, headers={"Retry-After": str(math.ceil(wait))})
+    if request.method in KEYED_METHODS and request.headers.get("idempotency-key"):
+        return await _keyed(op, request, sandbox)
+    return await _answer(op, request, sandbox, None)
 
 
 def with_rate_headers(response: Response, state: SandboxState) -> Response:

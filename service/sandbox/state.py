@@ -25,7 +25,7 @@ from service.sandbox.model import (
     Sync,
     stable_id,
 )
-from service.sandbox.ratelimit import DailyQuota, codat_quota
+from service.sandbox.ratelimit import Concurrency, DailyQuota, codat_quota
 
 # A company's "configured start date" when none is given: the sandbox has no sync flow, so a month back.
 FIRST_SYNC_LOOKBACK_S = 30 * 24 * 3600
@@ -42,12 +42,13 @@ class Scripted:
 class Event:
     """Something Codat would send a webhook about; `bodies.py` turns it into a body per shape.
 
-    kind: dataset_terminal | connection_deleted | connection_created | connection_connected | company_created.
+    kind: dataset_terminal | connection_deleted | connection_created | connection_connected | company_created |
+    client.rateLimit.reached | client.rateLimit.reset.
     A finished sync is no event: Codat sends no Sync for Commerce sync webhook (FACTS §6).
     """
 
     kind: str
-    company_id: str
+    company_id: str  # "" for the client's own events (rate limits)
     dataset: Dataset | None = None
     connection: Connection | None = None
 
@@ -89,6 +90,7 @@ class SandboxState:
         self.webhook_faults = WebhookFaults()
         self.idempotency = IdempotencyStore()
         self.quota = DailyQuota()
+        self.concurrency = Concurrency()
         self.in_flight: Counter[tuple[str, str]] = Counter()
 
     def count_request(self, endpoint: str, status: int, company_id: str | None) -> None:
@@ -99,6 +101,10 @@ class SandboxState:
 
     def now(self) -> float:
         return self.clock.now()
+
+    def quota_events(self) -> list[Event]:
+        """The rate-limit events due (the quota just spent, or whole again), for the webhook sender."""
+        return [Event(kind, "") for kind in self.quota.drain()]
 
     def daily_quota(self) -> int:
         if self.config.daily_quota is not None:
