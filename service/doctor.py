@@ -118,7 +118,7 @@ async def database_checks(engine: AsyncEngine, settings: Settings, now: float, *
                             f"{WORKER_STALL_S:.0f} s", "start `codat-relay serve` or `worker`"))  # fmt: skip
         last = (await conn.execute(sa.select(sa.func.max(alerts.c.received_at)))).scalar()
         checks.append(Check("deliveries received recently", last is not None and now - last < RECENT_DELIVERY_S,
-                            "none yet" if last is None else f"last {now - last:.0f} s ago",
+                            "none yet" if last is None else f"last {max(0.0, now - last):.0f} s ago",
                             "check the consumers are enabled in the Portal; send an example"))  # fmt: skip
         if not sandbox:
             signed_shapes = [Shape.ENVELOPE.value, Shape.LEGACY_SIGNED.value]
@@ -127,7 +127,7 @@ async def database_checks(engine: AsyncEngine, settings: Settings, now: float, *
                                 "send an example from the Portal; a 401 in its log means the consumer's secret is "
                                 "missing from RELAY_WEBHOOK_SECRETS"))  # fmt: skip
         paused = list((await conn.execute(sa.select(companies.c.id).where(companies.c.paused))).scalars())
-        checks.append(Check("companies paused", not paused, f"{len(paused)} paused: {', '.join(paused[:5])}",
+        checks.append(Check("companies paused", not paused, f"{len(paused)} paused" + (f": {', '.join(paused[:5])}" if paused else ""),
                             "`codat-relay companies show ID`, then `codat-relay companies resume ID`"))  # fmt: skip
         dead_jobs = await _count(conn, jobs, jobs.c.status == JobStatus.DEAD.value)
         dead_alerts = await _count(conn, alerts, alerts.c.status == AlertStatus.DEAD.value)
