@@ -127,7 +127,8 @@ async def database_checks(engine: AsyncEngine, settings: Settings, now: float, *
                                 "send an example from the Portal; a 401 in its log means the consumer's secret is "
                                 "missing from RELAY_WEBHOOK_SECRETS"))  # fmt: skip
         paused = list((await conn.execute(sa.select(companies.c.id).where(companies.c.paused))).scalars())
-        checks.append(Check("companies paused", not paused, f"{len(paused)} paused" + (f": {', '.join(paused[:5])}" if paused else ""),
+        named = f": {', '.join(paused[:5])}" if paused else ""
+        checks.append(Check("companies paused", not paused, f"{len(paused)} paused{named}",
                             "`codat-relay companies show ID`, then `codat-relay companies resume ID`"))  # fmt: skip
         dead_jobs = await _count(conn, jobs, jobs.c.status == JobStatus.DEAD.value)
         dead_alerts = await _count(conn, alerts, alerts.c.status == AlertStatus.DEAD.value)
