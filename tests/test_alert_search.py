@@ -14,15 +14,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.alert_index import SETTLE_S, SQLITE_FTS, AlertIndexer, index_batch
+from service.alert_index import INDEX_EVERY_S, INDEX_KIND, SETTLE_S, SQLITE_FTS, AlertIndexer, index_batch
 from service.alert_search import PG_TRGM_INDEX, AlertSearch, bytea_escape, search_alerts, statement
 from service.clock import FixedClock
-from service.db import alert_text_watermark, alert_texts, alerts, bookkeeper, create_engine
+from service.db import alert_text_watermark, alert_texts, alerts, bookkeeper, create_engine, jobs
 from service.purge import purge_company
 from service.retention import Pruner, Retention
 from service.testing import legacy_body, running_app
+from service.web.app import AppOptions
 from tests import ui_factories as make
 from tests.conftest import ADMIN_TOKEN, TEST_AUTH_HEADER, make_settings
+from tests.queue_helpers import eventually
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 INTEGRITY_CHECK = f"INSERT INTO {SQLITE_FTS}({SQLITE_FTS}, rank) VALUES ('integrity-check', 1)"
@@ -310,3 +312,27 @@ async def test_any_text_is_a_search_never_an_error(database_url: str, q: str) ->
     found = [a["id"] for a in response.json()["results"]]
     if q.strip() and not any(ch in q for ch in '"\\\u2028'):  # JSON escapes these in the body as received
         assert found == [holder]
+
+
+async def test_the_worker_runs_the_indexer_as_its_periodic_job(database_url: str) -> None:
+    """`serve`'s worker schedules `index_alert_texts` when it starts and runs it: a settled alert is indexed,
+    one received within SETTLE_S is left to a later run, and the next run waits INDEX_EVERY_S."""
+    now = 1_800_000_000.0
+    settings = make_settings(database_url)
+    setup = create_engine(settings)
+    async with setup.begin() as conn:
+        await conn.run_sync(lambda sync: (make.alert(sync, "a-settled", "co-1", "done", now - SETTLE_S - 1),
+                                          make.alert(sync, "a-fresh", "co-1", "done", now - 1)))  # fmt: skip
+    await setup.dispose()
+    async with running_app(settings, clock=FixedClock(now), options=AppOptions(run_workers=True)) as (app, _):
+        engine = app.state.runtime.engine
+
+        async def indexed() -> bool:
+            return await text_rows(engine) == {"a-settled"}
+
+        await eventually(indexed)
+        async with engine.connect() as conn:
+            waiting = (await conn.execute(sa.select(jobs.c.run_at).where(
+                jobs.c.kind == INDEX_KIND, jobs.c.status == "waiting"))).scalars().all()  # fmt: skip
+        assert waiting == [now + INDEX_EVERY_S]
+        assert await text_rows(engine) == {"a-settled"}
