@@ -50,9 +50,12 @@ async def ids(client: httpx.AsyncClient, query: str) -> list[str]:
     return [a["id"] for a in response.json()["results"]]
 
 
-async def test_each_filter_finds_its_alerts(database_url: str) -> None:
+@pytest.mark.parametrize("indexed", [False, True], ids=["in-the-tail", "indexed"])
+async def test_each_filter_finds_its_alerts(database_url: str, indexed: bool) -> None:
+    """Every filter finds the same alerts whether the text is read from the tail after the indexer's
+    watermark (just received) or from the index (once the indexer job has run)."""
     clock = FixedClock()
-    async with running_app(make_settings(database_url), clock=clock) as (_, client):
+    async with running_app(make_settings(database_url), clock=clock) as (app, client):
         dataset = await deliver(client, legacy_body(CompanyId="co-a", Data={
             "dataType": "commerce-orders", "datasetStatus": "ValidationError", "datasetId": "ds-7781"}))
         clock.advance(1)
@@ -61,6 +64,9 @@ async def test_each_filter_finds_its_alerts(database_url: str) -> None:
         cafe = await deliver(client, other("co-b", "Café Nørd: back\\slash"))
         clock.advance(1)
         short = await deliver(client, other("co-c", "ok"))
+        if indexed:
+            clock.advance(SETTLE_S)
+            assert await AlertIndexer(app.state.runtime.engine, clock).run() == 4
 
         assert await ids(client, "companyId=co-b") == [cafe, limit]
         assert await ids(client, "datasetId=ds-7781") == [dataset]
@@ -303,10 +309,16 @@ NASTY = ['"', "'", '""x"', "\\", "%", "_", "*", "abc*", "NEAR(a b)", "a OR b", "
 
 
 @pytest.mark.parametrize("q", NASTY, ids=[f"nasty-{n}" for n in range(len(NASTY))])
-async def test_any_text_is_a_search_never_an_error(database_url: str, q: str) -> None:
-    """FTS5 query syntax, LIKE wildcards, quotes and SQL are plain text: each finds the alert holding it."""
-    async with running_app(make_settings(database_url)) as (_, client):
+@pytest.mark.parametrize("indexed", [False, True], ids=["in-the-tail", "indexed"])
+async def test_any_text_is_a_search_never_an_error(database_url: str, q: str, indexed: bool) -> None:
+    """FTS5 query syntax, LIKE wildcards, quotes and SQL are plain text: each finds the alert holding it,
+    whether read from the tail or from the index."""
+    clock = FixedClock()
+    async with running_app(make_settings(database_url), clock=clock) as (app, client):
         holder = await deliver(client, other("co-nasty", f"before {q} after"))
+        if indexed:
+            clock.advance(SETTLE_S)
+            assert await AlertIndexer(app.state.runtime.engine, clock).run() == 1
         response = await client.get("/v1/alerts", params={"q": q}, headers=ADMIN)
     assert response.status_code == 200, response.text
     found = [a["id"] for a in response.json()["results"]]
