@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import queue
+from service import metrics, queue
 from service.clock import Clock
 from service.db import alert_text_watermark, alert_texts, alerts, bookkeeper
 
@@ -133,9 +133,13 @@ class AlertIndexer:
             async with bookkeeper(self._engine).begin() as conn:
                 indexed = await index_batch(conn, self._clock.now(), self._batch_rows)
             total += indexed
+            metrics.ALERTS_INDEXED.inc(indexed)
             if indexed < self._batch_rows or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(self._pause_s)  # a throttle between batches, not a wait for work
+        async with self._engine.connect() as conn:
+            received_at, _ = await watermark(conn)
+        metrics.ALERT_INDEX_LAG.set(max(0.0, self._clock.now() - received_at) if received_at > 0 else 0.0)
         if total:
             log.info("alert_texts_indexed", alerts=total)
         return total

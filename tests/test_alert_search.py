@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import metrics
 from service.alert_index import INDEX_EVERY_S, INDEX_KIND, SETTLE_S, SQLITE_FTS, AlertIndexer, index_batch
 from service.alert_search import PG_TRGM_INDEX, AlertSearch, bytea_escape, search_alerts, statement
 from service.clock import FixedClock
@@ -194,7 +195,9 @@ async def test_an_alert_is_found_before_the_indexer_runs(database_url: str) -> N
         assert await ids(client, "q=ord-90210&companyId=co-new") == [fresh]
         assert await AlertIndexer(engine, clock).run() == 0  # not settled yet: it may still have company
         clock.advance(SETTLE_S)
+        before = metrics.ALERTS_INDEXED._value.get()
         assert await AlertIndexer(engine, clock).run() == 1
+        assert metrics.ALERTS_INDEXED._value.get() == before + 1
         assert await text_rows(engine) == {fresh}
         assert await ids(client, "q=ORD-90210") == [fresh]  # from the index now, and only once
 
@@ -226,7 +229,10 @@ async def test_the_indexer_catches_up_in_batches_and_search_sees_every_alert_onc
             mark = (await conn.execute(sa.select(alert_text_watermark.c.received_at,
                                                  alert_text_watermark.c.alert_id))).one()  # fmt: skip
         assert tuple(mark) == max(delivered)
+        before = metrics.ALERTS_INDEXED._value.get()
         assert await indexer.run() == 0  # caught up: a run finds nothing more
+        assert metrics.ALERTS_INDEXED._value.get() == before
+        assert metrics.ALERT_INDEX_LAG._value.get() == clock.now() - max(delivered)[0]
 
 
 async def walk(client: httpx.AsyncClient, query: str) -> list[str]:
