@@ -56,10 +56,35 @@ alerts = sa.Table(
     sa.Index(None, "received_at"),
     sa.Index(None, "company_id", "received_at"),
     sa.Index(None, "status", "received_at"),
-    # Alert search (service/alert_search.py): the exact filters. Text in the body has an index of its own
-    # per backend (migration 0013: pg_trgm GIN, or SQLite FTS5), outside this metadata.
+    # Alert search (service/alert_search.py): the exact filters. Text in the body is indexed apart, after
+    # the acknowledgement (`alert_texts` below), so nothing on this table slows the webhook's insert.
     sa.Index(None, "dataset_id", "received_at"),
     sa.Index(None, "type", "received_at"),
+)
+
+# Alert search's text index, filled by the indexer job (service/alert_index.py) from a watermark, not by the
+# webhook's insert. One row per indexed alert, gone with its alert (PostgreSQL: the cascade; SQLite: the
+# trigger of migration 0013, which also takes the alert's text out of the FTS5 table `alert_texts_fts`).
+# `text` is the body as PostgreSQL's `encode(body, 'escape')` renders it, under a pg_trgm GIN index
+# (migration 0013, outside this metadata); on SQLite it stays NULL: the text is in the FTS5 table only.
+alert_texts = sa.Table(
+    "alert_texts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),  # SQLite: the FTS5 rowid, stable under VACUUM
+    sa.Column("alert_id", sa.String(255), sa.ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("text", sa.Text),
+    sa.UniqueConstraint("alert_id"),
+)
+
+# Where the indexer is: every alert at or before (received_at, alert_id) is in `alert_texts`; search scans
+# the alerts after it. One row (id 1), written by service/alert_index.py only.
+alert_text_watermark = sa.Table(
+    "alert_text_watermark",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("alert_id", sa.String(255), nullable=False),
 )
 
 ACTIVE_JOBS = sa.text("status IN ('waiting', 'running')")

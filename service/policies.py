@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from service.alert_index import INDEX_KIND
 from service.late_records import HISTORIC_KIND
 from service.notifications import NOTIFY_JOB_KIND
 from service.outbox import PUSH_KIND
@@ -66,6 +67,7 @@ def retry_policies(settings: Settings) -> Mapping[str, RetryPolicy]:
         PRUNE_KIND: jobs,
         SCHEDULE_KIND: jobs,  # a schedule read or step that failed; the sweep reads a stale schedule again
         SCHEDULE_SWEEP_KIND: jobs,
+        INDEX_KIND: jobs,  # an indexer run that failed; the next run starts from the watermark anyway
         PURGE_KIND: jobs,  # a purge interrupted is run again: every step deletes what is left
         NOTIFY_JOB_KIND: notify,  # outlives RELAY_MAX_ATTEMPTS: 5 days
     })  # fmt: skip

@@ -39,7 +39,8 @@ BATCH_ROWS = 1_000  # rows per delete statement
 PUSHES_PER_BATCH = 50  # pushes per batch: each takes its version history (up to 5,000 rows) with it
 PAUSE_S = 0.1  # after each batch: a waiting writer (the receiver) takes the lock meanwhile; at most 10,000 rows/s
 RUN_BUDGET_S = 300.0  # one run's work; a backlog (retention just turned on) goes over several runs
-FTS_MERGE_PAGES = 256  # pages of alert search's FTS5 index merged per step, in one short write transaction
+FTS_MERGE_PAGES = 256  # pages of alert search's FTS5 index (`alert_texts_fts`) merged per step, in one short
+# write transaction
 VACUUM_PAGES = 64  # pages given back per `PRAGMA incremental_vacuum` step (256 KiB at 4 KiB pages): a step holds
 # the write lock while it moves pages, so steps stay small (bench_retention: 64 and 256 within noise)
 PRUNABLE_ALERTS = (AlertStatus.DONE.value, AlertStatus.IGNORED.value)
@@ -231,7 +232,8 @@ class Pruner:
 
 
     async def _merge_search_index(self, deadline: float | None) -> None:
-        """SQLite: fold the deletes of pruned alerts into alert search's FTS5 index (migration 0013).
+        """SQLite: fold the deletes of pruned alerts into alert search's FTS5 index (`alert_texts_fts`,
+        migration 0013; its delete trigger records them).
 
         FTS5 records a delete as a marker beside the entries it cancels; the pages come free only when
         segments merge. `('merge', -N)` merges about N pages of any segments per step (FTS5 docs, "The
@@ -240,11 +242,11 @@ class Pruner:
         while deadline is None or time.monotonic() < deadline:
             async with self._engine.begin() as conn:
                 if (await conn.exec_driver_sql(
-                        "SELECT 1 FROM sqlite_master WHERE name = 'alerts_fts'")).first() is None:  # fmt: skip
+                        "SELECT 1 FROM sqlite_master WHERE name = 'alert_texts_fts'")).first() is None:  # fmt: skip
                     return
                 before = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0)
                 await conn.exec_driver_sql(
-                    "INSERT INTO alerts_fts(alerts_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
+                    "INSERT INTO alert_texts_fts(alert_texts_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
                 changed = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0) - before
             if changed <= 1:
                 return

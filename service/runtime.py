@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers import REGISTRY
 from service import metrics, queue
+from service.alert_index import INDEX_EVERY_S, INDEX_KIND, AlertIndexer
 from service.budget import LEASE_MARGIN_S, SharedBudget
 from service.clock import Clock
 from service.codat.client import CodatClient
@@ -77,6 +78,7 @@ class Runtime:
             SCHEDULE_SWEEP_KIND: scheduler.sweep,
             PRUNE_KIND: Pruner(self.engine, Retention.from_settings(self.settings), self.clock),
             PURGE_KIND: PurgeJob(self.engine, self.clock),
+            INDEX_KIND: AlertIndexer(self.engine, self.clock),
         }
         return Worker(
             self.engine,
@@ -90,7 +92,9 @@ class Runtime:
             policies={} if retry is not None else retry_policies(self.settings),
             periodic=[*pusher.periodic(), Periodic(PRUNE_KIND, PRUNE_KIND, PRUNE_EVERY_S),
                       # schedules of companies first seen since (read within a minute), or not read for a day
-                      Periodic(SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_EVERY_S)],
+                      Periodic(SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_KIND, SCHEDULE_SWEEP_EVERY_S),
+                      # alert search's text index, filled after the acknowledgement (service/alert_index.py)
+                      Periodic(INDEX_KIND, INDEX_KIND, INDEX_EVERY_S)],
             listen_dsn=listen_dsn(self.settings),
             listen_via_pool=not (self.settings.database_pgbouncer or behind_pgbouncer(self.engine.url)),
         )

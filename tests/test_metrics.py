@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics, queue
+from service.alert_index import SETTLE_S, AlertIndexer
 from service.clock import FixedClock
 from service.db import jobs, records
 from service.notifications import Kind, Notification
@@ -232,3 +233,21 @@ def test_every_family_is_asserted_here() -> None:
     names = {family.name for family in metrics.REGISTRY.collect()}
     assert len(names) >= 10
     assert [name for name in sorted(names) if f'"{name}' not in source] == []
+
+
+async def test_alerts_indexed_and_index_lag(sqlite_url: str) -> None:
+    """relay_alerts_indexed_total counts what the indexer job added to alert search's text index;
+    relay_alert_index_lag_seconds is how far behind now its newest alert was after the run."""
+    clock = FixedClock(1_750_000_000.0)
+    async with running_app(make_settings(sqlite_url), clock=clock) as (app, client):  # no workers: we index
+        for n in range(3):
+            response = await client.post("/webhooks/codat", content=json.dumps(legacy_body(
+                "Rate Limit Reached", CompanyId=f"co-{n}", Message="m", Data={})).encode(),
+                headers={"authorization": TEST_AUTH_HEADER})  # fmt: skip
+            assert response.status_code in (200, 202), response.text
+        before = Scrape((await client.get("/metrics", headers=ADMIN)).text)
+        clock.advance(SETTLE_S + 5)
+        assert await AlertIndexer(app.state.runtime.engine, clock).run() == 3
+        after = Scrape((await client.get("/metrics", headers=ADMIN)).text)
+    assert after.total("relay_alerts_indexed_total") - before.total("relay_alerts_indexed_total") == 3
+    assert after.value("relay_alert_index_lag_seconds") == SETTLE_S + 5

@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from service.alert_search import PG_TRGM_INDEX, SQLITE_FTS
+from service.alert_index import SQLITE_FTS
+from service.alert_search import PG_TRGM_INDEX
 from service.db import create_engine, metadata
 from service.migrate import head_revision
 from tests.conftest import make_settings
@@ -13,7 +14,8 @@ from tests.conftest import make_settings
 
 def _outside_metadata(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
     """Alert search's text index lives outside the metadata (migration 0013): an FTS5 table and its
-    shadow tables on SQLite, an expression GIN index on PostgreSQL. test_alert_search.py checks them."""
+    shadow tables on SQLite, a trigram GIN index on `alert_texts.text` on PostgreSQL. test_alert_search.py
+    checks them."""
     if type_ == "table" and name is not None and name.startswith(SQLITE_FTS):
         return False
     return not (type_ == "index" and name == PG_TRGM_INDEX)

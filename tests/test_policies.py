@@ -37,6 +37,7 @@ class FixedRng:
         ("check_sync", {"max_attempts": 7}, {**JOBS, "max_attempts": 7}),
         ("push_sweep", {"max_attempts": 7}, {**JOBS, "max_attempts": 7}),
         ("prune_jobs", {"max_attempts": 7}, {**JOBS, "max_attempts": 7}),
+        ("index_alert_texts", {"max_attempts": 7}, {**JOBS, "max_attempts": 7}),
         ("notify", {}, NOTIFY),  # 5 days, whatever RELAY_MAX_ATTEMPTS says
         ("notify", {"max_attempts": 1}, NOTIFY),
     ],

@@ -28,7 +28,8 @@ from tests.queue_helpers import eventually, job_rows
 pytestmark = pytest.mark.integration
 
 START_DEADLINE_S = 120.0  # an upper bound, not a wait: a loaded 2-core machine starts a process slowly
-PERIODIC_KINDS = {"push_sweep", "prune_jobs", "schedule_sweep"}  # the worker schedules these itself at start
+# the worker schedules these itself at start
+PERIODIC_KINDS = {"push_sweep", "prune_jobs", "schedule_sweep", "index_alert_texts"}
 
 
 async def rows(database_url: str) -> dict[int, dict[str, Any]]:
