@@ -35,6 +35,7 @@ KINDS = {
     "SyncCompleted": "sync_completed", "SyncFailed": "sync_completed", "NewCompanySynchronized": "sync_completed",
     "PushOperationStatusChanged": "push_operation", "PushOperationTimedOut": "push_operation",
     "client.rateLimit.reached": "rate_limit", "client.rateLimit.reset": "rate_limit",
+    "company.deleted": "company_deleted",
 }  # fmt: skip
 
 
