@@ -54,6 +54,8 @@ FULL_RECORDS_PER_DAY = 500_000
 PUSH_MAX = 5_000
 SECRET = "whsec_" + "YmVuY2htYXJrLW9ubHktc2VjcmV0LWtleS0zMmI="
 COMPANIES = 20
+CREATED_DATE = "2026-01-01T00:00:00Z"  # every version's createdDate (records.record_date, migration 0011)
+CREATED_AT = 1767225600.0  # the same instant in Unix seconds
 DATA_TYPE = "commerce-orders"
 START = 1_800_000_000.0
 OUTPUT = common.REPO / ".bench" / "retention.json"
@@ -146,9 +148,9 @@ class Simulator:
             inserts, updates = [], []
             for record_id in ids:
                 body = orjson.dumps({"id": record_id, "orderNumber": record_id, "currency": "GBP",
-                                     "totalAmount": self.version % 997, "createdDate": "2026-01-01T00:00:00Z"})
+                                     "totalAmount": self.version % 997, "createdDate": CREATED_DATE})
                 values = {"b_id": record_id, "n_version": self.version, "n_hash": uuid.uuid4().hex, "n_body": body,
-                          "n_delete": False, "n_state": "pending"}  # fmt: skip
+                          "n_delete": False, "n_state": "pending", "n_date": CREATED_AT}  # fmt: skip
                 (updates if record_id in existing else inserts).append(values)
             await record_states.write_versions(conn, company, DATA_TYPE, at, inserts, updates)
 

@@ -240,7 +240,7 @@ class Pruner:
         'merge' Command"); a step that changes nothing but its own row means the index is merged.
         """
         while deadline is None or time.monotonic() < deadline:
-            async with self._engine.begin() as conn:
+            async with bookkeeper(self._engine).begin() as conn:  # BEGIN IMMEDIATE: waits its turn to write
                 if (await conn.exec_driver_sql(
                         "SELECT 1 FROM sqlite_master WHERE name = 'alert_texts_fts'")).first() is None:  # fmt: skip
                     return
