@@ -168,23 +168,37 @@ async def _rows(url: str, query: str, params: dict[str, Any]) -> list[Any]:
         await engine.dispose()
 
 
+START_ATTEMPTS = 3  # a stack whose process exits before answering starts again on new ports
+
+
 @contextmanager
 def stack(database_url: str, tmp_path: Path, **relay_settings: str) -> Iterator[Stack]:
-    relay_port, sandbox_port = free_port(), free_port()
-    relay_url, sandbox_url = f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{sandbox_port}"
     with notification_target() as (hook, target):
-        env = relay_env(database_url, relay_port, RELAY_CODAT_BASE_URL=sandbox_url, RELAY_CODAT_API_KEY=CODAT_API_KEY,
-                        RELAY_NOTIFY_WEBHOOK_URL=hook, RELAY_PUSH_DEBOUNCE_SECONDS="0",
-                        RELAY_REPUSH_BACKOFF_SECONDS="0", **relay_settings)
-        sandbox_env = {k: v for k, v in env.items() if not k.startswith("RELAY_")}
-        sandbox = start(["sandbox", "--port", str(sandbox_port), "--pace-seconds", "0.3",
-                         "--webhook-url", f"{relay_url}/webhooks/codat", "--webhook-secret", TEST_SECRET,
-                         "--webhook-shape", "envelope"], sandbox_env, tmp_path / "sandbox.log")
-        relay = start(["serve"], env, tmp_path / "relay.log")
-        try:
-            wait_http(f"{sandbox_url}/_sandbox/config", sandbox)
-            wait_http(f"{relay_url}/readyz", relay)
-            yield Stack(relay_url, sandbox_url, target, relay, database_url)
-        finally:
-            stop(relay)
-            stop(sandbox)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            relay_port, sandbox_port = free_port(), free_port()
+            relay_url, sandbox_url = f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{sandbox_port}"
+            env = relay_env(database_url, relay_port, RELAY_CODAT_BASE_URL=sandbox_url,
+                            RELAY_CODAT_API_KEY=CODAT_API_KEY, RELAY_NOTIFY_WEBHOOK_URL=hook,
+                            RELAY_PUSH_DEBOUNCE_SECONDS="0", RELAY_REPUSH_BACKOFF_SECONDS="0", **relay_settings)
+            sandbox_env = {k: v for k, v in env.items() if not k.startswith("RELAY_")}
+            sandbox = start(["sandbox", "--port", str(sandbox_port), "--pace-seconds", "0.3",
+                             "--webhook-url", f"{relay_url}/webhooks/codat", "--webhook-secret", TEST_SECRET,
+                             "--webhook-shape", "envelope"], sandbox_env, tmp_path / "sandbox.log")
+            relay = start(["serve"], env, tmp_path / "relay.log")
+            try:
+                wait_http(f"{sandbox_url}/_sandbox/config", sandbox)
+                wait_http(f"{relay_url}/readyz", relay)
+            except RuntimeError:
+                # A process that exited before answering: most often its port, free when chosen, was taken
+                # (an outgoing connection's ephemeral port) before it bound. Both start again on new ports.
+                stop(relay)
+                stop(sandbox)
+                if attempt == START_ATTEMPTS:
+                    raise
+                continue
+            try:
+                yield Stack(relay_url, sandbox_url, target, relay, database_url)
+            finally:
+                stop(relay)
+                stop(sandbox)
+            return
