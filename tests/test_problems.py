@@ -34,7 +34,7 @@ from service.types import Alert, AlertKind, Context, Outcome
 from service.web.app import AppOptions
 from service.worker import Worker
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET, make_settings
-from tests.integration.harness import free_port, start, stop, wait_http
+from tests.integration.harness import sandbox_process
 from tests.queue_helpers import eventually, job_rows, leased_job
 from tests.test_connection_problems import event as connection_event
 from tests.test_connection_problems import not_found, relay
@@ -52,17 +52,10 @@ def order(order_id: str, amount: float = 10.0, modified: str = "2025-06-01T10:00
 
 @pytest.fixture(scope="module")
 def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `codat-relay sandbox` process: datasets end at once, pushes take 20 ms."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
-    proc = start(["sandbox", "--port", str(port), "--pace-seconds", "0", "--push-processing-seconds", "0.02"],
-                 {}, log)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/_sandbox/config", proc)
+    """A real `codat-relay sandbox` process: datasets end Complete at once, pushes take 20 ms."""
+    with sandbox_process(tmp_path_factory.mktemp("sandbox") / "sandbox.log", "--pace-seconds", "0",
+                         "--push-processing-seconds", "0.02") as base:  # fmt: skip
         yield base
-    finally:
-        stop(proc)
 
 
 class Env:

@@ -24,7 +24,7 @@ from service.notifications import Kind, Notification
 from service.testing import SANDBOX_API_KEY, running_app, sandbox_company, signed_headers
 from service.web.app import AppOptions
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_SECRET, make_settings
-from tests.integration.harness import free_port, start, stop, wait_http
+from tests.integration.harness import sandbox_process
 from tests.queue_helpers import eventually
 
 API = {"authorization": f"Bearer {API_TOKEN}"}
@@ -36,16 +36,10 @@ PURGED_TABLES = ("jobs", "push_records", "pushes", "records", "datasets", "alert
 
 @pytest.fixture(scope="module")
 def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
-    proc = start(["sandbox", "--port", str(port), "--pace-seconds", "0", "--push-processing-seconds", "0.02"],
-                 {}, log)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/_sandbox/config", proc)
+    """A real `codat-relay sandbox` process: datasets end Complete at once, pushes take 20 ms."""
+    with sandbox_process(tmp_path_factory.mktemp("sandbox") / "sandbox.log", "--pace-seconds", "0",
+                         "--push-processing-seconds", "0.02") as base:  # fmt: skip
         yield base
-    finally:
-        stop(proc)
 
 
 class Relay:

@@ -32,7 +32,7 @@ from service.testing import legacy_body, running_app, sandbox_company
 from service.web.app import AppOptions
 from tests.conftest import TEST_AUTH_HEADER, make_settings
 from tests.integration.e2e import CODAT_API_KEY, notification_target
-from tests.integration.harness import free_port, relay_env, start, stop, wait_http
+from tests.integration.harness import free_port, relay_env, sandbox_process, stop, wait_http
 
 DEADLINE_S = 60.0
 CODAT_AUTH = {"Authorization": "Basic " + base64.b64encode(CODAT_API_KEY.encode()).decode()}
@@ -40,13 +40,8 @@ CODAT_AUTH = {"Authorization": "Basic " + base64.b64encode(CODAT_API_KEY.encode(
 
 @pytest.fixture(scope="module")
 def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc = start(["sandbox", "--port", str(port)], {"PATH": "/usr/bin:/bin"}, tmp_path_factory.mktemp("sb") / "log")
-    try:
-        wait_http(f"http://127.0.0.1:{port}/_sandbox/config", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with sandbox_process(tmp_path_factory.mktemp("sb") / "log", env={"PATH": "/usr/bin:/bin"}) as base:
+        yield base
 
 
 @pytest.fixture

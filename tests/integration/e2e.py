@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.testing import sandbox_company, signed_headers
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_SECRET
-from tests.integration.harness import free_port, relay_env, start, stop, wait_http
+from tests.integration.harness import START_ATTEMPTS, free_port, relay_env, start, stop, wait_http
 
 T = TypeVar("T")
 DEADLINE_S = 40.0
@@ -168,9 +168,6 @@ async def _rows(url: str, query: str, params: dict[str, Any]) -> list[Any]:
         await engine.dispose()
 
 
-START_ATTEMPTS = 3  # a stack whose process exits before answering starts again on new ports
-
-
 @contextmanager
 def stack(database_url: str, tmp_path: Path, **relay_settings: str) -> Iterator[Stack]:
     with notification_target() as (hook, target):
@@ -188,9 +185,7 @@ def stack(database_url: str, tmp_path: Path, **relay_settings: str) -> Iterator[
             try:
                 wait_http(f"{sandbox_url}/_sandbox/config", sandbox)
                 wait_http(f"{relay_url}/readyz", relay)
-            except RuntimeError:
-                # A process that exited before answering: most often its port, free when chosen, was taken
-                # (an outgoing connection's ephemeral port) before it bound. Both start again on new ports.
+            except RuntimeError:  # a process exited before answering (its port taken?): both on new ports
                 stop(relay)
                 stop(sandbox)
                 if attempt == START_ATTEMPTS:

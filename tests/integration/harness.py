@@ -18,6 +18,9 @@ from tests.conftest import ADMIN_TOKEN, API_TOKEN, TEST_AUTH_HEADER, TEST_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 120.0  # an upper bound, not a wait: a loaded 2-core machine starts a process slowly
+# A process that exits before answering is started again on new ports this many times in all: most often its
+# port, free when chosen, was taken (an outgoing connection's ephemeral port) before it bound.
+START_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -85,3 +88,25 @@ def relay(args: list[str], env: Mapping[str, str], log_path: Path) -> Iterator[s
         yield proc
     finally:
         stop(proc)
+
+
+@contextmanager
+def sandbox_process(log_path: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A `codat-relay sandbox` process on a free port (started again on another if it exits before
+    answering); yields its URL and stops it afterwards."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_port()
+        proc = start(["sandbox", "--port", str(port), *args], env or {}, log_path)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{base}/_sandbox/config", proc)
+        except RuntimeError:
+            stop(proc)
+            if attempt == START_ATTEMPTS:
+                raise
+            continue
+        try:
+            yield base
+        finally:
+            stop(proc)
+        return
