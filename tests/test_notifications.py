@@ -7,7 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -58,13 +58,14 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Starlette) -> AsyncIterator[str]:
+async def serving(app: Starlette, lifespan: Literal["on", "off"] = "off") -> AsyncIterator[str]:
+    """`app` on a real socket, served by uvicorn in this event loop; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan=lifespan))
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 10
     while not server.started:
-        assert time.monotonic() < deadline, "target did not start"
+        assert time.monotonic() < deadline, "the server did not start"
         await asyncio.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"

@@ -10,9 +10,7 @@ configured sync time (FACTS §6); a sync's outcome is learned by polling (no web
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +19,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from service import queue
 from service.clock import FixedClock
@@ -36,7 +33,7 @@ from service.schedules import SCHEDULE_KIND, Scheduler, queue_refresh
 from service.testing import SANDBOX_API_KEY, SANDBOX_AUTH
 from service.worker import JobFunction
 from tests.conftest import make_settings
-from tests.integration.harness import free_port
+from tests.test_notifications import serving
 
 CO, ORDERS = "co-new-york", "commerce-orders"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -59,18 +56,8 @@ async def served_sandbox(clock: FixedClock, **config: Any) -> AsyncIterator[str]
     """The sandbox on a real socket, on the test's clock (uvicorn in this event loop)."""
     app = create_sandbox_app(SandboxConfig(api_key=SANDBOX_API_KEY, push_processing_seconds=0.0, **config),
                              clock=clock)  # fmt: skip
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the sandbox did not start"
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(app, lifespan="on") as url:
+        yield url
 
 
 class Relay:
