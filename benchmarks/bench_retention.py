@@ -45,7 +45,7 @@ from service import keys, migrate, queue, record_states
 from service.clock import FixedClock
 from service.db import alerts, bookkeeper, create_engine, datasets, metadata, notifications, pushes, writer
 from service.logs import configure_logging
-from service.retention import DAY_S, Pruner, Retention
+from service.retention import DAY_S, Pace, Pruner, Retention
 from service.settings import Settings
 from service.testing import read_completed_body, running_app, signed_headers
 
@@ -79,6 +79,8 @@ class Run:
     backlog_pruned: int = 0
     deliveries_idle: int = 0
     deliveries_pruning: int = 0
+    idle_aa_ratio: float = 0.0  # the higher idle half's p99 over the lower's: the noise of this run
+    pruning_rounds_throughout: int = 0  # pruning rounds whose deliveries all ran while the prune did
     seconds: float = 0.0
 
     def flat(self, window_days: int) -> tuple[float, float]:
@@ -228,17 +230,20 @@ async def deliveries(client: httpx.AsyncClient, clock: FixedClock, n: int, concu
 async def receiver_p99(url: str, clock: FixedClock, run: Run, args: argparse.Namespace) -> None:
     """The receiver's p99 idle and while the prune deletes a backlog of expired alerts (same process, as `serve`).
 
-    Measured in `--rounds` alternating rounds (idle, then pruning a share of the backlog) and pooled per
-    condition, so a drift of the shared machine during the run weighs on both alike.
+    Measured in `--rounds` alternating rounds (idle, then pruning a share of the backlog), the same number of
+    deliveries in each, pooled per condition, so a drift of the shared machine during the run weighs on both
+    alike. A pruning round measures only while the prune runs; the prune then finishes unloaded. The idle
+    rounds split in two (odd, even) give the same run's noise: `idle_aa_ratio`, idle against idle.
     """
-    idle: list[float] = []
+    idle: list[list[float]] = []
     during: list[float] = []
+    per_round = args.deliveries // args.rounds
     async with running_app(settings_for(url), clock=clock) as (app, client):
         engine = app.state.runtime.engine
         await deliveries(client, clock, 50, args.concurrency)  # warm-up
         share = args.backlog // args.rounds
         for round_ in range(args.rounds):
-            idle += await deliveries(client, clock, args.deliveries // args.rounds, args.concurrency)
+            idle.append(await deliveries(client, clock, per_round, args.concurrency))
             old = clock.now() - 40 * DAY_S
             async with bookkeeper(engine).begin() as conn:
                 for chunk in range(0, share, 1000):
@@ -248,13 +253,21 @@ async def receiver_p99(url: str, clock: FixedClock, run: Run, args: argparse.Nam
                          "updated_at": old, "body": b"x" * 700}
                         for i in range(chunk, min(chunk + 1000, share))])  # fmt: skip
             prune = asyncio.create_task(Pruner(engine, Retention(), clock).run())
-            while not prune.done():
-                during += await deliveries(client, clock, args.concurrency * 4, args.concurrency)
+            measured: list[float] = []
+            while not prune.done() and len(measured) < per_round:
+                measured += await deliveries(client, clock, args.concurrency * 4, args.concurrency)
+            run.pruning_rounds_throughout += int(not prune.done())
+            during += measured
             run.backlog_pruned += (await prune).get("alerts", 0)
-    run.deliveries_idle, run.deliveries_pruning = len(idle), len(during)
-    run.idle_p50_ms, run.idle_p99_ms = percentile(idle, 50), percentile(idle, 99)
+    pooled = [ms for r in idle for ms in r]
+    run.deliveries_idle, run.deliveries_pruning = len(pooled), len(during)
+    run.idle_p50_ms, run.idle_p99_ms = percentile(pooled, 50), percentile(pooled, 99)
     run.pruning_p50_ms, run.pruning_p99_ms = percentile(during, 50), percentile(during, 99)
     run.p99_ratio = run.pruning_p99_ms / run.idle_p99_ms
+    odd, even = [ms for r in idle[0::2] for ms in r], [ms for r in idle[1::2] for ms in r]
+    if odd and even:
+        run.idle_aa_ratio = max(percentile(odd, 99), percentile(even, 99)) / min(percentile(odd, 99),
+                                                                                 percentile(even, 99))  # fmt: skip
 
 
 async def simulate(url: str, run: Run, args: argparse.Namespace) -> Run:
@@ -263,7 +276,7 @@ async def simulate(url: str, run: Run, args: argparse.Namespace) -> Run:
     engine = create_engine(settings_for(url))
     try:
         sim = Simulator(engine, clock, run)
-        pruner = Pruner(engine, Retention(), clock, pause_s=0)
+        pruner = Pruner(engine, Retention(), clock, pace=Pace.fixed(engine.url))
         for day in range(run.days):
             await sim.day(day)
             clock.advance(DAY_S)
@@ -294,14 +307,15 @@ def on_fresh_database(backend: str, run: Run, args: argparse.Namespace, tmp: Pat
 
 def report(runs: list[Run], window_days: int) -> None:
     print(f"\n| backend | days | alerts/day | record versions/day | size at day {window_days} | "
-          "size after (min-max) | last day | receiver p99 idle | while pruning (deliveries) | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "size after (min-max) | last day | receiver p99 idle | while pruning (deliveries) | ratio | idle vs idle |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         low, high = r.flat(window_days)
         at_window = r.size_mib[min(window_days, len(r.size_mib)) - 1]
         print(f"| {r.backend} | {r.days} | {r.alerts_per_day:,} | {r.records_per_day:,} | {at_window:.1f} MiB | "
               f"{low:.1f}-{high:.1f} MiB | {r.size_mib[-1]:.1f} MiB | {r.idle_p99_ms:.1f} ms | "
-              f"{r.pruning_p99_ms:.1f} ms ({r.deliveries_pruning}) | {r.p99_ratio:.2f}x |")  # fmt: skip
+              f"{r.pruning_p99_ms:.1f} ms ({r.deliveries_pruning}) | {r.p99_ratio:.2f}x | "
+              f"{r.idle_aa_ratio:.2f}x |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

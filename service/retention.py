@@ -1,9 +1,13 @@
 """Retention: how long each kind of history is kept (`RELAY_RETAIN_*`), and the periodic prune.
 
-The prune is a periodic queue job (`queue.PRUNE_KIND`, hourly, whichever worker claims it). It deletes
-in batches of at most BATCH_ROWS rows, each batch its own short transaction with a pause after it, so the
-webhook receiver's group commits get the write lock (SQLite) between batches and no statement holds
-row locks long (PostgreSQL). A run stops after RUN_BUDGET_S; what is left goes at the next run.
+The prune is a periodic queue job (`queue.PRUNE_KIND`, hourly, whichever worker claims it). It must
+not slow the webhook receiver, so it takes a small, measured share of the database (`Pace`): each batch
+is its own short transaction, sized to hold the write lock about HOLD_S (at most BATCH_ROWS rows), and
+followed by a pause at least (1 - DUTY) / DUTY times as long as the batch took, so the prune holds the
+database at most a DUTY share of the time. On SQLite each batch also waits for this process's write
+turn (`db.sqlite_write_turn`), queueing behind the receiver's group commit instead of making it sleep in
+SQLite's busy handler. bench_retention measures the receiver's p99 with and without a prune running.
+A run stops after RUN_BUDGET_S; what is left goes at the next run.
 
 Nothing still needed goes: a record's current version (`records` is never pruned); an alert not yet
 processed, or dead (it waits to be replayed); a job waiting, running or dead; a notification a waiting
@@ -16,6 +20,7 @@ SQLite gives freed pages back to the file system with `PRAGMA incremental_vacuum
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +32,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, problems, queue, record_states
 from service.clock import Clock
-from service.db import alerts, bookkeeper, datasets, jobs, notification_dedupe, notifications, pushes, records
+from service.db import (
+    alerts,
+    bookkeeper,
+    datasets,
+    jobs,
+    notification_dedupe,
+    notifications,
+    pushes,
+    records,
+    sqlite_write_turn,
+)
 from service.notifications import NOTIFY_JOB_KIND
 from service.settings import Settings
 from service.types import AlertStatus
@@ -35,9 +50,13 @@ from service.types import AlertStatus
 log = structlog.get_logger("service.retention")
 
 DAY_S = 86_400.0
-BATCH_ROWS = 1_000  # rows per delete statement
+BATCH_ROWS = 250  # rows per delete statement, at most (each batch's WAL is flushed by the receiver's next commit)
+FIRST_ROWS = 100  # the first batch of each table; later ones are sized by how long the last one took
+MIN_ROWS = 10
+HOLD_S = 0.004  # a batch's aim: the write lock held about this long
+DUTY = 0.05  # the prune's share of the database's time, at most (a pause of 19x each batch after it)
 PUSHES_PER_BATCH = 50  # pushes per batch: each takes its version history (up to 5,000 rows) with it
-PAUSE_S = 0.1  # after each batch: a waiting writer (the receiver) takes the lock meanwhile; at most 10,000 rows/s
+PAUSE_S = 0.1  # after each batch, at least: a waiting writer (the receiver) takes the lock meanwhile
 RUN_BUDGET_S = 300.0  # one run's work; a backlog (retention just turned on) goes over several runs
 FTS_MERGE_PAGES = 256  # pages of alert search's FTS5 index (`alert_texts_fts`) merged per step, in one short
 # write transaction
@@ -73,6 +92,52 @@ class Retention:
 
 
 Step = Callable[[AsyncConnection, float, int], Awaitable[int]]
+Batch = Callable[[int], Awaitable[int]]  # deletes at most that many rows; returns how many
+
+
+class Pace:
+    """The prune's share of the database: batches sized to a hold time, and a pause after each.
+
+    `hold_s=None` keeps every batch at `max_rows` (tests that count statements). `timer` and `sleep` are
+    injectable so the pacing itself is tested without a clock.
+    """
+
+    def __init__(
+        self, url: str | sa.URL, *, max_rows: int = BATCH_ROWS, hold_s: float | None = HOLD_S, duty: float = DUTY,
+        pause_s: float = PAUSE_S, timer: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:  # fmt: skip
+        self._url, self._max_rows, self._hold_s, self._duty = url, max_rows, hold_s, duty
+        self._pause_s, self._timer, self._sleep = pause_s, timer, sleep
+        self._took = 0.0
+
+    @classmethod
+    def fixed(cls, url: str | sa.URL, max_rows: int = BATCH_ROWS) -> Pace:
+        """Batches of `max_rows` with no pause: tests, and bench_retention's simulated days (nothing else runs)."""
+        return cls(url, max_rows=max_rows, hold_s=None, duty=1.0, pause_s=0.0)
+
+    def first_rows(self) -> int:
+        return self._max_rows if self._hold_s is None else min(FIRST_ROWS, self._max_rows)
+
+    def next_rows(self, rows: int) -> int:
+        """The next batch's size: scaled by how the last one's hold time compared with HOLD_S (at most
+        doubled at a time, at least MIN_ROWS, at most `max_rows`)."""
+        if self._hold_s is None:
+            return self._max_rows
+        scaled = rows * 2 if self._took <= 0 else round(rows * min(2.0, self._hold_s / self._took))
+        return max(min(MIN_ROWS, self._max_rows), min(self._max_rows, scaled))
+
+    async def hold(self, work: Callable[[], Awaitable[int]]) -> int:
+        """Run one write transaction in this process's SQLite write turn, timing how long it held the lock."""
+        async with sqlite_write_turn(self._url):
+            started = self._timer()
+            done = await work()
+            self._took = self._timer() - started
+        return done
+
+    async def rest(self) -> None:
+        """The pause after a batch: a throttle, not a wait for work."""
+        await self._sleep(max(self._pause_s, self._took * (1 - self._duty) / self._duty))
 
 
 async def _alerts(conn: AsyncConnection, before: float, limit: int) -> int:
@@ -125,12 +190,12 @@ class Pruner:
     """
 
     def __init__(
-        self, engine: AsyncEngine, retention: Retention, clock: Clock, *, batch_rows: int = BATCH_ROWS,
-        pause_s: float = PAUSE_S, budget_s: float = RUN_BUDGET_S, vacuum_pages: int = VACUUM_PAGES,
+        self, engine: AsyncEngine, retention: Retention, clock: Clock, *, pace: Pace | None = None,
+        budget_s: float = RUN_BUDGET_S, vacuum_pages: int = VACUUM_PAGES,
     ) -> None:  # fmt: skip
         self._engine, self._retention, self._clock = engine, retention, clock
-        self._batch_rows, self._pause_s, self._budget_s = batch_rows, pause_s, budget_s
-        self._vacuum_pages = vacuum_pages
+        self._budget_s, self._vacuum_pages = budget_s, vacuum_pages
+        self._pace = pace or Pace(engine.url)
 
     async def __call__(self, _job: queue.Job, _attempt: int) -> None:
         await self.run()
@@ -164,25 +229,26 @@ class Pruner:
         log.info("retention_pruned", **pruned)
         return pruned
 
-    def _jobs_step(self, before: float) -> Callable[[], Awaitable[int]]:
-        return lambda: queue.prune_batch(self._engine, before, self._batch_rows)
+    def _jobs_step(self, before: float) -> Batch:
+        return lambda rows: queue.prune_batch(self._engine, before, rows)
 
-    def _step(self, step: Step, before: float) -> Callable[[], Awaitable[int]]:
-        async def one() -> int:
+    def _step(self, step: Step, before: float) -> Batch:
+        async def one(rows: int) -> int:
             async with bookkeeper(self._engine).begin() as conn:
-                return await step(conn, before, self._batch_rows)
+                return await step(conn, before, rows)
 
         return one
 
-    async def _drain(self, table: str, deadline: float, batch: Callable[[], Awaitable[int]]) -> int:
-        total = 0
+    async def _drain(self, table: str, deadline: float, batch: Batch) -> int:
+        total, rows = 0, self._pace.first_rows()
         while time.monotonic() < deadline:
-            removed = await batch()
+            removed = await self._pace.hold(functools.partial(batch, rows))
             total += removed
             metrics.PRUNED_ROWS.labels(table=table).inc(removed)
-            if removed < self._batch_rows:
+            if removed < rows:
                 break
-            await asyncio.sleep(self._pause_s)  # a throttle between batches, not a wait for work
+            rows = self._pace.next_rows(rows)
+            await self._pace.rest()
         return total
 
     async def _pushes(self, before: float, deadline: float) -> tuple[int, int]:
@@ -193,19 +259,25 @@ class Pruner:
                 ids = list((await conn.execute(_finished_pushes(before).limit(PUSHES_PER_BATCH))).scalars())
             for push_id in ids:
                 versions_gone += await self._drain("push_records", deadline, self._push_versions(push_id))
-                async with bookkeeper(self._engine).begin() as conn:
-                    gone = (await conn.execute(pushes.delete().where(pushes.c.id == push_id))).rowcount
-                pushes_gone += int(gone)
-                metrics.PRUNED_ROWS.labels(table="pushes").inc(int(gone))
+                gone = await self._pace.hold(self._push_row(push_id))
+                pushes_gone += gone
+                metrics.PRUNED_ROWS.labels(table="pushes").inc(gone)
             if len(ids) < PUSHES_PER_BATCH:
                 break
-            await asyncio.sleep(self._pause_s)
+            await self._pace.rest()
         return pushes_gone, versions_gone
 
-    def _push_versions(self, push_id: str) -> Callable[[], Awaitable[int]]:
+    def _push_versions(self, push_id: str) -> Batch:
+        async def one(rows: int) -> int:
+            async with bookkeeper(self._engine).begin() as conn:
+                return await record_states.delete_push_versions(conn, push_id, rows)
+
+        return one
+
+    def _push_row(self, push_id: str) -> Callable[[], Awaitable[int]]:
         async def one() -> int:
             async with bookkeeper(self._engine).begin() as conn:
-                return await record_states.delete_push_versions(conn, push_id, self._batch_rows)
+                return int((await conn.execute(pushes.delete().where(pushes.c.id == push_id))).rowcount)
 
         return one
 
@@ -214,22 +286,24 @@ class Pruner:
         await self._merge_search_index(deadline)
         given = 0
         while deadline is None or time.monotonic() < deadline:
-            async with self._engine.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
-                assert driver is not None
-                free = await _freelist(driver)
-                if free == 0:
-                    break
-                # executescript, not execute: the driver steps a PRAGMA without result rows only once, which
-                # frees one page; a script is run to its end (in its own short write transaction).
-                await driver.executescript(f"PRAGMA incremental_vacuum({self._vacuum_pages});")
-                step = free - await _freelist(driver)
+            step = await self._pace.hold(self._vacuum_step)
             given += step
             if step <= 0:
-                break  # auto_vacuum is not INCREMENTAL (a database the migration has not reached)
-            await asyncio.sleep(self._pause_s)
+                break  # nothing free, or auto_vacuum is not INCREMENTAL (a database the migration has not reached)
+            await self._pace.rest()
         return given
 
+    async def _vacuum_step(self) -> int:
+        async with self._engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            free = await _freelist(driver)
+            if free == 0:
+                return 0
+            # executescript, not execute: the driver steps a PRAGMA without result rows only once, which
+            # frees one page; a script is run to its end (in its own short write transaction).
+            await driver.executescript(f"PRAGMA incremental_vacuum({self._vacuum_pages});")
+            return max(0, free - await _freelist(driver))
 
     async def _merge_search_index(self, deadline: float | None) -> None:
         """SQLite: fold the deletes of pruned alerts into alert search's FTS5 index (`alert_texts_fts`,
@@ -240,17 +314,20 @@ class Pruner:
         'merge' Command"); a step that changes nothing but its own row means the index is merged.
         """
         while deadline is None or time.monotonic() < deadline:
-            async with bookkeeper(self._engine).begin() as conn:  # BEGIN IMMEDIATE: waits its turn to write
-                if (await conn.exec_driver_sql(
-                        "SELECT 1 FROM sqlite_master WHERE name = 'alert_texts_fts'")).first() is None:  # fmt: skip
-                    return
-                before = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0)
-                await conn.exec_driver_sql(
-                    "INSERT INTO alert_texts_fts(alert_texts_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
-                changed = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0) - before
-            if changed <= 1:
+            if await self._pace.hold(self._merge_step) <= 1:
                 return
-            await asyncio.sleep(self._pause_s)
+            await self._pace.rest()
+
+    async def _merge_step(self) -> int:
+        """One FTS5 merge step; the rows it changed (0: there is no index)."""
+        async with bookkeeper(self._engine).begin() as conn:  # BEGIN IMMEDIATE: waits its turn to write
+            if (await conn.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'alert_texts_fts'")).first() is None:  # fmt: skip
+                return 0
+            before = int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0)
+            await conn.exec_driver_sql(
+                "INSERT INTO alert_texts_fts(alert_texts_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,))
+            return int((await conn.exec_driver_sql("SELECT total_changes()")).scalar() or 0) - before
 
 
 async def _freelist(driver: Any) -> int:

@@ -20,7 +20,7 @@ from service.alert_search import PG_TRGM_INDEX, AlertSearch, bytea_escape, searc
 from service.clock import FixedClock
 from service.db import alert_text_watermark, alert_texts, alerts, bookkeeper, create_engine, jobs
 from service.purge import purge_company
-from service.retention import Pruner, Retention
+from service.retention import Pace, Pruner, Retention
 from service.testing import legacy_body, running_app
 from service.web.app import AppOptions
 from tests import ui_factories as make
@@ -261,7 +261,7 @@ async def test_pruned_and_purged_alerts_leave_nothing_in_the_text_index(database
             ])  # fmt: skip
         assert await AlertIndexer(engine, FixedClock(now)).run() == 3
         assert await text_rows(engine) == {"a-old", "a-keep", "a-purged"}
-        pruned = await Pruner(engine, Retention(), FixedClock(now), pause_s=0).run()
+        pruned = await Pruner(engine, Retention(), FixedClock(now), pace=Pace.fixed(engine.url)).run()
         assert pruned["alerts"] == 1
         assert await text_rows(engine) == {"a-keep", "a-purged"}
         await purge_company(engine, "co-gone", requested_by="test", clock=FixedClock(now))

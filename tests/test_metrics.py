@@ -23,7 +23,7 @@ from service.alert_index import SETTLE_S, AlertIndexer
 from service.clock import FixedClock
 from service.db import jobs, records
 from service.notifications import Kind, Notification
-from service.retention import Pruner, Retention
+from service.retention import Pace, Pruner, Retention
 from service.runtime import Runtime
 from service.testing import SANDBOX_AUTH, legacy_body, running_app, running_sandbox
 from service.web.app import AppOptions
@@ -217,7 +217,7 @@ async def test_pruned_rows_by_table(sqlite_url: str) -> None:
             await conn.execute(jobs.insert(), [{"kind": "k", "payload": {}, "status": "done", "attempts": 1,
                                                 "run_at": old, "created_at": old, "finished_at": old}] * 3)  # fmt: skip
         before = Scrape((await client.get("/metrics", headers=ADMIN)).text)
-        await Pruner(engine, Retention(), clock, pause_s=0).run()
+        await Pruner(engine, Retention(), clock, pace=Pace.fixed(engine.url)).run()
         after = Scrape((await client.get("/metrics", headers=ADMIN)).text)
 
     def moved(table: str) -> float:

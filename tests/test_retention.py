@@ -28,7 +28,7 @@ from service.db import (
     pushes,
     records,
 )
-from service.retention import DAY_S, Pruner, Retention
+from service.retention import DAY_S, Pace, Pruner, Retention
 from service.testing import running_app
 from service.web.app import AppOptions
 from tests import ui_factories as make
@@ -47,7 +47,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 def pruner(engine: AsyncEngine, retention: Retention = RETENTION, **options: Any) -> Pruner:
-    return Pruner(engine, retention, FixedClock(NOW), pause_s=0, **options)
+    return Pruner(engine, retention, FixedClock(NOW), pace=Pace.fixed(engine.url), **options)
 
 
 def old(window_s: float | None) -> float:
@@ -229,8 +229,8 @@ async def test_batches_are_bounded_and_counted_per_table(engine: AsyncEngine) ->
     real = Pruner._drain
 
     async def counting(self: Pruner, table: str, deadline: float, batch: Any) -> int:
-        async def one() -> int:
-            removed: int = await batch()
+        async def one(rows: int) -> int:
+            removed: int = await batch(rows)
             statements.append(removed)
             return removed
 
@@ -319,3 +319,51 @@ async def test_the_worker_runs_the_prune_as_its_periodic_job(database_url: str) 
             waiting = (await conn.execute(sa.select(jobs.c.run_at).where(
                 jobs.c.kind == "prune_jobs", jobs.c.status == "waiting"))).scalars().all()  # fmt: skip
         assert waiting == [NOW + 3600]
+
+
+async def test_the_prune_sizes_its_batches_and_pauses_by_how_long_each_held_the_database(engine: AsyncEngine) -> None:
+    """Issue 17: the prune must not slow the receiver. A batch that held the database longer than HOLD_S
+    makes the next one smaller (a quick one, up to twice as large, never over BATCH_ROWS), and the pause
+    after each is at least PAUSE_S and at least (1 - DUTY) / DUTY times the batch: the prune holds the
+    database at most a DUTY share of the time. Timer and sleep are injected: each row costs 0.1 ms."""
+    now, slept, sizes = [0.0], [], []
+    left = [1_000]
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    async def batch(rows: int) -> int:
+        sizes.append(rows)
+        removed = min(rows, left[0])
+        left[0] -= removed
+        now[0] += removed * 1e-4
+        return removed
+
+    pace = Pace("sqlite+aiosqlite:///pace-test.db", hold_s=0.004, duty=0.05, pause_s=0.1,
+                timer=lambda: now[0], sleep=sleep)  # fmt: skip
+    removed = await Pruner(engine, RETENTION, FixedClock(NOW), pace=pace)._drain("alerts", float("inf"), batch)
+    assert removed == 1_000 and left == [0]
+    assert sizes[:3] == [100, 40, 40]  # 100 rows held 10 ms: the next batch is sized to 4 ms
+    assert slept[0] == pytest.approx(0.19) and slept[1] == pytest.approx(0.1)  # 19x 10 ms, then the floor
+    held = sum(sizes) * 1e-4
+    assert held / (held + sum(slept)) <= 0.05
+
+
+async def test_a_quick_batch_at_most_doubles_the_next_and_the_size_stays_within_bounds() -> None:
+    now = [0.0]
+    pace = Pace("sqlite+aiosqlite://", max_rows=1_000, hold_s=0.004, timer=lambda: now[0])
+
+    async def held_for(seconds: float) -> None:
+        async def work() -> int:
+            now[0] += seconds
+            return 0
+
+        await pace.hold(work)
+
+    assert pace.first_rows() == 100
+    await held_for(0.0005)  # far quicker than the aim
+    assert pace.next_rows(100) == 200 and pace.next_rows(800) == 1_000
+    await held_for(10.0)  # a batch stuck behind something
+    assert pace.next_rows(100) == 10
+    assert Pace.fixed("sqlite+aiosqlite://", 500).next_rows(7) == 500
