@@ -114,6 +114,7 @@ SECTIONS: dict[str, Callable[[Ran], report_sections.Section]] = {
     "queue": report_sections.queue,
     "push": report_sections.push,
     "e2e": report_sections.e2e,
+    "storm": report_sections.storm,
 }
 
 

@@ -53,3 +53,40 @@ def test_the_report_has_a_per_run_table_and_each_run_s_tables() -> None:
     assert summary_row in text
     assert f"| {target} | 0.50x | 0.70x | 0.60x | 0.60x | 0.50x to 0.70x |" in text
     assert text.count("### Run ") == 3
+
+
+STORM = next(bench for bench in BENCHES if bench.name == "storm")
+
+
+def _storm_run(calls: int, drain_s: float, done: int = 20_000) -> Ran:
+    def result(backend: str) -> dict[str, Any]:
+        limit_s = calls * 60 / 1_000
+        return {"backend": backend, "alerts": 20_000, "datasets": 2_000, "codat_calls": calls,
+                "dataset_calls": calls - 1, "calls_by_endpoint": {"company": 1, "dataset": calls - 1},
+                "calls_per_alert": calls / 20_000, "calls_per_dataset": calls / 2_000, "rate_per_minute": 1_000,
+                "send_window_s": 60.0, "drain_s": drain_s, "limit_s": limit_s, "drain_vs_limit": drain_s / limit_s,
+                "statuses": {"done": done} if done == 20_000 else {"done": done, "pending": 20_000 - done},
+                "datasets_matching_codat": 2_000, "valid": done == 20_000,
+                "aims_met": {"calls": calls <= 2_100, "drain": drain_s / limit_s <= 1.1}}  # fmt: skip
+
+    doc = {"calls_per_dataset_aim": 1.05, "drain_aim": 1.1, "results": [result("sqlite"), result("postgres")]}
+    return Ran(STORM, "python -m benchmarks.storm", 0, 400.0, "", result=doc)
+
+
+def test_the_storm_reports_calls_against_one_per_dataset_and_drain_against_the_limit() -> None:
+    """Calls over every endpoint as a ratio to one per dataset, drain to calls / rate; met in k of n for each."""
+    runs = [_storm_run(2_050, 126.0), _storm_run(2_200, 126.0), _storm_run(2_010, 150.0)]
+    rows = {row[0]: row for row in report.aggregate([report_sections.storm(ran) for ran in runs])}
+    calls = rows["sqlite: 20,000 alerts about 2,000 datasets cost ≤ 2,100 Codat calls"]
+    assert calls[1:] == ("2,050 calls (0.102 per alert)", "1.02x one call per dataset (1.00x to 1.10x)", "3",
+                         "2 of 3 (**no**)")  # fmt: skip
+    drain = rows["postgres: drained within 1.1x the time the limit allows"]
+    assert drain[2].startswith("1.02x calls / rate (")
+    assert drain[4] == "2 of 3 (**no**)"
+
+
+def test_a_storm_that_left_alerts_unfinished_meets_no_aim() -> None:
+    """Few calls and a quick drain prove nothing if alerts were left pending: both aims count as not met."""
+    section = report_sections.storm(_storm_run(2_000, 120.0, done=19_000))
+    assert {target: figure.ok for target, figure in section.figures.items()} == dict.fromkeys(section.figures, False)
+    assert "pending 1,000" in "\n".join(section.lines)
