@@ -47,7 +47,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 def pruner(engine: AsyncEngine, retention: Retention = RETENTION, **options: Any) -> Pruner:
-    return Pruner(engine, retention, FixedClock(NOW), pace=Pace.fixed(engine.url), **options)
+    return Pruner(engine, retention, FixedClock(NOW), pace=Pace.fixed(engine.url, 1_000), **options)
 
 
 def old(window_s: float | None) -> float:
