@@ -156,8 +156,9 @@ def alert_job(alert_id: str, company_id: str | None, *, now: float, traceparent:
 
 # The webhook receiver's batch writers (service/batch_writers.py) insert alert jobs through raw drivers,
 # one statement per batch, for speed; the statements they run are these, so `jobs` keeps one writer.
+# `_PG_JSON_TYPES`: each column's type as PostgreSQL reads it out of a JSON row (`pg_insert_jobs`).
 RAW_JOB_COLUMNS = ("kind", "payload", "lock_key", "queueing_lock", "status", "attempts", "run_at", "created_at")
-_PG_RAW_TYPES = ("text", "text", "text", "text", "text", "int", "float8", "float8")
+_PG_JSON_TYPES = ("text", "json", "text", "text", "text", "int", "float8", "float8")
 SQLITE_INSERT_JOBS = (
     f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(RAW_JOB_COLUMNS))})"  # noqa: S608 - fixed columns
 )
@@ -172,22 +173,17 @@ def raw_job(values: Mapping[str, Any]) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def pg_job_arrays(raw_jobs: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """`raw_job` rows column-wise, one array per RAW_JOB_COLUMNS, as `pg_insert_jobs` takes them."""
-    if not raw_jobs:
-        return [[] for _ in RAW_JOB_COLUMNS]
-    return [list(column) for column in zip(*raw_jobs, strict=True)]
-
-
-def pg_insert_jobs(first_param: int, *, where: str) -> str:
-    """asyncpg text (for a data-modifying CTE) inserting `raw_job` rows passed column-wise: one array per
-    RAW_JOB_COLUMNS from `$first_param` on, then an array of tags. Only the rows for which `where` holds
-    (it may name `new_jobs.tag`) are inserted, in the arrays' order, so ids follow it."""
-    arrays = [f"${first_param + n}::{t}[]" for n, t in enumerate((*_PG_RAW_TYPES, "text"))]
-    selected = ", ".join(f"new_jobs.{c}::json" if c == "payload" else f"new_jobs.{c}" for c in RAW_JOB_COLUMNS)
+def pg_insert_jobs(source: str, *, where: str) -> str:
+    """asyncpg text (for a data-modifying CTE) inserting `job_values` rows, each with a `tag` added, from the
+    JSON array `source` (an SQL expression). Only the rows for which `where` holds (it may name
+    `new_jobs.tag`) are inserted, in the array's order, so ids follow it. JSON rather than one array
+    parameter per column: asyncpg encodes an array element by element in Python, orjson a batch at once."""
+    names = ", ".join((*RAW_JOB_COLUMNS, "tag"))
+    typed = ", ".join(f"{c} {t}" for c, t in zip((*RAW_JOB_COLUMNS, "tag"), (*_PG_JSON_TYPES, "text"), strict=True))
+    selected = ", ".join(f"new_jobs.{c}" for c in RAW_JOB_COLUMNS)
     return (
         f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) SELECT {selected} "  # noqa: S608 - fixed text
-        f"FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS new_jobs({', '.join(RAW_JOB_COLUMNS)}, tag, pos) "
+        f"FROM ROWS FROM (json_to_recordset({source}) AS ({typed})) WITH ORDINALITY AS new_jobs({names}, pos) "
         f"WHERE {where} ORDER BY new_jobs.pos"
     )
 
