@@ -63,14 +63,17 @@ def alert_row(alert: Alert, received_at: float) -> dict[str, Any]:
 
 
 class Ingestor:
-    """Owns the writer tasks; `submit` is what a request awaits."""
+    """Owns the writer task; `submit` is what a request awaits.
+
+    ONE task, on either backend: the batch writer does one statement at a time anyway (one SQLite thread,
+    one PostgreSQL connection), so more tasks only split the waiting deliveries into smaller batches and
+    add wake-ups and lock waits on the event loop."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         clock: Clock,
         *,
-        writers: int = 1,
         max_batch: int = MAX_BATCH,
         write_timeout_s: float = WRITE_TIMEOUT_S,
         on_commit: Callable[[], None] | None = None,
@@ -78,25 +81,23 @@ class Ingestor:
     ) -> None:
         self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False), sqlite_synchronous)
         self._clock = clock
-        self._writers = writers
         self._max_batch = max_batch
         self._write_timeout_s = write_timeout_s
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name=f"ingest-writer-{i}") for i in range(self._writers)]
+        self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
     async def stop(self, drain_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         """Write what is queued (those requests still wait for their answer), then stop."""
-        if self._tasks:
+        if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), drain_timeout_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         await self._writer.close()
 
     async def submit(self, alert: Alert) -> Answer:
