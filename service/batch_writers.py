@@ -10,6 +10,8 @@ alerts, their jobs and the NOTIFY atomically. Everything else keeps using SQLAlc
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -57,6 +59,37 @@ def _pending(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if row["status"] == "pending"]
 
 
+_DATA_TYPES = ALERT_COLUMNS.index("data_types")
+_BEFORE_DATA_TYPES = operator.itemgetter(*ALERT_COLUMNS[:_DATA_TYPES])
+_AFTER_DATA_TYPES = operator.itemgetter(*ALERT_COLUMNS[_DATA_TYPES + 1 :])
+
+
+def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The row's ALERT_COLUMNS values, its data types as JSON text."""
+    return (*_BEFORE_DATA_TYPES(row), orjson.dumps(row["data_types"]).decode(), *_AFTER_DATA_TYPES(row))
+
+
+@functools.cache
+def _sqlite_known(count: int) -> str:
+    return f"SELECT id FROM alerts WHERE id IN ({','.join('?' * count)})"  # noqa: S608 - placeholders only
+
+
+@functools.cache
+def _sqlite_insert_alerts(count: int) -> str:
+    row = "(" + ",".join("?" * len(ALERT_COLUMNS)) + ")"
+    return f"INSERT INTO alerts ({','.join(ALERT_COLUMNS)}) VALUES {','.join([row] * count)}"  # noqa: S608 - fixed columns
+
+
+def _first_new(rows: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
+    """The rows to insert: those of ids not `known`, the first of each id only."""
+    seen, new = set(known), []
+    for row in rows:
+        if row["id"] not in seen:
+            seen.add(row["id"])
+            new.append(row)
+    return new
+
+
 class SqliteBatchWriter:
     """A dedicated thread and connection: the batch crosses threads once, not once per statement."""
 
@@ -85,28 +118,23 @@ class SqliteBatchWriter:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
-        values = [
-            tuple(orjson.dumps(row[c]).decode() if c == "data_types" else row[c] for c in ALERT_COLUMNS)
-            for row in rows
-        ]
-        placeholders = ",".join(["(" + ",".join("?" * len(ALERT_COLUMNS)) + ")"] * len(values))
+        ids = [row["id"] for row in rows]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cursor = conn.execute(
-                f"INSERT INTO alerts ({','.join(ALERT_COLUMNS)}) VALUES {placeholders} "  # noqa: S608 - fixed columns
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                [v for row in values for v in row],
-            )
-            inserted = {r[0] for r in cursor.fetchall()}
-            jobs = _job_rows([row for row in _pending(rows) if row["id"] in inserted], now)
-            if jobs:
-                conn.executemany(queue.SQLITE_INSERT_JOBS, jobs)
+            # The known ids are asked for first (the write lock is held: nobody inserts in between), not
+            # with RETURNING, and each table gets ONE insert, not `executemany`'s step per job: sqlite3
+            # gives up the GIL around every step and must take it back from the busy event loop.
+            new = _first_new(rows, {r[0] for r in conn.execute(_sqlite_known(len(ids)), ids)})
+            if new:
+                conn.execute(_sqlite_insert_alerts(len(new)), [v for row in new for v in _sqlite_values(row)])
+                if jobs := _job_rows(_pending(new), now):
+                    conn.execute(queue.sqlite_insert_jobs(len(jobs)), [v for job in jobs for v in job])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return inserted
+        return {row["id"] for row in new}
 
     async def close(self) -> None:
         def shut() -> None:

@@ -7,6 +7,7 @@ job was claimed again cannot complete, fail or release the newer attempt.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,9 +160,13 @@ def alert_job(alert_id: str, company_id: str | None, *, now: float, traceparent:
 # `_PG_JSON_TYPES`: each column's type as PostgreSQL reads it out of a JSON row (`pg_insert_jobs`).
 RAW_JOB_COLUMNS = ("kind", "payload", "lock_key", "queueing_lock", "status", "attempts", "run_at", "created_at")
 _PG_JSON_TYPES = ("text", "json", "text", "text", "text", "int", "float8", "float8")
-SQLITE_INSERT_JOBS = (
-    f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(RAW_JOB_COLUMNS))})"  # noqa: S608 - fixed columns
-)
+
+
+@functools.cache
+def sqlite_insert_jobs(count: int) -> str:
+    """sqlite3 text inserting `count` `raw_job` rows in one statement (their values flattened, in order)."""
+    row = "(" + ", ".join("?" * len(RAW_JOB_COLUMNS)) + ")"
+    return f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES {', '.join([row] * count)}"  # noqa: S608 - fixed columns
 
 
 def raw_job(values: Mapping[str, Any]) -> tuple[Any, ...]:
