@@ -68,9 +68,10 @@ class Job:
 # take at most one job per key, as the rule excludes all but the oldest. A retry puts J1 back to
 # `waiting` with its old id, so J2 stays behind it through the backoff. The order is id order among
 # committed rows: two transactions enqueueing one key concurrently are ordered by whichever commits
-# first (on SQLite the receiver has one writer, so ids and commit order agree; PostgreSQL's receiver has
-# several, and two deliveries of one company in flight at once, which arrived in no defined order, may
-# then run in commit order; a job that becomes visible behind a running later one waits for it).
+# first (a receiver process has one writer, so its ids and commit order agree; on PostgreSQL several
+# receiver processes may write, and two deliveries of one company in flight at once, which arrived in
+# no defined order, may then run in commit order; a job that becomes visible behind a running later one
+# waits for it).
 # The `status IN ('waiting', 'running')` terms repeat the partial indexes' predicate (db.py) so that
 # both backends use them: done jobs never enter a claim's cost. "Oldest of its key" is a correlated
 # `min()` (one index probe per candidate) rather than a NOT EXISTS: PostgreSQL flattens NOT EXISTS into
