@@ -10,6 +10,8 @@ alerts, their jobs and the NOTIFY atomically. Everything else keeps using SQLAlc
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -42,9 +44,50 @@ def _job_rows(rows: list[dict[str, Any]], now: float) -> list[tuple[Any, ...]]:
             for row in rows]  # fmt: skip
 
 
+def _tagged_jobs(rows: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """The job of each of these alerts, built by the queue, tagged with its alert's id (`pg_insert_jobs`)."""
+    jobs = []
+    for row in rows:
+        job = queue.alert_job(row["id"], row["company_id"], now=now, traceparent=row.get("traceparent"))
+        job["tag"] = row["id"]
+        jobs.append(job)
+    return jobs
+
+
 def _pending(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The alerts that get a job: the actionable ones (an `other` alert is stored `ignored`, with none)."""
     return [row for row in rows if row["status"] == "pending"]
+
+
+_DATA_TYPES = ALERT_COLUMNS.index("data_types")
+_BEFORE_DATA_TYPES = operator.itemgetter(*ALERT_COLUMNS[:_DATA_TYPES])
+_AFTER_DATA_TYPES = operator.itemgetter(*ALERT_COLUMNS[_DATA_TYPES + 1 :])
+
+
+def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The row's ALERT_COLUMNS values, its data types as JSON text."""
+    return (*_BEFORE_DATA_TYPES(row), orjson.dumps(row["data_types"]).decode(), *_AFTER_DATA_TYPES(row))
+
+
+@functools.cache
+def _sqlite_known(count: int) -> str:
+    return f"SELECT id FROM alerts WHERE id IN ({','.join('?' * count)})"  # noqa: S608 - placeholders only
+
+
+@functools.cache
+def _sqlite_insert_alerts(count: int) -> str:
+    row = "(" + ",".join("?" * len(ALERT_COLUMNS)) + ")"
+    return f"INSERT INTO alerts ({','.join(ALERT_COLUMNS)}) VALUES {','.join([row] * count)}"  # noqa: S608 - fixed columns
+
+
+def _first_new(rows: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
+    """The rows to insert: those of ids not `known`, the first of each id only."""
+    seen, new = set(known), []
+    for row in rows:
+        if row["id"] not in seen:
+            seen.add(row["id"])
+            new.append(row)
+    return new
 
 
 class SqliteBatchWriter:
@@ -75,28 +118,23 @@ class SqliteBatchWriter:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
-        values = [
-            tuple(orjson.dumps(row[c]).decode() if c == "data_types" else row[c] for c in ALERT_COLUMNS)
-            for row in rows
-        ]
-        placeholders = ",".join(["(" + ",".join("?" * len(ALERT_COLUMNS)) + ")"] * len(values))
+        ids = [row["id"] for row in rows]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cursor = conn.execute(
-                f"INSERT INTO alerts ({','.join(ALERT_COLUMNS)}) VALUES {placeholders} "  # noqa: S608 - fixed columns
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                [v for row in values for v in row],
-            )
-            inserted = {r[0] for r in cursor.fetchall()}
-            jobs = _job_rows([row for row in _pending(rows) if row["id"] in inserted], now)
-            if jobs:
-                conn.executemany(queue.SQLITE_INSERT_JOBS, jobs)
+            # The known ids are asked for first (the write lock is held: nobody inserts in between), not
+            # with RETURNING, and each table gets ONE insert, not `executemany`'s step per job: sqlite3
+            # gives up the GIL around every step and must take it back from the busy event loop.
+            new = _first_new(rows, {r[0] for r in conn.execute(_sqlite_known(len(ids)), ids)})
+            if new:
+                conn.execute(_sqlite_insert_alerts(len(new)), [v for row in new for v in _sqlite_values(row)])
+                if jobs := _job_rows(_pending(new), now):
+                    conn.execute(queue.sqlite_insert_jobs(len(jobs)), [v for job in jobs for v in job])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return inserted
+        return {row["id"] for row in new}
 
     async def close(self) -> None:
         def shut() -> None:
@@ -109,32 +147,41 @@ class SqliteBatchWriter:
 
 
 # Alerts, their jobs and the wake-up in ONE statement: data-modifying CTEs run exactly once, and the
-# statement is its own transaction. The jobs come built (`_job_rows`), tagged with their alert's id: only
-# those of alerts new to the table are inserted, in arrival order, so one company's alerts keep the order
-# they were received in.
-_FIRST_JOB_PARAM = len(ALERT_COLUMNS) + 1
+# statement is its own transaction. Three parameters whatever the batch: the alerts as one JSON array ($1,
+# zipped by position with their bodies, $2), and their jobs, built by the queue, as another ($3) — asyncpg
+# encodes an array parameter element by element in Python, a large share of the write's CPU. Each
+# job is tagged with its alert's id: only those of alerts new to the table are inserted, in arrival order,
+# so one company's alerts keep the order they were received in.
+# Each column's type as PostgreSQL reads it from a JSON row: all but the last, `body`, which is the bytea array.
+_PG_JSON_COLUMNS = ", ".join(f"{c} {t}" for c, t in zip(ALERT_COLUMNS[:-1], (
+    "text", "text", "text", "text", "text", "text", "text", "text", "json", "float8", "float8", "float8", "text", "int",
+), strict=True))  # fmt: skip
 PG_BATCH = f"""
 WITH src AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::float8[], $11::float8[], $12::float8[], $13::text[],
-                         $14::int[], $15::bytea[])
-      AS t(id, kind, type, shape, company_id, connection_id, dataset_id, dataset_status,
-           data_types, generated_at, received_at, updated_at, status, attempts, body)
+    SELECT * FROM ROWS FROM (
+        json_to_recordset($1::json) AS ({_PG_JSON_COLUMNS}),
+        unnest($2::bytea[])
+    ) AS t({", ".join(ALERT_COLUMNS)})
 ), ins AS (
     INSERT INTO alerts ({", ".join(ALERT_COLUMNS)})
-    SELECT id, kind, type, shape, company_id, connection_id, dataset_id, dataset_status, data_types::json,
-           generated_at, received_at, updated_at, status, attempts, body
-    FROM src
+    SELECT {", ".join(ALERT_COLUMNS)} FROM src
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), queued AS (
-    {queue.pg_insert_jobs(_FIRST_JOB_PARAM, where="new_jobs.tag IN (SELECT id FROM ins)")}
+    {queue.pg_insert_jobs("$3::json", where="new_jobs.tag IN (SELECT id FROM ins)")}
     RETURNING 1
 ), woke AS (
     SELECT pg_notify('{queue.NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM queued)
 )
 SELECT id, (SELECT count(*) FROM woke) AS woke FROM ins
 """  # noqa: S608 - the channel name is a constant
+
+
+def _no_body(value: Any) -> None:
+    """orjson's fallback: a row's `body` (bytes) travels apart, in the bytea array; the JSON has it null."""
+    if isinstance(value, bytes):
+        return None
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 class PostgresBatchWriter:
@@ -147,16 +194,14 @@ class PostgresBatchWriter:
         self._lock = asyncio.Lock()
 
     async def write(self, rows: list[dict[str, Any]], now: float) -> set[str]:
-        columns = [[row[c] for row in rows] for c in ALERT_COLUMNS]
-        data_types = ALERT_COLUMNS.index("data_types")
-        columns[data_types] = [orjson.dumps(v).decode() for v in columns[data_types]]
-        pending = _pending(rows)
-        # Tagged with their alerts' ids: the statement keeps the jobs of the alerts it inserted.
-        job_columns = [*queue.pg_job_arrays(_job_rows(pending, now)), [row["id"] for row in pending]]
+        # json_to_recordset reads the row's columns by name and ignores the rest (`body`, `traceparent`).
+        alerts_json = orjson.dumps(rows, default=_no_body).decode()
+        bodies = [row["body"] for row in rows]
+        jobs_json = orjson.dumps(_tagged_jobs(_pending(rows), now)).decode()
         async with self._lock:  # one statement at a time on one connection
             conn = await self._connection()
             try:
-                result = await conn.fetch(PG_BATCH, *columns, *job_columns, timeout=10)
+                result = await conn.fetch(PG_BATCH, alerts_json, bodies, jobs_json, timeout=10)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
                 await self._drop()
                 raise

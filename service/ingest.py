@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -38,12 +38,13 @@ class Answer(enum.StrEnum):
     IGNORED = "ignored"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     alert: Alert
     received_at: float
     traceparent: str | None  # the receiving request's span (tracing on): the alert's job continues its trace
-    future: asyncio.Future[Answer] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[Answer]
+    deadline: asyncio.TimerHandle  # fails the future with StorageUnavailable unless it is answered first
 
 
 def is_actionable(alert: Alert) -> bool:
@@ -63,14 +64,17 @@ def alert_row(alert: Alert, received_at: float) -> dict[str, Any]:
 
 
 class Ingestor:
-    """Owns the writer tasks; `submit` is what a request awaits."""
+    """Owns the writer task; `submit` is what a request awaits.
+
+    ONE task, on either backend: the batch writer does one statement at a time anyway (one SQLite thread,
+    one PostgreSQL connection), so more tasks only split the waiting deliveries into smaller batches and
+    add wake-ups and lock waits on the event loop."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         clock: Clock,
         *,
-        writers: int = 1,
         max_batch: int = MAX_BATCH,
         write_timeout_s: float = WRITE_TIMEOUT_S,
         on_commit: Callable[[], None] | None = None,
@@ -78,36 +82,34 @@ class Ingestor:
     ) -> None:
         self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False), sqlite_synchronous)
         self._clock = clock
-        self._writers = writers
         self._max_batch = max_batch
         self._write_timeout_s = write_timeout_s
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name=f"ingest-writer-{i}") for i in range(self._writers)]
+        self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
     async def stop(self, drain_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         """Write what is queued (those requests still wait for their answer), then stop."""
-        if self._tasks:
+        if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), drain_timeout_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         await self._writer.close()
 
     async def submit(self, alert: Alert) -> Answer:
-        pending = _Pending(alert, self._clock.now(), tracing.traceparent())
-        self._queue.put_nowait(pending)  # unbounded: the body cap and the timeout bound what waits
-        try:
-            async with asyncio.timeout(self._write_timeout_s):  # no task per request, unlike wait_for
-                return await pending.future
-        except TimeoutError:
-            # The write may still commit later; Codat's retry then gets "duplicate". Nothing is lost.
-            raise StorageUnavailable("storage write timed out") from None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        # A timer that fails the future, not `asyncio.timeout` around the await: no cancellation of the
+        # waiting task to arm and undo per delivery (3 us against 6 us, timeit on uvloop).
+        deadline = loop.call_later(self._write_timeout_s, _time_out, future)
+        # Unbounded: the body cap and the timeout bound what waits.
+        self._queue.put_nowait(_Pending(alert, self._clock.now(), tracing.traceparent(), future, deadline))
+        return await future
 
     async def _run(self) -> None:
         while True:
@@ -130,10 +132,10 @@ class Ingestor:
                     await self._write_batch([item])
                 return
             log.warning("ingest_write_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            _resolve(batch[0].future, exc=StorageUnavailable(type(exc).__name__))
+            _resolve(batch[0], exc=StorageUnavailable(type(exc).__name__))
             return
         for item, answer in zip(batch, answers, strict=True):
-            _resolve(item.future, answer=answer)
+            _resolve(item, answer=answer)
         if self._on_commit is not None:
             self._on_commit()
 
@@ -155,8 +157,16 @@ def _answer(item: _Pending, first_seen: dict[str, _Pending], inserted: set[str])
     return Answer.ACCEPTED if is_actionable(item.alert) else Answer.IGNORED
 
 
-def _resolve(future: asyncio.Future[Answer], *, answer: Answer | None = None, exc: Exception | None = None) -> None:
-    if future.done():  # the waiter timed out and left
+def _time_out(future: asyncio.Future[Answer]) -> None:
+    if not future.done():  # not answered, nor left (a cancelled request)
+        # The write may still commit later; Codat's retry then gets "duplicate". Nothing is lost.
+        future.set_exception(StorageUnavailable("storage write timed out"))
+
+
+def _resolve(item: _Pending, *, answer: Answer | None = None, exc: Exception | None = None) -> None:
+    item.deadline.cancel()
+    future = item.future
+    if future.done():  # the waiter timed out, or left
         return
     if exc is not None:
         future.set_exception(exc)

@@ -7,6 +7,7 @@ job was claimed again cannot complete, fail or release the newer attempt.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,9 +68,10 @@ class Job:
 # take at most one job per key, as the rule excludes all but the oldest. A retry puts J1 back to
 # `waiting` with its old id, so J2 stays behind it through the backoff. The order is id order among
 # committed rows: two transactions enqueueing one key concurrently are ordered by whichever commits
-# first (on SQLite the receiver has one writer, so ids and commit order agree; PostgreSQL's receiver has
-# several, and two deliveries of one company in flight at once, which arrived in no defined order, may
-# then run in commit order; a job that becomes visible behind a running later one waits for it).
+# first (a receiver process has one writer, so its ids and commit order agree; on PostgreSQL several
+# receiver processes may write, and two deliveries of one company in flight at once, which arrived in
+# no defined order, may then run in commit order; a job that becomes visible behind a running later one
+# waits for it).
 # The `status IN ('waiting', 'running')` terms repeat the partial indexes' predicate (db.py) so that
 # both backends use them: done jobs never enter a claim's cost. "Oldest of its key" is a correlated
 # `min()` (one index probe per candidate) rather than a NOT EXISTS: PostgreSQL flattens NOT EXISTS into
@@ -156,11 +158,16 @@ def alert_job(alert_id: str, company_id: str | None, *, now: float, traceparent:
 
 # The webhook receiver's batch writers (service/batch_writers.py) insert alert jobs through raw drivers,
 # one statement per batch, for speed; the statements they run are these, so `jobs` keeps one writer.
+# `_PG_JSON_TYPES`: each column's type as PostgreSQL reads it out of a JSON row (`pg_insert_jobs`).
 RAW_JOB_COLUMNS = ("kind", "payload", "lock_key", "queueing_lock", "status", "attempts", "run_at", "created_at")
-_PG_RAW_TYPES = ("text", "text", "text", "text", "text", "int", "float8", "float8")
-SQLITE_INSERT_JOBS = (
-    f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(RAW_JOB_COLUMNS))})"  # noqa: S608 - fixed columns
-)
+_PG_JSON_TYPES = ("text", "json", "text", "text", "text", "int", "float8", "float8")
+
+
+@functools.cache
+def sqlite_insert_jobs(count: int) -> str:
+    """sqlite3 text inserting `count` `raw_job` rows in one statement (their values flattened, in order)."""
+    row = "(" + ", ".join("?" * len(RAW_JOB_COLUMNS)) + ")"
+    return f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES {', '.join([row] * count)}"  # noqa: S608 - fixed columns
 
 
 def raw_job(values: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -172,22 +179,17 @@ def raw_job(values: Mapping[str, Any]) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def pg_job_arrays(raw_jobs: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """`raw_job` rows column-wise, one array per RAW_JOB_COLUMNS, as `pg_insert_jobs` takes them."""
-    if not raw_jobs:
-        return [[] for _ in RAW_JOB_COLUMNS]
-    return [list(column) for column in zip(*raw_jobs, strict=True)]
-
-
-def pg_insert_jobs(first_param: int, *, where: str) -> str:
-    """asyncpg text (for a data-modifying CTE) inserting `raw_job` rows passed column-wise: one array per
-    RAW_JOB_COLUMNS from `$first_param` on, then an array of tags. Only the rows for which `where` holds
-    (it may name `new_jobs.tag`) are inserted, in the arrays' order, so ids follow it."""
-    arrays = [f"${first_param + n}::{t}[]" for n, t in enumerate((*_PG_RAW_TYPES, "text"))]
-    selected = ", ".join(f"new_jobs.{c}::json" if c == "payload" else f"new_jobs.{c}" for c in RAW_JOB_COLUMNS)
+def pg_insert_jobs(source: str, *, where: str) -> str:
+    """asyncpg text (for a data-modifying CTE) inserting `job_values` rows, each with a `tag` added, from the
+    JSON array `source` (an SQL expression). Only the rows for which `where` holds (it may name
+    `new_jobs.tag`) are inserted, in the array's order, so ids follow it. JSON rather than one array
+    parameter per column: asyncpg encodes an array element by element in Python, orjson a batch at once."""
+    names = ", ".join((*RAW_JOB_COLUMNS, "tag"))
+    typed = ", ".join(f"{c} {t}" for c, t in zip((*RAW_JOB_COLUMNS, "tag"), (*_PG_JSON_TYPES, "text"), strict=True))
+    selected = ", ".join(f"new_jobs.{c}" for c in RAW_JOB_COLUMNS)
     return (
         f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) SELECT {selected} "  # noqa: S608 - fixed text
-        f"FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS new_jobs({', '.join(RAW_JOB_COLUMNS)}, tag, pos) "
+        f"FROM ROWS FROM (json_to_recordset({source}) AS ({typed})) WITH ORDINALITY AS new_jobs({names}, pos) "
         f"WHERE {where} ORDER BY new_jobs.pos"
     )
 

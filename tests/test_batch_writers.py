@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,7 +14,7 @@ from service import keys, queue
 from service.batch_writers import BatchWriter, batch_writer_for
 from service.db import alerts, create_engine, jobs
 from service.ingest import alert_row
-from service.types import Alert, AlertKind, Shape
+from service.types import Alert, AlertKind, DataTypeStatus, Issue, Shape
 from tests.conftest import make_settings
 
 T0 = 1_750_000_000.0
@@ -116,3 +117,23 @@ def test_the_sqlite_turn_is_per_file() -> None:
     assert sqlite_path("sqlite+aiosqlite:///relay.db") == sqlite_path(f"sqlite:///{os.getcwd()}/relay.db")
     assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
     assert sqlite_path("postgresql+asyncpg://u@h/db") is None
+
+
+async def test_every_column_is_stored_as_the_row_has_it(engine: AsyncEngine, batch_writer: BatchWriter) -> None:
+    """The batch's encoding (JSON rows and a bytes array on PostgreSQL) loses nothing: text beyond ASCII,
+    nulls, fractional times, the data types' JSON and the raw body all come back as the row had them."""
+    entry = DataTypeStatus(data_type="invoices", status="Complete", dataset_id="d-1", connection_id="c-1",
+                           issues=(Issue(type="x", message='Zoë "quoted" \\ 🙂'),))  # fmt: skip
+    alert = Alert(delivery_id="é-1", kind=AlertKind.DATASET_STATUS, type="read.completed", shape=Shape.ENVELOPE,
+                  company_id="C1", connection_id="c-1", data_types=(entry,), generated_at=T0 - 0.123456789,
+                  body=b'{"raw": "\\u00e9"}\x00\xff')  # fmt: skip
+    bare = Alert(delivery_id="n-1", kind=AlertKind.OTHER, type="unknown", shape=Shape.UNKNOWN, body=b"")
+    rows = [alert_row(alert, T0 + 0.5), alert_row(bare, T0 + 0.25)]
+    assert await batch_writer.write(rows, T0) == {"é-1", "n-1"}
+    async with engine.connect() as conn:
+        stored = {r["id"]: dict(r) for r in (await conn.execute(sa.select(*alerts.c))).mappings()}
+    for expected in rows:
+        got = stored[expected["id"]]
+        as_json = orjson.loads(orjson.dumps(expected["data_types"]))  # the row holds tuples, JSON gives lists
+        assert {c: got[c] for c in expected} == {**expected, "data_types": as_json}
+        assert got["last_error"] is None

@@ -162,7 +162,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             ingestor = Ingestor(
                 runtime.engine,
                 clock,
-                writers=1 if settings.is_sqlite else 4,
                 write_timeout_s=options.write_timeout_s,
                 on_commit=runtime.wake_workers,
                 sqlite_synchronous=settings.sqlite_synchronous,
