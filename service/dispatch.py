@@ -88,23 +88,26 @@ class AlertJob:
     async def __call__(self, job: Job, attempt: int) -> AlertStatus | None:
         """Run the alert's handler; returns the outcome for `finished` to write (None once written)."""
         alert_id = str(job.payload["alert_id"])
-        log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt)
         batched = job.id in self._loaded
         row = self._loaded.pop(job.id) if batched else await self._start(alert_id)
         if row is None:
-            log.warning("alert_missing")  # deleted since it was queued: nothing left to do
+            # Deleted since it was queued: nothing left to do.
+            self._log.warning("alert_missing", alert_id=alert_id, job_id=job.id, attempt=attempt)
             return None
         alert = alert_from_row(row)
         handler = self._registry.get(alert.kind)
         if handler is None:
             return None  # marked ignored when it was claimed
+        # Bound once, with everything: each bind of the module's lazy logger builds a logger anew.
+        log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt, company_id=alert.company_id,
+                             kind=alert.kind.value)  # fmt: skip
         context = Context(
             store=self._deps.engine,
             codat=self._deps.codat,
             notifier=self._deps.notifier,
             tracker=self._deps.tracker,
             clock=self._deps.clock,
-            log=log.bind(company_id=alert.company_id, kind=alert.kind.value),
+            log=log,
             attempt=attempt,
         )
         try:
