@@ -20,6 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.settings import Settings
+from service.sqlite_driver import one_hop_dbapi
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -287,6 +288,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", pool_size)
         kwargs.setdefault("max_overflow", pool_size)
     if settings.is_sqlite:
+        if sa.make_url(settings.database_url).get_driver_name() == "aiosqlite":
+            kwargs.setdefault("module", one_hop_dbapi())  # one thread hop per statement, not three or four
         engine = create_async_engine(settings.database_url, **kwargs)
         _configure_sqlite(engine, settings.sqlite_synchronous)
         return engine
