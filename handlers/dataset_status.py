@@ -24,18 +24,30 @@ from service.db import bookkeeper, datasets, reader, writer
 from service.tracking import ask_codat
 from service.types import Alert, Context, DataTypeStatus, Outcome
 
+# Built once: building a select (and its cache key) per alert cost more than running it on SQLite.
+_NAMED = (
+    sa.select(datasets.c.id)
+    .where(datasets.c.company_id == sa.bindparam("company_id"), datasets.c.id == sa.bindparam("dataset_id"))
+    .order_by(datasets.c.requested_at)
+)
+_UNFINISHED = (
+    sa.select(datasets.c.id)
+    .where(datasets.c.company_id == sa.bindparam("company_id"), datasets.c.data_type == sa.bindparam("data_type"),
+           datasets.c.terminal.is_(False))
+    .order_by(datasets.c.requested_at)
+)  # fmt: skip
+
 
 async def _concerned(ctx: Context, company_id: str, entry: DataTypeStatus) -> list[str]:
     """Our datasets this entry speaks of: the one named, or every unfinished one of its data type."""
-    query = sa.select(datasets.c.id).where(datasets.c.company_id == company_id)
     if entry.dataset_id:
-        query = query.where(datasets.c.id == entry.dataset_id)
+        query, params = _NAMED, {"company_id": company_id, "dataset_id": entry.dataset_id}
     elif entry.data_type:
-        query = query.where(datasets.c.data_type == entry.data_type, datasets.c.terminal.is_(False))
+        query, params = _UNFINISHED, {"company_id": company_id, "data_type": entry.data_type}
     else:
         return []
     async with reader(ctx.store).connect() as conn:
-        return list((await conn.execute(query.order_by(datasets.c.requested_at))).scalars())
+        return list((await conn.execute(query, params)).scalars())
 
 
 def answered_since(row: RowMapping, arrived_at: float | None) -> bool:

@@ -49,8 +49,11 @@ def repush_may_clear(status: str) -> bool:
     return status in REPUSHABLE
 
 
+_LOAD = sa.select(datasets).where(datasets.c.id == sa.bindparam("dataset_id"))  # built once: it runs per alert
+
+
 async def load(conn: AsyncConnection, dataset_id: str) -> sa.RowMapping | None:
-    return (await conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id))).mappings().first()
+    return (await conn.execute(_LOAD, {"dataset_id": dataset_id})).mappings().first()
 
 
 async def mark_checked(conn: AsyncConnection, dataset_id: str, asked_at: float) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.settings import Settings
+from service.sqlite_driver import one_hop_dbapi
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -287,6 +288,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", pool_size)
         kwargs.setdefault("max_overflow", pool_size)
     if settings.is_sqlite:
+        if sa.make_url(settings.database_url).get_driver_name() == "aiosqlite":
+            kwargs.setdefault("module", one_hop_dbapi())  # one thread hop per statement, not three or four
         engine = create_async_engine(settings.database_url, **kwargs)
         _configure_sqlite(engine, settings.sqlite_synchronous)
         return engine
@@ -305,18 +308,31 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+SYNCHRONOUS_INFO = "relay_sqlite_synchronous"  # a connection's current `PRAGMA synchronous`, in its record's info
+
+
 def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+    durable = synchronous.upper()
+    dialect = engine.sync_engine.dialect
+    # A rollback with no transaction open at SQLite's level (after a `reader` block, or a pooled connection's
+    # reset on return) does nothing but costs aiosqlite a hop to its thread and back: skip exactly those.
+    # SQLAlchemy's own test of "autocommit" (`isolation_level is None`) would be true of every connection
+    # here, writers included, so it is replaced by SQLite's answer: is a transaction open on this connection.
+    dialect.skip_autocommit_rollback = True
+    dialect.detect_autocommit_setting = _outside_transaction  # type: ignore[method-assign,assignment]
+
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         # Take transaction control from the driver so that BEGIN IMMEDIATE can be issued below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL (default): a commit survives power loss too; NORMAL: it survives the process being killed.
-        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute(f"PRAGMA synchronous={durable}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        record.info[SYNCHRONOUS_INFO] = durable
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -325,11 +341,19 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         options = conn.get_execution_options()
         if options.get("sqlite_autocommit"):
             return  # `reader`: every statement on its own, no BEGIN/ROLLBACK round trips
-        if options.get("relaxed"):
-            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-        elif options.get("sqlite_immediate"):
-            conn.exec_driver_sql(f"PRAGMA synchronous={synchronous.upper()}")
+        wanted = "NORMAL" if options.get("relaxed") else durable if options.get("sqlite_immediate") else None
+        info = conn.connection.info
+        if wanted is not None and info.get(SYNCHRONOUS_INFO) != wanted:
+            # Only when it changes: each statement is a round trip to aiosqlite's thread, and a worker's
+            # rounds (NORMAL) outnumber the durable writes (FULL) on a connection many times over.
+            conn.exec_driver_sql(f"PRAGMA synchronous={wanted}")
+            info[SYNCHRONOUS_INFO] = wanted
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
+
+
+def _outside_transaction(dbapi_connection: Any) -> bool:
+    """Whether no transaction is open on an SQLite connection (aiosqlite reads it without its thread)."""
+    return not dbapi_connection.driver_connection.in_transaction
 
 
 _VARIANTS: weakref.WeakKeyDictionary[AsyncEngine, dict[str, AsyncEngine]] = weakref.WeakKeyDictionary()

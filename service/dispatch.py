@@ -50,6 +50,13 @@ def alert_from_row(row: sa.RowMapping) -> Alert:
     )
 
 
+# The outcomes of a round's alerts, one executemany (built once: it runs every round).
+_FINISH = (
+    alerts.update().where(alerts.c.id == sa.bindparam("alert_id"))
+    .values(status=sa.bindparam("status"), last_error=None, updated_at=sa.bindparam("now"))
+)  # fmt: skip
+
+
 class AlertJob:
     """The job function for kind `alert`; also told when one of its jobs dies.
 
@@ -64,11 +71,14 @@ class AlertJob:
         self._deps = deps
         self._log: structlog.stdlib.BoundLogger = structlog.get_logger("service.dispatch")
         self._handled = [kind.value for kind in self._registry]
+        # Built once (it runs every round): building it and its cache key per round cost more than a job.
+        self._started_statement = self._mark_started(self._handled)
         self._loaded: dict[int, sa.RowMapping | None] = {}  # job id → its alert, loaded by `claimed`
 
     async def claimed(self, conn: AsyncConnection, jobs: Sequence[Job], now: float) -> None:
         by_alert = {str(job.payload["alert_id"]): job.id for job in jobs}
-        found = {row["id"]: row for row in (await conn.execute(self._mark_started(list(by_alert), now))).mappings()}
+        started = await conn.execute(self._started_statement, {"alert_ids": list(by_alert), "now": now})
+        found = {row["id"]: row for row in started.mappings()}
         for alert_id, job_id in by_alert.items():
             self._loaded[job_id] = found.get(alert_id)
 
@@ -79,32 +89,31 @@ class AlertJob:
             if isinstance(result, AlertStatus)
         ]
         if outcomes:
-            statement = (
-                alerts.update().where(alerts.c.id == sa.bindparam("alert_id"))
-                .values(status=sa.bindparam("status"), last_error=None, updated_at=now)
-            )  # fmt: skip
-            await conn.execute(statement, outcomes)
+            await conn.execute(_FINISH, [{**outcome, "now": now} for outcome in outcomes])
 
     async def __call__(self, job: Job, attempt: int) -> AlertStatus | None:
         """Run the alert's handler; returns the outcome for `finished` to write (None once written)."""
         alert_id = str(job.payload["alert_id"])
-        log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt)
         batched = job.id in self._loaded
         row = self._loaded.pop(job.id) if batched else await self._start(alert_id)
         if row is None:
-            log.warning("alert_missing")  # deleted since it was queued: nothing left to do
+            # Deleted since it was queued: nothing left to do.
+            self._log.warning("alert_missing", alert_id=alert_id, job_id=job.id, attempt=attempt)
             return None
         alert = alert_from_row(row)
         handler = self._registry.get(alert.kind)
         if handler is None:
             return None  # marked ignored when it was claimed
+        # Bound once, with everything: each bind of the module's lazy logger builds a logger anew.
+        log = self._log.bind(alert_id=alert_id, job_id=job.id, attempt=attempt, company_id=alert.company_id,
+                             kind=alert.kind.value)  # fmt: skip
         context = Context(
             store=self._deps.engine,
             codat=self._deps.codat,
             notifier=self._deps.notifier,
             tracker=self._deps.tracker,
             clock=self._deps.clock,
-            log=log.bind(company_id=alert.company_id, kind=alert.kind.value),
+            log=log,
             attempt=attempt,
         )
         try:
@@ -136,21 +145,22 @@ class AlertJob:
             await self._deps.notifier.resolve(conn, "the alert was processed", kinds=[Kind.ALERT_DEAD],
                                               subjects=[alert_id])  # fmt: skip
 
-    def _mark_started(self, alert_ids: list[str], now: float) -> sa.Update:
-        """Load alerts and mark this processing run in one statement: `processing` when a handler will
-        run, `ignored` when none exists; `attempts` counts every run (CONTRACT.md)."""
-        status = sa.case(
-            (alerts.c.kind.in_(self._handled), AlertStatus.PROCESSING.value), else_=AlertStatus.IGNORED.value
-        )
+    @staticmethod
+    def _mark_started(handled: list[str]) -> sa.Update:
+        """Load alerts (`alert_ids`) and mark this processing run (at `now`) in one statement: `processing`
+        when a handler will run, `ignored` when none exists; `attempts` counts every run (CONTRACT.md)."""
+        status = sa.case((alerts.c.kind.in_(handled), AlertStatus.PROCESSING.value), else_=AlertStatus.IGNORED.value)
         return (
-            alerts.update().where(alerts.c.id.in_(alert_ids))
-            .values(status=status, attempts=alerts.c.attempts + 1, updated_at=now)
+            alerts.update().where(alerts.c.id.in_(sa.bindparam("alert_ids", expanding=True)))
+            .values(status=status, attempts=alerts.c.attempts + 1, updated_at=sa.bindparam("now"))
             .returning(*alerts.c)
         )  # fmt: skip
 
     async def _start(self, alert_id: str) -> sa.RowMapping | None:
         async with bookkeeper(self._deps.engine).begin() as conn:
-            return (await conn.execute(self._mark_started([alert_id], self._deps.clock.now()))).mappings().first()
+            params = {"alert_ids": [alert_id], "now": self._deps.clock.now()}
+            started = await conn.execute(self._started_statement, params)
+            return started.mappings().first()
 
     async def job_dead(self, job: Job, error: str) -> None:
         await self._set(str(job.payload["alert_id"]), AlertStatus.DEAD, error=error)

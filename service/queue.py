@@ -378,13 +378,18 @@ async def _claim_in(
     return claimed
 
 
+# Built once, as every round runs it: building it (and its cache key) per round cost more than a job.
+_COMPLETE = (
+    jobs.update()
+    .where(jobs.c.status == "running",
+           sa.tuple_(jobs.c.id, jobs.c.attempts).in_(sa.bindparam("fenced", expanding=True)))
+    .values(status="done", finished_at=sa.bindparam("now"), lease_expires_at=None)
+    .returning(jobs.c.id)
+)  # fmt: skip
+
+
 async def _complete_in(conn: AsyncConnection, done: Sequence[Job], now: float, then: InTransaction | None) -> int:
-    result = await conn.execute(
-        jobs.update()
-        .where(_fenced(done))
-        .values(status="done", finished_at=now, lease_expires_at=None)
-        .returning(jobs.c.id)
-    )
+    result = await conn.execute(_COMPLETE, {"fenced": [(job.id, job.attempts) for job in done], "now": now})
     finished_ids = set(result.scalars())
     if any(job.lock_key for job in done):
         await notify(conn)  # the next job of each key may now be claimable by any worker
@@ -394,6 +399,7 @@ async def _complete_in(conn: AsyncConnection, done: Sequence[Job], now: float, t
 
 
 def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
+    # `_COMPLETE` spells the same fence with a bound list.
     pairs = [(job.id, job.attempts) for job in claimed]
     return sa.and_(jobs.c.status == "running", sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs))
 

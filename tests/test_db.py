@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.db import POOL_HEADROOM, companies, create_engine, reader, writer
+from service.db import POOL_HEADROOM, bookkeeper, companies, create_engine, metadata, reader, writer
 from tests.conftest import make_settings
 
 T0 = 1_750_000_000.0
@@ -78,3 +82,90 @@ def test_pool_never_smaller_than_the_jobs_running(database_url: str) -> None:
     engine = create_engine(make_settings(database_url, db_pool_size=2, worker_concurrency=32))
     assert engine.pool.size() == 32 + POOL_HEADROOM  # type: ignore[attr-defined]
     asyncio.run(engine.dispose())
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}", sqlite_synchronous="full"))
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+def statements(engine: AsyncEngine) -> list[str]:
+    """Every statement the engine sends from now on, as sent."""
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
+
+
+async def test_sqlite_synchronous_is_set_only_when_it_changes(sqlite_engine: AsyncEngine) -> None:
+    """Bookkeeping transactions run at NORMAL and durable writes at the configured FULL, but the pragma
+    is sent only when the connection's setting changes (each statement is a hop to aiosqlite's thread)."""
+    sent = statements(sqlite_engine)
+    seen = []
+    for variant in (bookkeeper, bookkeeper, writer, writer, bookkeeper):
+        async with variant(sqlite_engine).begin() as conn:
+            seen.append(await conn.scalar(sa.text("PRAGMA synchronous")))
+    assert seen == [1, 1, 2, 2, 1]  # NORMAL, FULL
+    assert [s for s in sent if s.startswith("PRAGMA synchronous=")] == [
+        "PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL",
+    ]  # fmt: skip
+
+
+async def test_sqlite_rolls_back_only_an_open_transaction(
+    sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection back from a read (or a commit) skips the ROLLBACK round trip; a failed write is still
+    rolled back, and leaves nothing behind."""
+    rollbacks: list[bool] = []
+    original = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        rollbacks.append(self.in_transaction)
+        await original(self)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+    async with reader(sqlite_engine).connect() as conn:
+        await conn.execute(sa.select(companies.c.id))
+    await add_company(sqlite_engine, "C1")
+    assert rollbacks == []
+    with pytest.raises(RuntimeError):
+        async with writer(sqlite_engine).begin() as conn:
+            await conn.execute(sa.insert(companies), {"id": "X", "created_at": T0, "updated_at": T0})
+            raise RuntimeError("abort")
+    assert rollbacks == [True]
+    async with reader(sqlite_engine).connect() as conn:
+        assert list((await conn.execute(sa.select(companies.c.id))).scalars()) == ["C1"]
+
+
+async def test_sqlite_statement_is_one_hop(sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each statement crosses to aiosqlite's thread once, and SQLAlchemy still gets its rows, row counts
+    and inserted keys."""
+    hops: list[object] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn)
+        return await original(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    async with writer(sqlite_engine).begin() as conn:
+        hops.clear()
+        inserted = await conn.execute(sa.insert(problems_table()), problem_row("P1"))
+        updated = await conn.execute(sa.update(problems_table()).values(count=2))
+        rows = list(await conn.execute(sa.select(problems_table().c.id, problems_table().c.count)))
+        assert len(hops) == 3
+    assert inserted.inserted_primary_key == ("P1",)
+    assert updated.rowcount == 1
+    assert [tuple(row) for row in rows] == [("P1", 2)]
+
+
+def problems_table() -> sa.Table:
+    return metadata.tables["problems"]
+
+
+def problem_row(problem_id: str) -> dict[str, Any]:
+    return {"id": problem_id, "kind": "k", "subject": "s", "key": f"k:{problem_id}", "summary": "-",
+            "opened_at": T0, "last_seen_at": T0}  # fmt: skip
