@@ -80,11 +80,14 @@ class Job:
 # An expired lease makes a running job claimable again, as a new attempt (its worker is presumed dead;
 # a job that kills its worker every time must end dead, see the worker) — and it still blocks the
 # later jobs of its key, being running with a smaller id.
+# On PostgreSQL the chosen ids are an array (`= ANY(ARRAY(…))`), so the update finds them through the
+# primary key whatever the statistics say: as `id IN (…)` the planner made it a hash semi-join over a
+# sequential scan of the whole table, done history included (1.2 of a claim's 2.3 ms at 5,000 rows).
 _CLAIM = """
 UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = :worker_id,
     started_at = :now, lease_expires_at = :lease_until,
     last_error = CASE WHEN status = 'running' THEN :lease_lost ELSE last_error END
-WHERE id IN (
+WHERE id {chosen_open}
     SELECT j.id FROM jobs j
     WHERE j.status IN ('waiting', 'running')
       AND (j.status = 'waiting' AND j.run_at <= :now OR j.status = 'running' AND j.lease_expires_at < :now)
@@ -95,7 +98,7 @@ WHERE id IN (
                   WHERE k.lock_key = j.lock_key AND k.status = 'running' AND k.id > j.id
                     AND k.lease_expires_at >= :now)))
     ORDER BY j.id LIMIT :limit {row_lock}
-)
+{chosen_close}
 RETURNING id, kind, payload, lock_key, queueing_lock, attempts, run_at, created_at, last_error
 """
 _CLAIM_COLUMNS = [
@@ -106,9 +109,21 @@ _CLAIM_COLUMNS = [
 ]  # fmt: skip
 CLAIM_SQL = {
     # SQLite has one writer at a time (BEGIN IMMEDIATE), so it needs no row locks.
-    "sqlite": sa.text(_CLAIM.format(row_lock="")).columns(*_CLAIM_COLUMNS),
-    "postgresql": sa.text(_CLAIM.format(row_lock="FOR UPDATE SKIP LOCKED")).columns(*_CLAIM_COLUMNS),
+    "sqlite": sa.text(_CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")")).columns(*_CLAIM_COLUMNS),
+    "postgresql": sa.text(
+        _CLAIM.format(chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))")
+    ).columns(*_CLAIM_COLUMNS),
 }
+# PostgreSQL's completion: one fixed statement (prepared once per connection) taking the fence's pairs as
+# two arrays, instead of an `IN` list whose every length is a statement of its own to compile and plan.
+_PG_COMPLETE = sa.text(
+    """
+UPDATE jobs SET status = 'done', finished_at = :now, lease_expires_at = NULL
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:attempts AS INTEGER[])) AS fence(id, attempts)
+WHERE jobs.id = fence.id AND jobs.attempts = fence.attempts AND jobs.status = 'running'
+RETURNING jobs.id
+"""
+)
 
 
 InTransaction = Callable[[AsyncConnection, list["Job"]], Awaitable[None]]
@@ -378,7 +393,8 @@ async def _claim_in(
     return claimed
 
 
-# Built once, as every round runs it: building it (and its cache key) per round cost more than a job.
+# SQLite's completion (PostgreSQL's is `_PG_COMPLETE`), built once, as every round runs it: building it (and its
+# cache key) per round cost more than a job.
 _COMPLETE = (
     jobs.update()
     .where(jobs.c.status == "running",
@@ -389,7 +405,11 @@ _COMPLETE = (
 
 
 async def _complete_in(conn: AsyncConnection, done: Sequence[Job], now: float, then: InTransaction | None) -> int:
-    result = await conn.execute(_COMPLETE, {"fenced": [(job.id, job.attempts) for job in done], "now": now})
+    if conn.dialect.name == "postgresql":
+        fence = {"now": now, "ids": [job.id for job in done], "attempts": [job.attempts for job in done]}
+        result = await conn.execute(_PG_COMPLETE, fence)
+    else:
+        result = await conn.execute(_COMPLETE, {"fenced": [(job.id, job.attempts) for job in done], "now": now})
     finished_ids = set(result.scalars())
     if any(job.lock_key for job in done):
         await notify(conn)  # the next job of each key may now be claimable by any worker
