@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys, tracing
-from service.db import bookkeeper, jobs, sqlite_write_turn, writer
+from service.db import RELAX_COMMIT, bookkeeper, jobs, round_keeper, sqlite_write_turn, writer
 
 ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
 NOTIFY_CHANNEL = "relay_jobs"
@@ -106,7 +106,7 @@ WHERE id {chosen_open}
     ORDER BY j.id LIMIT :limit {row_lock}
     ) AS c
     ) AS w WHERE w.lock_key IS NULL OR w.n <= :keyed_limit
-{chosen_close}
+{chosen_close}{relax}
 RETURNING id, kind, payload, lock_key, queueing_lock, attempts, run_at, created_at, last_error
 """
 _CLAIM_COLUMNS = [
@@ -117,21 +117,25 @@ _CLAIM_COLUMNS = [
 ]  # fmt: skip
 CLAIM_SQL = {
     # SQLite has one writer at a time (BEGIN IMMEDIATE), so it needs no row locks.
-    "sqlite": sa.text(_CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")")).columns(*_CLAIM_COLUMNS),
+    "sqlite": sa.text(_CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")", relax="")).columns(
+        *_CLAIM_COLUMNS
+    ),
     "postgresql": sa.text(
-        _CLAIM.format(chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))")
+        _CLAIM.format(
+            chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))",
+            relax=f" AND {RELAX_COMMIT}",
+        )
     ).columns(*_CLAIM_COLUMNS),
 }
 # PostgreSQL's completion: one fixed statement (prepared once per connection) taking the fence's pairs as
 # two arrays, instead of an `IN` list whose every length is a statement of its own to compile and plan.
-_PG_COMPLETE = sa.text(
-    """
+_PG_COMPLETE_SQL = """
 UPDATE jobs SET status = 'done', finished_at = :now, lease_expires_at = NULL
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:attempts AS INTEGER[])) AS fence(id, attempts)
-WHERE jobs.id = fence.id AND jobs.attempts = fence.attempts AND jobs.status = 'running'
+WHERE jobs.id = fence.id AND jobs.attempts = fence.attempts AND jobs.status = 'running' AND {relax}
 RETURNING jobs.id
 """
-)
+_PG_COMPLETE = sa.text(_PG_COMPLETE_SQL.format(relax=RELAX_COMMIT))
 
 
 InTransaction = Callable[[AsyncConnection, list["Job"]], Awaitable[None]]
@@ -383,7 +387,7 @@ async def turn(
     if not done and limit <= 0:
         return 0, []
     # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py).
-    async with sqlite_write_turn(engine.url), bookkeeper(engine).begin() as conn:
+    async with sqlite_write_turn(engine.url), round_keeper(engine).begin() as conn:
         finished = await _complete_in(conn, done, now, on_done) if done else 0
         claimed = (
             await _claim_in(conn, worker_id, limit, now, lease_s, on_claimed, keyed_limit=claim_limit)
