@@ -301,7 +301,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get("relaxed"):
+        options = conn.get_execution_options()
+        if options.get("relaxed") and not options.get("relaxed_in_statements"):
             # Bookkeeping commits need not wait for the WAL flush (see `bookkeeper`).
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
@@ -428,6 +429,20 @@ def bookkeeper(engine: AsyncEngine) -> AsyncEngine:
     the log it sits in anyway. Anything acknowledged to a client keeps using `writer`.
     """
     return _variant(engine, "bookkeeper", sqlite_immediate=True, relaxed=True)
+
+
+def round_keeper(engine: AsyncEngine) -> AsyncEngine:
+    """`bookkeeper` for the worker's round (service/queue.py `turn`), whose PostgreSQL statements relax
+    their transaction's commit themselves (RELAX_COMMIT in their WHERE) instead of a `SET LOCAL` statement
+    after BEGIN: a round trip fewer on every round. It is the same transaction-local setting (so PgBouncer's
+    transaction pooling keeps it per transaction); a round whose statements changed no row may commit
+    durably, which is never less safe, and its commit writes nothing worth waiting for anyway."""
+    return _variant(engine, "round_keeper", sqlite_immediate=True, relaxed=True, relaxed_in_statements=True)
+
+
+# `SET LOCAL synchronous_commit TO OFF` as an expression: a volatile function, so PostgreSQL evaluates it for
+# every row the statement's WHERE reaches; a statement that changed a row has run it.
+RELAX_COMMIT = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 
 
 # -- the push outbox (service/outbox.py, service/pusher.py, service/datasets.py) ----------------------

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys, tracing
-from service.db import bookkeeper, jobs, sqlite_write_turn, writer
+from service.db import RELAX_COMMIT, bookkeeper, jobs, round_keeper, sqlite_write_turn, writer
 
 ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
 NOTIFY_CHANNEL = "relay_jobs"
@@ -83,12 +83,18 @@ class Job:
 # On PostgreSQL the chosen ids are an array (`= ANY(ARRAY(…))`), so the update finds them through the
 # primary key whatever the statistics say: as `id IN (…)` the planner made it a hash semi-join over a
 # sequential scan of the whole table, done history included (1.2 of a claim's 2.3 ms at 5,000 rows).
+# Two limits: the oldest `:limit` candidates are locked, and of them a keyed job is taken only among the
+# first `:keyed_limit` (so keyed jobs are never claimed further ahead than with one limit of that size:
+# workers share the heads of the keys), a keyless one anywhere (it has no order to keep; see the worker).
+# The row lock sits on the innermost query, as PostgreSQL allows no FOR UPDATE beside a window function.
 _CLAIM = """
 UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = :worker_id,
     started_at = :now, lease_expires_at = :lease_until,
     last_error = CASE WHEN status = 'running' THEN :lease_lost ELSE last_error END
 WHERE id {chosen_open}
-    SELECT j.id FROM jobs j
+    SELECT w.id FROM (
+    SELECT c.id, c.lock_key, row_number() OVER (ORDER BY c.id) AS n FROM (
+    SELECT j.id, j.lock_key FROM jobs j
     WHERE j.status IN ('waiting', 'running')
       AND (j.status = 'waiting' AND j.run_at <= :now OR j.status = 'running' AND j.lease_expires_at < :now)
       AND (j.lock_key IS NULL OR (
@@ -98,7 +104,9 @@ WHERE id {chosen_open}
                   WHERE k.lock_key = j.lock_key AND k.status = 'running' AND k.id > j.id
                     AND k.lease_expires_at >= :now)))
     ORDER BY j.id LIMIT :limit {row_lock}
-{chosen_close}
+    ) AS c
+    ) AS w WHERE w.lock_key IS NULL OR w.n <= :keyed_limit
+{chosen_close}{relax}
 RETURNING id, kind, payload, lock_key, queueing_lock, attempts, run_at, created_at, last_error
 """
 _CLAIM_COLUMNS = [
@@ -109,21 +117,25 @@ _CLAIM_COLUMNS = [
 ]  # fmt: skip
 CLAIM_SQL = {
     # SQLite has one writer at a time (BEGIN IMMEDIATE), so it needs no row locks.
-    "sqlite": sa.text(_CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")")).columns(*_CLAIM_COLUMNS),
+    "sqlite": sa.text(_CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")", relax="")).columns(
+        *_CLAIM_COLUMNS
+    ),
     "postgresql": sa.text(
-        _CLAIM.format(chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))")
+        _CLAIM.format(
+            chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))",
+            relax=f" AND {RELAX_COMMIT}",
+        )
     ).columns(*_CLAIM_COLUMNS),
 }
 # PostgreSQL's completion: one fixed statement (prepared once per connection) taking the fence's pairs as
 # two arrays, instead of an `IN` list whose every length is a statement of its own to compile and plan.
-_PG_COMPLETE = sa.text(
-    """
+_PG_COMPLETE_SQL = """
 UPDATE jobs SET status = 'done', finished_at = :now, lease_expires_at = NULL
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:attempts AS INTEGER[])) AS fence(id, attempts)
-WHERE jobs.id = fence.id AND jobs.attempts = fence.attempts AND jobs.status = 'running'
+WHERE jobs.id = fence.id AND jobs.attempts = fence.attempts AND jobs.status = 'running' AND {relax}
 RETURNING jobs.id
 """
-)
+_PG_COMPLETE = sa.text(_PG_COMPLETE_SQL.format(relax=RELAX_COMMIT))
 
 
 InTransaction = Callable[[AsyncConnection, list["Job"]], Awaitable[None]]
@@ -362,29 +374,35 @@ async def complete(
 
 async def turn(
     engine: AsyncEngine, worker_id: str, *, done: Sequence[Job], now: float, claim_limit: int, lease_s: float,
-    on_done: InTransaction | None = None, on_claimed: InTransaction | None = None,
+    on_done: InTransaction | None = None, on_claimed: InTransaction | None = None, keyless_limit: int = 0,
 ) -> tuple[int, list[Job]]:  # fmt: skip
     """A worker's round in ONE transaction: mark `done` finished (as `complete`), then claim up to
-    `claim_limit` jobs (as `claim`). Returns (how many were still ours to finish, the jobs claimed).
+    `claim_limit` jobs (as `claim`), or up to `keyless_limit` if the jobs past `claim_limit` are keyless
+    ones. Returns (how many were still ours to finish, the jobs claimed).
 
     One transaction instead of two saves its BEGIN, settings and COMMIT round trips on every round;
     the claim sees the completions, so the next job of a key just finished is claimable at once.
     """
-    if not done and claim_limit <= 0:
+    limit = max(claim_limit, keyless_limit)
+    if not done and limit <= 0:
         return 0, []
     # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py).
-    async with sqlite_write_turn(engine.url), bookkeeper(engine).begin() as conn:
+    async with sqlite_write_turn(engine.url), round_keeper(engine).begin() as conn:
         finished = await _complete_in(conn, done, now, on_done) if done else 0
-        claimed = await _claim_in(conn, worker_id, claim_limit, now, lease_s, on_claimed) if claim_limit > 0 else []
+        claimed = (
+            await _claim_in(conn, worker_id, limit, now, lease_s, on_claimed, keyed_limit=claim_limit)
+            if limit > 0 else []
+        )  # fmt: skip
     return finished, claimed
 
 
 async def _claim_in(
-    conn: AsyncConnection, worker_id: str, limit: int, now: float, lease_s: float, then: InTransaction | None
-) -> list[Job]:
+    conn: AsyncConnection, worker_id: str, limit: int, now: float, lease_s: float, then: InTransaction | None,
+    *, keyed_limit: int | None = None,
+) -> list[Job]:  # fmt: skip
     params = {
         "worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
-        "limit": limit,
+        "limit": limit, "keyed_limit": limit if keyed_limit is None else keyed_limit,
     }  # fmt: skip
     rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
     claimed = sorted((Job(**row) for row in rows), key=lambda job: job.id)

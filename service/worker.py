@@ -47,6 +47,14 @@ LINGER_BATCH_DIVISOR = 4  # ... for a group of a quarter of its slots
 # a local buffer, so that a finished job's slot is refilled without waiting for the next round trip.
 CLAIM_AHEAD_MIN_CONCURRENCY = 8
 CLAIM_AHEAD_DIVISOR = 2
+# Keyless jobs (no per-key order, so holding one keeps no other worker from its key's next job) are claimed
+# further ahead: as many as the worker has been finishing in KEYLESS_AHEAD_S (two lingers, about two rounds
+# at full speed), at most KEYLESS_AHEAD_SLOTS times its slots and KEYLESS_AHEAD_MAX. Paced by its own
+# measured rate, a buffered keyless job waits about that long for a slot: a worker of slow jobs finishes few
+# a second and holds none beyond `claim_ahead`, so it does not sit on work idle workers could start.
+KEYLESS_AHEAD_S = 2 * LINGER_S
+KEYLESS_AHEAD_SLOTS = 3
+KEYLESS_AHEAD_MAX = 32
 
 JobFunction = Callable[[Job, int], Awaitable[object]]
 """`async def run(job, attempt)`: return to finish the job, raise to fail this attempt. What it returns
@@ -154,6 +162,8 @@ class Worker:
         # as for a running job (the claim never takes a second job of a key with a live claimed one).
         self._claim_ahead = default_claim_ahead(concurrency) if claim_ahead is None else claim_ahead
         self._ahead: collections.deque[tuple[Job, float]] = collections.deque()
+        self._keyless_ahead = 0  # keyless jobs to hold beyond the slots, paced each round (`_pace`)
+        self._last_round: float | None = None
         self._draining = False
         self._finished: list[_Finished] = []
         self._wake = asyncio.Event()
@@ -327,8 +337,10 @@ class Worker:
         """Record finished jobs and claim into the free slots, in one transaction (all successes in one
         statement); then settle failures one by one (rare)."""
         batch, self._finished = self._finished, []
-        free = self._concurrency + self._claim_ahead - len(self._running) - len(self._ahead) if claim else 0
-        if not batch and free <= 0:
+        held = len(self._running) + len(self._ahead)
+        free = self._concurrency + self._claim_ahead - held if claim else 0
+        keyless_free = self._concurrency + self._pace(batch) - held if claim and self._claim_ahead else 0
+        if not batch and max(free, keyless_free) <= 0:
             return
         now = self._clock.now()
         done = [f for f in batch if f.error is None]
@@ -345,7 +357,7 @@ class Worker:
         try:
             _, claimed = await queue.turn(
                 self._engine, self.worker_id, done=[f.job for f in done], now=now, claim_limit=free,
-                lease_s=self._lease_s, on_done=in_completion, on_claimed=in_claim,
+                lease_s=self._lease_s, on_done=in_completion, on_claimed=in_claim, keyless_limit=keyless_free,
             )  # fmt: skip
         except BaseException:
             self._finished[:0] = batch  # written again next cycle; fencing makes repeats harmless
@@ -360,6 +372,18 @@ class Worker:
                 self._finished[:0] = failed[index:]
                 raise
             self._report(f, outcome)
+
+    def _pace(self, batch: Sequence[_Finished]) -> int:
+        """How many keyless jobs to hold beyond the slots: those this worker finished since the last round that
+        finished any, scaled to KEYLESS_AHEAD_S; never fewer than `claim_ahead`, as any job may be held so far."""
+        if batch:
+            now = time.perf_counter()
+            if self._last_round is not None and now > self._last_round:
+                keyless = sum(1 for f in batch if f.job.lock_key is None)
+                paced = int(keyless * KEYLESS_AHEAD_S / (now - self._last_round))
+                self._keyless_ahead = min(paced, KEYLESS_AHEAD_SLOTS * self._concurrency, KEYLESS_AHEAD_MAX)
+            self._last_round = now
+        return max(self._keyless_ahead, self._claim_ahead)
 
     async def _settle(self, finished: _Finished, now: float) -> str:
         assert finished.error is not None

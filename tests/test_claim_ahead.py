@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import queue
+from service import worker as worker_module
 from service.clock import SystemClock
 from service.db import create_engine, jobs
 from service.queue import Job
@@ -167,6 +168,66 @@ async def test_per_key_order_holds_with_claim_ahead_across_two_workers(engine: A
         assert [job_id for event, job_id in events if event == "start"] == expected, key
         for (first, a), (second, b) in itertools.pairwise(events):  # start, end, start, end …: never overlapping
             assert (first, second) in {("start", "end"), ("end", "start")} and (first == "end" or a == b), key
+    assert {row.attempts for row in await job_rows(engine)} == {1}
+
+
+async def test_a_round_claims_keyed_jobs_only_within_its_keyed_limit(engine: AsyncEngine) -> None:
+    """One claim with a keyed limit of 3 and a keyless one of 8: of the 8 oldest candidates, a keyed job is
+    taken only among the first 3 (as a claim of 3 would), a keyless one anywhere."""
+    order = [("a", "key-a"), ("x1", None), ("b", "key-b"), ("x2", None), ("x3", None), ("c", "key-c"),
+             ("x4", None), ("x5", None)]  # fmt: skip
+    ids = {name: job_id for name, key in order for job_id in await add(engine, 1, lock_key=key)}
+    _, claimed = await queue.turn(
+        engine, "w", done=(), now=T0, claim_limit=3, keyless_limit=8, lease_s=30.0
+    )  # fmt: skip
+    assert sorted(job.id for job in claimed) == sorted(ids[name] for name in ("a", "x1", "b", "x2", "x3", "x4", "x5"))
+    status = {row.id: row.status for row in await job_rows(engine)}
+    assert status[ids["c"]] == "waiting"
+
+
+async def test_a_round_without_a_keyless_limit_claims_as_one_limit(engine: AsyncEngine) -> None:
+    """No keyless limit: the oldest `claim_limit` candidates, keyed or not, as before."""
+    ids = [job_id for n in range(4) for job_id in await add(engine, 1, lock_key=f"key-{n}" if n % 2 else None)]
+    _, claimed = await queue.turn(engine, "w", done=(), now=T0, claim_limit=3, lease_s=30.0)
+    assert sorted(job.id for job in claimed) == ids[:3]
+
+
+async def test_a_fast_worker_holds_keyless_jobs_further_ahead_but_not_keyed_ones(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once it has been finishing keyless jobs quickly, a worker of 8 slots (4 ahead) holds up to 3x its
+    slots of keyless jobs beyond them, but keyed ones no further than before: with its slots and the
+    keyless buffer full, it takes no keyed job, and another worker runs them."""
+    monkeypatch.setattr(worker_module, "KEYLESS_AHEAD_S", 60.0)  # any measured rate paces to the cap
+    fast_ids = await add(engine, 40)
+
+    async def fast_or_block(job: Job, attempt: int) -> None:
+        if job.id not in fast_ids:
+            await blocker(job, attempt)
+
+    blocker = Blocker()
+    async with running(worker(engine, fast_or_block, concurrency=8, claim_ahead=4, worker_id="ahead")):
+
+        async def fast_done() -> bool:
+            return {row.status for row in await job_rows(engine) if row.id in fast_ids} == {"done"}
+
+        await eventually(fast_done)
+        keyless = await add(engine, 40)
+        keyed = [job_id for n in range(6) for job_id in await add(engine, 1, lock_key=f"key-{n}")]
+
+        async def slots_and_buffer_full() -> bool:
+            return await running_rows(engine, "ahead") == 8 + 3 * 8
+
+        await eventually(slots_and_buffer_full)
+        held = {row.id for row in await job_rows(engine) if row.worker_id == "ahead" and row.status == "running"}
+        assert held <= set(keyless)
+        other = Blocker()
+        async with running(worker(engine, other, concurrency=6, claim_ahead=0, worker_id="other")):
+            await eventually(lambda: _started(other, [*keyless[32:38]]))  # the keyless jobs nobody held
+            other.go.set()
+            await eventually(lambda: _started(other, [*keyless[32:], *keyed]))
+            blocker.go.set()
+            await eventually(lambda: _all_done(engine))
     assert {row.attempts for row in await job_rows(engine)} == {1}
 
 

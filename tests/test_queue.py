@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
@@ -64,6 +65,36 @@ async def test_enqueue_claim_complete(engine: AsyncEngine) -> None:
     assert await queue.complete(engine, claimed, T0 + 1) == 2
     assert await queue.claim(engine, "w1", 10, T0 + 2, LEASE_S) == []
     assert [row.status for row in await job_rows(engine)] == ["done", "done"]
+
+
+async def test_a_round_commits_relaxed_without_a_set_local(engine: AsyncEngine) -> None:
+    """A round's claim and completion relax their own commit (PostgreSQL synchronous_commit off, set by the
+    statements rather than a `SET LOCAL` after BEGIN); a durable write elsewhere is unaffected."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    seen: list[str] = []
+
+    async def setting(conn: AsyncConnection, _: list[Job]) -> None:
+        seen.append(str((await conn.exec_driver_sql("SHOW synchronous_commit")).scalar()))
+
+    await add(engine)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        _, claimed = await queue.turn(
+            engine, "w1", done=(), now=T0, claim_limit=1, lease_s=LEASE_S, on_claimed=setting
+        )  # fmt: skip
+        await queue.turn(engine, "w1", done=claimed, now=T0 + 1, claim_limit=0, lease_s=LEASE_S, on_done=setting)
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert not [s for s in statements if s.startswith("SET")]
+    async with engine.begin() as conn:
+        durable = str((await conn.exec_driver_sql("SHOW synchronous_commit")).scalar())
+    assert (seen, durable) == (["off", "off"], "on")
 
 
 async def test_claim_respects_limit(engine: AsyncEngine) -> None:
