@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 
 from service import queue
-from service.db import PGBOUNCER_QUERY, SQLITE_BUSY_TIMEOUT_MS, behind_pgbouncer, sqlite_write_turn
+from service.db import PGBOUNCER_QUERY, SQLITE_BUSY_TIMEOUT_MS, behind_pgbouncer, sqlite_insert_rows, sqlite_write_turn
 
 ALERT_COLUMNS = (
     "id", "kind", "type", "shape", "company_id", "connection_id", "dataset_id", "dataset_status",
@@ -74,12 +74,6 @@ def _sqlite_known(count: int) -> str:
     return f"SELECT id FROM alerts WHERE id IN ({','.join('?' * count)})"  # noqa: S608 - placeholders only
 
 
-@functools.cache
-def _sqlite_insert_alerts(count: int) -> str:
-    row = "(" + ",".join("?" * len(ALERT_COLUMNS)) + ")"
-    return f"INSERT INTO alerts ({','.join(ALERT_COLUMNS)}) VALUES {','.join([row] * count)}"  # noqa: S608 - fixed columns
-
-
 def _first_new(rows: list[dict[str, Any]], known: set[str]) -> list[dict[str, Any]]:
     """The rows to insert: those of ids not `known`, the first of each id only."""
     seen, new = set(known), []
@@ -126,7 +120,8 @@ class SqliteBatchWriter:
             # gives up the GIL around every step and must take it back from the busy event loop.
             new = _first_new(rows, {r[0] for r in conn.execute(_sqlite_known(len(ids)), ids)})
             if new:
-                conn.execute(_sqlite_insert_alerts(len(new)), [v for row in new for v in _sqlite_values(row)])
+                values = [v for row in new for v in _sqlite_values(row)]
+                conn.execute(sqlite_insert_rows("alerts", ALERT_COLUMNS, len(new)), values)
                 if jobs := _job_rows(_pending(new), now):
                     conn.execute(queue.sqlite_insert_jobs(len(jobs)), [v for job in jobs for v in job])
             conn.execute("COMMIT")

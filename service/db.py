@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import uuid
 import weakref
@@ -307,6 +308,14 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
     return engine
+
+
+@functools.cache
+def sqlite_insert_rows(table: str, columns: tuple[str, ...], count: int) -> str:
+    """sqlite3 text inserting `count` rows of `columns` into `table` in ONE statement (their values flattened,
+    row after row): the raw batch writers' inserts, one statement per table instead of a step per row."""
+    row = "(" + ",".join("?" * len(columns)) + ")"
+    return f"INSERT INTO {table} ({','.join(columns)}) VALUES {','.join([row] * count)}"  # noqa: S608 - fixed columns
 
 
 SYNCHRONOUS_INFO = "relay_sqlite_synchronous"  # a connection's current `PRAGMA synchronous`, in its record's info

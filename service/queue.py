@@ -7,7 +7,6 @@ job was claimed again cannot complete, fail or release the newer attempt.
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import keys, tracing
-from service.db import RELAX_COMMIT, bookkeeper, jobs, round_keeper, sqlite_write_turn, writer
+from service.db import RELAX_COMMIT, bookkeeper, jobs, round_keeper, sqlite_insert_rows, sqlite_write_turn, writer
 
 ALERT_JOB_KIND = "alert"  # processes one stored alert (service/dispatch.py); the webhook receiver queues it
 NOTIFY_CHANNEL = "relay_jobs"
@@ -190,11 +189,9 @@ RAW_JOB_COLUMNS = ("kind", "payload", "lock_key", "queueing_lock", "status", "at
 _PG_JSON_TYPES = ("text", "json", "text", "text", "text", "int", "float8", "float8")
 
 
-@functools.cache
 def sqlite_insert_jobs(count: int) -> str:
     """sqlite3 text inserting `count` `raw_job` rows in one statement (their values flattened, in order)."""
-    row = "(" + ", ".join("?" * len(RAW_JOB_COLUMNS)) + ")"
-    return f"INSERT INTO jobs ({', '.join(RAW_JOB_COLUMNS)}) VALUES {', '.join([row] * count)}"  # noqa: S608 - fixed columns
+    return sqlite_insert_rows("jobs", RAW_JOB_COLUMNS, count)
 
 
 def raw_job(values: Mapping[str, Any]) -> tuple[Any, ...]:
