@@ -221,6 +221,10 @@ class SharedBudget:
                     quota = await self._quota_in(conn)
                     if not quota.known(now):
                         raise _NoSlot  # a probe is on its way: its answer will tell the quota
+                    if self._would_admit(quota, routine):
+                        # The probe's answer committed between the take and this read (PostgreSQL reads the
+                        # latest commit per statement): the quota has room, so take again, not defer.
+                        raise _NoSlot
                     raise self._quota_deferred(quota, now, priority)
                 if company_id is None:
                     return Lease(None, None, self.holder)
@@ -236,6 +240,11 @@ class SharedBudget:
             return None
         self._seeded.add(company_id)
         return Lease(company_id, int(slot), self.holder)
+
+    def _would_admit(self, quota: QuotaView, routine: int) -> bool:
+        """Whether `_TAKE_QUOTA` takes from this quota, leaving out the routine calls' spacing (it defers)."""
+        floor = quota.reserve(self.reserve_percent) * (2 if routine else 0)
+        return (quota.remaining or 0) > floor
 
     def _quota_deferred(self, quota: QuotaView, now: float, priority: Priority) -> Deferred:
         reset = quota.reset_at if quota.reset_at is not None else next_midnight(now)

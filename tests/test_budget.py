@@ -256,6 +256,32 @@ async def test_while_the_quota_is_unknown_one_request_goes_alone(engine: AsyncEn
     await one.acquire("co-d", Priority.PRIORITY)
 
 
+async def test_a_probe_answered_between_the_take_and_the_read_is_taken_again_not_deferred(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The take finds the probe in flight; the probe's answer commits before the acquire reads the quota
+    (PostgreSQL's READ COMMITTED sees it; a full-suite run met it): the quota has room, so the call is
+    taken on the next try, not deferred as "spent" (which held a push for a minute)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's acquire holds the write lock (BEGIN IMMEDIATE): no answer commits in between")
+    clock = FixedClock(T0)
+    one, two = make_budget(engine, clock), make_budget(engine, clock, slot_wait_s=5.0)
+    probe = await one.acquire("co-a", Priority.PRIORITY)
+    read_quota = SharedBudget._quota_in
+
+    async def answered_meanwhile(self: SharedBudget, conn: object) -> object:
+        if probe.company_id is not None and not answered:
+            answered.append(True)
+            await one.release(probe, answer(remaining=100))  # commits on its own connection
+        return await read_quota(self, conn)  # type: ignore[arg-type]
+
+    answered: list[bool] = []
+    monkeypatch.setattr(SharedBudget, "_quota_in", answered_meanwhile)
+    await two.acquire("co-b", Priority.PRIORITY)
+    assert answered == [True]
+    assert (await quota_row(engine)).remaining == 99
+
+
 async def test_the_first_answer_of_a_window_counts_the_requests_still_in_flight(engine: AsyncEngine) -> None:
     """A new window's first figure is taken less the other requests in flight (they may not have reached Codat)."""
     clock = FixedClock(T0)
