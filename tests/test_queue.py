@@ -604,3 +604,30 @@ async def test_a_postgres_round_that_fails_on_the_driver_rolls_back_as_a_storage
         assert await queue.turn(engine, "w1", done=claimed, now=T0, claim_limit=0, lease_s=LEASE_S) == (1, [])
     finally:
         await engine.dispose()
+
+
+async def test_a_postgres_round_cancelled_mid_statement_leaves_nothing_behind(postgres_url: str) -> None:
+    """Cancelled while PostgreSQL runs one of its statements (shutdown), a round is cancelled, not turned
+    into a storage fault; its claim is undone and no connection goes back to the pool inside a transaction."""
+    engine = create_engine(make_settings(postgres_url))
+    sent = asyncio.Event()
+
+    async def stuck(conn: AsyncConnection, claimed: list[Job]) -> None:
+        sent.set()
+        await (await queue.pg_driver(conn)).execute("SELECT pg_sleep(30)")
+
+    try:
+        job_id = await add(engine)
+        round_ = asyncio.create_task(queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S,
+                                                on_claimed=stuck))  # fmt: skip
+        await asyncio.wait_for(sent.wait(), WAKE_DEADLINE_S)
+        round_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await round_
+        assert [(row.id, row.status) for row in await job_rows(engine)] == [(job_id, "waiting")]
+        for _ in range(3):  # every pooled connection, the cancelled round's included, is fit for a round
+            _, claimed = await queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S)
+            await queue.release(engine, claimed, T0)
+            assert ids(claimed) == [job_id]
+    finally:
+        await engine.dispose()
