@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -51,13 +52,9 @@ def alert_from_row(row: AlertRow) -> Alert:
     )
 
 
-# The outcomes of a round's alerts, one executemany on SQLite (built once: it runs every round).
-_FINISH = (
-    alerts.update().where(alerts.c.id == sa.bindparam("alert_id"))
-    .values(status=sa.bindparam("status"), last_error=None, updated_at=sa.bindparam("now"))
-)  # fmt: skip
-# On PostgreSQL the worker's round runs on asyncpg (queue.turn), and so do its hooks' statements: one
-# statement for all the round's outcomes (asyncpg's executemany was one execute per alert on the server).
+# The worker's round runs on the driver (queue.turn), and so do its hooks' statements, each one fixed text
+# whatever the round's size: one statement for all the round's outcomes (asyncpg's executemany was one
+# execute per alert on the server).
 _PG_FINISH = """
 UPDATE alerts SET status = outcome.status, last_error = NULL, updated_at = $3
 FROM unnest($1::text[], $2::text[]) AS outcome(id, status) WHERE alerts.id = outcome.id
@@ -70,6 +67,32 @@ UPDATE alerts SET status = CASE WHEN kind = ANY($3::text[]) THEN '{AlertStatus.P
 WHERE id = ANY($1::text[])
 RETURNING {", ".join(alerts.c.keys())}
 """  # noqa: S608 - fixed text
+# SQLite's: the lists as JSON arrays (json_extract rather than `->>`, which needs SQLite 3.38).
+_SQLITE_FINISH = """
+UPDATE alerts SET status = json_extract(outcome.value, '$[1]'), last_error = NULL, updated_at = ?2
+FROM json_each(?1) AS outcome WHERE alerts.id = json_extract(outcome.value, '$[0]')
+"""
+_SQLITE_START = f"""
+UPDATE alerts SET status = CASE WHEN kind IN (SELECT value FROM json_each(?3)) THEN '{AlertStatus.PROCESSING.value}'
+                                ELSE '{AlertStatus.IGNORED.value}' END,
+    attempts = attempts + 1, updated_at = ?2
+WHERE id IN (SELECT value FROM json_each(?1))
+RETURNING {", ".join(alerts.c.keys())}
+"""  # noqa: S608 - fixed text
+
+
+_ALERT_COLUMNS = tuple(alerts.c.keys())
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _sqlite_alert(row: Sequence[Any]) -> dict[str, Any]:
+    """An alert's row from sqlite3 (a tuple of `alerts`' columns, JSON as text) as SQLAlchemy would read it."""
+    alert = dict(zip(_ALERT_COLUMNS, row, strict=True))
+    alert["data_types"] = orjson.loads(alert["data_types"])
+    return alert
 
 
 class AlertJob:
@@ -86,6 +109,7 @@ class AlertJob:
         self._deps = deps
         self._log: structlog.stdlib.BoundLogger = structlog.get_logger("service.dispatch")
         self._handled = [kind.value for kind in self._registry]
+        self._handled_json = _json(self._handled)
         # Built once (it runs every round): building it and its cache key per round cost more than a job.
         self._started_statement = self._mark_started(self._handled)
         self._loaded: dict[int, AlertRow | None] = {}  # job id → its alert, loaded by `claimed`
@@ -97,8 +121,9 @@ class AlertJob:
             rows = await (await queue.pg_driver(conn)).fetch(_PG_START, list(by_alert), now, self._handled)
             found = {row["id"]: row for row in rows}
         else:
-            started = await conn.execute(self._started_statement, {"alert_ids": list(by_alert), "now": now})
-            found = {row["id"]: row for row in started.mappings()}
+            driver = await queue.sqlite_driver(conn)
+            rows = await driver.execute_fetchall(_SQLITE_START, (_json(list(by_alert)), now, self._handled_json))
+            found = {alert["id"]: alert for alert in map(_sqlite_alert, rows)}
         for alert_id, job_id in by_alert.items():
             self._loaded[job_id] = found.get(alert_id)
 
@@ -112,7 +137,7 @@ class AlertJob:
             ids, statuses = [alert_id for alert_id, _ in outcomes], [status for _, status in outcomes]
             await (await queue.pg_driver(conn)).execute(_PG_FINISH, ids, statuses, now)
         else:
-            await conn.execute(_FINISH, [{"alert_id": a, "status": s, "now": now} for a, s in outcomes])
+            await (await queue.sqlite_driver(conn)).execute_fetchall(_SQLITE_FINISH, (_json(outcomes), now))
 
     async def __call__(self, job: Job, attempt: int) -> AlertStatus | None:
         """Run the alert's handler; returns the outcome for `finished` to write (None once written)."""

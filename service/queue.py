@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import aiosqlite
 import asyncpg
 import orjson
 import sqlalchemy as sa
@@ -413,13 +415,50 @@ async def turn(
     if engine.dialect.name == "postgresql":
         return await _pg_turn(engine, worker_id, done, now, limit, claim_limit, lease_s, on_done, on_claimed)
     # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py).
+    # SQLAlchemy begins the transaction (BEGIN IMMEDIATE, db.py) and commits it; the statements between run
+    # straight on the driver, as on PostgreSQL, each one hop to the connection's thread.
     async with sqlite_write_turn(engine.url), round_keeper(engine).begin() as conn:
-        finished = await _complete_in(conn, done, now, on_done) if done else 0
-        claimed = (
-            await _claim_in(conn, worker_id, limit, now, lease_s, on_claimed, keyed_limit=claim_limit)
-            if limit > 0 else []
-        )  # fmt: skip
+        driver = await sqlite_driver(conn)
+        try:
+            finished = 0
+            if done:
+                fence = orjson.dumps([(job.id, job.attempts) for job in done]).decode()
+                finished_ids = {row[0] for row in await driver.execute_fetchall(_SQLITE_COMPLETE, (now, fence))}
+                finished = len(finished_ids)
+                if finished_ids and on_done is not None:
+                    await on_done(conn, [job for job in done if job.id in finished_ids])
+            claimed: list[Job] = []
+            if limit > 0:
+                params = {"worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
+                          "limit": limit, "keyed_limit": claim_limit}  # fmt: skip
+                rows = await driver.execute_fetchall(_SQLITE_CLAIM, params)
+                claimed = sorted((_sqlite_job(row) for row in rows), key=lambda job: job.id)
+                if claimed and on_claimed is not None:
+                    await on_claimed(conn, claimed)
+        except sqlite3.Error as exc:
+            raise as_dbapi_error(exc) from exc
     return finished, claimed
+
+
+# SQLite's statements of the round, for the driver: the claim is CLAIM_SQL's (named parameters, as sqlite3
+# takes them); the completion takes the fence's pairs as one JSON array, one fixed text whatever its size.
+_SQLITE_CLAIM = cast(sa.TextClause, CLAIM_SQL["sqlite"].element).text
+_SQLITE_COMPLETE = """
+UPDATE jobs SET status = 'done', finished_at = ?1, lease_expires_at = NULL
+FROM json_each(?2) AS fence
+WHERE jobs.id = json_extract(fence.value, '$[0]') AND jobs.attempts = json_extract(fence.value, '$[1]')
+  AND jobs.status = 'running'
+RETURNING jobs.id
+"""
+
+
+def _sqlite_job(row: Sequence[Any]) -> Job:
+    return Job(row[0], row[1], orjson.loads(row[2]), *row[3:])
+
+
+async def sqlite_driver(conn: AsyncConnection) -> aiosqlite.Connection:
+    """The aiosqlite connection under an SQLite `conn`, for statements run straight on the driver."""
+    return cast(aiosqlite.Connection, (await conn.get_raw_connection()).driver_connection)
 
 
 async def _pg_turn(
@@ -471,47 +510,13 @@ async def pg_driver(conn: AsyncConnection) -> asyncpg.Connection:
 
 
 def as_dbapi_error(error: Exception) -> DBAPIError:
-    """An asyncpg error as SQLAlchemy would have raised it (callers catch SQLAlchemy's errors)."""
-    kind = IntegrityError if isinstance(error, asyncpg.IntegrityConstraintViolationError) else OperationalError
-    return kind(None, None, error)
-
-
-async def _claim_in(
-    conn: AsyncConnection, worker_id: str, limit: int, now: float, lease_s: float, then: InTransaction | None,
-    *, keyed_limit: int | None = None,
-) -> list[Job]:  # fmt: skip
-    params = {
-        "worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
-        "limit": limit, "keyed_limit": limit if keyed_limit is None else keyed_limit,
-    }  # fmt: skip
-    rows = (await conn.execute(CLAIM_SQL[conn.dialect.name], params)).mappings().all()
-    claimed = sorted((Job(**row) for row in rows), key=lambda job: job.id)
-    if claimed and then is not None:
-        await then(conn, claimed)
-    return claimed
-
-
-# SQLite's completion (PostgreSQL's is `_PG_COMPLETE`; SQLite has no NOTIFY to send), built once, as every
-# round runs it: building it (and its cache key) per round cost more than a job.
-_COMPLETE = (
-    jobs.update()
-    .where(jobs.c.status == "running",
-           sa.tuple_(jobs.c.id, jobs.c.attempts).in_(sa.bindparam("fenced", expanding=True)))
-    .values(status="done", finished_at=sa.bindparam("now"), lease_expires_at=None)
-    .returning(jobs.c.id)
-)  # fmt: skip
-
-
-async def _complete_in(conn: AsyncConnection, done: Sequence[Job], now: float, then: InTransaction | None) -> int:
-    result = await conn.execute(_COMPLETE, {"fenced": [(job.id, job.attempts) for job in done], "now": now})
-    finished_ids = set(result.scalars())
-    if finished_ids and then is not None:
-        await then(conn, [job for job in done if job.id in finished_ids])
-    return len(finished_ids)
+    """A driver's error (asyncpg, sqlite3) as SQLAlchemy would have raised it (callers catch SQLAlchemy's)."""
+    integrity = isinstance(error, asyncpg.IntegrityConstraintViolationError | sqlite3.IntegrityError)
+    return (IntegrityError if integrity else OperationalError)(None, None, error)
 
 
 def _fenced(claimed: Sequence[Job]) -> sa.ColumnElement[bool]:
-    # `_COMPLETE` spells the same fence with a bound list.
+    # The round's completion (`_PG_COMPLETE`, `_SQLITE_COMPLETE`) spells the same fence with arrays.
     pairs = [(job.id, job.attempts) for job in claimed]
     return sa.and_(jobs.c.status == "running", sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs))
 
