@@ -586,14 +586,17 @@ async def test_a_worker_is_not_woken_by_its_own_rounds_notifications(engine: Asy
     assert worker._wake.is_set()
 
 
-async def test_a_postgres_round_that_fails_on_the_driver_rolls_back_as_a_storage_fault(postgres_url: str) -> None:
-    """The round's statements run on asyncpg; a failure there surfaces as SQLAlchemy's error (what the worker
-    rides out as a storage fault, `worker.TRANSIENT`), the round's writes are undone, and the connection goes
-    back to the pool fit for the next round."""
-    engine = create_engine(make_settings(postgres_url))
+async def test_a_round_that_fails_on_the_driver_rolls_back_as_a_storage_fault(database_url: str) -> None:
+    """The round's statements run on the driver (asyncpg, aiosqlite); a failure there surfaces as SQLAlchemy's
+    error (what the worker rides out as a storage fault, `worker.TRANSIENT`), the round's writes are undone,
+    and the connection goes back to the pool fit for the next round."""
+    engine = create_engine(make_settings(database_url))
 
     async def failing(conn: AsyncConnection, finished: list[Job]) -> None:
-        await (await queue.pg_driver(conn)).execute("SELECT 1 / 0")
+        if conn.dialect.name == "postgresql":
+            await (await queue.pg_driver(conn)).execute("SELECT * FROM no_such_table")
+        else:
+            await (await queue.sqlite_driver(conn)).execute_fetchall("SELECT * FROM no_such_table")
 
     try:
         job_id = await add(engine, lock_key="k")
