@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -31,9 +32,10 @@ KEEP = _Keep.KEEP
 
 
 AlertDeps = Deps  # the alert job needs what every job needs
+AlertRow = Mapping[Any, Any]  # a stored alert's row: SQLAlchemy's, or asyncpg's (the worker's round on PostgreSQL)
 
 
-def alert_from_row(row: sa.RowMapping) -> Alert:
+def alert_from_row(row: AlertRow) -> Alert:
     kind = AlertKind(row["kind"])
     return Alert(
         delivery_id=row["id"],
@@ -50,11 +52,47 @@ def alert_from_row(row: sa.RowMapping) -> Alert:
     )
 
 
-# The outcomes of a round's alerts, one executemany (built once: it runs every round).
-_FINISH = (
-    alerts.update().where(alerts.c.id == sa.bindparam("alert_id"))
-    .values(status=sa.bindparam("status"), last_error=None, updated_at=sa.bindparam("now"))
-)  # fmt: skip
+# The worker's round runs on the driver (queue.turn), and so do its hooks' statements, each one fixed text
+# whatever the round's size: one statement for all the round's outcomes (asyncpg's executemany was one
+# execute per alert on the server).
+_PG_FINISH = """
+UPDATE alerts SET status = outcome.status, last_error = NULL, updated_at = $3
+FROM unnest($1::text[], $2::text[]) AS outcome(id, status) WHERE alerts.id = outcome.id
+"""
+# `_mark_started` for asyncpg: one fixed text whatever the round's size.
+_PG_START = f"""
+UPDATE alerts SET status = CASE WHEN kind = ANY($3::text[]) THEN '{AlertStatus.PROCESSING.value}'
+                                ELSE '{AlertStatus.IGNORED.value}' END,
+    attempts = attempts + 1, updated_at = $2
+WHERE id = ANY($1::text[])
+RETURNING {", ".join(alerts.c.keys())}
+"""  # noqa: S608 - fixed text
+# SQLite's: the lists as JSON arrays (json_extract rather than `->>`, which needs SQLite 3.38).
+_SQLITE_FINISH = """
+UPDATE alerts SET status = json_extract(outcome.value, '$[1]'), last_error = NULL, updated_at = ?2
+FROM json_each(?1) AS outcome WHERE alerts.id = json_extract(outcome.value, '$[0]')
+"""
+_SQLITE_START = f"""
+UPDATE alerts SET status = CASE WHEN kind IN (SELECT value FROM json_each(?3)) THEN '{AlertStatus.PROCESSING.value}'
+                                ELSE '{AlertStatus.IGNORED.value}' END,
+    attempts = attempts + 1, updated_at = ?2
+WHERE id IN (SELECT value FROM json_each(?1))
+RETURNING {", ".join(alerts.c.keys())}
+"""  # noqa: S608 - fixed text
+
+
+_ALERT_COLUMNS = tuple(alerts.c.keys())
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _sqlite_alert(row: Sequence[Any]) -> dict[str, Any]:
+    """An alert's row from sqlite3 (a tuple of `alerts`' columns, JSON as text) as SQLAlchemy would read it."""
+    alert = dict(zip(_ALERT_COLUMNS, row, strict=True))
+    alert["data_types"] = orjson.loads(alert["data_types"])
+    return alert
 
 
 class AlertJob:
@@ -71,25 +109,35 @@ class AlertJob:
         self._deps = deps
         self._log: structlog.stdlib.BoundLogger = structlog.get_logger("service.dispatch")
         self._handled = [kind.value for kind in self._registry]
+        self._handled_json = _json(self._handled)
         # Built once (it runs every round): building it and its cache key per round cost more than a job.
         self._started_statement = self._mark_started(self._handled)
-        self._loaded: dict[int, sa.RowMapping | None] = {}  # job id → its alert, loaded by `claimed`
+        self._loaded: dict[int, AlertRow | None] = {}  # job id → its alert, loaded by `claimed`
 
     async def claimed(self, conn: AsyncConnection, jobs: Sequence[Job], now: float) -> None:
         by_alert = {str(job.payload["alert_id"]): job.id for job in jobs}
-        started = await conn.execute(self._started_statement, {"alert_ids": list(by_alert), "now": now})
-        found = {row["id"]: row for row in started.mappings()}
+        found: dict[str, AlertRow]
+        if conn.dialect.name == "postgresql":
+            rows = await (await queue.pg_driver(conn)).fetch(_PG_START, list(by_alert), now, self._handled)
+            found = {row["id"]: row for row in rows}
+        else:
+            driver = await queue.sqlite_driver(conn)
+            rows = await driver.execute_fetchall(_SQLITE_START, (_json(list(by_alert)), now, self._handled_json))
+            found = {alert["id"]: alert for alert in map(_sqlite_alert, rows)}
         for alert_id, job_id in by_alert.items():
             self._loaded[job_id] = found.get(alert_id)
 
     async def finished(self, conn: AsyncConnection, results: Sequence[tuple[Job, object]], now: float) -> None:
         outcomes = [
-            {"alert_id": str(job.payload["alert_id"]), "status": result.value}
-            for job, result in results
-            if isinstance(result, AlertStatus)
+            (str(job.payload["alert_id"]), result.value) for job, result in results if isinstance(result, AlertStatus)
         ]
-        if outcomes:
-            await conn.execute(_FINISH, [{**outcome, "now": now} for outcome in outcomes])
+        if not outcomes:
+            return
+        if conn.dialect.name == "postgresql":
+            ids, statuses = [alert_id for alert_id, _ in outcomes], [status for _, status in outcomes]
+            await (await queue.pg_driver(conn)).execute(_PG_FINISH, ids, statuses, now)
+        else:
+            await (await queue.sqlite_driver(conn)).execute_fetchall(_SQLITE_FINISH, (_json(outcomes), now))
 
     async def __call__(self, job: Job, attempt: int) -> AlertStatus | None:
         """Run the alert's handler; returns the outcome for `finished` to write (None once written)."""
@@ -156,7 +204,7 @@ class AlertJob:
             .returning(*alerts.c)
         )  # fmt: skip
 
-    async def _start(self, alert_id: str) -> sa.RowMapping | None:
+    async def _start(self, alert_id: str) -> AlertRow | None:
         async with bookkeeper(self._deps.engine).begin() as conn:
             params = {"alert_ids": [alert_id], "now": self._deps.clock.now()}
             started = await conn.execute(self._started_statement, params)

@@ -484,8 +484,11 @@ class Worker:
             return
         self._listener = (raw, connection)
 
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+    def _on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        # Not for its own rounds' notifications (queue.turn names the worker): the round's claim saw those
+        # finishes already, and waking for them cost a loop pass and a smaller round each.
+        if payload != self.worker_id:
+            self._wake.set()
 
     async def _ensure_listening(self) -> None:
         """On a poll timeout: re-listen if the notification connection died."""

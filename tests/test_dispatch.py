@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from asyncpg.prepared_stmt import PreparedStatement
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
 from service.clock import FixedClock
@@ -18,7 +20,7 @@ from service.dispatch import make_alert_job, replay_alert
 from service.keys import alert_lock
 from service.queue import ALERT_JOB_KIND, Job
 from service.retry import RetryPolicy
-from service.types import Alert, AlertKind, Context, Handler, Outcome
+from service.types import Alert, AlertKind, AlertStatus, Context, Handler, Outcome
 from service.worker import Worker
 from tests.conftest import make_settings
 from tests.queue_helpers import RecordingNotifier, eventually, job_rows, running
@@ -279,3 +281,88 @@ async def test_missing_alert_finishes_quietly(engine: AsyncEngine) -> None:
 
 async def _alert_is(engine: AsyncEngine, status: str) -> bool:
     return (await alert_state(engine))[0] == status
+
+
+class SentStatements:
+    """Every statement the process sends to PostgreSQL through asyncpg, however it is sent: straight on the
+    connection (the worker's round) or as a prepared statement (SQLAlchemy's). An executemany counts one per
+    row, as the server executes them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.texts: list[str] = []
+        self.counting = False
+        for owner, name in [(asyncpg.Connection, "execute"), (asyncpg.Connection, "fetch"),
+                            (asyncpg.Connection, "executemany"), (PreparedStatement, "fetch"),
+                            (PreparedStatement, "executemany")]:  # fmt: skip
+            monkeypatch.setattr(owner, name, self._spy(getattr(owner, name), name == "executemany"))
+
+    def _spy(self, send: Any, many: bool) -> Any:
+        def text(target: Any, args: tuple[Any, ...]) -> str:
+            return str(target.get_query() if isinstance(target, PreparedStatement) else args[0])
+
+        async def spied(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.counting:
+                rows = len(list(args[-1])) if many else 1
+                self.texts.extend([" ".join(text(target, args).split())] * rows)
+            return await send(target, *args, **kwargs)
+
+        return spied
+
+
+class SqliteStatements:
+    """Every statement each SQLite connection of `engine` runs, as sqlite3 traces them (an executemany is one
+    per row), from the next checkout on."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.texts: list[str] = []
+        self.counting = False
+
+        @sa.event.listens_for(engine.sync_engine, "checkout")
+        def _trace(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            dbapi_connection._connection._conn.set_trace_callback(self._traced)
+
+    def _traced(self, text: str) -> None:
+        if self.counting:
+            self.texts.append(" ".join(text.split()))
+
+
+async def test_a_round_sends_six_statements_whatever_its_size(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's round of N alert jobs: BEGIN, the completion (on PostgreSQL its NOTIFY folded in), the
+    alerts' outcomes (one statement, not one per alert), the claim, the alerts' start, COMMIT."""
+    engine = create_engine(make_settings(database_url))
+    sent = SentStatements(monkeypatch) if engine.dialect.name == "postgresql" else SqliteStatements(engine)
+
+    async def handler(alert: Alert, ctx: Context) -> Outcome:
+        return Outcome.DONE
+
+    job_function = make_alert_job(registry(handler), Deps(engine, FixedClock(T0)))
+
+    async def started(conn: AsyncConnection, claimed: list[Job]) -> None:
+        await job_function.claimed(conn, claimed, T0)
+
+    async def finished(conn: AsyncConnection, done: list[Job]) -> None:
+        await job_function.finished(conn, [(job, AlertStatus.DONE) for job in done], T0)
+
+    async def round_(done: list[Job]) -> list[Job]:
+        _, claimed = await queue.turn(engine, "w1", done=done, now=T0, claim_limit=3, lease_s=30.0,
+                                      on_done=finished, on_claimed=started)  # fmt: skip
+        return claimed
+
+    try:
+        for n in range(9):
+            await store_alert(engine, f"a{n}")
+            await queue.enqueue(engine, ALERT_JOB_KIND, {"alert_id": f"a{n}"}, now=T0, lock_key=alert_lock(f"C{n}"))
+        warm = await round_(await round_([]))  # every statement prepared once
+        sent.counting = True
+        last = await round_(warm)
+        sent.counting = False
+        assert len(last) == 3
+        assert [await alert_state(engine, f"a{n}") for n in range(3, 6)] == [("done", 1, None)] * 3
+        assert [await alert_state(engine, f"a{n}") for n in range(6, 9)] == [("processing", 1, None)] * 3
+    finally:
+        await engine.dispose()
+    verbs = [text.split()[0].rstrip(";").upper() for text in sent.texts if not text.upper().startswith("PRAGMA")]
+    assert verbs == ["BEGIN", "UPDATE", "UPDATE", "UPDATE", "UPDATE", "COMMIT"], sent.texts
+    assert not [text for text in sent.texts if "NOTIFY" in text.upper().replace("PG_NOTIFY", "")]

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -550,3 +551,86 @@ async def _all_status(engine: AsyncEngine, status: str) -> bool:
 
 async def _count(engine: AsyncEngine, status: str, expected: int) -> bool:
     return len(await job_rows(engine, status=status)) == expected
+
+
+async def test_a_round_finishing_a_keyed_job_notifies_named_for_its_worker(postgres_url: str) -> None:
+    """The completion statement itself sends the NOTIFY (no statement of its own) when a job it finished has
+    a lock key, as the next job of that key may now be another worker's; its payload names the round's
+    worker, whose own listener skips it. A keyless job's completion notifies no one."""
+    engine = create_engine(make_settings(postgres_url))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(sa.make_url(postgres_url).set(drivername="postgresql").render_as_string(False))
+    await listener.add_listener(queue.NOTIFY_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+    try:
+        keyless, keyed = await add(engine), await add(engine, lock_key="k")  # each enqueue notifies ''
+        claimed = {job.id: job for job in await queue.claim(engine, "w1", 10, T0, LEASE_S)}
+        assert (await queue.turn(engine, "w1", done=[claimed[keyless]], now=T0, claim_limit=0, lease_s=LEASE_S))[0]
+        assert (await queue.turn(engine, "w1", done=[claimed[keyed]], now=T0, claim_limit=0, lease_s=LEASE_S))[0]
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f"SELECT pg_notify('{queue.NOTIFY_CHANNEL}', 'end')"))
+        payloads = []
+        while not payloads or payloads[-1] != "end":  # notifications arrive in commit order
+            payloads.append(await asyncio.wait_for(heard.get(), WAKE_DEADLINE_S))
+    finally:
+        await listener.close()
+        await engine.dispose()
+    assert payloads == ["", "", "w1", "end"]
+
+
+async def test_a_worker_is_not_woken_by_its_own_rounds_notifications(engine: AsyncEngine) -> None:
+    """Its round's claim already saw what its completion finished; another's notification wakes it."""
+    worker = make_worker(engine, {})
+    worker._on_notify(None, 0, queue.NOTIFY_CHANNEL, worker.worker_id)
+    assert not worker._wake.is_set()
+    worker._on_notify(None, 0, queue.NOTIFY_CHANNEL, "")
+    assert worker._wake.is_set()
+
+
+async def test_a_round_that_fails_on_the_driver_rolls_back_as_a_storage_fault(database_url: str) -> None:
+    """The round's statements run on the driver (asyncpg, aiosqlite); a failure there surfaces as SQLAlchemy's
+    error (what the worker rides out as a storage fault, `worker.TRANSIENT`), the round's writes are undone,
+    and the connection goes back to the pool fit for the next round."""
+    engine = create_engine(make_settings(database_url))
+
+    async def failing(conn: AsyncConnection, finished: list[Job]) -> None:
+        if conn.dialect.name == "postgresql":
+            await (await queue.pg_driver(conn)).execute("SELECT * FROM no_such_table")
+        else:
+            await (await queue.sqlite_driver(conn)).execute_fetchall("SELECT * FROM no_such_table")
+
+    try:
+        job_id = await add(engine, lock_key="k")
+        claimed = await queue.claim(engine, "w1", 10, T0, LEASE_S)
+        with pytest.raises(sa.exc.DBAPIError):
+            await queue.turn(engine, "w1", done=claimed, now=T0, claim_limit=0, lease_s=LEASE_S, on_done=failing)
+        assert [(row.id, row.status) for row in await job_rows(engine)] == [(job_id, "running")]
+        assert await queue.turn(engine, "w1", done=claimed, now=T0, claim_limit=0, lease_s=LEASE_S) == (1, [])
+    finally:
+        await engine.dispose()
+
+
+async def test_a_postgres_round_cancelled_mid_statement_leaves_nothing_behind(postgres_url: str) -> None:
+    """Cancelled while PostgreSQL runs one of its statements (shutdown), a round is cancelled, not turned
+    into a storage fault; its claim is undone and no connection goes back to the pool inside a transaction."""
+    engine = create_engine(make_settings(postgres_url))
+    sent = asyncio.Event()
+
+    async def stuck(conn: AsyncConnection, claimed: list[Job]) -> None:
+        sent.set()
+        await (await queue.pg_driver(conn)).execute("SELECT pg_sleep(30)")
+
+    try:
+        job_id = await add(engine)
+        round_ = asyncio.create_task(queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S,
+                                                on_claimed=stuck))  # fmt: skip
+        await asyncio.wait_for(sent.wait(), WAKE_DEADLINE_S)
+        round_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await round_
+        assert [(row.id, row.status) for row in await job_rows(engine)] == [(job_id, "waiting")]
+        for _ in range(3):  # every pooled connection, the cancelled round's included, is fit for a round
+            _, claimed = await queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S)
+            await queue.release(engine, claimed, T0)
+            assert ids(claimed) == [job_id]
+    finally:
+        await engine.dispose()
