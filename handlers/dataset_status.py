@@ -20,7 +20,8 @@ from sqlalchemy import RowMapping
 
 from service.codat.models import TERMINAL_STATUSES
 from service.datasets import apply_dataset_status, load, mark_checked
-from service.db import bookkeeper, datasets, read_column, reader, writer
+from service.db import bookkeeper, datasets, reader, writer
+from service.hot_reads import read_column
 from service.tracking import ask_codat
 from service.types import Alert, Context, DataTypeStatus, Outcome
 

@@ -10,11 +10,9 @@ import asyncio
 import contextlib
 import functools
 import os
-import sqlite3
-import threading
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -23,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.settings import Settings
-from service.sqlite_driver import LoopReader, one_hop_dbapi
+from service.sqlite_driver import one_hop_dbapi
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -432,67 +430,6 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
         return _variant(engine, "reader", isolation_level="AUTOCOMMIT")
     # Not SQLAlchemy's AUTOCOMMIT on SQLite: resetting it would hand transaction control back to the driver.
     return _variant(engine, "reader", sqlite_autocommit=True)
-
-
-# One LoopReader per engine and thread; closed when the engine is disposed.
-_LOOP_READERS: weakref.WeakKeyDictionary[AsyncEngine, dict[int, LoopReader]] = weakref.WeakKeyDictionary()
-# Each statement's SQLite text and the order of its parameters, compiled once.
-_LOOP_SQL: weakref.WeakKeyDictionary[sa.Select[Any], tuple[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
-
-
-async def read_column(engine: AsyncEngine, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
-    """The first column of a small read on a hot path (a handler's lookup), with `reader`'s semantics.
-
-    On an SQLite file the read runs on the event loop's own thread (`LoopReader`), not through the pool;
-    if SQLite answers busy it is taken through the pool after all. The statement's columns and parameters
-    must be ones SQLite reads and returns as they are (text, numbers): no type processing is done.
-    """
-    loop_reader = _loop_reader(engine)
-    if loop_reader is not None:
-        sql, names = _loop_sql(engine, statement)
-        try:
-            return loop_reader.column(sql, [params[name] for name in names])
-        except sqlite3.OperationalError:
-            pass  # busy: the pool's connection waits in its own thread (and a real fault raises there too)
-    async with reader(engine).connect() as conn:
-        return list((await conn.execute(statement, params)).scalars())
-
-
-def _loop_reader(engine: AsyncEngine) -> LoopReader | None:
-    """This thread's `LoopReader` of an SQLite file engine; None on PostgreSQL, in memory, or no file yet."""
-    path = sqlite_path(engine.url)
-    if path is None:
-        return None
-    readers = _LOOP_READERS.get(engine)
-    if readers is None:
-        readers = _LOOP_READERS[engine] = {}
-        event.listen(engine.sync_engine, "engine_disposed", lambda _: _close_readers(readers))
-    thread = threading.get_ident()
-    if (found := readers.get(thread)) is None:
-        try:
-            found = readers[thread] = LoopReader(path)
-        except sqlite3.OperationalError:  # no file yet: the pool's first connection makes it
-            return None
-    return found
-
-
-def _close_readers(readers: dict[int, LoopReader]) -> None:
-    while readers:
-        readers.popitem()[1].close()
-
-
-def _loop_sql(engine: AsyncEngine, statement: sa.Select[Any]) -> tuple[str, tuple[str, ...]]:
-    found = _LOOP_SQL.get(statement)
-    if found is None:
-        dialect = engine.dialect
-        compiled = statement.compile(dialect=dialect)
-        processed = [b.type.bind_processor(dialect) for b in compiled.binds.values()] + [
-            c.type.result_processor(dialect, None) for c in statement.selected_columns
-        ]
-        if any(processed) or compiled.literal_execute_params or compiled.post_compile_params:
-            raise ValueError(f"not a plain read for the loop's thread: {statement}")
-        found = _LOOP_SQL[statement] = (str(compiled), tuple(compiled.positiontup or ()))
-    return found
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

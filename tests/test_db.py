@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.db import POOL_HEADROOM, bookkeeper, companies, create_engine, metadata, read_column, reader, writer
-from service.sqlite_driver import LoopReader
+from service.db import POOL_HEADROOM, bookkeeper, companies, create_engine, metadata, reader, writer
 from tests.conftest import make_settings
 
 T0 = 1_750_000_000.0
@@ -69,57 +67,6 @@ async def test_a_failed_write_after_a_read_rolls_back(engine: AsyncEngine) -> No
             raise RuntimeError("abort")
     async with engine.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(companies)) == 0
-
-
-COMPANIES_FROM = sa.select(companies.c.id).where(companies.c.id >= sa.bindparam("first")).order_by(companies.c.id)
-
-
-def checkouts(engine: AsyncEngine) -> list[object]:
-    """Every connection taken from the engine's pool from now on."""
-    taken: list[object] = []
-    event.listen(engine.sync_engine, "checkout", lambda *args: taken.append(args[0]))
-    return taken
-
-
-async def test_read_column_sees_each_commit_and_on_sqlite_takes_no_pooled_connection(engine: AsyncEngine) -> None:
-    """A hot-path read sees what was committed a moment before it, every time (nothing is cached); on an
-    SQLite file it runs on the event loop's thread, without a pooled connection's checkout and hop."""
-    await add_company(engine, "C1")
-    taken = checkouts(engine)
-    first = await read_column(engine, COMPANIES_FROM, {"first": "C"})
-    pooled = len(taken)
-    await add_company(engine, "C2")
-    second = await read_column(engine, COMPANIES_FROM, {"first": "C"})
-    assert (first, second) == (["C1"], ["C1", "C2"])
-    assert await read_column(engine, COMPANIES_FROM, {"first": "D"}) == []
-    if engine.dialect.name == "sqlite":
-        assert pooled == 0
-
-
-async def test_read_column_takes_the_pool_when_sqlite_answers_busy(
-    sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Where SQLite would make the loop's reader wait (busy), the read goes through the pool, whose thread
-    waits instead: the same answer, and the loop never sits in a busy handler."""
-    await add_company(sqlite_engine, "C1")
-
-    def busy(self: LoopReader, sql: str, parameters: Any) -> list[Any]:
-        raise sqlite3.OperationalError("database is locked")
-
-    monkeypatch.setattr(LoopReader, "column", busy)
-    taken = checkouts(sqlite_engine)
-    assert await read_column(sqlite_engine, COMPANIES_FROM, {"first": "C"}) == ["C1"]
-    assert len(taken) == 1
-
-
-async def test_read_column_in_memory_goes_through_the_pool() -> None:
-    """An in-memory database has no file for a second connection: its reads take the pool's one."""
-    engine = create_engine(make_settings())
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    await add_company(engine, "C1")
-    assert await read_column(engine, COMPANIES_FROM, {"first": "C"}) == ["C1"]
-    await engine.dispose()
 
 
 def test_variants_are_made_once() -> None:
