@@ -21,6 +21,7 @@ from sqlalchemy import RowMapping
 from service.codat.models import TERMINAL_STATUSES
 from service.datasets import apply_dataset_status, load, mark_checked
 from service.db import bookkeeper, datasets, reader, writer
+from service.hot_reads import read_column
 from service.tracking import ask_codat
 from service.types import Alert, Context, DataTypeStatus, Outcome
 
@@ -46,8 +47,7 @@ async def _concerned(ctx: Context, company_id: str, entry: DataTypeStatus) -> li
         query, params = _UNFINISHED, {"company_id": company_id, "data_type": entry.data_type}
     else:
         return []
-    async with reader(ctx.store).connect() as conn:
-        return list((await conn.execute(query, params)).scalars())
+    return await read_column(ctx.store, query, params)
 
 
 def answered_since(row: RowMapping, arrived_at: float | None) -> bool:

@@ -21,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.settings import Settings
-from service.sqlite_driver import one_hop_dbapi
+from service.sqlite_driver import OneHopConnection, one_hop_dbapi
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -358,11 +358,20 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
             # rounds (NORMAL) outnumber the durable writes (FULL) on a connection many times over.
             conn.exec_driver_sql(f"PRAGMA synchronous={wanted}")
             info[SYNCHRONOUS_INFO] = wanted
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
+        begin = "BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN"
+        driver = conn.connection.dbapi_connection
+        if isinstance(driver, OneHopConnection):
+            driver.defer_begin(begin)  # sent with the first statement, in its hop
+        else:
+            conn.exec_driver_sql(begin)
 
 
 def _outside_transaction(dbapi_connection: Any) -> bool:
-    """Whether no transaction is open on an SQLite connection (aiosqlite reads it without its thread)."""
+    """Whether no transaction is open on an SQLite connection (aiosqlite reads it without its thread).
+    A BEGIN still deferred (a transaction that ran no statement) counts as open: the rollback forgets it,
+    without a hop, so that the next user of the connection does not send it."""
+    if getattr(dbapi_connection, "deferred_begin", None) is not None:
+        return False
     return not dbapi_connection.driver_connection.in_transaction
 
 
@@ -386,10 +395,18 @@ _SQLITE_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, as
 
 def sqlite_path(url: str | sa.URL) -> str | None:
     """The absolute path of an SQLite file database URL; None for anything else (PostgreSQL, in memory)."""
+    database = _sqlite_database(url)
+    return None if database is None else os.path.abspath(database)  # now: a relative path follows the cwd
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_database(url: str | sa.URL) -> str | None:
+    """The database of an SQLite file URL as written. Cached: parsing the URL was a share of every write
+    turn and loop-thread read on SQLite (each asks this once)."""
     parsed = sa.make_url(url)
     if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
         return None
-    return os.path.abspath(parsed.database)
+    return parsed.database
 
 
 @contextlib.asynccontextmanager

@@ -127,11 +127,28 @@ _CLAIM_COLUMNS = [
         "id", "kind", "payload", "lock_key", "queueing_lock", "attempts", "run_at", "created_at", "last_error"
     )
 ]  # fmt: skip
+# SQLite's key probes through the active-only index, named: with the full (lock_key, id) index beside it,
+# SQLite took the full one for both (no statistics; it does not prove `status = 'running'` implies the
+# partial index's predicate either), so "oldest of its key" walked the key's whole done history, a row
+# lookup per done job: 3.35 ms a claim of 50 waiting jobs over 11,950 done in 50 keys, 0.36 ms so.
+_SQLITE_KEY_PROBES = (  # (text, its replacement, how many times the claim has it)
+    ("FROM jobs k", "FROM jobs k INDEXED BY ix_jobs_active_lock_key", 2),
+    ("k.status = 'running'", "k.status IN ('waiting', 'running') AND k.status = 'running'", 1),
+)
+
+
+def _sqlite_claim() -> str:
+    claim = _CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")", relax="")
+    for old, new, count in _SQLITE_KEY_PROBES:
+        if claim.count(old) != count:
+            raise RuntimeError(f"the claim's text changed: look at SQLite's key probes again ({old!r})")
+        claim = claim.replace(old, new)
+    return claim
+
+
 CLAIM_SQL = {
     # SQLite has one writer at a time (BEGIN IMMEDIATE), so it needs no row locks.
-    "sqlite": sa.text(_CLAIM.format(chosen_open="IN (", row_lock="", chosen_close=")", relax="")).columns(
-        *_CLAIM_COLUMNS
-    ),
+    "sqlite": sa.text(_sqlite_claim()).columns(*_CLAIM_COLUMNS),
     "postgresql": sa.text(
         _CLAIM.format(
             chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,44 @@ def problems_table() -> sa.Table:
 def problem_row(problem_id: str) -> dict[str, Any]:
     return {"id": problem_id, "kind": "k", "subject": "s", "key": f"k:{problem_id}", "summary": "-",
             "opened_at": T0, "last_seen_at": T0}  # fmt: skip
+
+
+async def test_sqlite_begin_rides_with_the_first_statement(
+    sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A write transaction's BEGIN IMMEDIATE is sent in its first statement's hop, not one of its own, and
+    still takes the write lock before that statement runs: another writer finds the file locked."""
+    hops: list[object] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn)
+        return await original(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    await add_company(sqlite_engine, "C0")  # the pool's connection is made (and its synchronous set)
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    other = sqlite3.connect(tmp_path / "relay.db", timeout=0, isolation_level=None)
+    async with writer(sqlite_engine).begin() as conn:
+        await conn.execute(sa.select(companies.c.id))
+        assert len(hops) == 1
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        await conn.execute(sa.insert(companies), {"id": "C1", "created_at": T0, "updated_at": T0})
+    other.close()
+    assert len(hops) == 3  # the select (with BEGIN), the insert, the COMMIT
+
+
+async def test_sqlite_a_transaction_without_statements_leaves_nothing_begun(sqlite_engine: AsyncEngine) -> None:
+    """A transaction that ran no statement (committed or rolled back) sends no BEGIN later: the next
+    block on that connection, a read outside any transaction, holds none open (writers are not blocked)."""
+    async with writer(sqlite_engine).begin():
+        pass
+    with pytest.raises(RuntimeError):
+        async with writer(sqlite_engine).begin():
+            raise RuntimeError("before any statement")
+    async with reader(sqlite_engine).connect() as conn:
+        await conn.execute(sa.select(companies.c.id))
+        assert not await in_database_transaction(sqlite_engine, conn)
+    await add_company(sqlite_engine, "C1")
+    async with reader(sqlite_engine).connect() as conn:
+        assert list((await conn.execute(sa.select(companies.c.id))).scalars()) == ["C1"]

@@ -1,11 +1,11 @@
 """The relay through PgBouncer in transaction pooling mode: the queue's and the receiver's tests again.
 
 Every test below is another module's (tests/test_queue.py, tests/test_claim_ahead.py,
-tests/test_batch_writers.py), collected here a second time with `database_url`/`postgres_url` pointing
-through a private PgBouncer (tests/pgbouncer.py): no prepared statement outlives its transaction, and
-workers poll (no LISTEN through PgBouncer) unless RELAY_DATABASE_LISTEN_URL is set. The multi-process
-queue tests and the crash test are collected again beside their modules:
-tests/integration/test_workers_pgbouncer.py, tests/reliability/test_crash_pgbouncer.py.
+tests/test_batch_writers.py, tests/test_hot_reads.py), collected here a second time with
+`database_url`/`postgres_url` pointing through a private PgBouncer (tests/pgbouncer.py): no prepared
+statement outlives its transaction, and workers poll (no LISTEN through PgBouncer) unless
+RELAY_DATABASE_LISTEN_URL is set. The multi-process queue tests and the crash test are collected again
+beside their modules: tests/integration/test_workers_pgbouncer.py, tests/reliability/test_crash_pgbouncer.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.conftest import POSTGRES_URL, _admin, fresh_postgres
 from tests.pgbouncer import engine_for, pgbouncer_port, through  # noqa: F401
 from tests.test_batch_writers import *  # noqa: F403 - the receiver's one-statement batch, through PgBouncer
 from tests.test_claim_ahead import *  # noqa: F403 - the whole module again, through PgBouncer
+from tests.test_hot_reads import *  # noqa: F403 - hot-path reads on their own asyncpg pool, through PgBouncer
 from tests.test_queue import *  # noqa: F403 - the whole module again, through PgBouncer
 
 # LISTEN cannot pass PgBouncer's transaction pooling: workers poll there unless RELAY_DATABASE_LISTEN_URL
