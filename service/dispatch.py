@@ -121,8 +121,7 @@ class AlertJob:
             rows = await (await queue.pg_driver(conn)).fetch(_PG_START, list(by_alert), now, self._handled)
             found = {row["id"]: row for row in rows}
         else:
-            driver = await queue.sqlite_driver(conn)
-            rows = await driver.execute_fetchall(_SQLITE_START, (_json(list(by_alert)), now, self._handled_json))
+            rows = await queue.sqlite_fetch(conn, _SQLITE_START, (_json(list(by_alert)), now, self._handled_json))
             found = {alert["id"]: alert for alert in map(_sqlite_alert, rows)}
         for alert_id, job_id in by_alert.items():
             self._loaded[job_id] = found.get(alert_id)
@@ -137,7 +136,7 @@ class AlertJob:
             ids, statuses = [alert_id for alert_id, _ in outcomes], [status for _, status in outcomes]
             await (await queue.pg_driver(conn)).execute(_PG_FINISH, ids, statuses, now)
         else:
-            await (await queue.sqlite_driver(conn)).execute_fetchall(_SQLITE_FINISH, (_json(outcomes), now))
+            await queue.sqlite_fetch(conn, _SQLITE_FINISH, (_json(outcomes), now))
 
     async def __call__(self, job: Job, attempt: int) -> AlertStatus | None:
         """Run the alert's handler; returns the outcome for `finished` to write (None once written)."""

@@ -13,15 +13,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import aiosqlite
 import asyncpg
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import keys, tracing
+from service import keys, sqlite_driver, tracing
 from service.db import (
     RELAX_COMMIT,
     bookkeeper,
@@ -435,12 +435,11 @@ async def turn(
     # SQLAlchemy begins the transaction (BEGIN IMMEDIATE, db.py) and commits it; the statements between run
     # straight on the driver, as on PostgreSQL, each one hop to the connection's thread.
     async with sqlite_write_turn(engine.url), round_keeper(engine).begin() as conn:
-        driver = await sqlite_driver(conn)
         try:
             finished = 0
             if done:
                 fence = orjson.dumps([(job.id, job.attempts) for job in done]).decode()
-                finished_ids = {row[0] for row in await driver.execute_fetchall(_SQLITE_COMPLETE, (now, fence))}
+                finished_ids = {row[0] for row in await sqlite_fetch(conn, _SQLITE_COMPLETE, (now, fence))}
                 finished = len(finished_ids)
                 if finished_ids and on_done is not None:
                     await on_done(conn, [job for job in done if job.id in finished_ids])
@@ -448,7 +447,7 @@ async def turn(
             if limit > 0:
                 params = {"worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
                           "limit": limit, "keyed_limit": claim_limit}  # fmt: skip
-                rows = await driver.execute_fetchall(_SQLITE_CLAIM, params)
+                rows = await sqlite_fetch(conn, _SQLITE_CLAIM, params)
                 claimed = sorted((_sqlite_job(row) for row in rows), key=lambda job: job.id)
                 if claimed and on_claimed is not None:
                     await on_claimed(conn, claimed)
@@ -473,9 +472,10 @@ def _sqlite_job(row: Sequence[Any]) -> Job:
     return Job(row[0], row[1], orjson.loads(row[2]), *row[3:])
 
 
-async def sqlite_driver(conn: AsyncConnection) -> aiosqlite.Connection:
-    """The aiosqlite connection under an SQLite `conn`, for statements run straight on the driver."""
-    return cast(aiosqlite.Connection, (await conn.get_raw_connection()).driver_connection)
+async def sqlite_fetch(conn: AsyncConnection, operation: str, parameters: Any) -> list[Any]:
+    """A statement straight on the aiosqlite driver under an SQLite `conn`, inside its transaction: the rows."""
+    adapted = (await conn.get_raw_connection()).dbapi_connection
+    return await sqlite_driver.fetch_all(cast(AsyncAdapt_aiosqlite_connection, adapted), operation, parameters)
 
 
 async def _pg_turn(

@@ -141,6 +141,21 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         return begun is not None
 
 
+async def fetch_all(connection: AsyncAdapt_aiosqlite_connection, operation: str, parameters: Any) -> list[Any]:
+    """A statement run straight on the driver inside the connection's transaction, in one hop: its rows.
+
+    Past SQLAlchemy's cursor, so the transaction's deferred BEGIN (`OneHopConnection.defer_begin`) is sent
+    here, first in the same hop: without it the statement would run outside the transaction, committed on
+    its own, and the transaction's COMMIT would find nothing begun."""
+    driver: aiosqlite.Connection = connection._connection  # type: ignore[assignment]
+    begin = None
+    async with connection._execute_mutex:
+        if isinstance(connection, OneHopConnection):
+            begin, connection.deferred_begin = connection.deferred_begin, None
+        ran: _Ran = await driver._execute(_run, driver._conn, operation, parameters, False, begin)  # type: ignore[no-untyped-call]
+    return ran[3]
+
+
 class OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
     """The `module=` of an aiosqlite engine (service.db.create_engine): its connections are `OneHopConnection`."""
 

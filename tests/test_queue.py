@@ -596,7 +596,7 @@ async def test_a_round_that_fails_on_the_driver_rolls_back_as_a_storage_fault(da
         if conn.dialect.name == "postgresql":
             await (await queue.pg_driver(conn)).execute("SELECT * FROM no_such_table")
         else:
-            await (await queue.sqlite_driver(conn)).execute_fetchall("SELECT * FROM no_such_table")
+            await queue.sqlite_fetch(conn, "SELECT * FROM no_such_table", ())
 
     try:
         job_id = await add(engine, lock_key="k")
