@@ -514,6 +514,11 @@ async def _pg_turn(
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise as_dbapi_error(exc) from exc
         finally:
+            if driver.is_closed():
+                # A disconnect (the server restarted or went away): as SQLAlchemy does on one it sees itself,
+                # every pooled connection made before now is replaced at its next checkout — else the next
+                # rounds, and the worker's LISTEN, take the pool's other dead connections one by one.
+                engine.sync_engine.pool._invalidate(await conn.get_raw_connection(), _checkin=False)
             # Never back to the pool inside a transaction (a cancelled round whose ROLLBACK could not be sent).
             if driver.is_closed() or driver.is_in_transaction():
                 await conn.invalidate()

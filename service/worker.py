@@ -185,6 +185,10 @@ class Worker:
         try:
             while not stop.is_set():
                 await self._cycle()
+        except Exception as exc:
+            # Logged here, before the drain: releasing on a broken database can take a while.
+            self._log.error("worker_failed", error=describe_error(exc), exc_info=exc)
+            raise
         finally:
             watcher.cancel()
             await self._drain()
@@ -479,8 +483,11 @@ class Worker:
                 raw = await self._engine.raw_connection()
                 connection = raw.driver_connection
             await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except TRANSIENT as exc:
+        except (*TRANSIENT, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            # asyncpg's own errors too: a pooled connection the server closed fails here, on the driver.
             self._log.warning("listen_failed", error=describe_error(exc))
+            if raw is not None:
+                await greenlet_spawn(raw.invalidate)
             return
         self._listener = (raw, connection)
 
