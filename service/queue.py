@@ -149,12 +149,6 @@ def _sqlite_claim() -> str:
 CLAIM_SQL = {
     # SQLite has one writer at a time (BEGIN IMMEDIATE), so it needs no row locks.
     "sqlite": sa.text(_sqlite_claim()).columns(*_CLAIM_COLUMNS),
-    "postgresql": sa.text(
-        _CLAIM.format(
-            chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))",
-            relax=f" AND {RELAX_COMMIT}",
-        )
-    ).columns(*_CLAIM_COLUMNS),
 }
 # PostgreSQL's completion: one fixed statement (prepared once per connection) taking the fence's pairs as
 # two arrays, instead of an `IN` list whose every length is a statement of its own to compile and plan.
@@ -175,7 +169,7 @@ def _positional(text: str, names: Sequence[str]) -> str:
 
 
 _CLAIM_PARAMS = ("worker_id", "now", "lease_until", "lease_lost", "limit", "keyed_limit")
-# CLAIM_SQL's PostgreSQL entry for asyncpg (the worker's round runs on the driver, see `turn`).
+# PostgreSQL's claim, for asyncpg (the worker's round runs on the driver, see `turn`).
 _PG_CLAIM = _positional(
     _CLAIM.format(chosen_open="= ANY(ARRAY(", row_lock="FOR UPDATE SKIP LOCKED", chosen_close="))",
                   relax=f" AND {RELAX_COMMIT}"),
