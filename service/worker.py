@@ -525,6 +525,14 @@ class Worker:
         (raw, connection), self._listener = self._listener, None
         try:
             await self._bounded(connection.remove_listener(NOTIFY_CHANNEL, self._on_notify), "UNLISTEN")
+        except LISTEN_ERRORS as exc:
+            self._log.warning("unlisten_failed", error=describe_error(exc))
+            # Perhaps still LISTENing, or mid-statement: such a connection is dropped, never pooled or waited on.
+            connection.terminate()
+            if raw is not None:
+                await greenlet_spawn(raw.invalidate)
+            return
+        try:
             if raw is None:
                 await connection.close(timeout=self._shutdown_step_s)
             else:
@@ -532,10 +540,7 @@ class Worker:
                 await self._bounded(greenlet_spawn(raw.close), "returning the listener's connection")
         except LISTEN_ERRORS as exc:
             self._log.warning("unlisten_failed", error=describe_error(exc))
-            # Perhaps still LISTENing, or mid-statement: such a connection is dropped, never pooled or waited on.
-            connection.terminate()
-            if raw is not None:
-                await greenlet_spawn(raw.invalidate)
+            connection.terminate()  # a pooled one's hung check-in then fails, and the pool discards it
 
     async def _bounded(self, step: Coroutine[Any, Any, T], what: str) -> T:
         """A database step of the shutdown, given `shutdown_step_s` (SHUTDOWN_STEP_S); TimeoutError past that.
