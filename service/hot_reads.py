@@ -5,7 +5,8 @@ its result, checkin; on SQLite a hop to aiosqlite's thread and back) around a fe
 work. Here, on an SQLite file, the read runs on the event loop's own thread (`LoopReader`); on PostgreSQL,
 on a few asyncpg connections of its own, with nothing to reset between reads. The semantics are
 `service.db.reader`'s: no transaction, each statement sees what was committed when it started, nothing is
-cached between reads.
+cached between reads. On PostgreSQL a read that finds its connection dead (the server restarted) is tried once
+more, on a fresh one; a read whose statement fails never is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
+from asyncpg.exceptions import AdminShutdownError, CrashShutdownError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,8 +42,7 @@ async def read_column(engine: AsyncEngine, statement: sa.Select[Any], params: Ma
     """
     if engine.dialect.name == "postgresql":
         sql, names = _compiled(engine, statement)
-        pool = await _pg_pool(engine)
-        return [row[0] for row in await pool.fetch(sql, *[params[name] for name in names])]
+        return [row[0] for row in await _pg_fetch(engine, sql, [params[name] for name in names])]
     loop_reader = _loop_reader(engine)
     if loop_reader is not None:
         sql, names = _compiled(engine, statement)
@@ -149,6 +150,36 @@ async def _open_pool(engine: AsyncEngine) -> asyncpg.Pool:
         # receiver's batch writer does.
         statement_cache_size=0 if behind_pgbouncer(url) else 100,
     )  # fmt: skip
+
+
+async def _pg_fetch(engine: AsyncEngine, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+    pool = await _pg_pool(engine)
+    try:
+        rows: list[asyncpg.Record] = await pool.fetch(sql, *args)
+        return rows
+    except Exception as exc:
+        if not _connection_died(exc):
+            raise
+    # After a restart every idle connection of the pool is as dead as this one, and asyncpg notices only when
+    # its event loop gets to read their sockets: all are replaced (as SQLAlchemy invalidates its pool on a
+    # disconnect) and the read is tried once more, on a fresh one. A read has no effects to repeat.
+    await pool.expire_connections()
+    rows = await pool.fetch(sql, *args)
+    return rows
+
+
+def _connection_died(exc: Exception) -> bool:
+    """Whether a read failed because its connection was dead (the server ended the session: a restart,
+    `pg_terminate_backend`), not because of its statement or its arguments."""
+    if isinstance(exc, TimeoutError):  # an OSError, but a read slower than PG_COMMAND_TIMEOUT_S: not run twice
+        return False
+    if isinstance(exc, (asyncpg.PostgresConnectionError, AdminShutdownError, CrashShutdownError, OSError)):
+        return True
+    # Exactly these classes, not their subclasses (a bad argument, a stale schema cache): a closed connection
+    # raises a plain InterfaceError; one the server ended while idle, whose error message asyncpg read but
+    # whose close it has not yet, refuses the next query with a plain InternalClientError ("cannot switch to
+    # state ...; another operation is in progress").
+    return type(exc) in (asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 async def _keep(conn: asyncpg.Connection) -> None:

@@ -62,6 +62,9 @@ class Runtime:
     # Work the web process runs beside its requests (a bulk replay from the admin API): cancelled on close,
     # never awaited to its end — such work keeps a cursor and is resumed by its id.
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Why the in-process worker stopped before shutdown, if it did: /healthz then answers 503, so that a liveness
+    # probe restarts a process that would otherwise keep accepting alerts nobody processes.
+    worker_failure: str | None = None
 
     def __post_init__(self) -> None:
         self.tracker = Tracker(self, poll_policy(self.settings), repush_policy(self.settings))
@@ -102,7 +105,19 @@ class Runtime:
     async def start_workers(self) -> None:
         worker = self.build_worker()
         self.workers.append(worker)
-        self._tasks.append(asyncio.create_task(worker.run(self._stop), name="worker"))
+        task = asyncio.create_task(worker.run(self._stop), name="worker")
+        task.add_done_callback(self._worker_done)
+        self._tasks.append(task)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not self._stop.is_set():
+            self.worker_exited(None if task.cancelled() else task.exception())
+
+    def worker_exited(self, error: BaseException | None) -> None:
+        """The process's worker ended before shutdown (raised, or could not start): logged, and from now on
+        /healthz says so. Only the exception's type is kept: health answers carry no token."""
+        self.worker_failure = f"worker stopped: {type(error).__name__}" if error is not None else "worker stopped"
+        log.error("worker_exited", error=repr(error), exc_info=error)
 
     async def run_worker_forever(self, stop: asyncio.Event) -> None:
         """`codat-relay worker`: one worker until `stop` is set (SIGTERM)."""

@@ -18,9 +18,9 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import asyncpg
 import structlog
@@ -39,8 +39,15 @@ from service.retry import RetryPolicy, Rng
 
 # Storage faults the loop rides out: it logs, waits a poll interval and tries again.
 TRANSIENT = (SQLAlchemyError, OSError, ConnectionError, TimeoutError)
+# ... and LISTEN's own failures: asyncpg's errors reach it straight from the driver.
+LISTEN_ERRORS = (*TRANSIENT, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresError)
 HEARTBEATS_PER_LEASE = 3
 LISTEN_CONNECT_S = 5.0
+# Each database step of a worker's shutdown (recording finished jobs, releasing the rest, UNLISTEN, closing the
+# listener's connection) gets this long. On a dead connection (a server or network gone silent, its sockets
+# never closed) it would otherwise wait for the driver's command timeout, or for ever on a listener connection
+# of its own, which has none. What a step could not do is not lost: the leases expire, other workers take over.
+SHUTDOWN_STEP_S = 5.0
 LINGER_S = 0.005  # how long a busy worker waits to complete and claim jobs in groups
 LINGER_BATCH_DIVISOR = 4  # ... for a group of a quarter of its slots
 # Claim-ahead: a worker with at least this many slots also claims up to half as many jobs again, held in
@@ -55,6 +62,8 @@ CLAIM_AHEAD_DIVISOR = 2
 KEYLESS_AHEAD_S = 2 * LINGER_S
 KEYLESS_AHEAD_SLOTS = 3
 KEYLESS_AHEAD_MAX = 32
+
+T = TypeVar("T")
 
 JobFunction = Callable[[Job, int], Awaitable[object]]
 """`async def run(job, attempt)`: return to finish the job, raise to fail this attempt. What it returns
@@ -136,6 +145,7 @@ class Worker:
         listen_dsn: str | None = None,
         listen_via_pool: bool | None = None,
         claim_ahead: int | None = None,
+        shutdown_step_s: float = SHUTDOWN_STEP_S,
     ) -> None:
         self._engine = engine
         self._jobs = dict(jobs)
@@ -154,6 +164,8 @@ class Worker:
         self._periodic = {p.queueing_lock: p for p in periodic}
         self._poll_interval_s = poll_interval_s
         self._grace_s = grace_s
+        self._shutdown_step_s = shutdown_step_s
+        self._abandoned: set[asyncio.Task[Any]] = set()  # shutdown steps given up on, still unwinding
         self._log = (log or structlog.get_logger("service.worker")).bind(worker_id=self.worker_id)
         self._rng = rng or random.Random()
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
@@ -462,8 +474,8 @@ class Worker:
         unfinished = [job for job, _ in self._running.values()] + buffered
         self._running.clear()
         try:
-            await self._turn(claim=False)
-            released = await queue.release(self._engine, unfinished, self._clock.now())
+            await self._bounded(self._turn(claim=False), "recording finished jobs")
+            released = await self._bounded(queue.release(self._engine, unfinished, self._clock.now()), "releasing jobs")
         except TRANSIENT as exc:
             # Their leases expire and another worker takes them over.
             self._log.error("worker_release_failed", error=describe_error(exc), jobs=len(unfinished))
@@ -483,7 +495,7 @@ class Worker:
                 raw = await self._engine.raw_connection()
                 connection = raw.driver_connection
             await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except (*TRANSIENT, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        except LISTEN_ERRORS as exc:
             # asyncpg's own errors too: a pooled connection the server closed fails here, on the driver.
             self._log.warning("listen_failed", error=describe_error(exc))
             if raw is not None:
@@ -512,10 +524,44 @@ class Worker:
             return
         (raw, connection), self._listener = self._listener, None
         try:
-            await connection.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-        finally:
+            await self._bounded(connection.remove_listener(NOTIFY_CHANNEL, self._on_notify), "UNLISTEN")
+        except LISTEN_ERRORS as exc:
+            self._log.warning("unlisten_failed", error=describe_error(exc))
+            # Perhaps still LISTENing, or mid-statement: such a connection is dropped, never pooled or waited on.
+            connection.terminate()
+            if raw is not None:
+                await greenlet_spawn(raw.invalidate)
+            return
+        try:
             if raw is None:
-                await connection.close()
+                await connection.close(timeout=self._shutdown_step_s)
             else:
                 # Back to the pool only with the callback gone; the pool's reset needs a greenlet.
-                await greenlet_spawn(raw.close)
+                await self._bounded(greenlet_spawn(raw.close), "returning the listener's connection")
+        except LISTEN_ERRORS as exc:
+            self._log.warning("unlisten_failed", error=describe_error(exc))
+            connection.terminate()  # a pooled one's hung check-in then fails, and the pool discards it
+
+    async def _bounded(self, step: Coroutine[Any, Any, T], what: str) -> T:
+        """A database step of the shutdown, given `shutdown_step_s` (SHUTDOWN_STEP_S); TimeoutError past that.
+
+        The step runs as a task of its own, cancelled but not waited for when its time is up: its cleanup (a
+        ROLLBACK on the same dead connection) could hang as long again.
+        """
+        task = asyncio.ensure_future(step)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._shutdown_step_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            self._abandoned.add(task)  # held until it has unwound: the loop keeps only weak references
+            task.add_done_callback(self._unwound)
+            raise TimeoutError(f"{what}: no answer within {self._shutdown_step_s:g} s")
+        return task.result()
+
+    def _unwound(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: what it ended with was reported as the step's timeout already

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -15,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.db import companies, create_engine, metadata, writer
 from service.hot_reads import read_column
 from service.sqlite_driver import LoopReader
-from tests.conftest import make_settings
+from tests.conftest import _dsn, make_settings
 
 T0 = 1_750_000_000.0
 COMPANIES_FROM = sa.select(companies.c.id).where(companies.c.id >= sa.bindparam("first")).order_by(companies.c.id)
@@ -100,3 +102,58 @@ async def test_a_statement_needing_type_processing_is_refused(engine: AsyncEngin
     needs_processing = sa.select(metadata.tables["alerts"].c.data_types)  # JSON
     with pytest.raises(ValueError, match="not a plain read"):
         await read_column(engine, needs_processing, {})
+
+
+TERMINATE_TIMEOUT_MS = 10_000
+BACKEND_PID = sa.select(sa.func.pg_backend_pid())
+
+
+def terminate_sessions_unnoticed(dsn: str, pids: list[int]) -> None:
+    """`pg_terminate_backend` on `pids` from another connection, waiting until they have exited, while blocking
+    the calling event loop: its asyncpg connections cannot read that their server ended them, as on a busy
+    loop when the server restarts. The next query on each is the first to find out."""
+
+    async def terminate() -> None:
+        admin = await asyncpg.connect(dsn, timeout=5)
+        try:
+            # With a timeout, pg_terminate_backend waits for the session to exit (true) or says it did not.
+            ended = "SELECT bool_and(pg_terminate_backend(p, $2)) FROM unnest($1::int[]) p"
+            assert await admin.fetchval(ended, pids, TERMINATE_TIMEOUT_MS)
+        finally:
+            await admin.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, terminate()).result()  # not awaited, on purpose: the loop must not run meanwhile
+
+
+async def test_reads_after_the_server_ended_their_connections_succeed_on_fresh_ones(postgres_url: str) -> None:
+    """Every connection of the read pool ended by the server (a restart, `pg_terminate_backend`) before the
+    client noticed: the next reads each fail on their dead connection once and succeed on a fresh one,
+    instead of failing the handler's job into its retry backoff."""
+    engine = create_engine(make_settings(postgres_url))
+    try:
+        # Reads at once open several of the pool's connections.
+        before = await asyncio.gather(*(read_column(engine, BACKEND_PID, {}) for _ in range(8)))
+        pids = sorted({pid for column in before for pid in column})
+        assert len(pids) > 1
+        terminate_sessions_unnoticed(_dsn(postgres_url), pids)
+        after = [await read_column(engine, BACKEND_PID, {}) for _ in range(len(pids) + 1)]
+        after += await asyncio.gather(*(read_column(engine, BACKEND_PID, {}) for _ in range(8)))
+        assert all(len(column) == 1 and column[0] not in pids for column in after)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_read_whose_statement_fails_runs_once(postgres_url: str) -> None:
+    """A read failing on its own statement (an SQL error) is never tried again: only a dead connection is."""
+    engine = create_engine(make_settings(postgres_url))
+    try:
+        async with writer(engine).begin() as conn:
+            await conn.execute(sa.text("CREATE SEQUENCE read_attempts"))
+        failing = sa.select(sa.literal_column("1 / (nextval('read_attempts') * 0)"))
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await read_column(engine, failing, {})
+        async with writer(engine).begin() as conn:
+            assert await conn.scalar(sa.text("SELECT last_value FROM read_attempts")) == 1
+    finally:
+        await engine.dispose()

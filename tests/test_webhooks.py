@@ -12,9 +12,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
+from service import queue
 from service.clock import FixedClock
 from service.db import alerts, create_engine, jobs
+from service.queue import Job
 from service.settings import Settings
 from service.testing import (
     COMPANY_ID,
@@ -24,9 +27,12 @@ from service.testing import (
     running_app,
     signed_headers,
 )
+from service.web.app import AppOptions
 from tests.conftest import TEST_AUTH_HEADER, TEST_SECRET, make_settings
+from tests.queue_helpers import eventually
 
 NOW = 1_750_000_000.0
+HEALTH_DEADLINE_S = 10.0  # an upper bound, not a wait: the worker's next round fails at once when woken
 OLD_SECRET = "whsec_" + base64.b64encode(b"an-older-secret-still-in-rotation").decode()
 
 
@@ -406,6 +412,41 @@ async def test_readiness_fails_on_an_unmigrated_database(tmp_path: Any) -> None:
     assert ready.status_code == 503 and "migrations" in ready.json()["reason"]
 
 
+async def test_liveness_fails_once_the_in_process_worker_has_died(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` whose worker stopped on an error it does not ride out (here a bug in its round) would accept
+    alerts that nobody processes: /healthz answers 503 naming why, so that a liveness probe restarts the
+    process. While the worker runs, 200."""
+    broken = asyncio.Event()
+    real_turn = queue.turn
+
+    async def turn(*args: Any, **kwargs: Any) -> tuple[int, list[Job]]:
+        if broken.is_set():
+            raise RuntimeError("a bug in the round")
+        return await real_turn(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "turn", turn)
+    settings = make_settings(database_url)
+    with capture_logs() as logs:
+        async with running_app(settings, options=AppOptions(run_workers=True)) as (app, client):
+            alive = await client.get("/healthz")
+            broken.set()
+            app.state.runtime.wake_workers()
+
+            async def died() -> bool:
+                return (await client.get("/healthz")).status_code != 200
+
+            await eventually(died, HEALTH_DEADLINE_S)
+            dead = await client.get("/healthz")
+            ready = await client.get("/readyz")
+    assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+    assert (dead.status_code, dead.json()) == (503, {"status": "unavailable", "reason": "worker stopped: RuntimeError"})
+    assert ready.status_code == 200  # the database is fine: no reason to take the process out of service
+    events = [entry["event"] for entry in logs]
+    assert "worker_failed" in events and "worker_exited" in events
+
+
 
 def test_the_receiver_refuses_an_in_memory_database() -> None:
     """An in-memory SQLite database is private to one connection: the receiver's writer would store every
@@ -444,8 +485,6 @@ async def test_a_client_hanging_up_mid_body_is_info_and_not_a_failed_delivery(
     database_url: str, path: str, auth: str
 ) -> None:
     """A sender that disconnects mid-body logs at info, counts no `error` delivery, and stores nothing."""
-    from structlog.testing import capture_logs
-
     from service.metrics import DELIVERIES
 
     settings = make_settings(database_url)

@@ -102,7 +102,11 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
-async def healthz(_request: Request) -> Response:
+async def healthz(request: Request) -> Response:
+    """Liveness: 200 while the process runs, 503 once the worker it runs has stopped (it would not recover)."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None and runtime.worker_failure is not None:
+        return json_response({"status": "unavailable", "reason": runtime.worker_failure}, 503)
     return json_response({"status": "ok"})
 
 
@@ -235,7 +239,7 @@ def create_worker_app(
                 if stop.is_set():
                     return
                 error = None if done.cancelled() else done.exception()
-                log.error("worker_exited", error=repr(error), exc_info=error)
+                runtime.worker_exited(error)  # logged; /healthz answers 503 until the process exits
                 if on_worker_exit is not None:
                     on_worker_exit(error)
 
