@@ -2,9 +2,9 @@
 
 Every delivery must be committed before it is answered, but one transaction per request serialises on
 SQLite's single writer (and on PostgreSQL's commit latency). So requests hand their alert to a writer
-task, which takes every delivery waiting at that moment into ONE transaction — alerts and their jobs
-together, in one round trip (service/batch_writers.py) — and then releases each waiter with its own
-answer. Durability per delivery is unchanged; the fsync is shared.
+task, which takes every delivery waiting at that moment (a lone one waits LINGER_S for company) into ONE
+transaction — alerts and their jobs together, in one round trip (service/batch_writers.py) — and then
+releases each waiter with its own answer. Durability per delivery is unchanged; the fsync is shared.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from service.errors import StorageUnavailable
 from service.types import Alert, AlertKind, AlertStatus
 
 MAX_BATCH = 512
+# A delivery that finds nobody else waiting gives others this long to join its batch (see Ingestor._run).
+LINGER_S = 0.002
 WRITE_TIMEOUT_S = 10.0  # well inside Codat's 15 s; past it we answer 503 and Codat retries
 
 log = structlog.get_logger("service.ingest")
@@ -76,6 +78,7 @@ class Ingestor:
         clock: Clock,
         *,
         max_batch: int = MAX_BATCH,
+        linger_s: float = LINGER_S,
         write_timeout_s: float = WRITE_TIMEOUT_S,
         on_commit: Callable[[], None] | None = None,
         sqlite_synchronous: str = "full",
@@ -83,6 +86,7 @@ class Ingestor:
         self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False), sqlite_synchronous)
         self._clock = clock
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._write_timeout_s = write_timeout_s
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -114,6 +118,14 @@ class Ingestor:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._linger_s > 0 and self._queue.empty():
+                # Alone: a moment for company first. A batch costs one round trip whatever its size, and on
+                # PostgreSQL whatever arrives while it is written waits for all of it: a batch of one at a
+                # time made 32 connections' worth of deliveries queue behind lone writes. Measured
+                # (bench_ingest, PostgreSQL, 32 connections, 6 s, five runs each, interleaved): 0.31-0.51x
+                # bare (median 0.44) without, 0.49-0.60x (median 0.53) with 2-3 ms; SQLite and the end-to-end
+                # CPU a delivery at 500/s unchanged. Never more than this added to an acknowledgement.
+                await asyncio.sleep(self._linger_s)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
