@@ -11,13 +11,16 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import migrate
+from service.db import create_engine
 from service.settings import Settings
 
 # Codat's OpenAPI specs live in shared/ beside the repository (read-only reference data).
@@ -125,3 +128,20 @@ def make_settings(database_url: str = "sqlite+aiosqlite:///:memory:", **override
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)
+
+
+@asynccontextmanager
+async def engine_for(database_url: str, **overrides: object) -> AsyncIterator[AsyncEngine]:
+    """The relay's engine on a test database (settings from `make_settings`), disposed afterwards."""
+    engine = create_engine(make_settings(database_url, **overrides))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The relay's engine on this test's database, on each backend."""
+    async with engine_for(database_url) as created:
+        yield created

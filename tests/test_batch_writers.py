@@ -12,19 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import keys, queue
 from service.batch_writers import BatchWriter, batch_writer_for
-from service.db import alerts, create_engine, jobs
+from service.db import alerts, jobs
 from service.ingest import alert_row
 from service.types import Alert, AlertKind, DataTypeStatus, Issue, Shape
-from tests.conftest import make_settings
 
 T0 = 1_750_000_000.0
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ a daily quota reset at 00:00 UTC told in `X-Rate-Limit-*`, 429 + `Retry-After` p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -19,20 +17,12 @@ from service import queue
 from service.budget import SharedBudget, next_midnight, parse_reset, record_event
 from service.clock import FixedClock, iso
 from service.codat.budget import Priority
-from service.db import codat_quota, create_engine, writer
+from service.db import codat_quota, writer
 from service.errors import Deferred
-from tests.conftest import make_settings
 from tests.queue_helpers import job_rows
 
 T0 = 1_750_000_000.0
 RESET = next_midnight(T0)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 def make_budget(engine: AsyncEngine, clock: FixedClock, **overrides: object) -> SharedBudget:

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -21,21 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import queue
 from service import worker as worker_module
 from service.clock import SystemClock
-from service.db import create_engine, jobs
+from service.db import jobs
 from service.queue import Job
 from service.retry import RetryPolicy
 from service.worker import JobFunction, Worker, default_claim_ahead
-from tests.conftest import make_settings
 from tests.queue_helpers import RecordingNotifier, eventually, job_rows, running
 
 T0 = 1_750_000_000.0
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 def worker(engine: AsyncEngine, function: JobFunction, *, concurrency: int, claim_ahead: int,

@@ -15,16 +15,15 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import POOL_HEADROOM, bookkeeper, companies, create_engine, metadata, reader, writer
-from tests.conftest import make_settings
+from tests.conftest import engine_for, make_settings
 
 T0 = 1_750_000_000.0
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url, db_pool_size=1))
-    yield engine
-    await engine.dispose()
+    async with engine_for(database_url, db_pool_size=1) as created:
+        yield created
 
 
 async def add_company(engine: AsyncEngine, company_id: str) -> None:

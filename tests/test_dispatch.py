@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +34,6 @@ class Deps:
     notifier: Any = None
     codat: Any = None
     tracker: Any = None
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 async def store_alert(engine: AsyncEngine, alert_id: str = "a1", kind: str = "dataset_status") -> None:

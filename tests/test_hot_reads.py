@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,13 +20,6 @@ from tests.conftest import _dsn, make_settings
 
 T0 = 1_750_000_000.0
 COMPANIES_FROM = sa.select(companies.c.id).where(companies.c.id >= sa.bindparam("first")).order_by(companies.c.id)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 async def add_company(engine: AsyncEngine, company_id: str) -> None:

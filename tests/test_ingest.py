@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.clock import SystemClock
-from service.db import create_engine
 from service.ingest import Answer, Ingestor
 from service.types import Alert, AlertKind, Shape
-from tests.conftest import make_settings
 
 DEADLINE_S = 10.0
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 def alert(delivery_id: str) -> Alert:

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import create_engine, records
+from service.db import records
 from service.record_states import claim
-from tests.conftest import make_settings
+from tests.conftest import engine_for
 
 COMPANY, DATA_TYPE = "C1", "commerce-orders"
 PENDING = 3_000
@@ -21,9 +21,8 @@ PENDING = 3_000
 
 @pytest.fixture
 async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(postgres_url))
-    yield engine
-    await engine.dispose()
+    async with engine_for(postgres_url) as created:
+        yield created
 
 
 def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:

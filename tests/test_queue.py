@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.queue_helpers import RecordingNotifier, eventually, job_rows, running
 T0 = 1_750_000_000.0
 LEASE_S = 30.0
 INSTANT = RetryPolicy(base_s=0.0, cap_s=0.0)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 def make_worker(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -37,13 +36,6 @@ from tests.queue_helpers import eventually
 
 NOW = 1_800_000_000.0
 RETENTION = Retention()  # the defaults: alerts 30 d, jobs 7 d, pushes 30 d, versions 30 d, datasets 90 d, notes 90 d
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_settings(database_url))
-    yield engine
-    await engine.dispose()
 
 
 def pruner(engine: AsyncEngine, retention: Retention = RETENTION, **options: Any) -> Pruner:
