@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -273,6 +274,27 @@ def database_url(settings: Settings) -> str:
         return settings.database_url
     url = sa.make_url(settings.database_url).update_query_dict({PGBOUNCER_QUERY: "0"})
     return url.render_as_string(hide_password=False)
+
+
+# How long closing the engine's pooled connections may take at shutdown (`dispose`).
+DISPOSE_S = 5.0
+
+
+async def dispose(engine: AsyncEngine, timeout_s: float = DISPOSE_S) -> bool:
+    """`engine.dispose()`, bounded; whether it finished in time.
+
+    asyncpg closes a connection gracefully (Terminate, then waits for the server to hang up): on a database or
+    network gone silent, sockets still open, each waits for the driver's own timeout, and a pool's worth of
+    them one after the other held a stopping process far longer than any orchestrator's grace period. What
+    is left unclosed is closed by the operating system as the process exits; the server drops the sessions.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await engine.dispose()
+    except TimeoutError:
+        structlog.get_logger("service.db").warning("engine_dispose_timed_out", timeout_s=timeout_s)
+        return False
+    return True
 
 
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:

@@ -15,7 +15,7 @@ from service.alert_views import MAX_LIMIT, alert_json
 from service.cli.common import Command, CommandFailed, emit, load_settings_or_fail, with_codat, with_engine
 from service.cli.replays import add_filter_arguments, alerts_bulk, has_filter, jobs_retry
 from service.clock import SystemClock
-from service.db import alerts, create_engine
+from service.db import alerts, create_engine, dispose
 from service.dispatch import replay_alert
 from service.sandbox.config import add_arguments as add_sandbox_arguments
 from service.tracking import follow_sync
@@ -89,7 +89,7 @@ async def _follow(company_id: str, kind: str, summary: Any) -> None:
         print(f"codat-relay: the sync started, but following it failed (database unavailable: "
               f"{type(exc).__name__}); the daily sync check will apply it", file=sys.stderr)  # fmt: skip
     finally:
-        await engine.dispose()
+        await dispose(engine)
 
 
 def _checked(parser: argparse.ArgumentParser, command: Command) -> Command:

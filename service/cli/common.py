@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.codat.client import CodatClient, CodatError
-from service.db import create_engine
+from service.db import create_engine, dispose
 from service.errors import InvalidRequest, RetryLater
 from service.local_env import with_local_env
 from service.settings import Settings, SettingsError, load_settings
@@ -120,7 +120,7 @@ def with_engine(func: Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]
                     f"database unavailable at {shown_url(settings.database_url)}: {type(exc).__name__}"
                 ) from None
             finally:
-                await engine.dispose()
+                await dispose(engine)
 
         return asyncio.run(go())
 

@@ -11,7 +11,7 @@ from service import doctor
 from service.cli.common import check_database_exists, emit, load_settings_or_fail
 from service.clock import SystemClock
 from service.codat.client import CodatClient
-from service.db import create_engine
+from service.db import create_engine, dispose
 from service.settings import Settings
 
 
@@ -27,7 +27,7 @@ async def run_checks(
         checks.append(doctor.Check("database migrated", False, f"database unavailable: {type(exc).__name__}",
                                    "check RELAY_DATABASE_URL, then `codat-relay migrate`"))  # fmt: skip
     finally:
-        await engine.dispose()
+        await dispose(engine)
     return checks
 
 

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from service import metrics, migrate
 from service.clock import Clock, SystemClock
 from service.codat.client import CodatError
-from service.db import create_engine
+from service.db import create_engine, dispose
 from service.errors import Rejected, RetryLater
 from service.ingest import WRITE_TIMEOUT_S, Ingestor
 from service.runtime import Runtime, build_runtime
@@ -153,7 +153,7 @@ async def _runtime(app: Starlette, settings: Settings, clock: Clock, options: Ap
         yield runtime
     finally:
         await runtime.close()
-        await engine.dispose()
+        await dispose(engine)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOptions | None = None) -> Starlette:
