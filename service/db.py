@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import functools
 import os
+import threading
 import uuid
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.settings import Settings
-from service.sqlite_driver import OneHopConnection, one_hop_dbapi
+from service.sqlite_driver import OneHopConnection, inline_dbapi, one_hop_dbapi
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -486,6 +487,71 @@ def round_keeper(engine: AsyncEngine) -> AsyncEngine:
     transaction pooling keeps it per transaction); a round whose statements changed no row may commit
     durably, which is never less safe, and its commit writes nothing worth waiting for anyway."""
     return _variant(engine, "round_keeper", sqlite_immediate=True, relaxed=True, relaxed_in_statements=True)
+
+
+# -- SQLite: the worker's round on the event loop's own thread ---------------------------------------------
+
+_Made = TypeVar("_Made")
+
+
+class PerThread(Generic[_Made]):
+    """One thing per (engine, thread), made on first use in that thread and closed when the engine is
+    disposed: what the event loop's own thread uses of an SQLite file (`loop_engine`, hot_reads' reader)."""
+
+    def __init__(self, close: Callable[[_Made], None]) -> None:
+        self._close = close
+        self._made: weakref.WeakKeyDictionary[AsyncEngine, dict[int, _Made]] = weakref.WeakKeyDictionary()
+
+    def get(self, engine: AsyncEngine, make: Callable[[], _Made]) -> _Made:
+        made = self._made.get(engine)
+        if made is None:
+            made = self._made[engine] = {}
+            event.listen(engine.sync_engine, "engine_disposed", lambda _: self._close_all(made))
+        thread = threading.get_ident()
+        if (found := made.get(thread)) is None:
+            found = made[thread] = make()
+        return found
+
+    def _close_all(self, made: dict[int, _Made]) -> None:
+        while made:
+            self._close(made.popitem()[1])
+
+
+# Closed while the engine is disposed (AsyncEngine.dispose runs that in a greenlet, as these need).
+_LOOP_ENGINES: PerThread[AsyncEngine] = PerThread(lambda found: found.sync_engine.dispose())
+
+
+def loop_engine(engine: AsyncEngine) -> AsyncEngine | None:
+    """For the worker's round on an SQLite file (service/queue.py `turn`): an engine of ONE connection, made on
+    and used from this thread (the event loop's), whose statements run right there instead of on aiosqlite's
+    thread. None for anything else (PostgreSQL, memory, another SQLite driver).
+
+    On SQLite each statement's hop to its connection's thread and back was most of a round's cost (context
+    switches: 20 a delivery at 500/s against PostgreSQL's 4, the loop pre-empted as the threads it wakes run).
+    Nothing on this connection waits: SQLite's lock is answered busy at once (`busy_timeout=0`; the caller then
+    takes the pooled path, which waits in its thread), its commits are the rounds' (synchronous=NORMAL: no
+    fsync) and never checkpoint the WAL (`wal_autocheckpoint=0`: the pool's and the receiver's connections do).
+    """
+    if sqlite_path(engine.url) is None or engine.url.get_driver_name() != "aiosqlite":
+        return None
+    return _LOOP_ENGINES.get(engine, lambda: _make_loop_engine(engine))
+
+
+def _make_loop_engine(engine: AsyncEngine) -> AsyncEngine:
+    made = create_async_engine(
+        engine.url, module=inline_dbapi(), pool_size=1, max_overflow=0, pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        json_serializer=_json_dumps, json_deserializer=orjson.loads,
+    )  # fmt: skip
+    _configure_sqlite(made, "NORMAL")  # only rounds run here, and they relax their commits anyway
+    event.listen(made.sync_engine, "connect", _never_wait)
+    return made
+
+
+def _never_wait(dbapi_connection: Any, record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
 
 
 # `SET LOCAL synchronous_commit TO OFF` as an expression: a volatile function, so PostgreSQL evaluates it for

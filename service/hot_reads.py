@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from asyncpg.exceptions import AdminShutdownError, CrashShutdownError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import PGBOUNCER_QUERY, behind_pgbouncer, reader, sqlite_path
+from service.db import PGBOUNCER_QUERY, PerThread, behind_pgbouncer, reader, sqlite_path
 from service.sqlite_driver import LoopReader
 
 PG_CONNECTIONS = 4  # reads of a few ms at most, hundreds a second: a few connections keep them from queueing
@@ -82,7 +81,7 @@ def _compiled(engine: AsyncEngine, statement: sa.Select[Any]) -> tuple[str, tupl
 
 # -- SQLite: one LoopReader per engine and thread, closed when the engine is disposed ------------------
 
-_LOOP_READERS: weakref.WeakKeyDictionary[AsyncEngine, dict[int, LoopReader]] = weakref.WeakKeyDictionary()
+_LOOP_READERS: PerThread[LoopReader] = PerThread(LoopReader.close)
 
 
 def _loop_reader(engine: AsyncEngine) -> LoopReader | None:
@@ -90,22 +89,10 @@ def _loop_reader(engine: AsyncEngine) -> LoopReader | None:
     path = sqlite_path(engine.url)
     if path is None:
         return None
-    readers = _LOOP_READERS.get(engine)
-    if readers is None:
-        readers = _LOOP_READERS[engine] = {}
-        event.listen(engine.sync_engine, "engine_disposed", lambda _: _close_readers(readers))
-    thread = threading.get_ident()
-    if (found := readers.get(thread)) is None:
-        try:
-            found = readers[thread] = LoopReader(path)
-        except sqlite3.OperationalError:  # no file yet: the pool's first connection makes it
-            return None
-    return found
-
-
-def _close_readers(readers: dict[int, LoopReader]) -> None:
-    while readers:
-        readers.popitem()[1].close()
+    try:
+        return _LOOP_READERS.get(engine, lambda: LoopReader(path))
+    except sqlite3.OperationalError:  # no file yet: the pool's first connection makes it
+        return None
 
 
 # -- PostgreSQL: an asyncpg pool per engine (and event loop), terminated when the engine is disposed -------

@@ -26,6 +26,7 @@ from service.db import (
     RELAX_COMMIT,
     bookkeeper,
     jobs,
+    loop_engine,
     reader,
     round_keeper,
     sqlite_insert_rows,
@@ -425,15 +426,41 @@ async def turn(
         return 0, []
     if engine.dialect.name == "postgresql":
         return await _pg_turn(engine, worker_id, done, now, limit, claim_limit, lease_s, on_done, on_claimed)
-    # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py).
-    # SQLAlchemy begins the transaction (BEGIN IMMEDIATE, db.py) and commits it; the statements between run
-    # straight on the driver, as on PostgreSQL, each one hop to the connection's thread.
-    async with sqlite_write_turn(engine.url), round_keeper(engine).begin() as conn:
+    # On SQLite, after this process's other writers rather than in SQLite's sleeping busy handler (db.py), and
+    # on the event loop's own thread (`loop_engine`) unless another connection holds SQLite's write lock: then
+    # in the pool's thread, which waits for it.
+    async with sqlite_write_turn(engine.url):
+        inline = loop_engine(engine)
+        if inline is not None:
+            try:
+                return await _sqlite_turn(
+                    inline, worker_id, done, now, limit, claim_limit, lease_s, on_done, on_claimed, busy_first=True
+                )
+            except _LockHeld:
+                pass  # another connection (another process's, or a handler's) writes: wait for it in the pool's thread
+        return await _sqlite_turn(engine, worker_id, done, now, limit, claim_limit, lease_s, on_done, on_claimed)
+
+
+class _LockHeld(Exception):
+    """The round's first statement found SQLite's write lock held (its BEGIN IMMEDIATE answered busy): nothing
+    was done, and the round may run again elsewhere."""
+
+
+async def _sqlite_turn(
+    engine: AsyncEngine, worker_id: str, done: Sequence[Job], now: float, limit: int, claim_limit: int,
+    lease_s: float, on_done: InTransaction | None, on_claimed: InTransaction | None, *, busy_first: bool = False,
+) -> tuple[int, list[Job]]:  # fmt: skip
+    """`turn` on SQLite, in the caller's write turn. SQLAlchemy begins the transaction (BEGIN IMMEDIATE, db.py)
+    and commits it; the statements between run straight on the driver, as on PostgreSQL. `busy_first`: raise
+    `_LockHeld` if the first statement (which sends the BEGIN) answers busy."""
+    began = False
+    async with round_keeper(engine).begin() as conn:
         try:
             finished = 0
             if done:
                 fence = orjson.dumps([(job.id, job.attempts) for job in done]).decode()
                 finished_ids = {row[0] for row in await sqlite_fetch(conn, _SQLITE_COMPLETE, (now, fence))}
+                began = True
                 finished = len(finished_ids)
                 if finished_ids and on_done is not None:
                     await on_done(conn, [job for job in done if job.id in finished_ids])
@@ -442,9 +469,14 @@ async def turn(
                 params = {"worker_id": worker_id, "now": now, "lease_until": now + lease_s, "lease_lost": LEASE_LOST,
                           "limit": limit, "keyed_limit": claim_limit}  # fmt: skip
                 rows = await sqlite_fetch(conn, _SQLITE_CLAIM, params)
+                began = True
                 claimed = sorted((_sqlite_job(row) for row in rows), key=lambda job: job.id)
                 if claimed and on_claimed is not None:
                     await on_claimed(conn, claimed)
+        except sqlite3.OperationalError as exc:
+            if busy_first and not began and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise _LockHeld() from exc
+            raise as_dbapi_error(exc) from exc
         except sqlite3.Error as exc:
             raise as_dbapi_error(exc) from exc
     return finished, claimed

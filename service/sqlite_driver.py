@@ -14,7 +14,7 @@ import collections
 import sqlite3
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -166,6 +166,66 @@ class OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
 
 def one_hop_dbapi() -> OneHopDbapi:
     return OneHopDbapi(aiosqlite, sqlite3)
+
+
+class InlineAiosqlite(aiosqlite.Connection):
+    """aiosqlite's connection with every call made on the caller's thread (the event loop's): no thread of its
+    own, so no hand-off, wake-up and future per statement. For short transactions that never wait on SQLite's
+    lock: its connection answers busy at once (service.db.loop_engine), and the caller takes the pooled path."""
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    async def _connect(self) -> InlineAiosqlite:
+        if self._connection is None:
+            self._connection = self._connector()
+        return self
+
+    def __await__(self) -> Any:
+        return self._connect().__await__()  # no thread to start
+
+    def stop(self) -> None:
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        self.stop()
+
+
+class InlineConnection(OneHopConnection):
+    """A `OneHopConnection` over `InlineAiosqlite`: SQLAlchemy's adapter sets the isolation level through
+    aiosqlite's thread queue, which has no thread here."""
+
+    __slots__ = ()
+
+    @property
+    def isolation_level(self) -> str | None:
+        return cast(str | None, self._connection.isolation_level)
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        self._connection._conn.isolation_level = value
+
+
+class InlineDbapi(OneHopDbapi):
+    """The `module=` of `service.db.loop_engine`: `InlineConnection`s over `InlineAiosqlite`."""
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        kw.pop("async_creator_fn", None)
+        iter_chunk_size = kw.pop("iter_chunk_size", 64)
+        # check_same_thread off only so that whoever disposes the engine may close it; statements stay on the
+        # thread that made it (service.db keeps one per thread).
+        kw["check_same_thread"] = False
+        driver = InlineAiosqlite(lambda: sqlite3.connect(*arg, **kw), iter_chunk_size)
+        return InlineConnection(self, await_(driver))
+
+
+def inline_dbapi() -> InlineDbapi:
+    return InlineDbapi(aiosqlite, sqlite3)
 
 
 class LoopReader:

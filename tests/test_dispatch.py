@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import queue
 from service.clock import FixedClock
-from service.db import alerts, create_engine
+from service.db import alerts, create_engine, loop_engine
 from service.dispatch import make_alert_job, replay_alert
 from service.keys import alert_lock
 from service.queue import ALERT_JOB_KIND, Job
@@ -303,15 +303,18 @@ class SentStatements:
 
 class SqliteStatements:
     """Every statement each SQLite connection of `engine` runs, as sqlite3 traces them (an executemany is one
-    per row), from the next checkout on."""
+    per row), from the next checkout on; the worker's rounds' connection (`db.loop_engine`) included."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.texts: list[str] = []
         self.counting = False
 
-        @sa.event.listens_for(engine.sync_engine, "checkout")
         def _trace(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             dbapi_connection._connection._conn.set_trace_callback(self._traced)
+
+        for traced in (engine, loop_engine(engine)):
+            if traced is not None:
+                sa.event.listen(traced.sync_engine, "checkout", _trace)
 
     def _traced(self, text: str) -> None:
         if self.counting:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics, queue
 from service.clock import FixedClock, SystemClock
-from service.db import create_engine
+from service.db import create_engine, loop_engine, sqlite_path
 from service.errors import GiveUp
 from service.queue import Job
 from service.retry import RetryPolicy
@@ -626,3 +629,65 @@ async def test_a_postgres_round_cancelled_mid_statement_leaves_nothing_behind(po
             assert ids(claimed) == [job_id]
     finally:
         await engine.dispose()
+
+
+async def test_an_sqlite_round_runs_on_the_event_loops_own_thread(engine: AsyncEngine) -> None:
+    """On an SQLite file a worker's round (BEGIN IMMEDIATE, claim or completion, COMMIT) runs on the event
+    loop's thread, not aiosqlite's: each hop there and back was most of a round's cost (BENCHMARKS.md)."""
+    inline = loop_engine(engine)
+    if inline is None:
+        assert engine.dialect.name == "postgresql"
+        pytest.skip("SQLite's")
+    traced: list[tuple[int, str]] = []
+    async with inline.connect() as conn:  # the loop engine's one connection, traced from now on
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.set_trace_callback(lambda sql: traced.append((threading.get_ident(), sql)))
+    job_id = await add(engine)
+    _, claimed = await queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S)
+    assert await queue.turn(engine, "w1", done=claimed, now=T0 + 1, claim_limit=0, lease_s=LEASE_S) == (1, [])
+    assert ids(claimed) == [job_id]
+    assert [row.status for row in await job_rows(engine)] == ["done"]
+    statements = [sql.split()[0].upper() for _, sql in traced]
+    assert statements.count("BEGIN") == 2 and statements.count("COMMIT") == 2 and "UPDATE" in statements
+    assert {thread for thread, _ in traced} == {threading.get_ident()}
+
+
+async def test_an_sqlite_round_waits_for_another_writer_off_the_event_loop(engine: AsyncEngine) -> None:
+    """While another connection holds SQLite's write lock, a round on the loop's thread would block the loop
+    for as long as SQLite waits: there it is answered busy at once and the round runs on the pool's thread,
+    which waits for the lock. The loop keeps ticking, and the round completes once the lock is released."""
+    path = sqlite_path(engine.url)
+    if path is None:
+        pytest.skip("SQLite's")
+    job_id = await add(engine)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            held.set()
+            release.wait(10)
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    holder = asyncio.create_task(asyncio.to_thread(hold_the_write_lock))
+    await eventually(lambda: _is_set(held))
+    round_ = asyncio.create_task(queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S))
+    gaps: list[float] = []
+    last = time.monotonic()
+    for _ in range(30):  # 0.3 s or more of the loop's life with the lock held and the round waiting for it
+        await asyncio.sleep(0.01)
+        gaps.append(time.monotonic() - last)
+        last = time.monotonic()
+    assert not round_.done()
+    release.set()
+    _, claimed = await asyncio.wait_for(round_, 10)
+    await holder
+    assert ids(claimed) == [job_id]
+    assert max(gaps) < 0.1
+
+
+async def _is_set(event: threading.Event) -> bool:
+    return event.is_set()
