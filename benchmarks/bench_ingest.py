@@ -27,7 +27,10 @@ AIM_P99_MS = 25.0
 AIM_RATIO = {"sqlite": 0.6, "sqlite-normal": 0.6, "postgres": 0.5}  # the floors, per backend
 # `sqlite-normal`: RELAY_SQLITE_SYNCHRONOUS=normal (crash-safe, not power-loss-safe): what the fsync costs.
 EXTRA_ENV = {"sqlite-normal": {"RELAY_SQLITE_SYNCHRONOUS": "normal"}}
-MAX_RATE = 20_000  # req/s the request file is sized for: above the bare endpoint's ~11k ceiling here
+# req/s the request file is sized for: well above any relay target (at most ~8k here). The bare endpoint can pass
+# it (22k on a fast machine, 2026-12-07) and then replays the file: a repeated request is the same work for it
+# (read, answer 202), so its wrap is noted but does not invalidate the run; a relay's does (a repeat is a duplicate).
+MAX_RATE = 20_000
 MAX_RUN_S = 240  # one timestamp signs a target's file; keep well inside the ±300 s tolerance
 SECRET = "whsec_" + "YmVuY2htYXJrLW9ubHktc2VjcmV0LWtleS0zMmI="  # base64 of a benchmark-only key
 OUTPUT = common.REPO / ".bench" / "ingest.json"
@@ -235,7 +238,7 @@ def report(outcomes: list[Outcome], machine: dict[str, str | int], command: str)
                 aim,
             ]
         )
-        valid &= o.failures == 0 and o.durable is not False and not o.notes
+        valid &= o.failures == 0 and o.durable is not False and (not o.notes or o.target == "bare")
     print(common.format_table(headers, rows))
     floors = ", ".join(f">= {ratio} ({backend})" for backend, ratio in AIM_RATIO.items())
     print(f"aims: ratio {floors}, p99 <= {AIM_P99_MS:.0f} ms")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks import report, report_sections
+from benchmarks.bench_ingest import Outcome
+from benchmarks.bench_ingest import report as ingest_report
 from benchmarks.run_all import BENCHES, Ran
 
 INGEST = next(bench for bench in BENCHES if bench.name == "ingest")
@@ -90,3 +92,19 @@ def test_a_storm_that_left_alerts_unfinished_meets_no_aim() -> None:
     section = report_sections.storm(_storm_run(2_000, 120.0, done=19_000))
     assert {target: figure.ok for target, figure in section.figures.items()} == dict.fromkeys(section.figures, False)
     assert "pending 1,000" in "\n".join(section.lines)
+
+
+def _ingest_outcome(target: str, rps: float, notes: list[str]) -> Outcome:
+    rows = None if target == "bare" else 100
+    return Outcome(target=target, rps=rps, p50_ms=1.0, p90_ms=2.0, p99_ms=3.0, max_ms=4.0, failures=0, statuses={},
+                   errors={}, server_cpu=0.9, requests_202=100, alerts_rows=rows, notes=notes)  # fmt: skip
+
+
+def test_a_bare_endpoint_that_outran_the_request_file_leaves_the_run_valid_and_a_relay_does_not() -> None:
+    # The bare endpoint answers a replayed request as it answers a new one; the relay answers a duplicate.
+    wrapped = ["request file ran out 1x"]
+    machine: dict[str, str | int] = {"cpus": 2}
+    assert ingest_report([_ingest_outcome("bare", 22_000, wrapped), _ingest_outcome("relay-sqlite", 3_000, [])],
+                         machine, "cmd")  # fmt: skip
+    assert not ingest_report([_ingest_outcome("bare", 22_000, []), _ingest_outcome("relay-sqlite", 3_000, wrapped)],
+                             machine, "cmd")  # fmt: skip
