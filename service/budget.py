@@ -230,16 +230,24 @@ class SharedBudget:
                     return Lease(None, None, self.holder)
                 if company_id not in self._seeded:
                     await self._seed(conn, company_id)
-                slot = (await conn.execute(TAKE_SLOT_SQL[conn.dialect.name], {
-                    "holder": self.holder, "until": now + self.lease_s, "key": codat_budget_key(company_id), "now": now,
-                    "slots": self.company_slots,
-                })).scalar_one_or_none()  # fmt: skip
+                slot = await self._take_slot(conn, company_id, now)
+                if slot is None and company_id in self._seeded:
+                    # Its rows may be gone: a purge forgets the company's slots (`forget_company`). Made again
+                    # (a no-op when they are all there and busy), then looked at once more.
+                    await self._seed(conn, company_id)
+                    slot = await self._take_slot(conn, company_id, now)
                 if slot is None:
                     raise _NoSlot
         except _NoSlot:
             return None
         self._seeded.add(company_id)
         return Lease(company_id, int(slot), self.holder)
+
+    async def _take_slot(self, conn: AsyncConnection, company_id: str, now: float) -> int | None:
+        return (await conn.execute(TAKE_SLOT_SQL[conn.dialect.name], {
+            "holder": self.holder, "until": now + self.lease_s, "key": codat_budget_key(company_id), "now": now,
+            "slots": self.company_slots,
+        })).scalar_one_or_none()  # fmt: skip
 
     def _would_admit(self, quota: QuotaView, routine: int) -> bool:
         """Whether `_TAKE_QUOTA` takes from this quota, leaving out the routine calls' spacing (it defers)."""
@@ -396,6 +404,6 @@ async def count_company(conn: AsyncConnection, table: str, company_id: str) -> i
 
 async def forget_company(conn: AsyncConnection, table: str, company_id: str) -> int:
     """Delete the company's rows of `table`; returns how many. A call still holding a slot releases nothing then:
-    its release updates no row, and the next acquire makes the slots again."""
+    its release updates no row, and the next acquire, in any process, makes the slots again."""
     rows = _COMPANY_TABLES[table]
     return int((await conn.execute(rows.delete().where(rows.c.key == codat_budget_key(company_id)))).rowcount)

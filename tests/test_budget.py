@@ -72,6 +72,24 @@ async def test_ten_requests_per_company_across_processes(engine: AsyncEngine) ->
     assert again.slot == leases[3].slot
 
 
+async def test_a_purged_company_gets_its_slots_back_in_a_process_that_had_used_them(engine: AsyncEngine) -> None:
+    """A purge forgets the company's slots (service/purge.py); the same process calling for that company
+    again makes them anew, rather than finding none and deferring every call for it until it restarts (seen
+    in the full schemathesis run: the sync endpoints of a purged company answered 503 for the rest of the run)."""
+    clock = FixedClock(T0)
+    await known_quota(engine)
+    process = make_budget(engine, clock)
+    await process.release(await process.acquire("co-a", Priority.PRIORITY), answer())
+    async with writer(engine).begin() as conn:
+        assert await budget_module.forget_company(conn, "codat_slots", "co-a") == 10
+    lease = await process.acquire("co-a", Priority.PRIORITY)
+    assert lease.slot == 0
+    held = [lease] + [await process.acquire("co-a", Priority.PRIORITY) for _ in range(9)]
+    with pytest.raises(Deferred):  # the ten made anew are still the company's ten, no more
+        await process.acquire("co-a", Priority.PRIORITY)
+    assert sorted(h.slot for h in held) == list(range(10))  # type: ignore[type-var]
+
+
 async def test_a_crashed_process_frees_its_slots_when_their_leases_expire(engine: AsyncEngine) -> None:
     """Slots held by a process that died (never released) are free once their lease has expired."""
     clock = FixedClock(T0)
