@@ -7,7 +7,7 @@ Deliveries are signed and serialised to raw HTTP bytes before the clock starts. 
 - `reconcile`: legacy *Data Sync Status Changed To Error* naming a dataset the relay pushed. The handler
   loads the dataset, asks Codat (the sandbox, over HTTP) for its status and applies it: a real handler.
   The sandbox's daily quota is set far above what a run spends (SANDBOX_DAILY_QUOTA): at its default,
-  1,000 x (1 + linked companies) as Codat's (docs/using-the-api/rate-limits.md), a run's ~27,000 calls took it
+  1,000 x (1 + linked companies) as Codat's (docs/using-the-api/rate-limits.md), a run's calls took it
   below the relay's reserve, and the relay's budget rightly held routine calls back for the reset — up to a
   thousand alerts left waiting at the drain's end, which measured the quota policy (tested in
   tests/test_budget.py, measured by the storm benchmark), not the handler.
