@@ -30,11 +30,13 @@ from service.types import Alert, AlertKind, AlertStatus
 MAX_BATCH = 512
 # A delivery that finds nobody else waiting gives others this long to join its batch (see Ingestor._run).
 LINGER_S = 0.002
-# Longer on SQLite, whose batch costs this process a hop to the writer's thread, a commit and its fsync: at
-# 500 deliveries/s (bench_e2e, five pairs interleaved) 5 ms took the relay's CPU a delivery from 1.57-1.68 ms
-# to 1.25-1.37 ms, for 2 ms more on a lone delivery's answer; at 32 connections (bench_ingest, two pairs)
-# the durable ack was unchanged (0.20x and 0.19x bare), as a busy writer never finds itself alone.
-SQLITE_LINGER_S = 0.005
+# Longer on SQLite, whose batch costs this process a hop to the writer's thread, a commit and its fsync, and
+# wakes its workers once per commit. At 500 deliveries/s (bench_e2e, interleaved): 5 ms took the relay's CPU
+# a delivery from 1.57-1.68 ms to 1.25-1.37 ms (five pairs); 10 ms from 0.95-0.97 to 0.78-0.84 ms (three
+# each), the answer's p50 5.5 -> 9.2 ms and p99 10.5 -> 16.9 ms; 20 ms gave 0.66-0.68 ms but an answer p99 of
+# 28 ms, past the durable ack's 25 ms aim. At 32 connections (bench_ingest, two runs each of 0, 2, 5 and
+# 10 ms) the durable ack was the same for all (0.23-0.27x bare): a saturated writer is never alone.
+SQLITE_LINGER_S = 0.010
 WRITE_TIMEOUT_S = 10.0  # well inside Codat's 15 s; past it we answer 503 and Codat retries
 
 log = structlog.get_logger("service.ingest")
