@@ -2,8 +2,8 @@
 
 Every delivery must be committed before it is answered, but one transaction per request serialises on
 SQLite's single writer (and on PostgreSQL's commit latency). So requests hand their alert to a writer
-task, which takes every delivery waiting at that moment (a lone one waits LINGER_S for company, on SQLite
-SQLITE_LINGER_S) into ONE transaction — alerts and their jobs together, in one round trip
+task, which takes every delivery waiting at that moment (a lone one waits LINGER_S for company) into ONE
+transaction — alerts and their jobs together, in one round trip
 (service/batch_writers.py) — and then releases each waiter with its own answer. Durability per delivery is
 unchanged; the fsync is shared.
 """
@@ -28,15 +28,16 @@ from service.errors import StorageUnavailable
 from service.types import Alert, AlertKind, AlertStatus
 
 MAX_BATCH = 512
-# A delivery that finds nobody else waiting gives others this long to join its batch (see Ingestor._run).
-LINGER_S = 0.002
-# Longer on SQLite, whose batch costs this process a hop to the writer's thread, a commit and its fsync, and
-# wakes its workers once per commit. At 500 deliveries/s (bench_e2e, interleaved): 5 ms took the relay's CPU
-# a delivery from 1.57-1.68 ms to 1.25-1.37 ms (five pairs); 10 ms from 0.95-0.97 to 0.78-0.84 ms (three
-# each), the answer's p50 5.5 -> 9.2 ms and p99 10.5 -> 16.9 ms; 20 ms gave 0.66-0.68 ms but an answer p99 of
-# 28 ms, past the durable ack's 25 ms aim. At 32 connections (bench_ingest, two runs each of 0, 2, 5 and
-# 10 ms) the durable ack was the same for all (0.23-0.27x bare): a saturated writer is never alone.
-SQLITE_LINGER_S = 0.010
+# A delivery that finds nobody else waiting gives others this long to join its batch (see Ingestor._run). A
+# batch costs the relay a round trip (PostgreSQL) or a hop to the writer's thread, a commit and its fsync
+# (SQLite), and wakes its workers once, so fewer, larger batches cost less CPU a delivery. At 500
+# deliveries/s (bench_e2e, interleaved, 15 s each), the relay's CPU a delivery:
+#   SQLite      5 ms 0.95-0.97 ms, 10 ms 0.78-0.84, 20 ms 0.66-0.68 (three each; answer p99 10.5, 16.9, 28 ms)
+#   PostgreSQL  2 ms 0.94-1.02 ms,  5 ms 0.83-0.91, 10 ms 0.73-0.76 (three, five, two; answer p99 7, 10, 15 ms)
+# 20 ms would put the answer's p99 past the durable ack's 25 ms aim. At 32 connections (bench_ingest, two
+# runs each) the durable ack did not move beyond the noise: SQLite 0.23-0.27x bare for 0, 2, 5 and 10 ms;
+# PostgreSQL 0.44-0.49x (2 ms), 0.43-0.50x (5 ms), 0.45-0.49x (10 ms). Never more than this added to an answer.
+LINGER_S = 0.010
 WRITE_TIMEOUT_S = 10.0  # well inside Codat's 15 s; past it we answer 503 and Codat retries
 
 log = structlog.get_logger("service.ingest")
@@ -94,9 +95,7 @@ class Ingestor:
         self._writer = batch_writer_for(engine.url.render_as_string(hide_password=False), sqlite_synchronous)
         self._clock = clock
         self._max_batch = max_batch
-        if linger_s is None:
-            linger_s = SQLITE_LINGER_S if engine.dialect.name == "sqlite" else LINGER_S
-        self._linger_s = linger_s
+        self._linger_s = LINGER_S if linger_s is None else linger_s
         self._write_timeout_s = write_timeout_s
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -129,14 +128,11 @@ class Ingestor:
         while True:
             batch = [await self._queue.get()]
             if self._linger_s > 0 and self._queue.empty():
-                # Alone: a moment for company first. A batch costs one round trip whatever its size, and on
-                # PostgreSQL whatever arrives while it is written waits for all of it: a batch of one at a
-                # time made 32 connections' worth of deliveries queue behind lone writes. Measured
-                # (bench_ingest, PostgreSQL, 32 connections, 6 s, five runs each, interleaved): 0.31-0.51x
-                # bare (median 0.44) without, 0.49-0.60x (median 0.53) with 2-3 ms; SQLite and the end-to-end
-                # CPU a delivery at 500/s unchanged. Five later 10 s runs with it gave 0.42-0.52x (median 0.44):
-                # the gain is within the run-to-run noise. On SQLite longer (SQLITE_LINGER_S: fewer commits,
-                # less CPU a delivery). Never more than this added to an acknowledgement.
+                # Alone: a moment for company first (LINGER_S). A batch costs one round trip whatever its size,
+                # and on PostgreSQL whatever arrives while it is written waits for all of it: a batch of one at a
+                # time made 32 connections' worth of deliveries queue behind lone writes (bench_ingest,
+                # PostgreSQL, 32 connections, five runs each, interleaved: 0.31-0.51x bare without, 0.49-0.60x
+                # with 2-3 ms).
                 await asyncio.sleep(self._linger_s)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
