@@ -20,7 +20,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ def settings_for(url: str) -> Settings:
     return Settings(database_url=url, allow_unauthenticated_webhooks=True, log_format="json", log_level="info")
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
@@ -180,7 +180,9 @@ async def procrastinate_latency(url: str, n: int, rate: float) -> list[float]:
 # --- driver -----------------------------------------------------------------------------------------
 
 
-def on_fresh_database(backend: str, run: Callable[[str], Awaitable[Any]], tmp: Path, migrated: bool) -> Any:
+def on_fresh_database(
+    backend: str, run: Callable[[str], Coroutine[Any, Any, Any]], tmp: Path, migrated: bool
+) -> Any:
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp / f'bench-{time.monotonic_ns()}.db'}"
         migrate.upgrade(url)

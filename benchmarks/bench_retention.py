@@ -34,6 +34,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -43,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from benchmarks import common
 from service import keys, migrate, queue, record_states
 from service.clock import FixedClock
-from service.db import alerts, bookkeeper, create_engine, datasets, metadata, notifications, pushes, writer
+from service.db import alerts, bookkeeper, create_engine, datasets, metadata, notifications, pushes, records, writer
 from service.logs import configure_logging
 from service.retention import DAY_S, Pace, Pruner, Retention
 from service.settings import Settings
@@ -90,7 +91,7 @@ class Run:
 
 
 def settings_for(url: str) -> Settings:
-    return Settings(database_url=url, webhook_secrets=(SECRET,), log_format="json", log_level="warning",  # type: ignore[arg-type]
+    return Settings(database_url=url, webhook_secrets=(SECRET,), log_format="json", log_level="warning",
                     sqlite_synchronous="normal")  # fmt: skip
 
 
@@ -144,10 +145,11 @@ class Simulator:
 
     async def _write(self, company: str, ids: list[str], at: float) -> None:
         async with writer(self.engine).begin() as conn:
-            existing = set((await conn.execute(sa.select(record_states.records.c.record_id).where(
-                record_states.records.c.company_id == company, record_states.records.c.data_type == DATA_TYPE,
-                record_states.records.c.record_id.in_(ids)))).scalars())  # fmt: skip
-            inserts, updates = [], []
+            existing = set((await conn.execute(sa.select(records.c.record_id).where(
+                records.c.company_id == company, records.c.data_type == DATA_TYPE,
+                records.c.record_id.in_(ids)))).scalars())  # fmt: skip
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
             for record_id in ids:
                 body = orjson.dumps({"id": record_id, "orderNumber": record_id, "currency": "GBP",
                                      "totalAmount": self.version % 997, "createdDate": CREATED_DATE})

@@ -276,7 +276,8 @@ async def index_in_the_insert(url: str) -> None:
 
 class Database:
     def __init__(self, backend: str, tmp: Path) -> None:
-        self.backend, self._tmp, self._names = backend, tmp, []
+        self.backend, self._tmp = backend, tmp
+        self._names: list[str] = []
 
     def fresh(self) -> str:
         if self.backend == "postgres":

@@ -47,7 +47,8 @@ def _with_database(url: str, name: str) -> str:
 async def _admin(sql: str) -> str | None:
     conn = await asyncpg.connect(postgres_admin_url())
     try:
-        return await conn.fetchval(sql) if sql.startswith("SHOW") else await conn.execute(sql)
+        result: str | None = await conn.fetchval(sql) if sql.startswith("SHOW") else await conn.execute(sql)
+        return result
     finally:
         await conn.close()
 

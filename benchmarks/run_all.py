@@ -86,7 +86,11 @@ def run_one(bench: Bench) -> Ran:
         # A watchdog, not a check per line: a benchmark that hangs silently must be stopped as well.
         # Its own process group, so the servers it started go with it.
         killed = threading.Event()
-        watchdog = threading.Timer(bench.timeout_s, lambda: (killed.set(), os.killpg(proc.pid, signal.SIGKILL)))
+        def kill() -> None:
+            killed.set()
+            os.killpg(proc.pid, signal.SIGKILL)
+
+        watchdog = threading.Timer(bench.timeout_s, kill)
         watchdog.start()
         try:
             assert proc.stdout is not None

@@ -121,7 +121,8 @@ async def _deliver(client: httpx.AsyncClient, bodies: list[bytes], window_s: flo
             answers[answer.status_code] += 1
 
     loop = asyncio.get_running_loop()
-    started, sent, tasks = loop.time(), 0, []
+    started, sent = loop.time(), 0
+    tasks: list[asyncio.Task[None]] = []
     while sent < len(bodies):
         due = min(len(bodies), int((loop.time() - started) / window_s * len(bodies)) + 1)
         tasks.extend(asyncio.create_task(one(body)) for body in bodies[sent:due])
