@@ -4,8 +4,10 @@
 
 In one run, the same generator (wrk, `loadgen.py`) replays unique signed deliveries against (a) the bare
 endpoint, (b) codat-relay on SQLite and (c) on PostgreSQL, each a separate process started as a user
-would start it. Ratios are to (a) measured in the same run: the machine is shared and noisy, so absolute
-figures drift. A run with any non-202 answer or socket error is reported as invalid.
+would start it, and (d) the ceiling, `relay-nowrite`: the relay's own web process with a writer that stores
+nothing (benchmarks/nowrite_web.py), the most the durable ack could reach if its write were free. Ratios
+are to (a) measured in the same run: the machine is shared and noisy, so absolute figures drift. A run
+with any non-202 answer or socket error is reported as invalid.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ AIM_P99_MS = 25.0
 AIM_RATIO = {"sqlite": 0.6, "sqlite-normal": 0.6, "postgres": 0.5}  # the issue's floors, per backend
 # `sqlite-normal`: RELAY_SQLITE_SYNCHRONOUS=normal (crash-safe, not power-loss-safe): what the fsync costs.
 EXTRA_ENV = {"sqlite-normal": {"RELAY_SQLITE_SYNCHRONOUS": "normal"}}
+CEILING = "nowrite"  # no aim: it shows how much of the distance to the bare endpoint is not the write
 # req/s the request file is sized for: well above any relay target (at most ~8k here). The bare endpoint can pass
 # it (22k on a fast machine, 2026-12-07) and then replays the file: a repeated request is the same work for it
 # (read, answer 202), so its wrap is noted but does not invalidate the run; a relay's does (a repeat is a duplicate).
@@ -68,12 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per target (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leave the CPU to the server)")
-    parser.add_argument("--backends", default="sqlite,sqlite-normal,postgres",
-                        help="relay backends, comma-separated: " + ", ".join(AIM_RATIO))
+    parser.add_argument("--backends", default=f"sqlite,sqlite-normal,postgres,{CEILING}",
+                        help="relay backends, comma-separated: " + ", ".join([*AIM_RATIO, CEILING]))
     parser.add_argument("--profile", action="store_true", help="py-spy the relay during the timed phase (slows it)")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if unknown := set(args.backends) - set(AIM_RATIO):
+    if unknown := set(args.backends) - {*AIM_RATIO, CEILING}:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
     if args.warmup + args.duration > MAX_RUN_S:
         parser.error(f"warm-up + duration must stay under {MAX_RUN_S} s (signature timestamp tolerance)")
@@ -117,7 +120,8 @@ def start_relay(tmp: Path, backend: str, database_url: str) -> common.Server:
     port = common.free_port()
     env = relay_env(database_url, port, EXTRA_ENV.get(backend))
     common.run_checked([common.python(), "-m", "service.cli", "migrate"], env)
-    cmd = [common.python(), "-m", "service.cli", "web"]
+    module = "benchmarks.nowrite_web" if backend == CEILING else "service.cli"
+    cmd = [common.python(), "-m", module] + ([] if backend == CEILING else ["web"])
     return common.Server(f"relay-{backend}", cmd, env, port, tmp / f"relay-{backend}.log")
 
 
@@ -194,7 +198,7 @@ def run_target(name: str, tmp: Path, args: argparse.Namespace, wrk: str) -> Outc
     database, pg_name = None, None
     if name == "bare":
         server = start_bare(tmp)
-    elif name.startswith("sqlite"):
+    elif name.startswith("sqlite") or name == CEILING:  # the ceiling's database is only read at start-up
         database = f"sqlite+aiosqlite:///{tmp / f'relay-{name}.db'}"
         server = start_relay(tmp, name, database)
     else:
@@ -207,7 +211,7 @@ def run_target(name: str, tmp: Path, args: argparse.Namespace, wrk: str) -> Outc
             exit_code = server.stop()
         if exit_code not in (0, -signal.SIGTERM):  # uvicorn re-raises SIGTERM after a clean shutdown
             outcome.notes.append(f"server exit code {exit_code}: {server.log_tail(5)}")
-        if database is not None:
+        if database is not None and name != CEILING:
             outcome.alerts_rows = common.count_rows(database, "alerts")
         return outcome
     finally:

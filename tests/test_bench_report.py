@@ -34,6 +34,19 @@ def test_five_runs_give_the_median_the_spread_and_the_runs_that_met_the_aim() ->
     assert by_target["relay-postgres"][2:] == ("0.55x bare (0.55x to 0.55x)", "5", "5 of 5")
 
 
+def test_the_ceiling_is_summed_up_beside_the_relay_with_no_aim() -> None:
+    """`relay-nowrite` (the relay storing nothing) gets its own row, median and spread, and no verdict."""
+    runs = [_ingest_run(0.3) for _ in range(3)]
+    for ran, ceiling in zip(runs, (0.5, 0.56, 0.52), strict=True):
+        assert ran.result is not None
+        ran.result["results"].append({"target": "relay-nowrite", "rps": 10_000 * ceiling, "p50_ms": 2.0,
+                                      "p99_ms": 9.0, "ratio": ceiling, "failures": 0, "server_cpu": 0.9,
+                                      "durable": None})  # fmt: skip
+    rows = {row[0].split(":")[0]: row for row in report.aggregate([report_sections.ingest(ran) for ran in runs])}
+    assert rows["relay-nowrite"][2:] == ("0.52x bare (0.50x to 0.56x)", "3", "-")
+    assert rows["relay-sqlite"][4] == "0 of 3 (**no**)"
+
+
 def test_a_failed_run_counts_as_not_met() -> None:
     """A run that produced nothing is its own row, failed, and the others' rows say they met in k of all n."""
     failed = Ran(INGEST, "python -m benchmarks.bench_ingest", 1, 5.0, "boom", result=None)
