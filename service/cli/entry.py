@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace, *, workers: bool) -> int:
     _warn_if_unauthenticated(settings)
     if workers:  # `serve` is a whole deployment; `web` replicas leave migrations to `codat-relay migrate`
         _migrate(settings)
-    app = create_app(settings, options=AppOptions(run_workers=workers))
+    app = create_app(settings, options=AppOptions(run_workers=workers, freeze_heap=True))
     log.info("serving", host=settings.host, port=settings.port, workers=workers)
     uvicorn.Server(_uvicorn_config(app, settings)).run()
     return 0
@@ -101,7 +101,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     """The job-processing half; it serves /healthz, /readyz and /metrics only, for probes and scrapes."""
     import uvicorn
 
-    from service.web.app import create_worker_app
+    from service.web.app import AppOptions, create_worker_app
 
     settings = load_settings_or_fail()
     _configure_tracing()
@@ -112,7 +112,8 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         failures.append(f"worker stopped: {type(error).__name__}: {reason}" if error else "worker stopped")
         server.should_exit = True
 
-    server = uvicorn.Server(_uvicorn_config(create_worker_app(settings, on_worker_exit=worker_exited), settings))
+    app = create_worker_app(settings, options=AppOptions(freeze_heap=True), on_worker_exit=worker_exited)
+    server = uvicorn.Server(_uvicorn_config(app, settings))
     log.info("serving", host=settings.host, port=settings.port, role="worker")
     server.run()
     if failures:

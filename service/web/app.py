@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,24 @@ class AppOptions:
     write_timeout_s: float = WRITE_TIMEOUT_S
     # `POST /webhooks/codat` answered before Starlette's stack (RelayApp); off only to compare the two doors.
     webhook_fast_path: bool = True
+    # The CLI's processes (`serve`, `web`, `worker`) freeze what start-up made (`freeze_startup_heap`); tests
+    # leave it off: their process runs many apps, and frozen garbage is never collected.
+    freeze_heap: bool = False
+
+
+def freeze_startup_heap() -> int:
+    """Collect once, then move every object start-up left (modules, classes, settings, the runtime) into the
+    collector's permanent generation (`gc.freeze`): a full collection then scans only what was made since.
+
+    Unfrozen, a full collection of a web process's ~120,000 start-up objects stalled its event loop 100-130
+    ms, and every answer in flight waited (gc callbacks in `codat-relay web` under bench_ingest, 2026-12-07,
+    AMD EPYC: one in ~10 s at full load; in-process, 7 in 60,000 deliveries, 1.5-1.9 s in all). Frozen, the
+    collections that remained took at most 0.7 ms. Returns how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("startup_heap_frozen", objects=frozen)
+    return frozen
 
 
 async def rejected(_request: Request, exc: Exception) -> Response:
@@ -174,6 +193,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, options: AppOp
             await ingestor.start()
             if options.run_workers:
                 await runtime.start_workers()
+            if options.freeze_heap:
+                freeze_startup_heap()
             try:
                 yield
             finally:
@@ -244,6 +265,8 @@ def create_worker_app(
                     on_worker_exit(error)
 
             task.add_done_callback(exited)
+            if options.freeze_heap:
+                freeze_startup_heap()
             try:
                 yield
             finally:
