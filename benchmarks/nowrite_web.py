@@ -7,9 +7,9 @@ verifying the signature, parsing, the hand-off to the writer task and back, the 
 the counter. What it reaches is the most the durable ack could reach if storing cost nothing, so
 `bench_ingest` shows it beside the relay (target `relay-nowrite`): the distance between the two is the
 write's, the distance to the bare endpoint is the rest of the path's. It has no linger: with no write to
-amortise, a lone delivery's wait would only idle the writer (the relay's 10 ms made this ceiling 0.38x
-bare against 0.52x without, one run each, 2026-12-07). For measuring only: every delivery is answered
-202 and nothing is kept.
+amortise, a lone delivery's wait would only idle the writer (with the relay's 10 ms this ceiling measured
+0.38-0.56x bare, without it 0.49-0.60x, a few 6 s runs each on 2026-12-07: within the noise, but its answer's
+p50 was then the linger itself). For measuring only: every delivery is answered 202 and nothing is kept.
 """
 
 from __future__ import annotations

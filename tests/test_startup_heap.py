@@ -6,10 +6,11 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 
 from service.web.app import AppOptions, create_app, create_worker_app
 from tests.conftest import make_settings
@@ -33,9 +34,11 @@ def _scanned(obj: object) -> bool:
 
 
 @pytest.mark.parametrize("make", [create_app, create_worker_app])
-async def test_an_app_asked_to_freezes_its_startup_objects(unfrozen: None, make: object, tmp_path: Path) -> None:
+async def test_an_app_asked_to_freezes_its_startup_objects(
+    unfrozen: None, make: Callable[..., Starlette], tmp_path: Path
+) -> None:
     settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    app = make(settings, options=AppOptions(freeze_heap=True))  # type: ignore[operator]
+    app = make(settings, options=AppOptions(freeze_heap=True))
     async with app.router.lifespan_context(app):
         assert gc.get_freeze_count() >= MANY
         assert not _scanned(app)

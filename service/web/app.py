@@ -62,19 +62,16 @@ class AppOptions:
     freeze_heap: bool = False
 
 
-def freeze_startup_heap() -> int:
+def freeze_startup_heap() -> None:
     """Collect once, then move every object start-up left (modules, classes, settings, the runtime) into the
     collector's permanent generation (`gc.freeze`): a full collection then scans only what was made since.
 
     Unfrozen, a full collection of a web process's ~120,000 start-up objects stalled its event loop 100-130
     ms, and every answer in flight waited (gc callbacks in `codat-relay web` under bench_ingest, 2026-12-07,
-    AMD EPYC: one in ~10 s at full load; in-process, 7 in 60,000 deliveries, 1.5-1.9 s in all). Frozen, the
-    collections that remained took at most 0.7 ms. Returns how many objects are frozen."""
+    AMD EPYC: one in ~10 s at full load). Frozen, the collections that remained took at most 0.7 ms."""
     gc.collect()
     gc.freeze()
-    frozen = gc.get_freeze_count()
-    log.info("startup_heap_frozen", objects=frozen)
-    return frozen
+    log.info("startup_heap_frozen", objects=gc.get_freeze_count())
 
 
 async def rejected(_request: Request, exc: Exception) -> Response:
