@@ -213,10 +213,14 @@ async def test_routes_codat_does_not_serve_get_its_json_404(make_harness: MakeHa
     assert _is_codat_error(answer, 404) and "X-Rate-Limit-Limit" in answer.headers
 
 
+# A fixed id: test ids must be the same in every collection (pytest-xdist compares its workers' lists).
+UNKNOWN_CONNECTION = "5f0c3c1e-2a44-4d0b-9a51-0d7e6c1b2a90"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [("GET", ORDERS, {"POST"}), ("PUT", STATUS, {"GET", "HEAD"}), ("DELETE", "/companies", {"POST"}),
-     ("PUT", f"/companies/{COMPANY}/connections/{uuid.uuid4()}", {"GET", "HEAD", "DELETE"})],
+     ("PUT", f"/companies/{COMPANY}/connections/{UNKNOWN_CONNECTION}", {"GET", "HEAD", "DELETE"})],
 )  # fmt: skip
 async def test_a_wrong_method_is_a_405_whose_allow_names_every_method(
     make_harness: MakeHarness, method: str, path: str, allowed: set[str]
