@@ -604,6 +604,15 @@ async def test_a_round_that_fails_on_the_driver_rolls_back_as_a_storage_fault(da
         await engine.dispose()
 
 
+async def _statement_running(engine: AsyncEngine, statement: str) -> bool:
+    """Whether a backend of this engine's database is running `statement` (seen from another connection)."""
+    async with engine.connect() as conn:
+        running = await conn.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+            "AND query = :statement"), {"statement": statement})  # fmt: skip
+    return bool(running)
+
+
 async def test_a_postgres_round_cancelled_mid_statement_leaves_nothing_behind(postgres_url: str) -> None:
     """Cancelled while PostgreSQL runs one of its statements (shutdown), a round is cancelled, not turned
     into a storage fault; its claim is undone and no connection goes back to the pool inside a transaction."""
@@ -619,6 +628,10 @@ async def test_a_postgres_round_cancelled_mid_statement_leaves_nothing_behind(po
         round_ = asyncio.create_task(queue.turn(engine, "w1", done=(), now=T0, claim_limit=5, lease_s=LEASE_S,
                                                 on_claimed=stuck))  # fmt: skip
         await asyncio.wait_for(sent.wait(), WAKE_DEADLINE_S)
+        # Cancel only once the statement runs: PostgreSQL ignores a cancel request that reaches a backend
+        # with nothing running, and the round would then wait out pg_sleep (seen through PgBouncer, whose hop
+        # can deliver the statement after asyncpg's cancel under load).
+        await eventually(lambda: _statement_running(engine, "SELECT pg_sleep(30)"))
         round_.cancel()
         with pytest.raises(asyncio.CancelledError):
             await round_
