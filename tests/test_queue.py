@@ -699,7 +699,7 @@ async def test_an_sqlite_round_waits_for_another_writer_off_the_event_loop(engin
     _, claimed = await asyncio.wait_for(round_, 10)
     await holder
     assert ids(claimed) == [job_id]
-    assert max(gaps) < 0.3  # blocked, the loop would stall until the holder gives up (10 s)
+    assert max(gaps) < 2.0  # blocked, the loop would stall until the holder gives up (10 s); 2 s: a busy CI
 
 
 async def _is_set(event: threading.Event) -> bool:
